@@ -1,0 +1,55 @@
+# The README's commands. `make test` and `make run` set up everything they need on a fresh
+# Debian 12 machine: Debian packages, a virtual environment, the package with its extras.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STATE ?= $(CURDIR)/state
+
+# Debian packages the stack needs at build, test and run time.
+DEB_PACKAGES := build-essential pkg-config python3-dev python3-venv libgmp-dev \
+	softhsm2 libsofthsm2 swtpm swtpm-tools tpm2-tools libtss2-dev \
+	pocl-opencl-icd ocl-icd-opencl-dev opencl-headers clinfo \
+	chromium chromium-driver
+
+.PHONY: all deps venv test lint run bench gpu-check clean
+
+all: test
+
+# Install only what is missing, so a prepared machine pays nothing.
+deps:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y --no-install-recommends $$missing; \
+	fi
+
+$(VENV)/.installed: pyproject.toml setup.py $(wildcard accel/backends/cpu/*.c accel/backends/cpu/*.h accel/backends/cpu/build.py) | deps
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel cffi
+	$(PY) -m pip install -q --no-build-isolation -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+test: deps venv lint
+	$(PY) -m pytest -q
+
+run: deps venv
+	$(PY) -m accel.demo
+	$(PY) -m accel.bench paillier --bits 2048
+
+bench: deps venv
+	$(PY) -m accel.bench paillier --bits 2048
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	find . -name '*.so' -path './accel/*' -delete

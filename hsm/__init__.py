@@ -1,0 +1,1 @@
+"""Key custody in a PKCS#11 hardware security module."""

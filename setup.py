@@ -1,0 +1,5 @@
+"""Build hook for the C extensions: setuptools runs the cffi builders at install time."""
+
+from setuptools import setup
+
+setup(cffi_modules=["accel/backends/cpu/build.py:ffibuilder"])
