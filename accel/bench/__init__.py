@@ -1,0 +1,1 @@
+"""Benchmarks that measure accel beside its anchors (phe, galois) in the same run."""
