@@ -9,11 +9,18 @@ STATE ?= $(CURDIR)/state
 
 # Debian packages the stack needs at build, test and run time.
 DEB_PACKAGES := build-essential pkg-config python3-dev python3-venv libgmp-dev \
-	softhsm2 libsofthsm2 swtpm swtpm-tools tpm2-tools libtss2-dev \
+	softhsm2 libsofthsm2 swtpm swtpm-tools tpm2-tools libtss2-dev libtss2-tcti-swtpm0 \
 	pocl-opencl-icd ocl-icd-opencl-dev opencl-headers clinfo \
 	chromium chromium-driver
 
+# Debian packages the OS image build and its boot test need; only `make image` and
+# `make image-test` install them.
+IMAGE_DEB_PACKAGES := mmdebstrap qemu-system-x86 ovmf dosfstools mtools fdisk e2fsprogs \
+	swtpm swtpm-tools
+
 .PHONY: all deps venv test lint run bench gpu-check clean
+
+.PHONY: image-deps image image-test
 
 all: test
 
@@ -53,3 +60,15 @@ bench: deps venv
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
 	find . -name '*.so' -path './accel/*' -delete
+
+# Installer disk image: build/image/pec-appliance.img (see images/README.md).
+image-deps:
+	$(MAKE) --no-print-directory deps DEB_PACKAGES="$(IMAGE_DEB_PACKAGES)"
+
+image: image-deps venv
+	nice -n 19 images/build-image.sh
+
+# Boots the image under QEMU and checks it from the host; builds the image first if missing.
+image-test: image-deps venv
+	test -f build/image/pec-appliance.img || $(MAKE) --no-print-directory image
+	nice -n 19 $(PY) images/boot_test.py

@@ -1,0 +1,72 @@
+"""The OpenCL runtime for the Montgomery kernels, through pyopencl."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import pyopencl as cl
+
+from accel.backends.opencl.kernel_backend import KernelBackend
+
+# Work-items per launch are rounded up to this so that the runtime can pick a sensible
+# work-group size; the kernels ignore the padding through their element count.
+_LAUNCH_GRANULE = 64
+
+DEVICE_ENV = "PEC_OPENCL_DEVICE"
+
+
+def _pick_device() -> cl.Device:
+    """An accelerator if there is one (GPU, FPGA, DCU), else the first device.
+
+    ``$PEC_OPENCL_DEVICE`` picks by a substring of the device name instead.
+    """
+    devices = [d for p in cl.get_platforms() for d in p.get_devices()]
+    if not devices:
+        raise RuntimeError("no OpenCL device found (is an ICD such as PoCL installed?)")
+    wanted = os.environ.get(DEVICE_ENV)
+    if wanted:
+        for d in devices:
+            if wanted.lower() in d.name.lower():
+                return d
+        raise RuntimeError(f"no OpenCL device name contains {wanted!r}")
+    accelerators = [d for d in devices if not d.type & cl.device_type.CPU]
+    return (accelerators or devices)[0]
+
+
+class OpenCLBackend(KernelBackend):
+    name = "opencl"
+    device_errors = (cl.Error,)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.device = _pick_device()
+        self.context = cl.Context([self.device])
+        self.queue = cl.CommandQueue(self.context)
+
+    def devices(self) -> list[str]:
+        return [f"{self.device.name.strip()} ({self.device.platform.name.strip()})"]
+
+    def _build(self, source: str, defines: dict[str, int]) -> Any:
+        options = [f"-D{k}={v}" for k, v in defines.items()]
+        if self.device.type & cl.device_type.CPU:
+            options.append("-DMONT_NOINLINE")
+        program = cl.Program(self.context, source).build(options=options)
+        return {k.function_name: k for k in program.all_kernels()}
+
+    def _upload(self, host: np.ndarray) -> Any:
+        flags = cl.mem_flags.READ_ONLY | cl.mem_flags.COPY_HOST_PTR
+        return cl.Buffer(self.context, flags, hostbuf=np.ascontiguousarray(host))
+
+    def _alloc(self, words: int) -> Any:
+        return cl.Buffer(self.context, cl.mem_flags.READ_WRITE, size=max(1, words) * 8)
+
+    def _launch(self, program: Any, kernel: str, threads: int, args: list[Any]) -> None:
+        padded = -(-threads // _LAUNCH_GRANULE) * _LAUNCH_GRANULE
+        program[kernel](self.queue, (padded,), None, *args)
+
+    def _download(self, buffer: Any, shape: tuple[int, ...]) -> np.ndarray:
+        host = np.empty(shape, dtype=np.uint64)
+        cl.enqueue_copy(self.queue, host, buffer)
+        return host

@@ -1,0 +1,305 @@
+"""Host side of the Montgomery kernels, shared by every device runtime (OpenCL, CUDA).
+
+A runtime supplies five primitives (build a program for a limb count, upload, allocate,
+launch, download); this class does the rest: input checks, per-modulus constants, the
+fixed-base tables, the order of kernel launches, and the translation of runtime errors into
+``BackendError`` so that the router can fall back to the CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from abc import abstractmethod
+from collections import OrderedDict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from accel.backends import router
+from accel.backends.base import (
+    LIMB_BITS,
+    Backend,
+    BackendError,
+    FixedBaseTable,
+    ints_to_limbs,
+    limbs_for,
+    limbs_to_ints,
+)
+
+KERNEL_DIR = Path(__file__).resolve().parent
+MONTGOMERY_SOURCE = KERNEL_DIR / "montgomery.cl"
+
+# Modulus contexts kept on the device; a Paillier key uses a handful (n^2, p^2, q^2).
+_CONTEXT_CACHE_SIZE = 32
+
+
+def montgomery_context(modulus: int) -> np.ndarray:
+    """The kernels' per-modulus constants: ``m | R^2 mod m | R mod m | -m^-1 mod 2^64``."""
+    limbs = limbs_for(modulus)
+    r = 1 << (LIMB_BITS * limbs)
+    m0inv = (-pow(modulus, -1, 1 << LIMB_BITS)) % (1 << LIMB_BITS)
+    words = ints_to_limbs([modulus, r * r % modulus, r % modulus], limbs).reshape(-1)
+    return np.concatenate([words, np.array([m0inv], dtype=np.uint64)])
+
+
+def fixed_base_window(exp_bits: int) -> int:
+    """Window of a fixed-base table: 8 bits (256 entries per window) for key-sized exponents,
+    4 bits for short ones where the table would otherwise dwarf the work it saves."""
+    return 8 if exp_bits >= 256 else 4
+
+
+def fixed_base_rows(base: int, modulus: int, exp_bits: int, window: int) -> np.ndarray:
+    """``(windows << window, L)`` Montgomery-form powers ``base ** (d << (window * w)) * R``."""
+    limbs = limbs_for(modulus)
+    r = (1 << (LIMB_BITS * limbs)) % modulus
+    windows = -(-exp_bits // window)
+    values = []
+    g = base % modulus
+    for _ in range(windows):
+        x = r
+        for _ in range(1 << window):
+            values.append(x)
+            x = x * g % modulus
+        g = pow(g, 1 << window, modulus)
+    return ints_to_limbs(values, limbs)
+
+
+def _limb_array(name: str, array: Any, ndim: int) -> np.ndarray:
+    if not isinstance(array, np.ndarray):
+        raise ValueError(f"{name} must be a numpy uint64 limb array, got {type(array).__name__}")
+    if array.dtype != np.uint64:
+        raise ValueError(f"{name} must have dtype uint64, got {array.dtype}")
+    if array.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {array.shape}")
+    return np.ascontiguousarray(array)
+
+
+def _odd_modulus(modulus: int) -> int:
+    if not isinstance(modulus, int) or modulus <= 0:
+        raise ValueError(f"modulus must be a positive int, got {modulus!r}")
+    if modulus % 2 == 0:
+        raise ValueError("modulus must be odd: the device kernels use Montgomery multiplication")
+    return modulus
+
+
+class KernelBackend(Backend):
+    """A backend that runs ``montgomery.cl`` on one device through some runtime."""
+
+    def __init__(self) -> None:
+        self._programs: dict[int, Any] = {}
+        self._contexts: OrderedDict[int, Any] = OrderedDict()
+        # One launch sequence at a time: kernel argument slots and queues are shared state.
+        self._lock = threading.RLock()
+
+    # -- what a runtime provides ---------------------------------------------------------
+
+    @abstractmethod
+    def _build(self, source: str, defines: dict[str, int]) -> Any:
+        """Compile ``source`` for this device with the given ``-D`` macros."""
+
+    @abstractmethod
+    def _upload(self, host: np.ndarray) -> Any:
+        """A device copy of a contiguous host array."""
+
+    @abstractmethod
+    def _alloc(self, words: int) -> Any:
+        """An uninitialised device buffer of ``words`` uint64."""
+
+    @abstractmethod
+    def _launch(self, program: Any, kernel: str, threads: int, args: list[Any]) -> None:
+        """Run ``kernel`` over ``threads`` work-items (kernels bound-check against their n)."""
+
+    @abstractmethod
+    def _download(self, buffer: Any, shape: tuple[int, ...]) -> np.ndarray:
+        """The device buffer as a host uint64 array of ``shape`` (waits for the device)."""
+
+    #: runtime exception types that mean "the device failed", translated to BackendError
+    device_errors: tuple[type[BaseException], ...] = ()
+
+    # -- shared machinery ----------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _device_call(self, op: str) -> Iterator[None]:
+        """Serialise one operation and turn any device failure into ``BackendError``."""
+        with self._lock:
+            try:
+                router.raise_injected_fault(self.name, op)
+                yield
+            except (ValueError, TypeError, BackendError):
+                raise
+            except (MemoryError, *self.device_errors) as exc:
+                raise BackendError(f"{self.name} {op} failed: {exc}") from exc
+            except RuntimeError as exc:
+                raise BackendError(f"{self.name} {op} failed: {exc}") from exc
+
+    def _program(self, limbs: int) -> Any:
+        if limbs not in self._programs:
+            self._programs[limbs] = self._build(self.kernel_source(), {"NLIMBS": limbs})
+        return self._programs[limbs]
+
+    def kernel_source(self) -> str:
+        """The device program's source text (the CUDA runtime wraps it)."""
+        return MONTGOMERY_SOURCE.read_text()
+
+    def _context(self, modulus: int) -> Any:
+        ctx = self._contexts.get(modulus)
+        if ctx is None:
+            ctx = self._upload(montgomery_context(modulus))
+            self._contexts[modulus] = ctx
+            if len(self._contexts) > _CONTEXT_CACHE_SIZE:
+                self._contexts.popitem(last=False)
+        else:
+            self._contexts.move_to_end(modulus)
+        return ctx
+
+    @staticmethod
+    def _check_residues(name: str, array: Any, limbs: int) -> np.ndarray:
+        a = _limb_array(name, array, 2)
+        if a.shape[1] != limbs:
+            raise ValueError(f"{name} has {a.shape[1]} limbs per row; the modulus needs {limbs}")
+        return a
+
+    @staticmethod
+    def _check_rows(name: str, array: np.ndarray, rows: int) -> int:
+        """Row stride of an operand that is either one row per element or a single row."""
+        if array.shape[0] == rows:
+            return array.shape[1]
+        if array.shape[0] == 1:
+            return 0
+        raise ValueError(f"{name} has {array.shape[0]} rows; expected {rows} or 1")
+
+    # -- the protocol --------------------------------------------------------------------
+
+    def mulmod(self, a: np.ndarray, b: np.ndarray, modulus: int) -> np.ndarray:
+        modulus = _odd_modulus(modulus)
+        limbs = limbs_for(modulus)
+        a = self._check_residues("a", a, limbs)
+        b = self._check_residues("b", b, limbs)
+        n = a.shape[0]
+        b_stride = self._check_rows("b", b, n)
+        if n == 0:
+            return np.empty((0, limbs), dtype=np.uint64)
+        with self._device_call("mulmod"):
+            out = self._alloc(n * limbs)
+            self._launch(
+                self._program(limbs),
+                "mulmod",
+                n,
+                [out, self._upload(a), self._upload(b), np.uint32(b_stride),
+                 self._context(modulus), np.uint32(n)],
+            )
+            return self._download(out, (n, limbs))
+
+    def powmod(self, base: np.ndarray, exp: np.ndarray, modulus: int) -> np.ndarray:
+        modulus = _odd_modulus(modulus)
+        limbs = limbs_for(modulus)
+        base = self._check_residues("base", base, limbs)
+        exp = _limb_array("exp", exp, 2)
+        n = base.shape[0]
+        exp_stride = self._check_rows("exp", exp, n)
+        if n == 0:
+            return np.empty((0, limbs), dtype=np.uint64)
+        with self._device_call("powmod"):
+            out = self._alloc(n * limbs)
+            self._launch(
+                self._program(limbs),
+                "powmod",
+                n,
+                [out, self._upload(base), self._upload(exp), np.uint32(exp.shape[1]),
+                 np.uint32(exp_stride), self._context(modulus), np.uint32(n)],
+            )
+            return self._download(out, (n, limbs))
+
+    def fixed_base_table(self, base: int, modulus: int, exp_bits: int) -> FixedBaseTable:
+        modulus = _odd_modulus(modulus)
+        if not isinstance(exp_bits, int) or exp_bits <= 0:
+            raise ValueError(f"exp_bits must be a positive int, got {exp_bits!r}")
+        if not isinstance(base, int) or not 0 <= base < modulus:
+            raise ValueError("base must be an int in [0, modulus)")
+        window = fixed_base_window(exp_bits)
+        rows = fixed_base_rows(base, modulus, exp_bits, window)
+        with self._device_call("fixed_base_table"):
+            data = self._upload(rows)
+        return FixedBaseTable(base, modulus, exp_bits, window, self.name, data)
+
+    def powmod_fixed(self, table: FixedBaseTable, exp: np.ndarray) -> np.ndarray:
+        if not isinstance(table, FixedBaseTable) or table.backend != self.name:
+            owner = getattr(table, "backend", type(table).__name__)
+            raise ValueError(f"table was built by backend {owner!r}, not {self.name!r}")
+        limbs = limbs_for(table.modulus)
+        exp = _limb_array("exp", exp, 2)
+        n = exp.shape[0]
+        if n == 0:
+            return np.empty((0, limbs), dtype=np.uint64)
+        whole_limbs = table.exp_bits // LIMB_BITS
+        spare = table.exp_bits % LIMB_BITS
+        too_long = exp[:, whole_limbs + (spare > 0):].any()
+        if spare and exp.shape[1] > whole_limbs:
+            too_long = too_long or bool((exp[:, whole_limbs] >> np.uint64(spare)).any())
+        if too_long:
+            raise ValueError(f"an exponent has more than the table's {table.exp_bits} bits")
+        windows = -(-table.exp_bits // table.window)
+        with self._device_call("powmod_fixed"):
+            out = self._alloc(n * limbs)
+            self._launch(
+                self._program(limbs),
+                "powmod_fixed",
+                n,
+                [out, self._upload(exp), np.uint32(exp.shape[1]), table.data,
+                 np.uint32(table.window), np.uint32(windows), self._context(table.modulus),
+                 np.uint32(n)],
+            )
+            return self._download(out, (n, limbs))
+
+    def multiexp(self, bases: np.ndarray, exps: np.ndarray, modulus: int) -> np.ndarray:
+        modulus = _odd_modulus(modulus)
+        limbs = limbs_for(modulus)
+        bases = _limb_array("bases", bases, 3)
+        exps = _limb_array("exps", exps, 3)
+        p, k, bl = bases.shape
+        if bl != limbs:
+            raise ValueError(f"bases has {bl} limbs per element; the modulus needs {limbs}")
+        if exps.shape[0] != k:
+            raise ValueError(f"exps has {exps.shape[0]} rows; bases has {k} columns")
+        m = exps.shape[1]
+        n = p * m
+        if n == 0:
+            return np.empty((p, m, limbs), dtype=np.uint64)
+        if k == 0:
+            out = np.zeros((p, m, limbs), dtype=np.uint64)
+            out[..., 0] = 1 % modulus
+            return out
+        with self._device_call("multiexp"):
+            program = self._program(limbs)
+            ctx = self._context(modulus)
+            mont = self._alloc(p * k * limbs)
+            self._launch(program, "to_montgomery", p * k,
+                         [mont, self._upload(bases), ctx, np.uint32(p * k)])
+            out = self._alloc(n * limbs)
+            self._launch(
+                program,
+                "multiexp",
+                n,
+                [out, mont, self._upload(exps), np.uint32(k), np.uint32(m),
+                 np.uint32(exps.shape[2]), ctx, np.uint32(n)],
+            )
+            return self._download(out, (p, m, limbs))
+
+    def invmod(self, a: np.ndarray, modulus: int) -> np.ndarray:
+        # Inverses are rare (negative scalars, once per key) and an extended-gcd kernel would
+        # diverge on every element, so they are computed on the host.
+        if not isinstance(modulus, int) or modulus <= 0:
+            raise ValueError(f"modulus must be a positive int, got {modulus!r}")
+        limbs = limbs_for(modulus)
+        a = self._check_residues("a", a, limbs)
+        with self._device_call("invmod"):
+            out = []
+            for i, x in enumerate(limbs_to_ints(a) if a.shape[0] else []):
+                try:
+                    out.append(pow(x, -1, modulus))
+                except ValueError:
+                    raise ValueError(f"element {i} has no inverse modulo the modulus") from None
+            return ints_to_limbs(out, limbs)

@@ -1,0 +1,262 @@
+"""``EncryptedArray``: a NumPy-shaped array of Paillier ciphertexts.
+
+The ciphertexts live in one C-contiguous ``uint64`` ndarray of shape ``(*shape, L)`` with one
+public key and one fixed-point scale for the whole array. Shape operations never touch the
+numbers: the limb rows are viewed as opaque cells (a void dtype of ``8*L`` bytes), so indexing,
+transposes, concatenation and every other structural NumPy function run on NumPy itself with
+exactly NumPy's semantics. Arithmetic lives in ``accel.paillier.arithmetic``.
+
+An array encrypted with an explicit ``backend=`` keeps computing on that backend, and so do
+arrays computed from it; otherwise each operation asks the router.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from accel.backends import Backend, resolve
+from accel.backends.base import ints_to_limbs, limbs_to_ints
+from accel.paillier import arithmetic, numpy_api
+from accel.paillier.keys import PublicKey
+
+
+class EncryptedArray:
+    """Ciphertexts under one public key, with NumPy shapes, broadcasting and dispatch."""
+
+    __hash__ = None  # type: ignore[assignment]  # mutable through __setitem__
+
+    def __init__(
+        self,
+        public_key: PublicKey,
+        data: np.ndarray,
+        scale: int,
+        dtype: Any = np.float64,
+        *,
+        backend: str | Backend | None = None,
+    ) -> None:
+        if not isinstance(public_key, PublicKey):
+            raise TypeError("public_key must be a PublicKey")
+        if data.dtype != np.uint64 or data.ndim < 1 or data.shape[-1] != public_key.limbs:
+            raise ValueError(
+                f"ciphertext data must be uint64 of shape (..., {public_key.limbs}) for this key"
+            )
+        dtype = np.dtype(dtype)
+        if dtype not in (np.dtype(np.int64), np.dtype(np.float64)):
+            raise ValueError("the plaintext dtype of an EncryptedArray is int64 or float64")
+        if dtype.kind == "i" and scale != 0:
+            raise ValueError("integer arrays have scale 0")
+        self.public_key = public_key
+        self._data = np.ascontiguousarray(data)
+        self.scale = int(scale)
+        self.dtype = dtype
+        self.backend = backend
+
+    # -- construction -----------------------------------------------------------------------
+
+    @classmethod
+    def from_raw(
+        cls, public_key: PublicKey, ciphertexts: Any, scale: int = 0, dtype: Any = None
+    ) -> EncryptedArray:
+        """Wrap existing ciphertexts (Python ints, e.g. from python-paillier, whose exponent
+        ``e`` in base 16 is ``scale = -4 * e``); each must be in ``[1, n^2)``."""
+        arr = np.asarray(ciphertexts, dtype=object)
+        flat = arr.ravel()
+        for i, c in enumerate(flat):
+            if isinstance(c, bool) or not isinstance(c, int | np.integer):
+                raise TypeError(f"ciphertext {i} is not an int")
+            if not 0 < int(c) < public_key.nsquare:
+                raise ValueError(f"ciphertext {i} is not in [1, n^2) for this key")
+        data = ints_to_limbs(flat, public_key.limbs).reshape((*arr.shape, public_key.limbs))
+        if dtype is None:
+            dtype = np.int64 if scale == 0 else np.float64
+        return cls(public_key, data, scale, dtype)
+
+    @classmethod
+    def from_bytes(cls, blob: bytes, public_key: PublicKey) -> EncryptedArray:
+        """Parse ``to_bytes`` output; ``ValueError`` for anything malformed or foreign."""
+        from accel.paillier.serialization import loads
+
+        data, scale, dtype = loads(blob, public_key)
+        return cls(public_key, data, scale, dtype)
+
+    def to_bytes(self) -> bytes:
+        """A versioned, self-describing serialization (see ``accel.paillier.serialization``)."""
+        from accel.paillier.serialization import dumps
+
+        return dumps(self)
+
+    def raw(self) -> np.ndarray:
+        """The ciphertexts as an object ndarray of Python ints."""
+        out = np.empty(self.size, dtype=object)
+        out[:] = limbs_to_ints(self._data.reshape(-1, self.public_key.limbs))
+        return out.reshape(self.shape)
+
+    def _like(self, data: np.ndarray, scale: int | None = None, dtype: Any = None
+              ) -> EncryptedArray:
+        return EncryptedArray(
+            self.public_key, data, self.scale if scale is None else scale,
+            self.dtype if dtype is None else dtype, backend=self.backend,
+        )
+
+    def _backend(self, op: str, size: int) -> Backend:
+        return resolve(self.backend, op=op, size=size)
+
+    # -- cells: the ciphertexts as opaque NumPy elements --------------------------------------
+
+    @property
+    def cells(self) -> np.ndarray:
+        """A view of the ciphertexts as an array of shape ``self.shape`` with a void dtype."""
+        cell = np.dtype((np.void, 8 * self.public_key.limbs))
+        return self._data.view(cell).reshape(self.shape)
+
+    def _from_cells(self, cells: Any, scale: int | None = None, dtype: Any = None
+                    ) -> EncryptedArray:
+        cells = np.asarray(cells)
+        flat = np.ascontiguousarray(cells.reshape(-1))  # a 0-d array cannot change its dtype
+        data = flat.view(np.uint64).reshape((*cells.shape, self.public_key.limbs))
+        return self._like(data, scale, dtype)
+
+    # -- array attributes --------------------------------------------------------------------
+
+    @property
+    def data(self) -> np.ndarray:
+        """The ``(*shape, L)`` limb buffer (read-only view)."""
+        view = self._data.view()
+        view.flags.writeable = False
+        return view
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._data.shape[:-1]
+
+    @property
+    def ndim(self) -> int:
+        return self._data.ndim - 1
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def T(self) -> EncryptedArray:
+        return self.transpose()
+
+    def __len__(self) -> int:
+        if not self.shape:
+            raise TypeError("len() of a 0-d encrypted array")
+        return self.shape[0]
+
+    def __iter__(self) -> Iterator[EncryptedArray]:
+        for i in range(len(self)):
+            yield self[i]
+
+    def __repr__(self) -> str:
+        return (f"EncryptedArray(shape={self.shape}, dtype={self.dtype.name}, "
+                f"scale={self.scale}, key={self.public_key.fingerprint[:6].hex()})")
+
+    def __bool__(self) -> bool:
+        raise TypeError("the truth value of an encrypted array is unknown until decrypted")
+
+    def __array__(self, *args: Any, **kwargs: Any) -> np.ndarray:
+        raise TypeError("an EncryptedArray has no plaintext values: decrypt it first")
+
+    # -- structure ---------------------------------------------------------------------------
+
+    def __getitem__(self, index: Any) -> EncryptedArray:
+        if isinstance(index, EncryptedArray):
+            raise TypeError("an encrypted array cannot be used as an index")
+        return self._from_cells(self.cells[index])
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        if isinstance(value, EncryptedArray):
+            arithmetic.check_same_key(self, value)
+        else:
+            value = self.public_key.encrypt(value, backend=self.backend)
+        if value.scale > self.scale:
+            self._data = arithmetic.at_scale(self, value.scale)._data
+            self.scale = value.scale
+        value = arithmetic.at_scale(value, self.scale)
+        if value.dtype.kind == "f":
+            self.dtype = value.dtype  # no truncation exists on ciphertexts: promote instead
+        self.cells[index] = value.cells
+
+    def reshape(self, *shape: Any) -> EncryptedArray:
+        if len(shape) == 1 and isinstance(shape[0], tuple | list):
+            shape = tuple(shape[0])
+        return self._from_cells(self.cells.reshape(shape))
+
+    def transpose(self, *axes: Any) -> EncryptedArray:
+        if len(axes) == 1 and (axes[0] is None or isinstance(axes[0], tuple | list)):
+            axes = axes[0]
+        return self._from_cells(self.cells.transpose(axes or None))
+
+    def swapaxes(self, a: int, b: int) -> EncryptedArray:
+        return self._from_cells(self.cells.swapaxes(a, b))
+
+    def ravel(self) -> EncryptedArray:
+        return self._from_cells(self.cells.ravel())
+
+    def flatten(self) -> EncryptedArray:
+        return self._from_cells(self.cells.flatten())
+
+    def squeeze(self, axis: Any = None) -> EncryptedArray:
+        return self._from_cells(self.cells.squeeze(axis))
+
+    def copy(self) -> EncryptedArray:
+        return self._like(self._data.copy())
+
+    # -- arithmetic --------------------------------------------------------------------------
+
+    def __add__(self, other: Any) -> EncryptedArray:
+        return arithmetic.add(self, other)
+
+    __radd__ = __add__
+
+    def __sub__(self, other: Any) -> EncryptedArray:
+        return arithmetic.subtract(self, other)
+
+    def __rsub__(self, other: Any) -> EncryptedArray:
+        return arithmetic.subtract(other, self)
+
+    def __mul__(self, other: Any) -> EncryptedArray:
+        return arithmetic.multiply(self, other)
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, other: Any) -> EncryptedArray:
+        return arithmetic.true_divide(self, other)
+
+    def __rtruediv__(self, other: Any) -> EncryptedArray:
+        return arithmetic.true_divide(other, self)
+
+    def __neg__(self) -> EncryptedArray:
+        return arithmetic.negative(self)
+
+    def __pos__(self) -> EncryptedArray:
+        return self
+
+    def __matmul__(self, other: Any) -> EncryptedArray:
+        return arithmetic.matmul(self, other)
+
+    def __rmatmul__(self, other: Any) -> EncryptedArray:
+        return arithmetic.matmul(other, self)
+
+    def sum(self, axis: Any = None, keepdims: bool = False) -> EncryptedArray:
+        return arithmetic.sum_(self, axis, keepdims)
+
+    def mean(self, axis: Any = None, keepdims: bool = False) -> EncryptedArray:
+        return arithmetic.mean(self, axis, keepdims)
+
+    def dot(self, other: Any) -> EncryptedArray:
+        return arithmetic.dot(self, other)
+
+    # -- NumPy protocols ---------------------------------------------------------------------
+
+    def __array_ufunc__(self, ufunc: np.ufunc, method: str, *inputs: Any, **kwargs: Any) -> Any:
+        return numpy_api.array_ufunc(ufunc, method, inputs, kwargs)
+
+    def __array_function__(self, func: Any, types: Any, args: Any, kwargs: Any) -> Any:
+        return numpy_api.array_function(func, args, kwargs)

@@ -1,0 +1,273 @@
+"""The local API: routes of JSON over HTTP, served on the daemon's Unix socket.
+
+The contract (paths, bodies, errors) is docs/api-openapi.yaml. Handlers take the node, the
+parsed query and body, and return (status, JSON-able body); errors are exceptions mapped to a
+status here, always answered as {"error": "<one line>"}.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from appliance import audit, metrics
+from appliance.audit import AuditError
+from appliance.jobs import CapabilityMissing, JobError
+from appliance.node import Node, SettingsError
+from appliance.profile import ProfileError
+from appliance.users import UserError
+
+MAX_BODY = 1 << 20
+MAX_ACTOR = 64
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Text(str):
+    """A plain-text response body (``/metrics``)."""
+
+
+Handler = Callable[[Node, dict[str, str], Any, re.Match[str]], tuple[int, Any]]
+ROUTES: list[tuple[str, re.Pattern[str], Handler]] = []
+
+
+def route(method: str, pattern: str) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        ROUTES.append((method, re.compile(f"^{pattern}$"), fn))
+        return fn
+    return register
+
+
+def _obj(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise ApiError(400, "request body must be a JSON object")
+    return body
+
+
+def _actor(body: Any) -> str:
+    actor = _obj(body).get("actor")
+    if not isinstance(actor, str) or not actor.strip() or len(actor) > MAX_ACTOR:
+        raise ApiError(400, f"field 'actor' must be a non-empty string of at most {MAX_ACTOR} "
+                            "characters")
+    return actor
+
+
+def _int_query(query: dict[str, str], key: str, default: int, lo: int, hi: int) -> int:
+    raw = query.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, f"query parameter {key!r} must be an integer, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise ApiError(400, f"query parameter {key!r} must be between {lo} and {hi}")
+    return value
+
+
+# node ------------------------------------------------------------------------------------
+
+@route("GET", "/v1/status")
+def get_status(node: Node, query, body, m) -> tuple[int, Any]:
+    return 200, node.status()
+
+
+@route("GET", "/v1/inventory")
+def get_inventory(node: Node, query, body, m) -> tuple[int, Any]:
+    return 200, node.inventory.to_dict()
+
+
+@route("GET", "/v1/profile")
+def get_profile(node: Node, query, body, m) -> tuple[int, Any]:
+    return 200, node.profile_view()
+
+
+@route("PUT", "/v1/profile/override")
+def put_profile_override(node: Node, query, body, m) -> tuple[int, Any]:
+    actor = _actor(body)
+    if "profile" not in body:
+        raise ApiError(400, "field 'profile' is required (a profile name, or null to clear)")
+    return 200, node.set_override(body["profile"], actor)
+
+
+@route("GET", "/v1/live")
+def get_live(node: Node, query, body, m) -> tuple[int, Any]:
+    return 200, node.live()
+
+
+@route("GET", "/metrics")
+def get_metrics(node: Node, query, body, m) -> tuple[int, Any]:
+    return 200, Text(metrics.render(node))
+
+
+@route("GET", "/v1/backends")
+def get_backends(node: Node, query, body, m) -> tuple[int, Any]:
+    return 200, {"backends": node.backends_view()}
+
+
+# jobs ------------------------------------------------------------------------------------
+
+@route("GET", "/v1/job-kinds")
+def get_job_kinds(node: Node, query, body, m) -> tuple[int, Any]:
+    caps = node.profile.capabilities
+    return 200, {"kinds": [
+        {"kind": k.name, "description": k.description, "requires": k.requires,
+         "allowed": k.requires is None or k.requires in caps}
+        for k in node.runner.kinds.values()
+    ]}
+
+
+@route("GET", "/v1/jobs")
+def list_jobs(node: Node, query, body, m) -> tuple[int, Any]:
+    jobs, total = node.runner.list(
+        state=query.get("state") or None,
+        kind=query.get("kind") or None,
+        limit=_int_query(query, "limit", 50, 1, 500),
+        offset=_int_query(query, "offset", 0, 0, 1 << 31),
+    )
+    return 200, {"jobs": jobs, "total": total}
+
+
+@route("POST", "/v1/jobs")
+def submit_job(node: Node, query, body, m) -> tuple[int, Any]:
+    actor = _actor(body)
+    if "kind" not in body:
+        raise ApiError(400, "field 'kind' is required")
+    return 201, node.submit_job(body["kind"], body.get("params", {}), actor)
+
+
+@route("GET", r"/v1/jobs/(?P<id>\d+)")
+def get_job(node: Node, query, body, m) -> tuple[int, Any]:
+    return 200, node.runner.get(int(m["id"]))
+
+
+@route("GET", r"/v1/jobs/(?P<id>\d+)/log")
+def get_job_log(node: Node, query, body, m) -> tuple[int, Any]:
+    return 200, {"lines": node.runner.log_lines(int(m["id"]))}
+
+
+@route("POST", r"/v1/jobs/(?P<id>\d+)/cancel")
+def cancel_job(node: Node, query, body, m) -> tuple[int, Any]:
+    return 200, node.runner.cancel(int(m["id"]), _actor(body))
+
+
+@route("POST", r"/v1/jobs/(?P<id>\d+)/resume")
+def resume_job(node: Node, query, body, m) -> tuple[int, Any]:
+    return 200, node.runner.resume(int(m["id"]), _actor(body))
+
+
+# users and settings ----------------------------------------------------------------------
+
+@route("GET", "/v1/users")
+def list_users(node: Node, query, body, m) -> tuple[int, Any]:
+    return 200, {"users": node.users.list()}
+
+
+@route("POST", "/v1/users")
+def create_user(node: Node, query, body, m) -> tuple[int, Any]:
+    actor = _actor(body)
+    return 201, node.users.create(body.get("username"), body.get("password"), body.get("role"),
+                                  actor)
+
+
+@route("POST", "/v1/users/authenticate")
+def authenticate(node: Node, query, body, m) -> tuple[int, Any]:
+    body = _obj(body)
+    remote = body.get("remote", "")
+    return 200, node.users.authenticate(body.get("username"), body.get("password"),
+                                        remote if isinstance(remote, str) else "")
+
+
+@route("POST", r"/v1/users/(?P<name>[^/]+)/password")
+def change_password(node: Node, query, body, m) -> tuple[int, Any]:
+    actor = _actor(body)
+    node.users.change_password(m["name"], body.get("old"), body.get("new"), actor)
+    return 200, {"ok": True}
+
+
+@route("GET", "/v1/settings")
+def get_settings(node: Node, query, body, m) -> tuple[int, Any]:
+    return 200, node.settings()
+
+
+@route("PUT", "/v1/settings")
+def put_settings(node: Node, query, body, m) -> tuple[int, Any]:
+    actor = _actor(body)
+    changes = {k: v for k, v in body.items() if k != "actor"}
+    return 200, node.put_settings(changes, actor)
+
+
+# audit -----------------------------------------------------------------------------------
+
+@route("GET", "/v1/audit")
+def list_audit(node: Node, query, body, m) -> tuple[int, Any]:
+    records, total = audit.records(
+        offset=_int_query(query, "offset", 0, 0, 1 << 31),
+        limit=_int_query(query, "limit", 50, 1, 500),
+        actor=query.get("actor") or None,
+        action=query.get("action") or None,
+    )
+    return 200, {"records": records, "total": total}
+
+
+@route("POST", "/v1/audit/verify")
+def verify_audit(node: Node, query, body, m) -> tuple[int, Any]:
+    return 200, audit.verify()
+
+
+@route("POST", "/v1/audit/record")
+def record_audit(node: Node, query, body, m) -> tuple[int, Any]:
+    actor = _actor(body)
+    for key in ("action", "object"):
+        if not isinstance(body.get(key), str) or not body[key].strip():
+            raise ApiError(400, f"field {key!r} must be a non-empty string")
+    return 201, audit.record(actor, body["action"], body["object"], body.get("details") or {})
+
+
+# trust root ------------------------------------------------------------------------------
+
+_TRUST_ROOT_MISSING = "the trust root (HSM and TPM) is not configured on this node"
+
+
+@route("GET", "/v1/keys")
+@route("POST", "/v1/keys/rotate-kek")
+@route("GET", "/v1/attestation/pcrs")
+@route("POST", "/v1/attestation/quote")
+@route("POST", "/v1/attestation/verify")
+def trust_root_missing(node: Node, query, body, m) -> tuple[int, Any]:
+    raise ApiError(503, _TRUST_ROOT_MISSING)
+
+
+# dispatch --------------------------------------------------------------------------------
+
+def dispatch(node: Node, method: str, path: str, query: dict[str, str],
+             body: Any) -> tuple[int, Any]:
+    """Run the handler for ``method path``; every failure becomes (status, {"error"})."""
+    allowed = []
+    for route_method, pattern, handler in ROUTES:
+        match = pattern.match(path)
+        if match is None:
+            continue
+        if route_method != method:
+            allowed.append(route_method)
+            continue
+        try:
+            return handler(node, query, body, match)
+        except ApiError as exc:
+            return exc.status, {"error": str(exc)}
+        except CapabilityMissing as exc:
+            return 403, {"error": str(exc)}
+        except PermissionError as exc:
+            return 403, {"error": str(exc)}
+        except LookupError as exc:
+            return 404, {"error": str(exc).strip("'\"")}
+        except (JobError, ProfileError, UserError, SettingsError, AuditError) as exc:
+            return 400, {"error": str(exc)}
+    if allowed:
+        return 405, {"error": f"{method} is not allowed on {path}; use {', '.join(allowed)}"}
+    return 404, {"error": f"no such endpoint: {path}"}

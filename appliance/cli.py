@@ -1,0 +1,399 @@
+"""``pec-appliance``: the node's command line.
+
+Commands of other areas register themselves: each module in ``COMMAND_MODULES`` defines
+``register(subparsers)``. Every error is one line on stderr and a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from appliance.client import DaemonClient, DaemonError
+from appliance.statedir import StateDir, default_state_dir
+
+COMMAND_MODULES = ("appliance.panel.cli", "appliance.trust.cli")
+EXIT_ERROR = 1
+EXIT_JOB_FAILED = 3
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as one line, exit status ``code``."""
+
+    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=False))
+
+
+def _state_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--state-dir", default=None,
+                        help="state directory (default $PEC_STATE_DIR or /var/lib/pec)")
+
+
+def _client(args: argparse.Namespace) -> DaemonClient:
+    return DaemonClient(args.state_dir or default_state_dir())
+
+
+# inventory and profile --------------------------------------------------------------------
+
+def cmd_inventory(args: argparse.Namespace) -> int:
+    from appliance.inventory import detect
+
+    inv = detect(args.root, survey=not args.no_accel)
+    data = inv.to_dict()
+    if args.json:
+        _print_json(data)
+        return 0
+    cpu = data["cpu"]
+    print(f"cpu:          {cpu['model']}, {cpu['cores']} cores / {cpu['threads']} threads"
+          + (f", TEE flags {' '.join(cpu['flags_tee'])}" if cpu["flags_tee"] else ""))
+    print(f"memory:       {data['memory_bytes'] / (1 << 30):.1f} GiB")
+    for d in data["disks"]:
+        print(f"disk:         {d['name']} {d['size_bytes'] / 1e12:.2f} TB")
+    for n in data["nics"]:
+        speed = f"{n['speed_mbps']} Mb/s" if n["speed_mbps"] else "speed unknown"
+        print(f"nic:          {n['name']} {'up' if n['up'] else 'down'}, {speed}")
+    for a in data["accelerators"]:
+        print(f"accelerator:  {a['kind']} {a['vendor']} {a['device_id']} at {a['pci']}")
+    print(f"tpm:          {data['tpm']['path'] or 'none'}")
+    print(f"tee:          {', '.join(k for k, v in data['tee'].items() if v) or 'none'}")
+    for b in inv.backends:
+        state = "healthy" if b.healthy else f"unhealthy ({b.reason})"
+        print(f"accel:        {b.name} {state}: {', '.join(b.devices) or 'no device'}")
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from appliance.inventory import detect
+    from appliance.profile import load_profiles, match
+
+    profiles = load_profiles(args.profiles_dir)
+    result = match(detect(args.root, survey=False), profiles, choice=args.mini_capability)
+    data = result.to_dict()
+    if args.json:
+        _print_json(data)
+        return 0
+    print(f"profile:      {data['profile']}")
+    print(f"capabilities: {', '.join(data['capabilities']) or 'none'}")
+    print(f"router:       {data['router_policy']}")
+    for c in data["criteria"]:
+        mark = "met   " if c["met"] else "MISSED"
+        print(f"  {mark} {c['name']:<12} required {c['required']}; found {c['found']}")
+    for note in data["notes"]:
+        print(f"note: {note}")
+    return 0
+
+
+# state directory and daemon ---------------------------------------------------------------
+
+def _read_password_file(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            first = fh.readline().rstrip("\r\n")
+    except OSError as exc:
+        raise CliError(f"cannot read password file {path}: {exc.strerror}") from None
+    if not first:
+        raise CliError(f"password file {path} is empty: the password is its first line")
+    return first
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    password = _read_password_file(args.admin_password_file) if args.admin_password_file \
+        else None
+    result = StateDir(args.state_dir or default_state_dir()).init(
+        root=args.root, admin_password=password, force=args.force,
+        mini_capability=args.mini_capability,
+    )
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"state directory {result['state_dir']} ready (node {result['node_id']})")
+        if result["admin_set"]:
+            print("administrator 'admin' set")
+        elif not result["users"]:
+            print("no user yet: pass --admin-password-file FILE to create 'admin'")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from appliance.daemon import serve
+
+    return serve(args.state_dir or default_state_dir())
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status = _client(args).get("/v1/status")
+    if args.json:
+        _print_json(status)
+        return 0
+    print(f"node:         {status['node_id']} (version {status['version']}, "
+          f"up {status['uptime_s']:.0f} s)")
+    print(f"profile:      {status['profile']}; capabilities: "
+          f"{', '.join(status['capabilities']) or 'none'}; router {status['router_policy']}")
+    for b in status["health"]["backends"]:
+        print(f"backend:      {b['name']} {'healthy' if b['healthy'] else 'UNHEALTHY'}"
+              f" {', '.join(b['devices'])}")
+    if status["degraded"]:
+        print("DEGRADED:")
+        for reason in status["degraded_reasons"]:
+            print(f"  - {reason}")
+    return 0
+
+
+# jobs ------------------------------------------------------------------------------------
+
+def _parse_params(pairs: list[str]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise CliError(f"--param wants KEY=VALUE, got {pair!r}")
+        try:
+            params[key] = json.loads(raw)
+        except ValueError:
+            params[key] = raw  # a bare word is a string
+    return params
+
+
+def _progress_line(job: dict[str, Any], width: int = 30) -> str:
+    filled = width * job["progress"] // 100
+    return (f"job {job['id']} {job['kind']:<10} [{'#' * filled}{'.' * (width - filled)}] "
+            f"{job['progress']:3d}% {job['state']}: {job['message']}")
+
+
+def _watch(client: DaemonClient, job_id: int, quiet: bool) -> dict[str, Any]:
+    """Poll until the job ends; a progress bar on a terminal, changes as lines otherwise."""
+    tty = sys.stderr.isatty() and not quiet
+    last = None
+    while True:
+        job = client.get(f"/v1/jobs/{job_id}")
+        line = _progress_line(job)
+        if tty:
+            sys.stderr.write("\r\033[K" + line[: os.get_terminal_size(2).columns - 1])
+            sys.stderr.flush()
+        elif not quiet and line != last:
+            print(line, file=sys.stderr)
+        last = line
+        if job["state"] not in ("queued", "running"):
+            if tty:
+                sys.stderr.write("\n")
+            return job
+        time.sleep(0.5)
+
+
+def _job_outcome(job: dict[str, Any], as_json: bool) -> int:
+    if as_json:
+        _print_json(job)
+    else:
+        print(f"job {job['id']} ({job['kind']}): {job['state']}"
+              + (f": {job['error']}" if job.get("error") else ""))
+    return 0 if job["state"] in ("done", "queued", "running") else EXIT_JOB_FAILED
+
+
+def cmd_jobs_submit(args: argparse.Namespace) -> int:
+    params = _parse_params(args.param)
+    if args.bits is not None:
+        params["bits"] = args.bits
+    if args.quick:
+        params["quick"] = True
+    client = _client(args)
+    job = client.post("/v1/jobs", {"kind": args.kind, "params": params, "actor": args.actor})
+    if args.wait:
+        job = _watch(client, job["id"], quiet=args.json)
+        return _job_outcome(job, args.json)
+    if args.json:
+        _print_json(job)
+    else:
+        print(f"job {job['id']} ({job['kind']}) queued")
+    return 0
+
+
+def cmd_jobs_show(args: argparse.Namespace) -> int:
+    client = _client(args)
+    job = client.get(f"/v1/jobs/{args.id}")
+    if args.log:
+        job["log"] = client.get(f"/v1/jobs/{args.id}/log")["lines"]
+    if args.json:
+        _print_json(job)
+        return 0
+    for key in ("id", "kind", "state", "progress", "message", "actor", "created", "started",
+                "finished", "error"):
+        print(f"{key + ':':<10} {job[key] if job[key] is not None else '-'}")
+    print(f"{'params:':<10} {json.dumps(job['params'])}")
+    if job["result"] is not None:
+        print("result:")
+        print(json.dumps(job["result"], indent=2))
+    for line in job.get("log", []):
+        print(f"log: {line}")
+    return 0
+
+
+def cmd_jobs_list(args: argparse.Namespace) -> int:
+    data = _client(args).get("/v1/jobs", state=args.state, kind=args.kind, limit=args.limit)
+    if args.json:
+        _print_json(data)
+        return 0
+    for job in data["jobs"]:
+        print(f"{job['id']:>5}  {job['kind']:<10} {job['state']:<11} {job['progress']:3d}%  "
+              f"{job['created']}  {job['message']}")
+    print(f"{len(data['jobs'])} of {data['total']} job(s)")
+    return 0
+
+
+def cmd_jobs_cancel(args: argparse.Namespace) -> int:
+    job = _client(args).post(f"/v1/jobs/{args.id}/cancel", {"actor": args.actor})
+    if args.json:
+        _print_json(job)
+    else:
+        print(f"job {job['id']}: {job['state']} ({job['message']})")
+    return 0
+
+
+def cmd_jobs_resume(args: argparse.Namespace) -> int:
+    job = _client(args).post(f"/v1/jobs/{args.id}/resume", {"actor": args.actor})
+    if args.json:
+        _print_json(job)
+    else:
+        print(f"job {job['id']} queued again")
+    return 0
+
+
+def cmd_jobs_watch(args: argparse.Namespace) -> int:
+    return _job_outcome(_watch(_client(args), args.id, quiet=args.json), args.json)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    try:
+        bench = importlib.import_module("accel.bench.paillier")
+    except ImportError as exc:
+        raise CliError(f"the Paillier benchmark is not available: {exc}") from None
+    return int(bench.main(args.bench_args) or 0)
+
+
+# parser ----------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pec-appliance",
+                                     description="PEC appliance node management")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("inventory", help="show the hardware this node has")
+    p.add_argument("--root", default="/", help="read /proc, /sys and /dev under this directory")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--no-accel", action="store_true", help="do not ask the accel backends")
+    p.set_defaults(func=cmd_inventory)
+
+    p = sub.add_parser("profile", help="show which profile this box meets, and why")
+    p.add_argument("--root", default="/", help="read /proc, /sys and /dev under this directory")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--profiles-dir", default=None, help="profile files (default: shipped ones)")
+    p.add_argument("--mini-capability", choices=("mpc", "fl"), default=None)
+    p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser("init", help="create or complete a state directory")
+    _state_arg(p)
+    p.add_argument("--admin-password-file", default=None,
+                   help="file whose first line is the password of user 'admin' (>= 12 chars)")
+    p.add_argument("--root", default="/", help="hardware root the daemon reads")
+    p.add_argument("--mini-capability", choices=("mpc", "fl"), default=None)
+    p.add_argument("--force", action="store_true", help="replace an existing admin password")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("serve", help="run the node daemon in the foreground")
+    _state_arg(p)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("status", help="the running daemon's status")
+    _state_arg(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    jobs = sub.add_parser("jobs", help="list, show, submit, cancel, resume and watch jobs")
+    jsub = jobs.add_subparsers(dest="jobs_command", metavar="ACTION", required=True)
+    p = jsub.add_parser("submit", help="queue a job: benchmark, calibrate, selftest, burnin")
+    p.add_argument("kind")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="job parameter; VALUE is JSON or a bare word")
+    p.add_argument("--bits", type=int, default=None, help="shorthand for --param bits=N")
+    p.add_argument("--quick", action="store_true", help="shorthand for --param quick=true")
+    p.add_argument("--wait", action="store_true", help="follow it to the end with progress")
+    p.set_defaults(func=cmd_jobs_submit)
+    for name, func, helptext in (
+        ("show", cmd_jobs_show, "one job, with its result"),
+        ("cancel", cmd_jobs_cancel, "cancel a queued or running job"),
+        ("resume", cmd_jobs_resume, "queue an interrupted, failed or cancelled job again"),
+        ("watch", cmd_jobs_watch, "follow a job with a progress bar"),
+    ):
+        p = jsub.add_parser(name, help=helptext)
+        p.add_argument("id", type=int)
+        p.set_defaults(func=func)
+        if name == "show":
+            p.add_argument("--log", action="store_true", help="include the job's log")
+    p = jsub.add_parser("list", help="jobs, newest first")
+    p.add_argument("--state", default=None)
+    p.add_argument("--kind", default=None)
+    p.add_argument("--limit", type=int, default=50)
+    p.set_defaults(func=cmd_jobs_list)
+    for action in jsub.choices.values():
+        _state_arg(action)
+        action.add_argument("--json", action="store_true")
+        action.add_argument("--actor", default="cli", help="name recorded in the audit trail")
+
+    p = sub.add_parser("bench", help="run the accel Paillier benchmark here, in this process",
+                       add_help=False)
+    p.add_argument("bench_args", nargs=argparse.REMAINDER,
+                   help="options of `python -m accel.bench paillier` (--bits, --quick, --json)")
+    p.set_defaults(func=cmd_bench)
+
+    for module_name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                continue  # that area is not installed in this build
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    debug = bool(os.environ.get("PEC_DEBUG"))
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("pec-appliance: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return EXIT_ERROR
+    except CliError as exc:
+        print(f"pec-appliance: error: {exc}", file=sys.stderr)
+        return exc.code
+    except DaemonError as exc:
+        where = f" (HTTP {exc.status})" if exc.status else ""
+        print(f"pec-appliance: error: {exc.message}{where}", file=sys.stderr)
+        return EXIT_ERROR
+    except SystemExit:
+        raise
+    except Exception as exc:  # one line, never a traceback, whatever failed
+        if debug:
+            raise
+        text = str(exc).strip().splitlines()
+        print(f"pec-appliance: error: {text[0] if text else type(exc).__name__}",
+              file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

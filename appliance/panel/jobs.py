@@ -1,0 +1,90 @@
+"""Jobs: the list with filters, details and logs, progress polling, submission and cancel."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import Blueprint, flash, jsonify, redirect, render_template, request, url_for
+from flask_login import current_user
+
+from appliance.panel.charts import benchmark_chart
+from appliance.panel.daemon import daemon
+from appliance.panel.forms import FormError, page_number, text_field
+
+bp = Blueprint("jobs", __name__, url_prefix="/jobs")
+
+STATES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
+FINISHED_STATES = frozenset({"done", "failed", "cancelled", "interrupted"})
+# Kinds started from this page; benchmark and keygen have their own forms with parameters.
+SUBMITTABLE_KINDS = ("selftest", "calibrate", "burnin")
+PAGE_SIZE = 25
+
+
+@bp.get("")
+def index() -> str:
+    state = request.args.get("state", "")
+    kind = request.args.get("kind", "")[:32]
+    page = page_number(request.args)
+    query: dict[str, Any] = {"limit": PAGE_SIZE, "offset": (page - 1) * PAGE_SIZE}
+    if state in STATES:
+        query["state"] = state
+    if kind:
+        query["kind"] = kind
+    listing = daemon().get("/v1/jobs", **query)
+    total = int(listing.get("total", 0))
+    return render_template(
+        "jobs.html",
+        jobs=listing["jobs"],
+        total=total,
+        page=page,
+        pages=max(1, -(-total // PAGE_SIZE)),
+        state=state if state in STATES else "",
+        kind=kind,
+        states=STATES,
+        kinds=SUBMITTABLE_KINDS,
+        finished=FINISHED_STATES,
+    )
+
+
+@bp.get("/<int:job_id>")
+def detail(job_id: int) -> str:
+    client = daemon()
+    job = client.get(f"/v1/jobs/{job_id}")
+    lines = client.get(f"/v1/jobs/{job_id}/log").get("lines", [])
+    return render_template(
+        "job.html",
+        job=job,
+        lines=lines,
+        finished=FINISHED_STATES,
+        params_text=json.dumps(job.get("params"), indent=2, sort_keys=True),
+        result_text=json.dumps(job.get("result"), indent=2, sort_keys=True)
+        if job.get("result") is not None
+        else None,
+        chart=benchmark_chart(job.get("result")) if job.get("kind") == "benchmark" else None,
+    )
+
+
+@bp.get("/<int:job_id>.json")
+def progress(job_id: int) -> Any:
+    job = daemon().get(f"/v1/jobs/{job_id}")
+    fields = ("id", "kind", "state", "progress", "message", "error")
+    return jsonify({name: job.get(name) for name in fields}
+                   | {"finished": job.get("state") in FINISHED_STATES})
+
+
+@bp.post("")
+def submit() -> Any:
+    kind = text_field(request.form, "kind", max_len=32)
+    if kind not in SUBMITTABLE_KINDS:
+        raise FormError(f"unknown job kind {kind!r}: choose one of {', '.join(SUBMITTABLE_KINDS)}")
+    job = daemon().post("/v1/jobs", {"kind": kind, "params": {}, "actor": current_user.username})
+    flash(f"Job {job['id']} ({kind}) queued.", "info")
+    return redirect(url_for("jobs.detail", job_id=job["id"]))
+
+
+@bp.post("/<int:job_id>/cancel")
+def cancel(job_id: int) -> Any:
+    job = daemon().post(f"/v1/jobs/{job_id}/cancel", {"actor": current_user.username})
+    flash(f"Job {job_id} is {job.get('state', 'being cancelled')}.", "info")
+    return redirect(url_for("jobs.detail", job_id=job_id))

@@ -1,0 +1,150 @@
+"""The state directory: config.toml, the SQLite store, the socket and the log.
+
+    DIR/config.toml       node settings (see ``Config``)
+    DIR/pec.db            jobs, job logs, events, users, settings (SQLite, WAL)
+    DIR/run/noded.sock    the local API (mode 0660)
+    DIR/log/noded.log     the daemon's log
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from appliance import audit
+from appliance.store import Store
+from appliance.tomlfile import TomlDocument
+from appliance.users import Users, check_password
+
+DEFAULT_STATE_DIR = "/var/lib/pec"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+MINI_CHOICES = ("mpc", "fl")
+
+
+class StateDirError(RuntimeError):
+    """The state directory is missing, incomplete or would be clobbered."""
+
+
+def default_state_dir() -> str:
+    return os.environ.get("PEC_STATE_DIR", DEFAULT_STATE_DIR)
+
+
+@dataclass(frozen=True)
+class Config:
+    node_id: str
+    root: str = "/"
+    mini_capability: str = "mpc"
+    profiles_dir: str | None = None
+    log_level: str = "info"
+
+    def to_toml(self) -> str:
+        lines = [
+            "# PEC node daemon configuration (written by `pec-appliance init`).",
+            f'node_id = "{self.node_id}"',
+            "# where hardware is read from: /proc, /sys and /dev under this directory",
+            f"root = {_toml_str(self.root)}",
+            "# a Mini box carries one privacy-computing capability: \"mpc\" or \"fl\"",
+            f'mini_capability = "{self.mini_capability}"',
+            f'log_level = "{self.log_level}"',
+        ]
+        if self.profiles_dir:
+            lines.append(f"profiles_dir = {_toml_str(self.profiles_dir)}")
+        return "\n".join(lines) + "\n"
+
+
+def _toml_str(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def read_config(path: str | Path) -> Config:
+    doc = TomlDocument.load(path)
+    data = doc.data
+    doc.check_keys(data, {"node_id", "root", "mini_capability", "profiles_dir", "log_level"})
+    cfg = Config(
+        node_id=doc.get(data, "node_id", str),
+        root=doc.get(data, "root", str, default="/"),
+        mini_capability=doc.get(data, "mini_capability", str, default="mpc"),
+        profiles_dir=doc.get(data, "profiles_dir", str, default=None),
+        log_level=doc.get(data, "log_level", str, default="info"),
+    )
+    if cfg.mini_capability not in MINI_CHOICES:
+        raise doc.error("mini_capability", f"must be one of {', '.join(MINI_CHOICES)}")
+    if cfg.log_level not in LOG_LEVELS:
+        raise doc.error("log_level", f"must be one of {', '.join(LOG_LEVELS)}")
+    return cfg
+
+
+class StateDir:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path).absolute()
+
+    config_path = property(lambda self: self.path / "config.toml")
+    db_path = property(lambda self: self.path / "pec.db")
+    run_dir = property(lambda self: self.path / "run")
+    socket_path = property(lambda self: self.path / "run" / "noded.sock")
+    log_dir = property(lambda self: self.path / "log")
+
+    def check(self) -> None:
+        """Refuse to run on a directory ``init`` did not prepare."""
+        if not self.config_path.is_file():
+            raise StateDirError(
+                f"{self.path} is not an initialised state directory (no config.toml); "
+                f"run: pec-appliance init --state-dir {self.path}"
+            )
+
+    def config(self) -> Config:
+        self.check()
+        return read_config(self.config_path)
+
+    def init(self, *, root: str = "/", admin_password: str | None = None,
+             force: bool = False, mini_capability: str | None = None) -> dict:
+        """Create or complete the state directory. Idempotent: an existing config and store
+        are kept; an existing admin is replaced only with ``force``."""
+        if admin_password is not None:
+            check_password(admin_password)
+        if mini_capability is not None and mini_capability not in MINI_CHOICES:
+            raise StateDirError(f"mini capability must be one of {', '.join(MINI_CHOICES)}")
+        if not Path(root).is_dir():
+            raise StateDirError(f"root directory {root!r} does not exist")
+        self.path.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.path, 0o750)
+        for sub in (self.run_dir, self.log_dir):
+            sub.mkdir(exist_ok=True)
+            os.chmod(sub, 0o750)
+        created_config = False
+        if not self.config_path.exists() or force:
+            cfg = Config(node_id=str(uuid.uuid4()), root=str(Path(root).absolute()),
+                         mini_capability=mini_capability or "mpc")
+            if self.config_path.exists():
+                old = read_config(self.config_path)
+                cfg = Config(node_id=old.node_id, root=cfg.root,
+                             mini_capability=mini_capability or old.mini_capability,
+                             profiles_dir=old.profiles_dir, log_level=old.log_level)
+            tmp = self.config_path.with_suffix(".toml.tmp")
+            tmp.write_text(cfg.to_toml())
+            os.chmod(tmp, 0o640)
+            os.replace(tmp, self.config_path)
+            created_config = True
+        cfg = read_config(self.config_path)
+        store = Store(self.db_path)
+        audit.bind(store)
+        try:
+            users = Users(store)
+            admin_set = False
+            if admin_password is not None:
+                if users.get("admin") is not None and not force:
+                    raise StateDirError(
+                        "user 'admin' already exists; pass --force to replace its password"
+                    )
+                users.create("admin", admin_password, "admin", "cli", replace=force)
+                admin_set = True
+            if created_config:
+                audit.record("cli", "node.init", f"node:{cfg.node_id}", {"root": cfg.root})
+            return {"state_dir": str(self.path), "node_id": cfg.node_id,
+                    "config_created": created_config, "admin_set": admin_set,
+                    "users": [u["username"] for u in users.list()]}
+        finally:
+            audit.bind(None)
+            store.close()

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# mmdebstrap customize hook (called by build-image.sh): turn the Debian base tree at $1 into
+# the appliance's root: virtual environment with the wheel, units, first boot, manifest.
+# mmdebstrap has /proc, /sys and /dev mounted in the tree while this runs, so chroot works.
+set -euo pipefail
+
+ROOT=${1:?usage: customize-rootfs.sh ROOTDIR}
+: "${PEC_REPO:?}" "${PEC_WHEELHOUSE:?}" "${PEC_WHEEL:?}" "${PEC_BUILD_TIME:?}"
+: "${PEC_GIT_COMMIT:?}" "${PEC_ROOT_PARTUUID:?}" "${PEC_ESP_PARTUUID:?}"
+IMAGES=$PEC_REPO/images
+VENV=/opt/pec/venv
+
+die() { echo "customize-rootfs: $*" >&2; exit 1; }
+in_root() { chroot "$ROOT" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 "$@"; }
+
+# The daemon's unit comes with the daemon; the image cannot boot into an appliance without it.
+NODED_UNIT=${PEC_NODED_UNIT:-$PEC_REPO/packaging/pec-noded.service}
+[ -f "$NODED_UNIT" ] || die "$NODED_UNIT is missing: the image needs the daemon's unit"
+
+echo "customize-rootfs: identity, file systems, network"
+echo pec-appliance >"$ROOT/etc/hostname"
+printf '127.0.0.1\tlocalhost\n127.0.1.1\tpec-appliance\n::1\tlocalhost ip6-localhost\n' \
+	>"$ROOT/etc/hosts"
+# Empty machine-id: systemd makes one on first boot, so every appliance gets its own.
+: >"$ROOT/etc/machine-id"
+rm -f "$ROOT/var/lib/dbus/machine-id"
+cat >"$ROOT/etc/fstab" <<EOF
+PARTUUID=$PEC_ROOT_PARTUUID  /          ext4  errors=remount-ro  0 1
+PARTUUID=$PEC_ESP_PARTUUID  /boot/efi  vfat  umask=0077,noauto,x-systemd.automount  0 2
+EOF
+mkdir -p "$ROOT/boot/efi"
+install -D -m 0644 "$IMAGES/rootfs/80-pec-management.network" \
+	"$ROOT/etc/systemd/network/80-pec-management.network"
+
+echo "customize-rootfs: virtual environment $VENV"
+mkdir -p "$ROOT/tmp/pec-wheels"
+cp "$PEC_WHEELHOUSE"/*.whl "$IMAGES/requirements.lock" "$ROOT/tmp/pec-wheels/"
+in_root python3 -m venv "$VENV"
+in_root "$VENV/bin/pip" install -q --no-index --no-cache-dir --disable-pip-version-check \
+	--find-links /tmp/pec-wheels -r /tmp/pec-wheels/requirements.lock \
+	"/tmp/pec-wheels/$(basename "$PEC_WHEEL")"
+in_root "$VENV/bin/pip" check
+rm -rf "$ROOT/tmp/pec-wheels"
+ln -sf "$VENV/bin/pec-appliance" "$ROOT/usr/local/bin/pec-appliance"
+# Prove the installed stack imports on the image's own Python before anyone boots it.
+in_root "$VENV/bin/python" -c 'import accel, hsm, tee, appliance.cli'
+
+echo "customize-rootfs: units"
+UNITS=$ROOT/usr/lib/systemd/system
+install -m 0644 "$NODED_UNIT" "$UNITS/pec-noded.service"
+install -D -m 0644 "$IMAGES/systemd/pec-noded-console.conf" \
+	"$UNITS/pec-noded.service.d/10-console.conf"
+install -D -m 0644 "$IMAGES/systemd/pec-noded-firstboot.conf" \
+	"$UNITS/pec-noded.service.d/20-firstboot-audit.conf"
+install -m 0644 "$PEC_REPO/packaging/pec-firstboot.service" "$UNITS/"
+install -m 0644 "$IMAGES/systemd/pec-panel.service" "$IMAGES/systemd/pec-diag.service" "$UNITS/"
+install -D -m 0644 "$IMAGES/rootfs/60-pec-diag.rules" \
+	"$ROOT/usr/lib/udev/rules.d/60-pec-diag.rules"
+install -D -m 0755 "$IMAGES/firstboot/pec_firstboot.py" "$ROOT/usr/lib/pec/pec-firstboot"
+install -D -m 0755 "$IMAGES/rootfs/pec_diag.py" "$ROOT/usr/lib/pec/pec-diag"
+in_root systemctl enable systemd-networkd.service pec-firstboot.service pec-noded.service \
+	pec-panel.service
+# The journal survives reboots: first-boot and audit evidence must not vanish.
+mkdir -p "$ROOT/var/log/journal"
+
+echo "customize-rootfs: manifest"
+mkdir -p "$ROOT/usr/share/pec"
+WHEEL_SHA=$(sha256sum "$PEC_WHEEL" | cut -d' ' -f1)
+dpkg-query --admindir="$ROOT/var/lib/dpkg" -W -f '${Package}=${Version}\n' |
+	sort >"$ROOT/usr/share/pec/packages.txt"
+in_root "$VENV/bin/python" - "$(basename "$PEC_WHEEL")" "$WHEEL_SHA" "$PEC_BUILD_TIME" \
+	"$PEC_GIT_COMMIT" <<'EOF' >"$ROOT/usr/share/pec/manifest.json"
+import importlib.metadata as md
+import json
+import sys
+
+wheel, sha256, build_time, commit = sys.argv[1:5]
+with open("/usr/share/pec/packages.txt") as f:
+    debs = dict(line.strip().split("=", 1) for line in f if line.strip())
+python = {d.metadata["Name"].lower(): d.version for d in md.distributions()}
+json.dump(
+    {
+        "image": "pec-appliance",
+        "version": md.version("pec-appliance"),
+        "build_time": build_time,
+        "git_commit": commit,
+        "wheel": {"file": wheel, "sha256": sha256},
+        "python": python,
+        "debian_packages": debs,
+    },
+    sys.stdout,
+    indent=1,
+    sort_keys=True,
+)
+EOF

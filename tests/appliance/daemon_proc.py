@@ -1,0 +1,83 @@
+"""Start the real daemon process on a temporary state directory, for the daemon and CLI tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from appliance.client import DaemonClient
+from appliance.statedir import StateDir
+
+REPO = Path(__file__).resolve().parents[2]
+ADMIN_PASSWORD = "correct horse battery staple"
+
+
+def cli(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run ``python -m appliance.cli ARGS`` from the repository, capturing its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "appliance.cli", *args],
+        cwd=REPO, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+class Daemon:
+    def __init__(self, state_dir: Path, root: Path, env: dict | None = None) -> None:
+        self.state_dir, self.root, self.env = state_dir, root, env or {}
+        self.proc: subprocess.Popen | None = None
+        self.ready_line = ""
+        self.stderr_lines: list[str] = []
+        self.client = DaemonClient(state_dir, timeout=30)
+
+    def init(self) -> None:
+        StateDir(self.state_dir).init(root=str(self.root), admin_password=ADMIN_PASSWORD)
+
+    def start(self, timeout: float = 60) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "appliance.cli", "serve", "--state-dir", str(self.state_dir)],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, **self.env},
+        )
+        threading.Thread(target=self._drain_stderr, args=(self.proc,), daemon=True).start()
+        got: list[str] = []
+        reader = threading.Thread(target=lambda: got.append(self.proc.stdout.readline()),
+                                  daemon=True)
+        reader.start()
+        reader.join(timeout)
+        if not got or not got[0].startswith("pec-noded ready:"):
+            self.stop_now()
+            raise AssertionError(
+                f"daemon not ready: stdout {got!r}, stderr {self.stderr_lines[-10:]!r}"
+            )
+        self.ready_line = got[0].strip()
+
+    def _drain_stderr(self, proc: subprocess.Popen) -> None:
+        for line in proc.stderr:
+            self.stderr_lines.append(line.rstrip())
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 30) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def stop_now(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def wait_job(self, job_id: int, states: set[str], timeout: float = 60) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job = self.client.get(f"/v1/jobs/{job_id}")
+            if job["state"] in states:
+                return job
+            time.sleep(0.1)
+        raise AssertionError(f"job {job_id} is still {job['state']} after {timeout} s")

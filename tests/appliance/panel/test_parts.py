@@ -1,0 +1,100 @@
+"""The panel's pure parts: chart geometry, form checks, listen addresses, TLS certificate."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import stat
+
+import pytest
+from cryptography import x509
+
+from appliance.panel.charts import benchmark_chart
+from appliance.panel.cli import is_loopback, parse_listen
+from appliance.panel.forms import FormError, flag_field, int_field, page_number, text_field
+from appliance.panel.tls import ensure_certificate
+
+
+def _row(accel: float, phe: float, target: float | None = None) -> dict:
+    return {"accel_ops_s": accel, "phe_ops_s": phe, "ratio": accel / phe, "target": target}
+
+
+def test_benchmark_chart_scales_bars_by_log_of_ops():
+    chart = benchmark_chart({"bits": 512, "phe": "phe 1.5", "backends": {"cpu": {
+        "encrypt": _row(10000.0, 100.0, 40.0),
+        "decrypt": _row(1000.0, 500.0, 1.8),
+    }}})
+    assert chart is not None and [r.operation for r in chart.rows] == ["encrypt", "decrypt"]
+    assert chart.series == [("cpu", "bar-0"), ("phe 1.5", "bar-base")]
+    encrypt, decrypt = chart.rows
+    assert [m.ratio for m in encrypt.measures + decrypt.measures] == [100.0, 2.0]
+    assert encrypt.measures[0].meets_target and decrypt.measures[0].meets_target
+    enc_accel, enc_phe = encrypt.bars
+    dec_accel, _ = decrypt.bars
+    # one decade is the same width wherever it sits on the axis
+    decade = enc_accel.width - dec_accel.width
+    assert decade == pytest.approx((enc_accel.width - enc_phe.width) / 2, abs=0.2)
+    assert enc_phe.y > enc_accel.y and decrypt.label_y > encrypt.label_y
+    assert chart.height > decrypt.bars[-1].y
+
+
+def test_benchmark_chart_puts_every_backend_beside_one_baseline():
+    chart = benchmark_chart({"backends": {
+        "cpu": {"ct + ct": _row(5e5, 2e4, 10.0), "broken": {"accel_ops_s": "fast"}},
+        "opencl": {"ct + ct": _row(1e5, 2e4, 10.0)},
+    }})
+    assert [r.operation for r in chart.rows] == ["ct + ct"]
+    (row,) = chart.rows
+    assert [b.series for b in row.bars] == ["cpu", "opencl", "python-paillier"]
+    assert [m.meets_target for m in row.measures] == [True, False]
+    assert len({b.y for b in row.bars}) == 3
+
+
+@pytest.mark.parametrize(
+    "result",
+    [None, {}, {"backends": {}}, {"backends": {"cpu": {"x": {"accel_ops_s": 1.0}}}}, [1, 2]],
+)
+def test_benchmark_chart_is_none_without_measurements(result):
+    assert benchmark_chart(result) is None
+
+
+def test_form_checks_say_what_is_wrong():
+    assert text_field({"a": "  hi "}, "a", max_len=5) == "hi"
+    assert text_field({"a": " pw "}, "a", max_len=5, strip=False) == " pw "
+    with pytest.raises(FormError, match="a is missing"):
+        text_field({}, "a", max_len=5)
+    with pytest.raises(FormError, match="too long"):
+        text_field({"a": "x" * 6}, "a", max_len=5)
+    with pytest.raises(FormError, match="at least 3"):
+        text_field({"a": "xy"}, "a", max_len=5, min_len=3)
+    assert int_field({"n": "42"}, "n", minimum=1, maximum=50) == 42
+    with pytest.raises(FormError, match="whole number"):
+        int_field({"n": "4.2"}, "n", minimum=1, maximum=50)
+    with pytest.raises(FormError, match="between 1 and 50"):
+        int_field({"n": "51"}, "n", minimum=1, maximum=50)
+    assert flag_field({"q": "on"}, "q") and not flag_field({}, "q")
+    with pytest.raises(FormError, match="checkbox"):
+        flag_field({"q": "perhaps"}, "q")
+    assert [page_number({"page": p}) for p in ("3", "0", "-1", "x", "9" * 9)] == [3, 1, 1, 1, 1]
+
+
+def test_listen_addresses():
+    assert parse_listen("127.0.0.1:8443") == ("127.0.0.1", 8443)
+    assert parse_listen("[::1]:9000") == ("::1", 9000)
+    for bad in ("8443", "host:", ":80", "host:http", "host:70000"):
+        with pytest.raises(argparse.ArgumentTypeError, match="HOST:PORT"):
+            parse_listen(bad)
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("10.1.2.3")
+
+
+def test_certificate_is_made_once_for_the_listen_address(tmp_path):
+    cert_path, key_path = ensure_certificate(tmp_path / "panel", "10.1.2.3")
+    assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert ipaddress.ip_address("10.1.2.3") in sans.get_values_for_type(x509.IPAddress)
+    again = ensure_certificate(tmp_path / "panel", "10.1.2.3")
+    assert again == (cert_path, key_path)
+    assert x509.load_pem_x509_certificate(cert_path.read_bytes()).serial_number == \
+        cert.serial_number
