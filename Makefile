@@ -11,7 +11,7 @@ STATE ?= $(CURDIR)/state
 DEB_PACKAGES := build-essential pkg-config python3-dev python3-venv libgmp-dev \
 	softhsm2 libsofthsm2 swtpm swtpm-tools tpm2-tools libtss2-dev libtss2-tcti-swtpm0 \
 	pocl-opencl-icd ocl-icd-opencl-dev opencl-headers clinfo \
-	chromium chromium-driver
+	chromium chromium-driver systemd
 
 # Debian packages the OS image build and its boot test need; only `make image` and
 # `make image-test` install them.
@@ -56,6 +56,11 @@ run: deps venv
 
 bench: deps venv
 	$(PY) -m accel.bench paillier --bits 2048
+
+# On a machine with an NVIDIA GPU: CUDA tests and GPU benchmarks as one JSON document. It
+# installs nothing, so it runs with the venv's Python when there is one, else $(PYTHON).
+gpu-check:
+	$$( [ -x $(PY) ] && echo $(PY) || echo $(PYTHON) ) scripts/gpu_check.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -276,7 +276,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         bench = importlib.import_module("accel.bench.paillier")
     except ImportError as exc:
         raise CliError(f"the Paillier benchmark is not available: {exc}") from None
-    return int(bench.main(args.bench_args) or 0)
+    argv = ["--bits", str(args.bits)]
+    if args.backend:
+        argv += ["--backend", args.backend]
+    argv += ["--quick"] * args.quick + ["--json"] * args.json
+    return int(bench.main(argv) or 0)
 
 
 # parser ----------------------------------------------------------------------------------
@@ -349,10 +353,11 @@ def build_parser() -> argparse.ArgumentParser:
         action.add_argument("--json", action="store_true")
         action.add_argument("--actor", default="cli", help="name recorded in the audit trail")
 
-    p = sub.add_parser("bench", help="run the accel Paillier benchmark here, in this process",
-                       add_help=False)
-    p.add_argument("bench_args", nargs=argparse.REMAINDER,
-                   help="options of `python -m accel.bench paillier` (--bits, --quick, --json)")
+    p = sub.add_parser("bench", help="run the accel Paillier benchmark here, in this process")
+    p.add_argument("--bits", type=int, default=2048, help="key size (default 2048)")
+    p.add_argument("--backend", default=None, help="backend name, or 'all'")
+    p.add_argument("--quick", action="store_true", help="small batches (a smoke run)")
+    p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
 
     for module_name in COMMAND_MODULES:

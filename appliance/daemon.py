@@ -160,6 +160,8 @@ def serve(state_dir: str) -> int:
     state.run_dir.mkdir(exist_ok=True)
     state.log_dir.mkdir(exist_ok=True)
     _lock_state(state)  # released by the kernel when the process ends, however it ends
+    # the accel router keeps its calibration with the node's state, not in a home directory
+    os.environ.setdefault("PEC_ACCEL_CACHE", str(state.path / "accel"))
     _setup_logging(state, config.log_level)
     # Block the stop signals before any thread exists, so that every thread (the HTTP and job
     # threads, and the native threads of OpenCL runtimes) inherits the mask: a signal landing
@@ -191,7 +193,10 @@ def serve(state_dir: str) -> int:
             if received is not None:
                 log.info("received %s, stopping", signal.Signals(received.si_signo).name)
                 break
-            if interval:
+            # ping only while the API thread lives and the store answers: a wedged daemon
+            # stops pinging and systemd restarts it
+            if interval and serving.is_alive():
+                node.store.query("SELECT 1")
                 sdnotify.notify("WATCHDOG=1")
         sdnotify.notify("STOPPING=1")
     finally:

@@ -205,16 +205,23 @@ def run_calibrate(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
                    "crossover": crossover, "unavailable": missing,
                    "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     ctx.store.set_setting("calibration", calibration)
+    # the router's table: per device backend and op, the batch size from which it wins
+    thresholds = {
+        name: {op: size for op, size in ops.items() if size is not None}
+        for name, ops in crossover.items() if name != "cpu"
+    }
+    calibration["thresholds"] = {name: ops for name, ops in thresholds.items() if ops}
     setter = getattr(accel.backends, "set_calibration", None)
     if setter is not None:
         try:
-            setter(calibration)
+            setter(calibration["thresholds"])
             calibration["applied"] = True
         except Exception as exc:  # the table is still stored and shown
             calibration["applied"] = False
             ctx.log(f"the router did not take the calibration: {describe_error(exc)}")
     else:
         calibration["applied"] = False
+    ctx.store.set_setting("calibration", calibration)
     return calibration
 
 

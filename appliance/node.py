@@ -12,7 +12,7 @@ from typing import Any
 
 import accel.backends
 from appliance import __version__, audit, live
-from appliance.backend_survey import BackendReport, describe_error, survey_backends
+from appliance.backend_survey import BackendReport, describe_error
 from appliance.inventory import Inventory, detect
 from appliance.job_kinds import KINDS
 from appliance.jobs import JobRunner
@@ -66,11 +66,6 @@ class Node:
             self.inventory, self.backends = inventory, inventory.backends
         self.profile = self._decide()
         self._apply_router_policy()
-
-    def refresh_backends(self) -> None:
-        reports = survey_backends()
-        with self._lock:
-            self.backends = reports
 
     # profile
     def _decide(self) -> ProfileMatch:

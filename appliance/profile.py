@@ -190,14 +190,13 @@ def load_profile(path: str | Path) -> Profile:
 
 
 def default_profiles_dir() -> Path:
-    """Where the shipped profiles are: the wheel's package data, else the source tree."""
+    """Where the shipped profiles are: the package data of ``appliance.profiles`` (in the
+    source tree, a link to the repository's ``profiles/``)."""
     try:
-        packaged = importlib.resources.files("appliance.profiles")
-        if packaged.joinpath("mini.toml").is_file():
-            return Path(str(packaged))
-    except ModuleNotFoundError:
-        pass
-    return Path(__file__).resolve().parent.parent / "profiles"
+        return Path(str(importlib.resources.files("appliance.profiles").joinpath("mini.toml"))
+                    ).parent
+    except (ModuleNotFoundError, FileNotFoundError):
+        raise ProfileError("the shipped profiles (appliance.profiles) are missing") from None
 
 
 def load_profiles(directory: str | Path | None = None) -> list[Profile]:
@@ -313,7 +312,7 @@ def match(
             chosen = UNCLASSIFIED_PROFILE
         elif name in by_name:
             chosen = by_name[name]
-            criteria = dict((p.name, c) for p, c in evaluated)[name]
+            criteria = next(crit for p, crit in evaluated if p.name == name)
         else:
             raise ProfileError(f"override names unknown profile {name!r}")
     notes = []

@@ -101,7 +101,8 @@ class StateDir:
     def init(self, *, root: str = "/", admin_password: str | None = None,
              force: bool = False, mini_capability: str | None = None) -> dict:
         """Create or complete the state directory. Idempotent: an existing config and store
-        are kept; an existing admin is replaced only with ``force``."""
+        are kept, and so is an existing admin (given the same password again, nothing
+        changes; another password is refused unless ``force``)."""
         if admin_password is not None:
             check_password(admin_password)
         if mini_capability is not None and mini_capability not in MINI_CHOICES:
@@ -134,12 +135,15 @@ class StateDir:
             users = Users(store)
             admin_set = False
             if admin_password is not None:
-                if users.get("admin") is not None and not force:
+                exists = users.get("admin") is not None
+                if exists and not force and not users.password_matches("admin", admin_password):
                     raise StateDirError(
-                        "user 'admin' already exists; pass --force to replace its password"
+                        "user 'admin' already exists with another password; pass --force to "
+                        "replace it"
                     )
-                users.create("admin", admin_password, "admin", "cli", replace=force)
-                admin_set = True
+                if not exists or force:
+                    users.create("admin", admin_password, "admin", "cli", replace=force)
+                    admin_set = True
             if created_config:
                 audit.record("cli", "node.init", f"node:{cfg.node_id}", {"root": cfg.root})
             return {"state_dir": str(self.path), "node_id": cfg.node_id,

@@ -8,6 +8,7 @@ before it returns, so a killed process loses nothing that was acknowledged.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -83,6 +84,10 @@ class Store:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._lock = threading.RLock()
+        if not self.path.exists():
+            # password hashes live here: no access for others; SQLite gives its -wal and -shm
+            # files the same mode
+            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o640))
         try:
             self._db = sqlite3.connect(
                 self.path, check_same_thread=False, isolation_level=None, timeout=10

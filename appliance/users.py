@@ -7,6 +7,7 @@ as a known one so that timing does not tell which names exist.
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -24,7 +25,12 @@ MAX_FAILURES = 5
 LOCKOUT = timedelta(minutes=5)
 _USERNAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
 _hasher = PasswordHasher()
-_DUMMY_HASH = _hasher.hash("not a password of anyone")
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    # made on first use: hashing costs what a login costs, too much for every CLI start
+    return _hasher.hash("not a password of anyone")
 
 
 class UserError(ValueError):
@@ -86,6 +92,11 @@ class Users:
                      {"role": role})
         return self.get(username)  # type: ignore[return-value]
 
+    def password_matches(self, username: str, password: str) -> bool:
+        """Whether ``password`` is the user's (no audit, no lockout: for local provisioning)."""
+        rows = self.store.query("SELECT password_hash FROM users WHERE username=?", (username,))
+        return bool(rows) and self._verify(rows[0][0], password)
+
     def authenticate(self, username: Any, password: Any, remote: str = "") -> dict[str, Any]:
         """{"ok", "role", "reason"}; audited whatever the outcome."""
         name = username if isinstance(username, str) else ""
@@ -94,7 +105,7 @@ class Users:
         rows = self.store.query("SELECT * FROM users WHERE username=?", (name,))
         now = datetime.now(UTC)
         if not rows:
-            self._verify(_DUMMY_HASH, password)
+            self._verify(_dummy_hash(), password)
             audit.record(name or "-", "auth.failed", f"user:{name or '-'}",
                          {**details, "why": "unknown user"})
             return {"ok": False, "role": None, "reason": "invalid username or password"}

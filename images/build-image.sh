@@ -85,13 +85,9 @@ if [ $REFRESH_LOCK = 0 ]; then
 	done >"$PINS"
 fi
 
-BASE_KEY=$(cat "$IMAGES/packages.list" "$PINS" "$0" <(echo "$MIRROR $SECURITY_MIRROR") |
-	sha256sum | cut -c1-16)
-BASE=$CACHE/base-$BASE_KEY.tar
-if [ $REFRESH_LOCK = 1 ] || [ ! -s "$BASE" ]; then
-	step "Debian base with ${#PACKAGES[@]} packages -> $BASE"
-	# The package cache survives between builds; the pins apply before anything is
-	# resolved, the essential set included.
+# The Debian base with the pinned packages; the package cache survives between builds, and the
+# pins apply before anything is resolved, the essential set included.
+build_base() {
 	nice -n 19 mmdebstrap --mode=root --variant=apt --format=tar \
 		--skip=essential/unlink \
 		--include="$(IFS=,; echo "${PACKAGES[*]}")" \
@@ -105,10 +101,19 @@ if [ $REFRESH_LOCK = 1 ] || [ ! -s "$BASE" ]; then
 		--setup-hook="sync-in $CACHE/apt /var/cache/apt/archives/" \
 		--customize-hook="sync-out /var/cache/apt/archives $CACHE/apt" \
 		--customize-hook='rm -f "$1"/etc/apt/preferences.d/pec-pins.pref' \
-		"$SUITE" "$BASE.part" \
+		"$SUITE" "$1" \
 		"deb $MIRROR $SUITE main" \
 		"deb $MIRROR $SUITE-updates main" \
 		"deb $SECURITY_MIRROR $SUITE-security main"
+}
+
+# Keyed by what makes the base: the list, the pins, the mirrors and the recipe above.
+BASE_KEY=$(cat "$IMAGES/packages.list" "$PINS" <(echo "$MIRROR $SECURITY_MIRROR") \
+	<(declare -f build_base) | sha256sum | cut -c1-16)
+BASE=$CACHE/base-$BASE_KEY.tar
+if [ $REFRESH_LOCK = 1 ] || [ ! -s "$BASE" ]; then
+	step "Debian base with ${#PACKAGES[@]} packages -> $BASE"
+	build_base "$BASE.part"
 	mv "$BASE.part" "$BASE"
 fi
 
@@ -164,6 +169,13 @@ nice -n 19 mmdebstrap --mode=root --variant=custom --skip=update \
 	--setup-hook="tar-in $BASE /" \
 	--customize-hook="$IMAGES/customize-rootfs.sh \"\$1\"" \
 	"$SUITE" "$ROOTFS"
+# mmdebstrap only warns when a mount it made is still busy; mkfs.ext4 -d would copy /proc.
+for _ in 1 2 3 4 5; do
+	mounts=$(findmnt -rn -o TARGET | grep "^$ROOTFS/" | sort -r || true)
+	[ -z "$mounts" ] && break
+	echo "$mounts" | xargs -r umount 2>/dev/null || sleep 2
+done
+[ -z "$(findmnt -rn -o TARGET | grep "^$ROOTFS/")" ] || die "mounts left under $ROOTFS"
 
 # ---------------------------------------------------------------- 3. the disk
 step "disk image $IMG ($SIZE)"
@@ -198,9 +210,12 @@ linux   /pec/vmlinuz
 initrd  /pec/initrd.img
 options root=PARTUUID=$ROOT_PARTUUID rw console=tty0 console=ttyS0,115200n8
 EOF
-mkfs.vfat -q -F 32 -n PEC-ESP -i 8D2A2C3E --offset "$ESP_START" "$IMG" \
-	$((ESP_SECTORS / 2)) >/dev/null
-MTOOLS_SKIP_CHECK=1 mcopy -s -i "$IMG@@$((ESP_START * 512))" "$ESP"/* ::/
+ESP_IMG=$OUT/esp.img
+rm -f "$ESP_IMG"
+mkfs.vfat -F 32 -s 1 -n PEC-ESP -i 8D2A2C3E -C "$ESP_IMG" $((ESP_SECTORS / 2)) >/dev/null
+MTOOLS_SKIP_CHECK=1 mcopy -s -i "$ESP_IMG" "$ESP"/* ::/
+dd if="$ESP_IMG" of="$IMG" bs=512 seek="$ESP_START" conv=notrunc,sparse status=none
+rm -f "$ESP_IMG"
 nice -n 19 mkfs.ext4 -q -L pec-root -U "$ROOT_FS_UUID" -d "$ROOTFS" \
 	-E "offset=$((ROOT_START * 512))" "$IMG" $((ROOT_SECTORS / 2))k
 

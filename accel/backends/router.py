@@ -44,7 +44,12 @@ log = logging.getLogger("accel.backends")
 
 FALLBACK = "cpu"
 POLICIES = ("cpu-only", "fastest-healthy")
-OPS = ("mulmod", "powmod", "fixed_base_table", "powmod_fixed", "multiexp", "invmod", "prodmod")
+# Operations a device backend can be made to fail in (``ntt`` covers both directions).
+# Calibration and ``resolve`` take any op name: callers route whole operations too
+# ("encrypt", "decrypt").
+FAULT_OPS = (
+    "mulmod", "powmod", "fixed_base_table", "powmod_fixed", "multiexp", "invmod", "ntt",
+)
 FAULT_KINDS = ("kernel", "lost", "oom")
 FAULT_ENV = "PEC_ACCEL_FAULT"
 CACHE_ENV = "PEC_ACCEL_CACHE"
@@ -189,8 +194,8 @@ def _checked_calibration(table: Any) -> dict[str, dict[str, int]]:
         if not isinstance(backend, str) or not isinstance(ops, dict):
             raise ValueError(f"calibration entry for {backend!r} must map op -> batch size")
         for op, threshold in ops.items():
-            if op not in OPS:
-                raise ValueError(f"calibration names unknown op {op!r}; known: {', '.join(OPS)}")
+            if not isinstance(op, str) or not op:
+                raise ValueError(f"calibration op names must be non-empty strings, got {op!r}")
             if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 0:
                 raise ValueError(
                     f"calibration threshold for {backend}/{op} must be an int >= 0, "
@@ -360,12 +365,16 @@ class RoutedBackend(Backend):
     def health_probe(self) -> bool:
         return self.target.health_probe()
 
-    def _call(self, op: str, *args: Any) -> Any:
+    def _call(self, op: str, *args: Any, method: str | None = None,
+              on_cpu: Callable[..., Any] | None = None) -> Any:
+        """Run ``method`` (default: ``op``) on the target; on a device fault, mark it
+        unhealthy and run ``on_cpu`` (default: the same method of the CPU backend)."""
+        method = method or op
         target = self.target
         if op == "powmod_fixed":
             args = (_table_for(target, args[0]), *args[1:])
         try:
-            return getattr(target, op)(*args)
+            return getattr(target, method)(*args)
         except (ValueError, TypeError):
             raise  # bad input fails the same way everywhere: not a device fault
         except Exception as exc:
@@ -375,10 +384,29 @@ class RoutedBackend(Backend):
             mark_unhealthy(self.name, reason)
             log.warning("backend %s failed in %s (%s); redoing the call on %s",
                         self.name, op, reason, FALLBACK)
+        if on_cpu is not None:
+            return on_cpu(*args)
         fallback = get(FALLBACK)
         if op == "powmod_fixed":
             args = (_table_for(fallback, args[0]), *args[1:])
-        return getattr(fallback, op)(*args)
+        return getattr(fallback, method)(*args)
+
+    def _ntt(self, direction: str, plan: Any, a: np.ndarray) -> np.ndarray:
+        # The CPU's transform is the Numba path of accel.ntt, not a method of the CPU backend.
+        from accel.ntt import cpu as ntt_cpu
+
+        on_cpu = getattr(ntt_cpu, direction)
+        if not hasattr(self.target, f"ntt_{direction}"):
+            return on_cpu(plan, a)
+        return self._call("ntt", plan, a, method=f"ntt_{direction}", on_cpu=on_cpu)
+
+    def ntt_forward(self, plan: Any, a: np.ndarray) -> np.ndarray:
+        """Forward NTT of a validated ``(B, L, n)`` batch (``accel.ntt.Plan.forward``)."""
+        return self._ntt("forward", plan, a)
+
+    def ntt_inverse(self, plan: Any, a: np.ndarray) -> np.ndarray:
+        """Inverse NTT of a validated ``(B, L, n)`` batch (``accel.ntt.Plan.inverse``)."""
+        return self._ntt("inverse", plan, a)
 
     def mulmod(self, a: np.ndarray, b: np.ndarray, modulus: int) -> np.ndarray:
         return self._call("mulmod", a, b, modulus)
@@ -427,8 +455,8 @@ def inject_fault(backend: str, op: str = "*", kind: str = "kernel") -> Iterator[
     """Make ``backend`` fail in ``op`` (``*``: every op) with ``kind`` inside this block."""
     if kind not in FAULT_KINDS:
         raise ValueError(f"unknown fault kind {kind!r}; known: {', '.join(FAULT_KINDS)}")
-    if op != "*" and op not in OPS:
-        raise ValueError(f"unknown op {op!r}; known: {', '.join(OPS)} or *")
+    if op != "*" and op not in FAULT_OPS:
+        raise ValueError(f"unknown op {op!r}; known: {', '.join(FAULT_OPS)} or *")
     entry = (backend, op, kind)
     with _STATE_LOCK:
         _FAULTS.append(entry)

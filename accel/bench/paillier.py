@@ -2,7 +2,9 @@
 
 Both sides run in the same process on the same machine with the same key. phe (with gmpy2) is
 timed on a sample and reported per operation, which is exact for it: phe works one number at
-a time. Sizes keep a full 2048-bit run near one minute on two cores.
+a time. Each operation alternates between the two sides and keeps each side's best time, so
+that a busy machine slows both alike. Sizes keep a 2048-bit run on the cpu backend near one
+minute on two cores (``--backend all`` adds a run per working backend).
 
 phe ct+ct is timed on ciphertexts already brought to one exponent, so phe pays no exponent
 alignment: the ratio is the conservative one.
@@ -17,6 +19,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -38,100 +41,82 @@ TARGETS = {
 Progress = Callable[[int, str], None]
 
 
-def _timed(fn: Callable[[], Any], repeat: int = 1) -> tuple[float, Any]:
-    best, result = float("inf"), None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, result
+@dataclass
+class Case:
+    """One operation measured on both sides: each ``run`` does ``ops`` operations' worth."""
+
+    op: str
+    phe_run: Callable[[], Any]
+    phe_ops: float
+    accel_run: Callable[[], Any]
+    accel_ops: float
+
+
+def _elapsed(fn: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 def _sizes(quick: bool) -> dict[str, int]:
     if quick:
         return {"encrypt": 64, "decrypt": 32, "add": 2000, "mul": 256, "vec": 100, "sum": 2000,
                 "phe": 6, "phe_mul": 40, "phe_add": 400}
-    return {"encrypt": 1000, "decrypt": 400, "add": 20000, "mul": 4000, "vec": 1000,
-            "sum": 10000, "phe": 24, "phe_mul": 200, "phe_add": 4000}
+    return {"encrypt": 600, "decrypt": 200, "add": 20000, "mul": 2000, "vec": 1000,
+            "sum": 10000, "phe": 12, "phe_mul": 120, "phe_add": 3000}
 
 
-def _measure_phe(pk: PublicKey, sk: PrivateKey, sz: dict[str, int], rng: np.random.Generator
-                 ) -> dict[str, float]:
-    """phe seconds per operation."""
+def _cases(pk: PublicKey, sk: PrivateKey, sz: dict[str, int], rng: np.random.Generator
+           ) -> list[Case]:
     import phe
 
     pub = phe.PaillierPublicKey(pk.n)
     priv = phe.PaillierPrivateKey(pub, sk.p, sk.q)
     xs = rng.standard_normal(sz["phe"]).tolist()
-    t, enc = _timed(lambda: [pub.encrypt(x) for x in xs])
-    per = {"encrypt": t / len(xs)}
-    per["encrypt (private key holder)"] = per["encrypt"]  # phe has no faster key-holder path
-    t, _ = _timed(lambda: [priv.decrypt(e) for e in enc])
-    per["decrypt"] = t / len(enc)
+    enc = [pub.encrypt(x) for x in xs]
+    # phe ct+ct is timed on ciphertexts of one exponent: phe pays no alignment
     exponent = min(e.exponent for e in enc)
     aligned = [e.decrease_exponent_to(exponent) for e in enc]
     pairs = [(aligned[i % len(aligned)], aligned[(i + 1) % len(aligned)])
              for i in range(sz["phe_add"])]
-    t, _ = _timed(lambda: [a + b for a, b in pairs])
-    per["ct + ct"] = t / len(pairs)
     ws = (rng.standard_normal(sz["phe_mul"]) * 10).tolist()
-    t, _ = _timed(lambda: [aligned[i % len(aligned)] * w for i, w in enumerate(ws)])
-    per["ct x float (random signs)"] = t / len(ws)
-    # one output column of vector @ matrix: K products and K-1 additions; 10 columns per op
-    column = (rng.standard_normal(sz["phe_mul"]) * 10).tolist()
+    sum_terms = [aligned[i % len(aligned)] for i in range(sz["phe_add"])]
 
-    def dot_column():
-        acc = aligned[0] * column[0]
-        for i, w in enumerate(column[1:], 1):
+    def phe_column():  # one output column of v @ M: K products, K-1 additions
+        acc = aligned[0] * ws[0]
+        for i, w in enumerate(ws[1:], 1):
             acc = acc + aligned[i % len(aligned)] * w
         return acc
 
-    t, _ = _timed(dot_column)
-    per["vector(1000) @ matrix(1000x10)"] = t / len(column) * 1000 * 10
-    sum_terms = [aligned[i % len(aligned)] for i in range(sz["phe_add"])]
-    t, _ = _timed(lambda: sum(sum_terms[1:], sum_terms[0]))
-    per["sum of 10k"] = t / len(sum_terms) * 10000
-    return per
-
-
-def _measure_accel(pk: PublicKey, sk: PrivateKey, backend: str, sz: dict[str, int],
-                   rng: np.random.Generator, step: Callable[[str], None]) -> dict[str, float]:
-    """accel seconds per operation on ``backend``."""
-    per: dict[str, float] = {}
-    with backends.use(backend):
-        pk.encrypt(np.ones(4))  # builds the fixed-base tables outside the timings
-        sk.encrypt(np.ones(4))
-        x = rng.standard_normal(sz["encrypt"])
-        t, ea = _timed(lambda: pk.encrypt(x))
-        per["encrypt"] = t / x.size
-        step("encrypt")
-        t, _ = _timed(lambda: sk.encrypt(x))
-        per["encrypt (private key holder)"] = t / x.size
-        step("encrypt (private key holder)")
-        part = ea[: sz["decrypt"]]
-        t, _ = _timed(lambda: sk.decrypt(part))
-        per["decrypt"] = t / part.size
-        step("decrypt")
-        big = _tiled(ea, sz["add"])
-        big2 = _tiled(ea[::-1], sz["add"])
-        t, _ = _timed(lambda: big + big2, repeat=2)
-        per["ct + ct"] = t / big.size
-        step("ct + ct")
-        w = rng.standard_normal(sz["mul"]) * 10
-        factors = _tiled(ea, sz["mul"])
-        t, _ = _timed(lambda: factors * w)
-        per["ct x float (random signs)"] = t / w.size
-        step("ct x float")
-        vec = _tiled(ea, sz["vec"])
-        mat = rng.standard_normal((sz["vec"], 10)) * 10
-        t, _ = _timed(lambda: vec @ mat)
-        per["vector(1000) @ matrix(1000x10)"] = t * (1000 / sz["vec"])
-        step("vector @ matrix")
-        terms = _tiled(ea, sz["sum"])
-        t, _ = _timed(lambda: terms.sum(), repeat=2)
-        per["sum of 10k"] = t * (10000 / sz["sum"])
-        step("sum")
-    return per
+    x = rng.standard_normal(sz["encrypt"])
+    pk.encrypt(np.ones(2))  # build the fixed-base tables outside the timings
+    sk.encrypt(np.ones(2))
+    ea = pk.encrypt(x)
+    part = ea[: sz["decrypt"]]
+    big, big2 = _tiled(ea, sz["add"]), _tiled(ea[::-1], sz["add"])
+    w = rng.standard_normal(sz["mul"]) * 10
+    factors = _tiled(ea, sz["mul"])
+    vec = _tiled(ea, sz["vec"])
+    mat = rng.standard_normal((sz["vec"], 10)) * 10
+    terms = _tiled(ea, sz["sum"])
+    return [
+        Case("encrypt", lambda: [pub.encrypt(v) for v in xs], len(xs),
+             lambda: pk.encrypt(x), x.size),
+        # phe has no faster path for the key holder: compare with its only encryption
+        Case("encrypt (private key holder)", lambda: [pub.encrypt(v) for v in xs], len(xs),
+             lambda: sk.encrypt(x), x.size),
+        Case("decrypt", lambda: [priv.decrypt(e) for e in enc], len(enc),
+             lambda: sk.decrypt(part), part.size),
+        Case("ct + ct", lambda: [a + b for a, b in pairs], len(pairs),
+             lambda: big + big2, big.size),
+        Case("ct x float (random signs)",
+             lambda: [aligned[i % len(aligned)] * v for i, v in enumerate(ws)], len(ws),
+             lambda: factors * w, w.size),
+        Case("vector(1000) @ matrix(1000x10)", phe_column, len(ws) / 10000,
+             lambda: vec @ mat, sz["vec"] / 1000),
+        Case("sum of 10k", lambda: sum(sum_terms[1:], sum_terms[0]), len(sum_terms) / 10000,
+             lambda: terms.sum(), sz["sum"] / 10000),
+    ]
 
 
 def _tiled(ea: EncryptedArray, size: int) -> EncryptedArray:
@@ -165,44 +150,47 @@ def machine() -> str:
                     break
     except OSError:
         pass
-    load = ", load average {:.1f}".format(os.getloadavg()[0]) if hasattr(os, "getloadavg") else ""
+    load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
     return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}{load}"
 
 
 def run(bits: int = 2048, backend: str | None = None, quick: bool = False,
-        progress: Progress | None = None) -> dict:
-    """Measure and return ``{"bits", "machine", "phe", "backends": {name: {op: {...}}}}``.
+        progress: Progress | None = None, rounds: int | None = None) -> dict:
+    """Measure and return ``{"bits", "machine", "backends": {name: {op: {...}}}, ...}``.
 
     ``backend`` is one name, ``"all"`` for every registered backend that works here, or None
-    for the router's default. ``progress(percent, message)`` is called along the way.
+    for the router's default. ``progress(percent, message)`` is called along the way. Each
+    operation runs ``rounds`` times on each side, alternating, and the best time counts: on a
+    shared machine that keeps both sides under the same conditions.
     """
     report = progress or (lambda pct, msg: None)
     names = backends.names() if backend == "all" else [backend or backends.resolve().name]
     names, skipped = _available(names)
+    rounds = rounds or (1 if quick else 3)
     sz = _sizes(quick)
     rng = np.random.default_rng()
     report(1, f"generating a {bits}-bit key")
     pk, sk = keygen(bits)
-    report(5, "timing python-paillier")
-    phe_per = _measure_phe(pk, sk, sz, rng)
-    total_steps = 7 * max(1, len(names))
-    done = [0]
-
-    def step(msg: str) -> None:
-        done[0] += 1
-        report(10 + int(89 * done[0] / total_steps), msg)
-
     results: dict[str, dict] = {}
+    total = len(TARGETS) * max(1, len(names))
+    done = 0
     for name in names:
-        per = _measure_accel(pk, sk, name, sz, rng, step)
-        results[name] = {
-            op: {"accel_ops_s": 1.0 / per[op], "phe_ops_s": 1.0 / phe_per[op],
-                 "ratio": phe_per[op] / per[op], "target": TARGETS[op]}
-            for op in TARGETS
-        }
+        rows = {}
+        with backends.use(name):
+            for case in _cases(pk, sk, sz, rng):
+                phe_t = accel_t = float("inf")
+                for _ in range(rounds):
+                    phe_t = min(phe_t, _elapsed(case.phe_run))
+                    accel_t = min(accel_t, _elapsed(case.accel_run))
+                phe_ops, accel_ops = case.phe_ops / phe_t, case.accel_ops / accel_t
+                rows[case.op] = {"accel_ops_s": accel_ops, "phe_ops_s": phe_ops,
+                                 "ratio": accel_ops / phe_ops, "target": TARGETS[case.op]}
+                done += 1
+                report(2 + int(97 * done / total), f"{name}: {case.op}")
+        results[name] = rows
     report(100, "done")
-    return {"bits": bits, "quick": quick, "machine": machine(), "phe": "phe 1.5 + gmpy2",
-            "backends": results, "skipped": skipped}
+    return {"bits": bits, "quick": quick, "rounds": rounds, "machine": machine(),
+            "phe": "phe 1.5 + gmpy2", "backends": results, "skipped": skipped}
 
 
 def format_table(result: dict) -> str:

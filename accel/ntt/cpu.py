@@ -18,15 +18,23 @@ loop vectorise.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
+from accel.ntt.jit import compiled
 from accel.ntt.wide import mulhi
 
 if TYPE_CHECKING:
     from accel.ntt.plan import Plan
+
+# Numba's OpenMP layer spins idle workers by default. On a box whose cores are busy with other
+# work that turns a 0.15 ms batch on two threads into 10-20 ms (measured at load 6 on 2 cores);
+# sleeping workers cost a wake-up per call instead. Numba reads this when it starts the pool
+# (the first parallel call); a value chosen by the operator wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 _U = np.uint64
 _LOW32 = np.uint64(0xFFFFFFFF)
@@ -42,13 +50,13 @@ _NARROW_LIMIT = np.uint64(NARROW_LIMIT)
 # -- Shoup products and butterflies -----------------------------------------------------------
 
 
-@njit(cache=True, inline="always")
+@compiled(inline="always")
 def _shoup_wide(y, w, w_shoup, q):
     """``w * y mod q`` in ``[0, 2q)`` for any 64-bit ``y``; ``w_shoup = floor(w 2^64 / q)``."""
     return w * y - mulhi(w_shoup, y) * q
 
 
-@njit(cache=True, inline="always")
+@compiled(inline="always")
 def _shoup_narrow(y, w, w_shoup32, q):
     """As ``_shoup_wide`` for ``y < 2^32``, ``q < 2^30``, ``w_shoup32 = floor(w 2^32 / q)``.
 
@@ -59,7 +67,7 @@ def _shoup_narrow(y, w, w_shoup32, q):
     return (w & _LOW32) * y - ((w_shoup32 * y) >> _32) * (q & _LOW32)
 
 
-@njit(cache=True, inline="always")
+@compiled(inline="always")
 def _ct_wide(u, y, w, w_shoup, q, two_q):
     """Cooley-Tukey butterfly: inputs and outputs in ``[0, 4q)``."""
     if u >= two_q:
@@ -68,7 +76,7 @@ def _ct_wide(u, y, w, w_shoup, q, two_q):
     return u + v, u - v + two_q
 
 
-@njit(cache=True, inline="always")
+@compiled(inline="always")
 def _ct_narrow(u, y, w, w_shoup32, q, two_q):
     if u >= two_q:
         u -= two_q
@@ -76,7 +84,7 @@ def _ct_narrow(u, y, w, w_shoup32, q, two_q):
     return u + v, u - v + two_q
 
 
-@njit(cache=True, inline="always")
+@compiled(inline="always")
 def _gs_wide(u, v, w, w_shoup, q, two_q):
     """Gentleman-Sande butterfly: inputs and outputs in ``[0, 2q)``."""
     s = u + v
@@ -85,7 +93,7 @@ def _gs_wide(u, v, w, w_shoup, q, two_q):
     return s, _shoup_wide(u - v + two_q, w, w_shoup, q)
 
 
-@njit(cache=True, inline="always")
+@compiled(inline="always")
 def _gs_narrow(u, v, w, w_shoup32, q, two_q):
     s = u + v
     if s >= two_q:
@@ -93,7 +101,7 @@ def _gs_narrow(u, v, w, w_shoup32, q, two_q):
     return s, _shoup_narrow(u - v + two_q, w, w_shoup32, q)
 
 
-@njit(cache=True, inline="always")
+@compiled(inline="always")
 def _reduce_4q(u, q, two_q):
     """``[0, 4q)`` to ``[0, q)``."""
     if u >= two_q:
@@ -103,10 +111,46 @@ def _reduce_4q(u, q, two_q):
     return u
 
 
+@compiled(inline="always")
+def _mulmod_barrett(a, b, q, ratio_lo, ratio_hi):
+    """``a * b mod q`` for ``a, b < q < 2^62`` with ``ratio = floor(2^128 / q)``."""
+    z_lo = a * b
+    z_hi = mulhi(a, b)
+    # quotient estimate floor(z * ratio / 2^128) from the partial products; dropping the low
+    # word of z_lo * ratio_lo and the truncation of ratio make it at most 2 too small
+    mid = mulhi(z_lo, ratio_lo)
+    p_lo = z_lo * ratio_hi
+    r_lo = z_hi * ratio_lo
+    mid += p_lo
+    carry = _ONE if mid < p_lo else _U(0)
+    mid += r_lo
+    carry += _ONE if mid < r_lo else _U(0)
+    quotient = z_hi * ratio_hi + mulhi(z_lo, ratio_hi) + mulhi(z_hi, ratio_lo) + carry
+    r = z_lo - quotient * q
+    if r >= q:
+        r -= q
+    if r >= q:
+        r -= q
+    return r
+
+
+@compiled(inline="always")
+def _shoup_companion(w, q, ratio_lo, ratio_hi):
+    """``floor(w * 2^64 / q)`` for ``w < q``.
+
+    ``floor(w * ratio / 2^64)`` is exact in two words and at most 1 short, because
+    ``ratio = floor(2^128 / q)`` is; the remainder ``w * 2^64 - estimate * q`` (below 2q, so
+    its low word is all of it) says whether to add the 1.
+    """
+    estimate = w * ratio_hi + mulhi(w, ratio_lo)
+    remainder = _U(0) - estimate * q
+    return estimate + _ONE if remainder >= q else estimate
+
+
 # -- one row (one limb of one polynomial) -----------------------------------------------------
 
 
-@njit(cache=True)
+@compiled()
 def _forward_row_wide(x, q, w, ws):
     n = x.shape[0]
     two_q = q + q
@@ -138,7 +182,7 @@ def _forward_row_wide(x, q, w, ws):
         m *= 2
 
 
-@njit(cache=True)
+@compiled()
 def _forward_row_narrow(x, q, w, ws):
     n = x.shape[0]
     two_q = q + q
@@ -170,7 +214,7 @@ def _forward_row_narrow(x, q, w, ws):
         m *= 2
 
 
-@njit(cache=True)
+@compiled()
 def _inverse_row_wide(x, q, w, ws, n_inv, n_inv_shoup):
     n = x.shape[0]
     two_q = q + q
@@ -204,7 +248,7 @@ def _inverse_row_wide(x, q, w, ws, n_inv, n_inv_shoup):
         x[j] = u - q if u >= q else u
 
 
-@njit(cache=True)
+@compiled()
 def _inverse_row_narrow(x, q, w, ws, n_inv, n_inv_shoup):
     n = x.shape[0]
     two_q = q + q
@@ -241,30 +285,7 @@ def _inverse_row_narrow(x, q, w, ws, n_inv, n_inv_shoup):
         x[j] = u - q if u >= q else u
 
 
-@njit(cache=True, inline="always")
-def _mulmod_barrett(a, b, q, ratio_lo, ratio_hi):
-    """``a * b mod q`` for ``a, b < q < 2^62`` with ``ratio = floor(2^128 / q)``."""
-    z_lo = a * b
-    z_hi = mulhi(a, b)
-    # quotient estimate floor(z * ratio / 2^128) from the partial products; dropping the low
-    # word of z_lo * ratio_lo and the truncation of ratio make it at most 2 too small
-    mid = mulhi(z_lo, ratio_lo)
-    p_lo = z_lo * ratio_hi
-    r_lo = z_hi * ratio_lo
-    mid += p_lo
-    carry = _ONE if mid < p_lo else _U(0)
-    mid += r_lo
-    carry += _ONE if mid < r_lo else _U(0)
-    quotient = z_hi * ratio_hi + mulhi(z_lo, ratio_hi) + mulhi(z_hi, ratio_lo) + carry
-    r = z_lo - quotient * q
-    if r >= q:
-        r -= q
-    if r >= q:
-        r -= q
-    return r
-
-
-@njit(cache=True)
+@compiled()
 def powers(root, q, n, ratio_lo, ratio_hi):
     """``[root^0, root^1, ..., root^(n-1)] mod q`` (for the plan's tables)."""
     out = np.empty(n, dtype=np.uint64)
@@ -275,27 +296,19 @@ def powers(root, q, n, ratio_lo, ratio_hi):
     return out
 
 
-@njit(cache=True)
+@compiled()
 def shoup_companions(values, q, ratio_lo, ratio_hi):
-    """``floor(w * 2^64 / q)`` for each ``w < q`` (for the plan's tables).
-
-    ``floor(w * ratio / 2^64)`` is exact in two words and at most 1 short, because
-    ``ratio = floor(2^128 / q)`` is; the remainder ``w * 2^64 - estimate * q`` (below 2q, so
-    its low word is all of it) says whether to add the 1.
-    """
+    """``floor(w * 2^64 / q)`` for each ``w < q`` (for the plan's tables)."""
     out = np.empty_like(values)
     for i in range(values.shape[0]):
-        w = values[i]
-        estimate = w * ratio_hi + mulhi(w, ratio_lo)
-        remainder = _U(0) - estimate * q
-        out[i] = estimate + _ONE if remainder >= q else estimate
+        out[i] = _shoup_companion(values[i], q, ratio_lo, ratio_hi)
     return out
 
 
 # -- batches: rows in parallel ----------------------------------------------------------------
 
 
-@njit(cache=True, parallel=True)
+@compiled(parallel=True)
 def _forward_rows(a, moduli, psi_rev, psi_rev_shoup):
     batch, limbs, _ = a.shape
     for r in prange(batch * limbs):
@@ -306,7 +319,7 @@ def _forward_rows(a, moduli, psi_rev, psi_rev_shoup):
             _forward_row_wide(a[b, limb], moduli[limb], psi_rev[limb], psi_rev_shoup[limb])
 
 
-@njit(cache=True, parallel=True)
+@compiled(parallel=True)
 def _inverse_rows(a, moduli, psi_inv_rev, psi_inv_rev_shoup, n_inv, n_inv_shoup):
     batch, limbs, _ = a.shape
     for r in prange(batch * limbs):
@@ -325,7 +338,7 @@ def _inverse_rows(a, moduli, psi_inv_rev, psi_inv_rev_shoup, n_inv, n_inv_shoup)
             _inverse_row_wide(*args)
 
 
-@njit(cache=True, parallel=True)
+@compiled(parallel=True)
 def _pointwise_rows(a, b, moduli, barrett):
     batch, limbs, n = a.shape
     for r in prange(batch * limbs):

@@ -4,8 +4,8 @@
   ciphertext operand already hides the sum).
 - ct x plaintext: ``powmod`` with per-element exponents ``|w|``; where ``w < 0`` the ciphertext
   is inverted first (``invmod``), so a negative weight never becomes an n-bit exponent. A zero
-  weight gives ``1``, a valid but not re-randomised encryption of zero, exactly as
-  python-paillier does; products are never re-randomised here either.
+  weight gives ``1``, a valid but not re-randomised encryption of zero, as in python-paillier;
+  no result is re-randomised here (export does it, see ``EncryptedArray.to_bytes``).
 - matrix products: ``multiexp`` over the ciphertexts (positive weights) and their inverses
   (negative weights), one call for the whole product.
 - sums: ``prodmod`` along the reduced axes.

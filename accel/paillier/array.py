@@ -8,6 +8,12 @@ exactly NumPy's semantics. Arithmetic lives in ``accel.paillier.arithmetic``.
 
 An array encrypted with an explicit ``backend=`` keeps computing on that backend, and so do
 arrays computed from it; otherwise each operation asks the router.
+
+Results of homomorphic operations are not re-randomised (that would cost an encryption per
+element and each intermediate product of a dot product would pay it). As in python-paillier,
+the ciphertexts are re-randomised instead when they leave the process: ``to_bytes()`` and
+``raw()`` of a computed array multiply in fresh randomness first, unless told not to. Without
+that, ``ea * 0`` would leave as the ciphertext 1 and a sum would reveal its summands.
 """
 
 from __future__ import annotations
@@ -24,7 +30,11 @@ from accel.paillier.keys import PublicKey
 
 
 class EncryptedArray:
-    """Ciphertexts under one public key, with NumPy shapes, broadcasting and dispatch."""
+    """Ciphertexts under one public key, with NumPy shapes, broadcasting and dispatch.
+
+    The constructor trusts ``data`` to hold reduced ciphertexts (the backends assume it);
+    untrusted input goes through ``from_raw`` or ``from_bytes``, which check every value.
+    """
 
     __hash__ = None  # type: ignore[assignment]  # mutable through __setitem__
 
@@ -36,9 +46,12 @@ class EncryptedArray:
         dtype: Any = np.float64,
         *,
         backend: str | Backend | None = None,
+        obfuscated: bool = False,
     ) -> None:
         if not isinstance(public_key, PublicKey):
             raise TypeError("public_key must be a PublicKey")
+        if not isinstance(data, np.ndarray):
+            raise TypeError("data must be a uint64 ndarray of limbs")
         if data.dtype != np.uint64 or data.ndim < 1 or data.shape[-1] != public_key.limbs:
             raise ValueError(
                 f"ciphertext data must be uint64 of shape (..., {public_key.limbs}) for this key"
@@ -53,6 +66,8 @@ class EncryptedArray:
         self.scale = int(scale)
         self.dtype = dtype
         self.backend = backend
+        #: every ciphertext carries fresh randomness (true for encryptions and imports)
+        self.obfuscated = bool(obfuscated)
 
     # -- construction -----------------------------------------------------------------------
 
@@ -72,7 +87,7 @@ class EncryptedArray:
         data = ints_to_limbs(flat, public_key.limbs).reshape((*arr.shape, public_key.limbs))
         if dtype is None:
             dtype = np.int64 if scale == 0 else np.float64
-        return cls(public_key, data, scale, dtype)
+        return cls(public_key, data, scale, dtype, obfuscated=True)
 
     @classmethod
     def from_bytes(cls, blob: bytes, public_key: PublicKey) -> EncryptedArray:
@@ -80,19 +95,38 @@ class EncryptedArray:
         from accel.paillier.serialization import loads
 
         data, scale, dtype = loads(blob, public_key)
-        return cls(public_key, data, scale, dtype)
+        return cls(public_key, data, scale, dtype, obfuscated=True)
 
-    def to_bytes(self) -> bytes:
-        """A versioned, self-describing serialization (see ``accel.paillier.serialization``)."""
+    def to_bytes(self, *, rerandomize: bool = True) -> bytes:
+        """A versioned, self-describing serialization (see ``accel.paillier.serialization``);
+        a computed array is re-randomised first unless ``rerandomize=False``."""
         from accel.paillier.serialization import dumps
 
-        return dumps(self)
+        return dumps(self._exportable(rerandomize))
 
-    def raw(self) -> np.ndarray:
-        """The ciphertexts as an object ndarray of Python ints."""
+    def raw(self, *, rerandomize: bool = True) -> np.ndarray:
+        """The ciphertexts as an object ndarray of Python ints (re-randomised like
+        ``to_bytes``)."""
+        source = self._exportable(rerandomize)
         out = np.empty(self.size, dtype=object)
-        out[:] = limbs_to_ints(self._data.reshape(-1, self.public_key.limbs))
+        out[:] = limbs_to_ints(source._data.reshape(-1, self.public_key.limbs))
         return out.reshape(self.shape)
+
+    def rerandomize(self) -> EncryptedArray:
+        """The same plaintexts under fresh randomness (one encryption's work per element)."""
+        from accel.paillier.residues import randomness
+
+        out = self._like(self._data.copy())
+        if self.size:
+            be = self._backend("powmod_fixed", self.size)
+            rows = self._data.reshape(-1, self.public_key.limbs)
+            noise = randomness(self.public_key, self.size, be)
+            out._data = be.mulmod(rows, noise, self.public_key.nsquare).reshape(self._data.shape)
+        out.obfuscated = True
+        return out
+
+    def _exportable(self, rerandomize: bool) -> EncryptedArray:
+        return self.rerandomize() if rerandomize and not self.obfuscated else self
 
     def _like(self, data: np.ndarray, scale: int | None = None, dtype: Any = None
               ) -> EncryptedArray:
@@ -112,12 +146,16 @@ class EncryptedArray:
         cell = np.dtype((np.void, 8 * self.public_key.limbs))
         return self._data.view(cell).reshape(self.shape)
 
-    def _from_cells(self, cells: Any, scale: int | None = None, dtype: Any = None
-                    ) -> EncryptedArray:
+    def _from_cells(self, cells: Any, scale: int | None = None, dtype: Any = None,
+                    obfuscated: bool | None = None) -> EncryptedArray:
+        """An array of these cells; moving ciphertexts around keeps them as fresh as they were
+        unless a scale change recomputed them."""
         cells = np.asarray(cells)
         flat = np.ascontiguousarray(cells.reshape(-1))  # a 0-d array cannot change its dtype
         data = flat.view(np.uint64).reshape((*cells.shape, self.public_key.limbs))
-        return self._like(data, scale, dtype)
+        out = self._like(data, scale, dtype)
+        out.obfuscated = self.obfuscated if obfuscated is None else obfuscated
+        return out
 
     # -- array attributes --------------------------------------------------------------------
 
@@ -178,10 +216,12 @@ class EncryptedArray:
         if value.scale > self.scale:
             self._data = arithmetic.at_scale(self, value.scale)._data
             self.scale = value.scale
+            self.obfuscated = False
         value = arithmetic.at_scale(value, self.scale)
         if value.dtype.kind == "f":
             self.dtype = value.dtype  # no truncation exists on ciphertexts: promote instead
         self.cells[index] = value.cells
+        self.obfuscated = self.obfuscated and value.obfuscated
 
     def reshape(self, *shape: Any) -> EncryptedArray:
         if len(shape) == 1 and isinstance(shape[0], tuple | list):
@@ -206,7 +246,19 @@ class EncryptedArray:
         return self._from_cells(self.cells.squeeze(axis))
 
     def copy(self) -> EncryptedArray:
-        return self._like(self._data.copy())
+        out = self._like(self._data.copy())
+        out.obfuscated = self.obfuscated
+        return out
+
+    def __copy__(self) -> EncryptedArray:
+        return self.copy()
+
+    def __deepcopy__(self, memo: dict) -> EncryptedArray:
+        return self.copy()
+
+    def __reduce__(self) -> tuple:
+        # the backend pin is a property of this process, not of the data
+        return _restore, (self.public_key, self._data, self.scale, self.dtype, self.obfuscated)
 
     # -- arithmetic --------------------------------------------------------------------------
 
@@ -260,3 +312,8 @@ class EncryptedArray:
 
     def __array_function__(self, func: Any, types: Any, args: Any, kwargs: Any) -> Any:
         return numpy_api.array_function(func, args, kwargs)
+
+
+def _restore(public_key: PublicKey, data: np.ndarray, scale: int, dtype: Any,
+             obfuscated: bool) -> EncryptedArray:
+    return EncryptedArray(public_key, data, scale, dtype, obfuscated=obfuscated)

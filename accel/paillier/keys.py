@@ -1,17 +1,18 @@
 """Paillier keys (g = n + 1), key generation and the per-backend tables that keys cache.
 
 Encryption randomness follows Damgard, Jurik and Nielsen ("A Generalization of Paillier's
-Public-Key System with Applications to Electronic Voting", 2010, section 4.2): the public key
-carries ``h_s = (-y**2)**n mod n**2`` and a ciphertext is ``(1 + m*n) * h_s**x mod n**2`` for a
-random short exponent ``x``. With ``h_s`` fixed, ``h_s**x`` runs on a precomputed fixed-base
-table, several times faster than the classic ``r**n`` with ``r`` uniform in Z*_n.
+Public-Key System with Applications to Electronic Voting", IJIS 2010): the public key carries
+``h_s = (-y**2)**n mod n**2`` and a ciphertext is ``(1 + m*n) * h_s**x mod n**2`` for a random
+short exponent ``x``. With ``h_s`` fixed, ``h_s**x`` runs on a precomputed fixed-base table,
+several times faster than the classic ``r**n`` with ``r`` uniform in Z*_n.
 
-Security choice: DJN reduce semantic security to the decisional composite residuosity
-assumption plus the assumption that short exponents (half the size of n) are as good as full
-ones, the short-exponent argument also used for discrete logarithms (Koshiba and Kurosawa,
-2004). We draw ``x`` with ``n.bit_length() // 2 + 128`` bits: the 128 extra bits are a margin
-over the minimum DJN state, at 12 % more work for 2048-bit keys. ``encrypt(...,
-full_randomness=True)`` gives the classic scheme when an application wants no such assumption.
+Security choice: DJN argue semantic security for exponents of about half the size of n, under
+the decisional composite residuosity assumption plus an assumption that such short exponents
+are as good as full ones (the short-exponent argument known from discrete logarithms, e.g.
+Koshiba and Kurosawa, PKC 2004). We draw ``x`` with ``n.bit_length() // 2 + 128`` bits: the
+128 extra bits are a margin over that minimum, at 12 % more work for 2048-bit keys.
+``encrypt(..., full_randomness=True)`` gives the classic scheme when an application wants no
+such assumption.
 """
 
 from __future__ import annotations
@@ -135,6 +136,16 @@ class PublicKey:
     def __eq__(self, other: object) -> bool:
         return isinstance(other, PublicKey) and other.n == self.n
 
+    # Immutable: copies share the object and its tables; pickles carry n and h_s only.
+    def __copy__(self) -> PublicKey:
+        return self
+
+    def __deepcopy__(self, memo: dict) -> PublicKey:
+        return self
+
+    def __reduce__(self) -> tuple:
+        return _public_key, (self.n, self._h_s)
+
     def __hash__(self) -> int:
         return hash(self.n)
 
@@ -214,6 +225,13 @@ class PrivateKey:
 
     def __repr__(self) -> str:
         return f"PrivateKey(for {self.public_key!r})"
+
+    def __reduce__(self) -> tuple:
+        raise TypeError("a PrivateKey is not pickled: store p and q explicitly, sealed")
+
+
+def _public_key(n: int, h_s: int | None) -> PublicKey:
+    return PublicKey(n, h_s=h_s)
 
 
 def keygen(bits: int = 2048) -> tuple[PublicKey, PrivateKey]:

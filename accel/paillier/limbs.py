@@ -4,8 +4,9 @@ The backends do the quadratic work (modular products and powers). What is left a
 linear: ``1 + m*n`` for small plaintexts, comparisons with a modulus, a modular addition, a
 shift. Doing those here on whole batches keeps Python integers off the hot paths.
 
-Carries are handled on 32-bit digits held in ``int64``: a digit sum or a signed difference then
-never overflows, and one vectorised pass propagates a carry by one digit.
+Carries are handled on 32-bit digits held in ``int64``, digit-major: a batch is a ``(W, N)``
+array whose row ``j`` holds digit ``j`` of every value. A digit sum or a signed difference then
+never overflows, and one carry sweep is ``W`` vectorised steps over contiguous rows.
 """
 
 from __future__ import annotations
@@ -23,61 +24,66 @@ _MASK32 = np.int64(0xFFFFFFFF)
 
 
 def to_digits(limbs: np.ndarray, width: int | None = None) -> np.ndarray:
-    """``(N, L)`` uint64 limbs as ``(N, width)`` int64 32-bit digits (zero-padded)."""
+    """``(N, L)`` uint64 limbs as ``(width, N)`` int64 digit rows (zero-padded)."""
     limbs = np.ascontiguousarray(limbs, dtype=np.uint64)
-    digits = limbs.view(np.uint32).astype(np.int64)
-    if width is not None and width > digits.shape[1]:
-        digits = np.pad(digits, ((0, 0), (0, width - digits.shape[1])))
-    return digits
+    have = 2 * limbs.shape[1]
+    width = have if width is None else width
+    out = np.zeros((max(width, have), limbs.shape[0]), dtype=np.int64)
+    out[:have] = limbs.view(np.uint32).T
+    return out[:width] if width >= have else _checked_trim(out, width)
+
+
+def _checked_trim(digits: np.ndarray, width: int) -> np.ndarray:
+    if digits[width:].any():
+        raise OverflowError(f"value does not fit in {width} digits")
+    return digits[:width]
 
 
 def normalize(digits: np.ndarray) -> np.ndarray:
-    """Propagate carries and borrows until every digit is in ``[0, 2**32)``, in place.
+    """Propagate carries and borrows so every digit is in ``[0, 2**32)``, in place.
 
     Raises ``OverflowError`` when the value does not fit the width or is negative, which
     callers size so that it cannot happen for valid inputs.
     """
-    while True:
-        carry = digits >> 32  # arithmetic shift: a borrow is a carry of -1
-        if not carry.any():
-            return digits
-        if carry[:, -1].any():
-            raise OverflowError("limb arithmetic overflowed its width")
-        digits &= _MASK32
-        digits[:, 1:] += carry[:, :-1]
+    carry = np.zeros(digits.shape[1], dtype=np.int64)
+    for row in digits:
+        row += carry
+        np.right_shift(row, 32, out=carry)  # arithmetic shift: a borrow is a carry of -1
+        row &= _MASK32
+    if carry.any():
+        raise OverflowError("limb arithmetic overflowed its width")
+    return digits
 
 
 def from_digits(digits: np.ndarray, limbs: int) -> np.ndarray:
-    """Normalised digits back to ``(N, limbs)`` uint64; the value must fit."""
-    if digits.shape[1] > 2 * limbs and digits[:, 2 * limbs :].any():
-        raise OverflowError(f"value does not fit in {limbs} limbs")
-    out = np.zeros((digits.shape[0], 2 * limbs), dtype=np.uint32)
-    keep = min(2 * limbs, digits.shape[1])
-    out[:, :keep] = digits[:, :keep]
-    return out.view(np.uint64)
+    """Normalised digit rows back to ``(N, limbs)`` uint64; the value must fit."""
+    digits = _checked_trim(digits, min(digits.shape[0], 2 * limbs))
+    if digits.shape[0] < 2 * limbs:
+        digits = np.pad(digits, ((0, 2 * limbs - digits.shape[0]), (0, 0)))
+    words = digits.astype(np.uint32)
+    return np.ascontiguousarray(words.T).view(np.uint64)
 
 
 def const_digits(value: int, width: int) -> np.ndarray:
-    """A non-negative constant as a ``(width,)`` int64 digit row."""
-    return to_digits(int_to_limbs(value, (width + 1) // 2)[None, :], width)[0, :width]
+    """A non-negative constant as a ``(width, 1)`` digit column."""
+    return to_digits(int_to_limbs(value, (width + 1) // 2)[None, :], width)
 
 
 def mul_const(magnitude: np.ndarray, const: int, width: int) -> np.ndarray:
-    """``magnitude[i] * const`` as normalised ``(N, width)`` digits; ``magnitude`` is
+    """``magnitude[i] * const`` as normalised ``(width, N)`` digit rows; ``magnitude`` is
     ``(N, k)`` uint64 limbs with small ``k`` (a plaintext), ``const`` a modulus."""
-    a = to_digits(magnitude)
-    c = to_digits(int_to_limbs(const, limbs_for(const))[None, :])[0].astype(np.uint64)
-    acc = np.zeros((a.shape[0], max(width, a.shape[1] + c.size + 1)), dtype=np.int64)
-    for i in range(a.shape[1]):
-        if not a[:, i].any():
+    a = to_digits(magnitude).astype(np.uint64)
+    c = to_digits(int_to_limbs(const, limbs_for(const))[None, :])[:, 0].astype(np.uint64)
+    size = max(width, a.shape[0] + c.size + 1)
+    acc = np.zeros((size, a.shape[1]), dtype=np.int64)
+    for i, row in enumerate(a):
+        if not row.any():
             continue
-        partial = a[:, i : i + 1].astype(np.uint64) * c[None, :]  # 32 x 32 -> 64 bits
-        acc[:, i : i + c.size] += (partial & np.uint64(0xFFFFFFFF)).astype(np.int64)
-        acc[:, i + 1 : i + 1 + c.size] += (partial >> np.uint64(32)).astype(np.int64)
+        partial = c[:, None] * row[None, :]  # 32 x 32 -> 64 bits, never overflows
+        acc[i : i + c.size] += (partial & np.uint64(0xFFFFFFFF)).astype(np.int64)
+        acc[i + 1 : i + 1 + c.size] += (partial >> np.uint64(32)).astype(np.int64)
     normalize(acc)
-    if acc[:, width:].any():
-        raise OverflowError("product does not fit the requested width")
-    return acc[:, :width]
+    return _checked_trim(acc, width)
 
 
 def less_than(a: np.ndarray, bound: int) -> np.ndarray:
@@ -101,10 +107,9 @@ def add_mod(a: np.ndarray, b: np.ndarray, modulus: int) -> np.ndarray:
     L = a.shape[1]
     s = to_digits(a, 2 * L + 1) + to_digits(b, 2 * L + 1)
     normalize(s)
-    wide = from_digits(s, L + 1)
-    over = ~less_than(wide, modulus)
+    over = ~less_than(from_digits(s, L + 1), modulus)
     if over.any():
-        s[over] -= const_digits(modulus, 2 * L + 1)
+        s[:, over] -= const_digits(modulus, 2 * L + 1)
         normalize(s)
     return from_digits(s, L)
 

@@ -77,6 +77,8 @@ def array_function(func: Any, args: tuple, kwargs: dict) -> Any:
     found: list[Any] = []
     _collect(args, found)
     _collect(kwargs, found)
+    if not found:
+        return NotImplemented
     first = found[0]
     for other in found[1:]:
         arithmetic.check_same_key(first, other)
@@ -84,7 +86,8 @@ def array_function(func: Any, args: tuple, kwargs: dict) -> Any:
     aligned = {id(x): arithmetic.at_scale(x, scale) for x in found}
     dtype = np.dtype(np.float64 if any(x.dtype.kind == "f" for x in found) else np.int64)
     result = func(*_to_cells(args, aligned), **_to_cells(kwargs, aligned))
-    return _wrap(result, first, scale, dtype)
+    fresh = all(x.obfuscated for x in aligned.values())
+    return _wrap(result, first, scale, dtype, fresh)
 
 
 def _collect(obj: Any, found: list) -> None:
@@ -108,9 +111,9 @@ def _to_cells(obj: Any, aligned: dict) -> Any:
     return obj
 
 
-def _wrap(result: Any, like: Any, scale: int, dtype: np.dtype) -> Any:
+def _wrap(result: Any, like: Any, scale: int, dtype: np.dtype, fresh: bool) -> Any:
     if isinstance(result, np.ndarray | np.void) and np.asarray(result).dtype.kind == "V":
-        return like._from_cells(np.asarray(result), scale, dtype)
+        return like._from_cells(np.asarray(result), scale, dtype, fresh)
     if isinstance(result, list | tuple):
-        return type(result)(_wrap(r, like, scale, dtype) for r in result)
+        return type(result)(_wrap(r, like, scale, dtype, fresh) for r in result)
     return result

@@ -16,6 +16,8 @@ from accel.paillier import limbs as lm
 from accel.paillier.encoding import Encoded
 from accel.paillier.keys import PrivateKey, PublicKey
 
+_CHUNK = 1 << 14
+
 
 def g_power(pk: PublicKey, enc: Encoded) -> np.ndarray:
     """``g**m mod n^2`` for each mantissa ``m`` of ``enc`` as ``(N, L)`` limbs.
@@ -23,14 +25,20 @@ def g_power(pk: PublicKey, enc: Encoded) -> np.ndarray:
     A negative ``m`` stands for ``n - |m|`` and ``g**(n - |m|) = 1 - |m|*n = n^2 + 1 - |m|*n``.
     """
     enc.check_fits(pk.max_int)
+    count = enc.magnitude.shape[0]
+    out = np.empty((count, pk.limbs), dtype=np.uint64)
     width = 2 * pk.limbs + 1
-    digits = lm.mul_const(enc.magnitude, pk.n, width)
-    neg = enc.negative
-    if neg.any():
-        digits[neg] = lm.const_digits(pk.nsquare, width) - digits[neg]
-    digits[:, 0] += 1
-    lm.normalize(digits)
-    return lm.from_digits(digits, pk.limbs)
+    n_square = lm.const_digits(pk.nsquare, width)
+    for start in range(0, count, _CHUNK):  # the digit form is 2x the limbs: bound the memory
+        stop = min(count, start + _CHUNK)
+        digits = lm.mul_const(enc.magnitude[start:stop], pk.n, width)
+        neg = enc.negative[start:stop]
+        if neg.any():
+            digits[:, neg] = n_square - digits[:, neg]
+        digits[0] += 1
+        lm.normalize(digits)
+        out[start:stop] = lm.from_digits(digits, pk.limbs)
+    return out
 
 
 def random_limbs(count: int, bits: int) -> np.ndarray:

@@ -26,7 +26,7 @@ from appliance.panel import (
 )
 from appliance.panel.daemon import DaemonError, error_message
 from appliance.panel.forms import FormError
-from appliance.panel.security import SAFE_METHODS, LoginRateLimiter
+from appliance.panel.security import SAFE_METHODS, LoginRateLimiter, wants_json
 
 DEFAULTS: dict[str, Any] = {
     "TLS": False,
@@ -87,10 +87,6 @@ def _back() -> str:
     return url_for("overview.index")
 
 
-def _wants_json() -> bool:
-    return request.path.endswith(".json") or request.accept_mimetypes.best == "application/json"
-
-
 def _install_error_pages(app: Flask) -> None:
     @app.errorhandler(FormError)
     def form_error(error: FormError) -> Any:
@@ -100,12 +96,15 @@ def _install_error_pages(app: Flask) -> None:
     @app.errorhandler(DaemonError)
     def daemon_error(error: DaemonError) -> Any:
         message = error_message(error)
-        if _wants_json():
-            return jsonify(error=message), 502
+        # The daemon's refusals of a request (unknown job...) keep their status; anything else
+        # means the daemon could not answer.
+        status = error.status if 400 <= error.status < 500 else 502
+        if wants_json():
+            return jsonify(error=message), status
         if request.method not in SAFE_METHODS:
             flash(f"Nothing changed: {message}", "error")
             return redirect(_back())
-        return render_template("error.html", status=502, message=message), 502
+        return render_template("error.html", status=status, message=message), status
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> Any:
@@ -114,6 +113,6 @@ def _install_error_pages(app: Flask) -> None:
         if status == 413:
             limit_kib = app.config["MAX_CONTENT_LENGTH"] // 1024
             message = f"the upload is too large (at most {limit_kib} KiB)"
-        if _wants_json():
+        if wants_json():
             return jsonify(error=message), status
         return render_template("error.html", status=status, message=message), status

@@ -22,7 +22,7 @@ from flask import (
 from flask_login import current_user
 
 from appliance.panel.daemon import daemon, fetch_optional
-from appliance.panel.forms import FormError
+from appliance.panel.forms import FormError, flag_field
 from appliance.panel.security import open_to_auditors
 
 bp = Blueprint("attestation", __name__, url_prefix="/attestation")
@@ -135,7 +135,14 @@ def verify() -> Any:
     if upload is None or not upload.filename:
         raise FormError("choose a bundle file to verify")
     bundle = parse_bundle(upload.read())
-    verdict = daemon().post("/v1/attestation/verify", {"bundle": bundle, "policy": None})
+    policy = None
+    if flag_field(request.form, "golden"):
+        # The peer must have booted what this node calls good: same image, same PCRs.
+        pcrs = daemon().get("/v1/attestation/pcrs")
+        policy = pcrs.get("golden") or None
+        if policy is None:
+            raise FormError("this node has no golden PCR values to compare with")
+    verdict = daemon().post("/v1/attestation/verify", {"bundle": bundle, "policy": policy})
     if verdict.get("ok"):
         flash(f"Bundle verified: {verdict.get('reason') or 'quote and PCRs match'}", "success")
     else:

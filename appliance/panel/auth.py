@@ -22,7 +22,7 @@ from flask_login import LoginManager, UserMixin, current_user, login_user, logou
 
 from appliance.panel.daemon import DaemonError, daemon, error_message
 from appliance.panel.forms import FormError, text_field
-from appliance.panel.security import csrf_token, open_to_auditors, public
+from appliance.panel.security import csrf_token, open_to_auditors, public, wants_json
 
 bp = Blueprint("auth", __name__)
 
@@ -70,12 +70,8 @@ def session_timeout() -> SessionTimeout:
     return current_app.extensions["pec.session_timeout"]
 
 
-def _wants_json() -> bool:
-    return request.path.endswith(".json") or request.accept_mimetypes.best == "application/json"
-
-
 def _unauthorized() -> Any:
-    if _wants_json():
+    if wants_json():
         return jsonify(error="not logged in"), 401
     return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
 

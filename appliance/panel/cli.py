@@ -7,7 +7,6 @@ import ipaddress
 from pathlib import Path
 
 DEFAULT_LISTEN = "127.0.0.1:8443"
-DEFAULT_STATE_DIR = "/var/lib/pec"
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -54,8 +53,13 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    # The daemon's own default, so `panel` and `serve` agree without flags.
+    from appliance.statedir import default_state_dir
+
     parser = subparsers.add_parser("panel", help="serve the local admin panel")
-    parser.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help="the daemon's state dir")
+    parser.add_argument(
+        "--state-dir", default=default_state_dir(), help="the daemon's state directory"
+    )
     parser.add_argument(
         "--listen",
         type=parse_listen,

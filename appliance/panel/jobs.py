@@ -16,13 +16,20 @@ bp = Blueprint("jobs", __name__, url_prefix="/jobs")
 
 STATES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
 FINISHED_STATES = frozenset({"done", "failed", "cancelled", "interrupted"})
-# Kinds started from this page; benchmark and keygen have their own forms with parameters.
-SUBMITTABLE_KINDS = ("selftest", "calibrate", "burnin")
+RESUMABLE_STATES = frozenset({"failed", "cancelled", "interrupted"})
+# These kinds take parameters and have their own forms (Accelerators, Keys).
+KINDS_WITH_OWN_FORM = frozenset({"benchmark", "keygen"})
 PAGE_SIZE = 25
+
+
+def job_kinds() -> list[dict[str, Any]]:
+    """The daemon's job kinds: kind, description, requires, allowed (by this node's profile)."""
+    return daemon().get("/v1/job-kinds")["kinds"]
 
 
 @bp.get("")
 def index() -> str:
+    kinds = job_kinds()
     state = request.args.get("state", "")
     kind = request.args.get("kind", "")[:32]
     page = page_number(request.args)
@@ -42,7 +49,8 @@ def index() -> str:
         state=state if state in STATES else "",
         kind=kind,
         states=STATES,
-        kinds=SUBMITTABLE_KINDS,
+        all_kinds=[k["kind"] for k in kinds],
+        submittable=[k for k in kinds if k["kind"] not in KINDS_WITH_OWN_FORM],
         finished=FINISHED_STATES,
     )
 
@@ -57,6 +65,7 @@ def detail(job_id: int) -> str:
         job=job,
         lines=lines,
         finished=FINISHED_STATES,
+        resumable=RESUMABLE_STATES,
         params_text=json.dumps(job.get("params"), indent=2, sort_keys=True),
         result_text=json.dumps(job.get("result"), indent=2, sort_keys=True)
         if job.get("result") is not None
@@ -76,8 +85,9 @@ def progress(job_id: int) -> Any:
 @bp.post("")
 def submit() -> Any:
     kind = text_field(request.form, "kind", max_len=32)
-    if kind not in SUBMITTABLE_KINDS:
-        raise FormError(f"unknown job kind {kind!r}: choose one of {', '.join(SUBMITTABLE_KINDS)}")
+    known = [k["kind"] for k in job_kinds() if k["kind"] not in KINDS_WITH_OWN_FORM]
+    if kind not in known:
+        raise FormError(f"unknown job kind {kind!r}: choose one of {', '.join(known)}")
     job = daemon().post("/v1/jobs", {"kind": kind, "params": {}, "actor": current_user.username})
     flash(f"Job {job['id']} ({kind}) queued.", "info")
     return redirect(url_for("jobs.detail", job_id=job["id"]))
@@ -87,4 +97,11 @@ def submit() -> Any:
 def cancel(job_id: int) -> Any:
     job = daemon().post(f"/v1/jobs/{job_id}/cancel", {"actor": current_user.username})
     flash(f"Job {job_id} is {job.get('state', 'being cancelled')}.", "info")
+    return redirect(url_for("jobs.detail", job_id=job_id))
+
+
+@bp.post("/<int:job_id>/resume")
+def resume(job_id: int) -> Any:
+    daemon().post(f"/v1/jobs/{job_id}/resume", {"actor": current_user.username})
+    flash(f"Job {job_id} is queued again; it starts over.", "info")
     return redirect(url_for("jobs.detail", job_id=job_id))

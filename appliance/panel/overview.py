@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from flask import Blueprint, jsonify, render_template
@@ -19,12 +20,28 @@ KNOWN_CAPABILITIES = {
 }
 
 
-def capability_matrix(enabled: list[str]) -> list[dict[str, Any]]:
-    names = list(KNOWN_CAPABILITIES) + sorted(set(enabled) - set(KNOWN_CAPABILITIES))
-    return [
-        {"name": name, "label": KNOWN_CAPABILITIES.get(name, name), "enabled": name in enabled}
-        for name in names
-    ]
+def capability_matrix(enabled: list[str], matrix: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Rows of capabilities against each profile's offer and this node's state.
+
+    ``matrix`` is the daemon's ``{profile: {"always": [...], "choose_one": [...]}}``; without it
+    only this node's column is shown.
+    """
+    offers = {
+        name: (set(offer.get("always") or ()), set(offer.get("choose_one") or ()))
+        for name, offer in (matrix or {}).items()
+        if isinstance(offer, Mapping)
+    }
+    offered = {cap for always, one_of in offers.values() for cap in always | one_of}
+    names = list(KNOWN_CAPABILITIES)
+    names += sorted((set(enabled) | offered) - set(KNOWN_CAPABILITIES))
+    rows = []
+    for name in names:
+        cells = []
+        for always, one_of in offers.values():
+            cells.append("yes" if name in always else "one of" if name in one_of else "no")
+        rows.append({"name": name, "label": KNOWN_CAPABILITIES.get(name, name),
+                     "cells": cells, "enabled": name in enabled})
+    return {"profiles": list(offers), "rows": rows}
 
 
 @bp.get("/")
@@ -39,7 +56,9 @@ def index() -> str:
         profile=profile,
         inventory=inventory,
         live=client.get("/v1/live"),
-        capabilities=capability_matrix(list(profile.get("capabilities") or [])),
+        capabilities=capability_matrix(
+            list(profile.get("capabilities") or []), profile.get("matrix")
+        ),
     )
 
 

@@ -27,7 +27,7 @@ SECRET_BYTES = 32
 
 # No inline script or style anywhere, so the policy can stay at 'self' for every resource.
 CONTENT_SECURITY_POLICY = (
-    "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
+    "default-src 'self'; object-src 'none'; base-uri 'none'; "
     "form-action 'self'; frame-ancestors 'none'"
 )
 SECURITY_HEADERS = {
@@ -45,7 +45,7 @@ View = TypeVar("View", bound=Callable[..., Any])
 
 def load_or_create_secret(path: Path) -> bytes:
     """Return the session signing key stored at ``path``, creating it (mode 0600) once."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
@@ -78,6 +78,11 @@ def public(view: View) -> View:
     """Mark a view that needs no login (the login page and static files)."""
     view.public = True  # type: ignore[attr-defined]
     return view
+
+
+def wants_json() -> bool:
+    """True for the endpoints that scripts poll: their errors are JSON, not pages."""
+    return request.path.endswith(".json") or request.accept_mimetypes.best == "application/json"
 
 
 def _expected_origin() -> str:

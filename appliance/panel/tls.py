@@ -21,7 +21,7 @@ def ensure_certificate(panel_dir: Path, host: str) -> tuple[Path, Path]:
     cert_path, key_path = panel_dir / "tls.crt", panel_dir / "tls.key"
     if cert_path.exists() and key_path.exists():
         return cert_path, key_path
-    panel_dir.mkdir(parents=True, exist_ok=True)
+    panel_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     key = ec.generate_private_key(ec.SECP256R1())
     names: list[x509.GeneralName] = [x509.DNSName(socket.gethostname()), x509.DNSName("localhost")]
     try:

@@ -12,7 +12,6 @@ import pytest
 from accel import backends
 from accel.backends.base import Backend
 from accel.backends.cuda.backend import (
-    CUDA_KERNEL_DIR,
     INCLUDE_DIRS,
     inline_includes,
     kernel_sources,
@@ -45,7 +44,7 @@ def compile_cuda(source: Path, out: Path, mode: str, limbs: int) -> None:
 
 
 def test_there_are_cuda_sources() -> None:
-    assert "montgomery.cu" in [p.name for p in kernel_sources()]
+    assert {"montgomery.cu", "ntt.cu"} <= {p.name for p in kernel_sources()}
 
 
 # cubin runs ptxas too (register allocation), which is where 64-limb kernels are slowest to
@@ -57,10 +56,11 @@ def test_cuda_source_compiles_with_nvcc(tmp_path: Path, source: Path, limbs: int
     compile_cuda(source, tmp_path / f"{source.stem}.{mode[1:]}", mode, limbs)
 
 
-def test_runtime_text_compiles_without_include_paths(tmp_path: Path) -> None:
+@pytest.mark.parametrize("source", kernel_sources(), ids=lambda p: p.name)
+def test_runtime_text_compiles_without_include_paths(tmp_path: Path, source: Path) -> None:
     # The runtime compiler gets the text with includes inlined: it must stand on its own.
-    text = inline_includes(CUDA_KERNEL_DIR / "montgomery.cu")
-    assert "#include" not in text and "KERNEL mulmod" in text
+    text = inline_includes(source, INCLUDE_DIRS)
+    assert "#include" not in text and "KERNEL " in text
     standalone = tmp_path / "standalone.cu"
     standalone.write_text(text)
     cmd = [nvcc(), "-arch=sm_90", "-DNLIMBS=2", "-ptx", "-o", str(tmp_path / "s.ptx"),
@@ -73,7 +73,7 @@ def test_missing_include_is_reported(tmp_path: Path) -> None:
     bad = tmp_path / "bad.cu"
     bad.write_text('#include "no_such_header.cl"\n')
     with pytest.raises(FileNotFoundError, match=r"no_such_header\.cl"):
-        inline_includes(bad)
+        inline_includes(bad, INCLUDE_DIRS)
 
 
 def test_cuda_backend_reports_why_it_cannot_run() -> None:
@@ -86,11 +86,15 @@ def test_cuda_backend_reports_why_it_cannot_run() -> None:
         assert entry["reason"]
 
 
-@pytest.fixture(scope="module")
-def backend() -> Backend:
+def cuda_backend() -> Backend:
     if not nvidia_gpu_present():
         pytest.skip("no NVIDIA GPU or driver on this machine: CUDA kernels are compile-tested only")
     return backends.get("cuda")  # with a GPU present, failing to start is a failure
+
+
+@pytest.fixture(scope="module")
+def backend() -> Backend:
+    return cuda_backend()
 
 
 @pytest.mark.gpu

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numba
 import numpy as np
 import pytest
@@ -131,6 +136,24 @@ def test_mixed_widths_and_extreme_coefficients(rng) -> None:
         for row, q in enumerate(moduli):
             assert _ints(product[row]) == negacyclic_product(_ints(a[row]), _ints(b[row]), q)
     assert np.array_equal(plan.inverse(plan.forward(top)), top)
+
+
+@pytest.mark.parametrize("bits", [*BITS, 61])
+def test_pointwise_products_are_exact(bits, rng) -> None:
+    n = 64
+    moduli = ntt.primes(bits=bits, count=2, n=n)
+    plan = ntt.Plan(n=n, moduli=moduli)
+    a = random_reduced(rng, moduli, (2,), n)
+    b = random_reduced(rng, moduli, (2,), n)
+    # the extremes: (q-1)^2, (q-1) * 1, 0 * x, and values next to 2^32 and 2^(bits-1)
+    for row, q in enumerate(moduli):
+        a[0, row, :4] = [q - 1, q - 1, 0, min(q - 1, 1 << 32)]
+        b[0, row, :4] = [q - 1, 1, q - 1, 1 << (bits - 1)]
+    product = cpu.pointwise(plan, a, b)
+    for k in range(2):
+        for row, q in enumerate(moduli):
+            expected = [x * y % q for x, y in zip(_ints(a[k, row]), _ints(b[k, row]), strict=True)]
+            assert _ints(product[k, row]) == expected
 
 
 @pytest.mark.parametrize("bits", BITS)
@@ -269,3 +292,34 @@ def test_plan_routes_to_a_backend_that_has_ntt_methods(rng) -> None:
     # a backend without NTT methods gets the Numba path; so does the named cpu backend
     assert np.array_equal(plan.inverse(a, backend=ReferenceBackend()), cpu.inverse(plan, a))
     assert np.array_equal(plan.polymul(a, b, backend="cpu"), cpu.polymul(plan, a, b))
+
+
+def test_works_where_no_cache_directory_is_writable(tmp_path) -> None:
+    """A read-only install: Numba finds no cache locator, the kernels compile in process."""
+    script = (
+        "import numpy as np\n"
+        "from accel import ntt\n"
+        "from accel.ntt import cpu\n"
+        "assert cpu._forward_row_wide._cache.__class__.__name__ == 'NullCache'\n"
+        "plan = ntt.Plan(n=16, moduli=ntt.primes(bits=60, count=1, n=16))\n"
+        "a = (np.arange(16, dtype=np.uint64) * np.uint64(7919)).reshape(1, 16)\n"
+        "assert np.array_equal(plan.inverse(plan.forward(a)), a)\n"
+        "print('round trip ok')\n"
+    )
+    env = {
+        **os.environ,
+        # only the IPython locator, which declines ordinary files: no locator is available
+        "NUMBA_CACHE_LOCATOR_CLASSES": "numba.core.caching.IPythonCacheLocator",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "round trip ok" in done.stdout
+
+
+def test_kernels_are_cached_on_disk_where_they_can_be() -> None:
+    assert type(cpu._forward_row_wide._cache).__name__ == "FunctionCache"
+    assert type(cpu._inverse_rows._cache).__name__ == "FunctionCache"

@@ -27,3 +27,11 @@ def test_cli_prints_json(capsys):
     assert bench_cli.main(["paillier", "--bits", "512", "--quick", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["bits"] == 512 and "cpu" in out["backends"]
+
+
+def test_demo_runs_and_checks_itself(capsys):
+    from accel import demo
+
+    assert demo.main(bits=512) == 0
+    out = capsys.readouterr().out
+    assert "all results match NumPy" in out and "MISMATCH" not in out

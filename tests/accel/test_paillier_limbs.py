@@ -22,7 +22,8 @@ residues = st.lists(st.integers(0, MODULUS - 1), min_size=1, max_size=8)
 def test_add_mod_and_less_than(xs, ys):
     ys = (ys * len(xs))[: len(xs)]
     a, b = ints_to_limbs(xs, L), ints_to_limbs(ys, L)
-    assert limbs_to_ints(lm.add_mod(a, b, MODULUS)) == [(x + y) % MODULUS for x, y in zip(xs, ys, strict=True)]
+    want = [(x + y) % MODULUS for x, y in zip(xs, ys, strict=True)]
+    assert limbs_to_ints(lm.add_mod(a, b, MODULUS)) == want
     bound = ys[0]
     assert lm.less_than(a, bound).tolist() == [x < bound for x in xs]
     assert lm.is_zero(a).tolist() == [x == 0 for x in xs]

@@ -93,14 +93,22 @@ def test_selftest_checks_every_backend(runner):
         assert any(name in done["error"] for name in accel.backends.names())
 
 
-def test_calibrate_stores_a_table(runner, store):
-    job = runner.submit("calibrate", {"max_batch": 16, "bits": 512}, "cli", [], "mini")
+def test_calibrate_stores_a_table_and_hands_it_to_the_router(runner, store, tmp_path,
+                                                             monkeypatch):
+    import accel.backends
+
+    monkeypatch.setenv("PEC_ACCEL_CACHE", str(tmp_path / "accel"))
+    job = runner.submit("calibrate", {"max_batch": 64, "bits": 512}, "cli", [], "mini")
     done = wait_state(runner, job["id"], {"done", "failed"}, timeout=60)
     assert done["state"] == "done", done["error"]
     stored = store.get_setting("calibration")
-    assert stored["sizes"] == [16]
+    assert stored["sizes"] == [16, 64]
     assert stored["ops_per_s"]["cpu"]["mulmod"]["16"] > 0
     assert stored["crossover"]["cpu"] == {"mulmod": 0, "powmod": 0}
+    assert "cpu" not in stored["thresholds"]
+    assert stored["applied"] is True
+    assert accel.backends.calibration() == stored["thresholds"]
+    assert (tmp_path / "accel").is_dir()
 
 
 def test_benchmark_without_the_module_fails_cleanly_or_runs(runner):

@@ -58,6 +58,8 @@ def test_login_with_the_keyboard_alone(browser, panel):
     page.keyboard.press("Tab")
     page.keyboard.press("Tab")  # the logout button, then the first navigation link
     expect(page.locator(":focus")).to_have_text("Overview")
+    outline = page.evaluate("() => getComputedStyle(document.activeElement).outlineStyle")
+    assert outline not in ("none", ""), "the keyboard focus is not visible"
     page.keyboard.press("Tab")
     page.keyboard.press("Enter")
     expect(page.locator("h1")).to_have_text("Accelerators")
@@ -149,6 +151,12 @@ def test_attestation_quote_download_and_verify(admin_page, tmp_path):
     page.get_by_label("Attestation bundle (JSON file)").set_input_files(str(bundle_path))
     page.get_by_role("button", name="Verify bundle").click()
     expect(flash(page)).to_contain_text("Bundle verified")
+    # This node's own bundle also meets its golden PCR policy.
+    expect(page.locator("td .badge", has_text="differs")).to_have_count(0)
+    page.get_by_label("Attestation bundle (JSON file)").set_input_files(str(bundle_path))
+    page.get_by_label("Also require this node's golden PCR values").check()
+    page.get_by_role("button", name="Verify bundle").click()
+    expect(flash(page)).to_contain_text("Bundle verified")
     screenshot(page, "attestation-verified")
 
     # A bundle changed after signing is rejected with the reason.
@@ -195,11 +203,20 @@ def test_jobs_filter_details_and_cancel(admin_page):
     expect(page.locator(".job-status")).to_contain_text("running", timeout=30_000)
     page.get_by_role("button", name="Cancel job").click()
     expect(page.locator(".job-status")).to_contain_text("cancelled", timeout=30_000)
+    expect(page.get_by_role("heading", name="Log")).to_be_visible()
+    job_url = page.url
     page.goto("/jobs")
     page.get_by_label("State").select_option("cancelled")
+    page.get_by_label("Kind", exact=True).select_option("burnin")
     page.get_by_role("button", name="Show").click()
     expect(page.get_by_role("cell", name="burnin").first).to_be_visible()
     expect(page.locator("tbody .state-done")).to_have_count(0)
+    # A cancelled job can be run again from its page, and cancelled again.
+    page.goto(job_url)
+    page.get_by_role("button", name="Run again").click()
+    expect(flash(page)).to_contain_text("queued again")
+    page.get_by_role("button", name="Cancel job").click()
+    expect(page.locator(".job-status")).to_contain_text("cancelled", timeout=30_000)
 
 
 def _create_user(page: Page, username: str, password: str, role: str) -> None:

@@ -1,10 +1,13 @@
 /* Elementwise batch kernels: mulmod, powmod, invmod, prodmod. */
 #include <stdlib.h>
 
+#include "ifma.h"
 #include "montgomery.h"
 #include "thread_pool.h"
 
 const char *pec_gmp_version(void) { return gmp_version; }
+
+int pec_simd_available(void) { return pec_ifma_usable(); }
 
 int64_t pec_first_unreduced(const pec_modulus *m, const uint64_t *a, int64_t rows)
 {
@@ -150,8 +153,11 @@ static int powmod_rows(void *arg, int64_t begin, int64_t end, mp_limb_t *scratch
 }
 
 int pec_powmod(const pec_modulus *m, const uint64_t *base, const uint64_t *exp,
-               int64_t exp_limbs, int64_t exp_step, uint64_t *out, int64_t rows, int threads)
+               int64_t exp_limbs, int64_t exp_step, uint64_t *out, int64_t rows, int threads,
+               int simd)
 {
+    if (simd && pec_ifma_worth(m, rows))
+        return pec_ifma_powmod(m, base, exp, exp_limbs, exp_step, out, rows, threads);
     const mp_size_t n = (mp_size_t)m->limbs;
     int w = window_for(exp_limbs * 64);
     size_t scratch = (size_t)n * (4 + ((size_t)1 << (w - 1)) + 1);

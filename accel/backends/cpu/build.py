@@ -2,7 +2,8 @@
 
 setuptools runs it at install time through ``cffi_modules`` in setup.py; the kernels link
 against the system GMP, whose fat build picks the assembly for the CPU it runs on, so the C
-around it is compiled for plain x86-64 and the wheel runs on any machine of that family.
+around it is compiled for plain x86-64 and the wheel runs on any machine of that family; the
+AVX-512 IFMA kernels carry their own target attribute and run only where the CPU has them.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import re
 from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCES = ["batch_ops.c", "fixed_base.c", "multiexp.c", "thread_pool.c"]
+SOURCES = ["batch_ops.c", "fixed_base.c", "ifma.c", "multiexp.c", "thread_pool.c"]
 
 
 def _relative(name: str) -> str:
@@ -44,7 +45,7 @@ ffibuilder.set_source(
     include_dirs=[_relative(".")],
     libraries=["gmp", "pthread"],
     extra_compile_args=["-O3", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
-    depends=[_relative(n) for n in ("pec_cpu.h", "montgomery.h", "thread_pool.h")],
+    depends=[_relative(n) for n in ("pec_cpu.h", "montgomery.h", "thread_pool.h", "ifma.h")],
 )
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
  * into one product per non-zero window digit and no squarings at all. */
 #include <stdlib.h>
 
+#include "ifma.h"
 #include "montgomery.h"
 #include "thread_pool.h"
 
@@ -101,8 +102,11 @@ static int fixed_rows(void *arg, int64_t begin, int64_t end, mp_limb_t *scratch)
 
 int pec_powmod_fixed(const pec_modulus *m, const uint64_t *table, int window, int64_t windows,
                      const uint64_t *exp, int64_t exp_limbs, uint64_t *out, int64_t rows,
-                     int threads)
+                     int threads, int simd)
 {
+    if (simd && pec_ifma_worth(m, rows))
+        return pec_ifma_powmod_fixed(m, table, window, windows, exp, exp_limbs, out, rows,
+                                     threads);
     fixed_job job = {m, window, windows, (mp_limb_t *)table, exp, exp_limbs, (mp_limb_t *)out};
     return pec_parallel_for(rows, 8, threads, 3 * (size_t)m->limbs, fixed_rows, &job);
 }

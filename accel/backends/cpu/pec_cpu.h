@@ -31,9 +31,11 @@ int64_t pec_first_unreduced(const pec_modulus *m, const uint64_t *a, int64_t row
 int pec_mulmod(const pec_modulus *m, const uint64_t *a, const uint64_t *b, int64_t b_step,
                uint64_t *out, int64_t rows, int threads);
 
-/* out[i] = base[i] ^ exp[i or 0] mod m; exponents have exp_limbs limbs, exp_step as above. */
+/* out[i] = base[i] ^ exp[i or 0] mod m; exponents have exp_limbs limbs, exp_step as above.
+ * simd: non-zero lets the call use AVX-512 IFMA where the CPU has it (same results). */
 int pec_powmod(const pec_modulus *m, const uint64_t *base, const uint64_t *exp,
-               int64_t exp_limbs, int64_t exp_step, uint64_t *out, int64_t rows, int threads);
+               int64_t exp_limbs, int64_t exp_step, uint64_t *out, int64_t rows, int threads,
+               int simd);
 
 /* table[i][j - 1] = base^(j << (window * i)) in Montgomery form, j = 1 .. 2^window - 1,
  * i = 0 .. windows - 1; the table holds windows * (2^window - 1) * limbs limbs. */
@@ -44,7 +46,7 @@ int pec_fixed_base_table(const pec_modulus *m, const uint64_t *base, int window,
  * must fit in window * windows bits. */
 int pec_powmod_fixed(const pec_modulus *m, const uint64_t *table, int window, int64_t windows,
                      const uint64_t *exp, int64_t exp_limbs, uint64_t *out, int64_t rows,
-                     int threads);
+                     int threads, int simd);
 
 /* out[p][j] = prod_k bases[p][k] ^ exps[k][j] mod m (bases P x K, exps K x M, out P x M). */
 int pec_multiexp(const pec_modulus *m, const uint64_t *bases, const uint64_t *exps,
@@ -58,6 +60,9 @@ int pec_invmod(const pec_modulus *m, const uint64_t *a, uint64_t *out, int64_t r
 /* out[j] = prod_k a[k][j] mod m over a K x N batch. */
 int pec_prodmod(const pec_modulus *m, const uint64_t *a, int64_t K, int64_t N, uint64_t *out,
                 int threads);
+
+/* Non-zero when this CPU runs the AVX-512 IFMA kernels. */
+int pec_simd_available(void);
 
 /* Version string of the GMP library the kernels run on. */
 const char *pec_gmp_version(void);

@@ -7,39 +7,23 @@ path and a change in any included file changes the text that the runtime caches 
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from accel.backends.opencl.kernel_backend import KERNEL_DIR as OPENCL_KERNEL_DIR
-from accel.backends.opencl.kernel_backend import KernelBackend
+from accel.backends.opencl.kernel_backend import KernelBackend, inline_includes
 
 CUDA_KERNEL_DIR = Path(__file__).resolve().parent
 INCLUDE_DIRS = (CUDA_KERNEL_DIR, OPENCL_KERNEL_DIR)
-_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$', re.MULTILINE)
 _THREADS_PER_BLOCK = 128
+_MAX_THREADS_PER_BLOCK = 1024
 
 
 def kernel_sources() -> list[Path]:
-    """The ``.cu`` files of this backend (each compiles on its own with ``-I`` include dirs)."""
+    """The ``.cu`` files of this backend (each compiles on its own with ``-I`` INCLUDE_DIRS)."""
     return sorted(CUDA_KERNEL_DIR.glob("*.cu"))
-
-
-def inline_includes(path: Path, seen: frozenset[Path] = frozenset()) -> str:
-    """``path``'s text with every ``#include "x"`` replaced by x, searched in INCLUDE_DIRS."""
-    if path in seen:
-        raise ValueError(f"{path.name} includes itself")
-
-    def expand(match: re.Match[str]) -> str:
-        for root in (path.parent, *INCLUDE_DIRS):
-            candidate = root / match.group(1)
-            if candidate.is_file():
-                return inline_includes(candidate.resolve(), seen | {path})
-        raise FileNotFoundError(f"{path.name}: include {match.group(1)!r} not found")
-
-    return _INCLUDE.sub(expand, path.read_text())
 
 
 class _PyCudaRuntime:
@@ -65,13 +49,16 @@ class _PyCudaRuntime:
     def alloc(self, words: int) -> Any:
         return self.gpuarray.empty(max(1, words), dtype=np.uint64)
 
-    def launch(self, fn: Any, blocks: int, args: list[Any]) -> None:
+    def launch(self, fn: Any, blocks: int, threads: int, args: list[Any]) -> None:
         fn(*[a.gpudata if hasattr(a, "gpudata") else a for a in args],
-           block=(_THREADS_PER_BLOCK, 1, 1), grid=(blocks, 1))
+           block=(threads, 1, 1), grid=(blocks, 1))
 
     def download(self, buffer: Any, shape: tuple[int, ...]) -> np.ndarray:
         words = int(np.prod(shape))
         return buffer.get()[:words].reshape(shape)
+
+    def synchronize(self) -> None:
+        self.drv.Context.synchronize()
 
 
 class _CupyRuntime:
@@ -106,12 +93,15 @@ class _CupyRuntime:
     def alloc(self, words: int) -> Any:
         return self.cupy.empty(max(1, words), dtype=self.cupy.uint64)
 
-    def launch(self, fn: Any, blocks: int, args: list[Any]) -> None:
-        fn((blocks,), (_THREADS_PER_BLOCK,), tuple(args))
+    def launch(self, fn: Any, blocks: int, threads: int, args: list[Any]) -> None:
+        fn((blocks,), (threads,), tuple(args))
 
     def download(self, buffer: Any, shape: tuple[int, ...]) -> np.ndarray:
         words = int(np.prod(shape))
         return self.cupy.asnumpy(buffer.ravel()[:words]).reshape(shape)
+
+    def synchronize(self) -> None:
+        self.cupy.cuda.Device().synchronize()
 
 
 def _runtime() -> Any:
@@ -139,25 +129,35 @@ class CudaBackend(KernelBackend):
     def devices(self) -> list[str]:
         return [self.runtime.device_name]
 
-    def kernel_source(self) -> str:
-        return inline_includes(CUDA_KERNEL_DIR / "montgomery.cu")
+    def kernel_path(self, name: str) -> Path:
+        return CUDA_KERNEL_DIR / f"{name}.cu"
+
+    def kernel_source(self, name: str) -> str:
+        return inline_includes(self.kernel_path(name), INCLUDE_DIRS)
+
+    def max_group_size(self) -> int:
+        return _MAX_THREADS_PER_BLOCK
 
     def _build(self, source: str, defines: dict[str, int]) -> Any:
         module = self.runtime.build(source, [f"-D{k}={v}" for k, v in defines.items()])
         return {"module": module, "functions": {}}
 
-    def _upload(self, host: np.ndarray) -> Any:
+    def _upload(self, host: np.ndarray, writable: bool = False) -> Any:
         return self.runtime.upload(np.ascontiguousarray(host))
 
     def _alloc(self, words: int) -> Any:
         return self.runtime.alloc(words)
 
-    def _launch(self, program: Any, kernel: str, threads: int, args: list[Any]) -> None:
+    def _launch(self, program: Any, kernel: str, threads: int, args: list[Any],
+                group: int | None = None) -> None:
         functions = program["functions"]
         if kernel not in functions:
             functions[kernel] = self.runtime.function(program["module"], kernel)
-        blocks = -(-threads // _THREADS_PER_BLOCK)
-        self.runtime.launch(functions[kernel], blocks, args)
+        block = group or _THREADS_PER_BLOCK
+        self.runtime.launch(functions[kernel], -(-threads // block), block, args)
 
     def _download(self, buffer: Any, shape: tuple[int, ...]) -> np.ndarray:
         return self.runtime.download(buffer, shape)
+
+    def synchronize(self) -> None:
+        self.runtime.synchronize()

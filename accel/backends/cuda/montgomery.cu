@@ -1,5 +1,5 @@
 /* CUDA build of the Montgomery kernels. The arithmetic has one source, the portable
- * accel/backends/opencl/montgomery.cl, whose __CUDACC__ branch gives the CUDA spelling; the
- * backend inlines the include below before handing the text to the CUDA compiler, and the
- * compile test runs nvcc on this file with -I pointing at the OpenCL kernel directory. */
+ * accel/backends/opencl/montgomery.cl (dialect.h gives the CUDA spelling); the backend inlines
+ * the includes before handing the text to the runtime compiler, and the compile test runs
+ * nvcc on this file with -I pointing at the OpenCL kernel directory. */
 #include "montgomery.cl"

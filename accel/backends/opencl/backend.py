@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyopencl as cl
 
-from accel.backends.opencl.kernel_backend import KernelBackend
+from accel.backends.opencl.kernel_backend import KERNEL_DIR, KernelBackend
 
 # Work-items per launch are rounded up to this so that the runtime can pick a sensible
 # work-group size; the kernels ignore the padding through their element count.
@@ -55,18 +56,32 @@ class OpenCLBackend(KernelBackend):
         program = cl.Program(self.context, source).build(options=options)
         return {k.function_name: k for k in program.all_kernels()}
 
-    def _upload(self, host: np.ndarray) -> Any:
-        flags = cl.mem_flags.READ_ONLY | cl.mem_flags.COPY_HOST_PTR
+    def kernel_path(self, name: str) -> Path:
+        return KERNEL_DIR / f"{name}.cl"
+
+    def max_group_size(self) -> int:
+        return int(self.device.max_work_group_size)
+
+    def _upload(self, host: np.ndarray, writable: bool = False) -> Any:
+        access = cl.mem_flags.READ_WRITE if writable else cl.mem_flags.READ_ONLY
+        flags = access | cl.mem_flags.COPY_HOST_PTR
         return cl.Buffer(self.context, flags, hostbuf=np.ascontiguousarray(host))
 
     def _alloc(self, words: int) -> Any:
         return cl.Buffer(self.context, cl.mem_flags.READ_WRITE, size=max(1, words) * 8)
 
-    def _launch(self, program: Any, kernel: str, threads: int, args: list[Any]) -> None:
-        padded = -(-threads // _LAUNCH_GRANULE) * _LAUNCH_GRANULE
-        program[kernel](self.queue, (padded,), None, *args)
+    def _launch(self, program: Any, kernel: str, threads: int, args: list[Any],
+                group: int | None = None) -> None:
+        if group is None:
+            padded = -(-threads // _LAUNCH_GRANULE) * _LAUNCH_GRANULE
+            program[kernel](self.queue, (padded,), None, *args)
+        else:
+            program[kernel](self.queue, (threads,), (group,), *args)
 
     def _download(self, buffer: Any, shape: tuple[int, ...]) -> np.ndarray:
         host = np.empty(shape, dtype=np.uint64)
         cl.enqueue_copy(self.queue, host, buffer)
         return host
+
+    def synchronize(self) -> None:
+        self.queue.finish()

@@ -9,7 +9,9 @@ fixed-base tables, the order of kernel launches, and the translation of runtime 
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
+import weakref
 from abc import abstractmethod
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -30,10 +32,31 @@ from accel.backends.base import (
 )
 
 KERNEL_DIR = Path(__file__).resolve().parent
-MONTGOMERY_SOURCE = KERNEL_DIR / "montgomery.cl"
+_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$', re.MULTILINE)
+
+# Coefficients an NTT work-group keeps in local memory (docs in ntt.cl).
+NTT_MAX_CHUNK = 2048
 
 # Modulus contexts kept on the device; a Paillier key uses a handful (n^2, p^2, q^2).
 _CONTEXT_CACHE_SIZE = 32
+
+
+def inline_includes(path: Path, include_dirs: tuple[Path, ...] = (KERNEL_DIR,),
+                    seen: frozenset[Path] = frozenset()) -> str:
+    """``path``'s text with every ``#include "x"`` replaced by the text of x (searched next to
+    the including file, then in ``include_dirs``). Runtime compilers then need no include
+    path, and the text they cache by changes whenever any included file does."""
+    if path in seen:
+        raise ValueError(f"{path.name} includes itself")
+
+    def expand(match: re.Match[str]) -> str:
+        for root in (path.parent, *include_dirs):
+            candidate = root / match.group(1)
+            if candidate.is_file():
+                return inline_includes(candidate.resolve(), include_dirs, seen | {path})
+        raise FileNotFoundError(f"{path.name}: include {match.group(1)!r} not found")
+
+    return _INCLUDE.sub(expand, path.read_text())
 
 
 def montgomery_context(modulus: int) -> np.ndarray:
@@ -89,8 +112,11 @@ class KernelBackend(Backend):
     """A backend that runs ``montgomery.cl`` on one device through some runtime."""
 
     def __init__(self) -> None:
-        self._programs: dict[int, Any] = {}
+        self._programs: dict[tuple[str, tuple[tuple[str, int], ...]], Any] = {}
         self._contexts: OrderedDict[int, Any] = OrderedDict()
+        self._ntt_tables: weakref.WeakKeyDictionary[Any, dict[str, Any]] = (
+            weakref.WeakKeyDictionary()
+        )
         # One launch sequence at a time: kernel argument slots and queues are shared state.
         self._lock = threading.RLock()
 
@@ -101,20 +127,36 @@ class KernelBackend(Backend):
         """Compile ``source`` for this device with the given ``-D`` macros."""
 
     @abstractmethod
-    def _upload(self, host: np.ndarray) -> Any:
-        """A device copy of a contiguous host array."""
+    def _upload(self, host: np.ndarray, writable: bool = False) -> Any:
+        """A device copy of a contiguous host array (kernels may write it if ``writable``)."""
 
     @abstractmethod
     def _alloc(self, words: int) -> Any:
         """An uninitialised device buffer of ``words`` uint64."""
 
     @abstractmethod
-    def _launch(self, program: Any, kernel: str, threads: int, args: list[Any]) -> None:
-        """Run ``kernel`` over ``threads`` work-items (kernels bound-check against their n)."""
+    def _launch(self, program: Any, kernel: str, threads: int, args: list[Any],
+                group: int | None = None) -> None:
+        """Run ``kernel`` over ``threads`` work-items (kernels bound-check against their n).
+
+        ``group`` fixes the work-group (block) size for kernels that share local memory;
+        ``threads`` is then a multiple of it."""
+
+    @abstractmethod
+    def kernel_path(self, name: str) -> Path:
+        """The source file of kernel program ``name`` ("montgomery", "ntt") for this runtime."""
+
+    def max_group_size(self) -> int:
+        """Largest work-group the device runs (bounds the NTT chunk)."""
+        return 1024
 
     @abstractmethod
     def _download(self, buffer: Any, shape: tuple[int, ...]) -> np.ndarray:
         """The device buffer as a host uint64 array of ``shape`` (waits for the device)."""
+
+    @abstractmethod
+    def synchronize(self) -> None:
+        """Wait until every queued launch has finished (for timings)."""
 
     #: runtime exception types that mean "the device failed", translated to BackendError
     device_errors: tuple[type[BaseException], ...] = ()
@@ -135,14 +177,16 @@ class KernelBackend(Backend):
             except RuntimeError as exc:
                 raise BackendError(f"{self.name} {op} failed: {exc}") from exc
 
-    def _program(self, limbs: int) -> Any:
-        if limbs not in self._programs:
-            self._programs[limbs] = self._build(self.kernel_source(), {"NLIMBS": limbs})
-        return self._programs[limbs]
+    def _program(self, name: str, **defines: int) -> Any:
+        """Program ``name`` built with ``defines``: once per device and define set."""
+        key = (name, tuple(sorted(defines.items())))
+        if key not in self._programs:
+            self._programs[key] = self._build(self.kernel_source(name), defines)
+        return self._programs[key]
 
-    def kernel_source(self) -> str:
-        """The device program's source text (the CUDA runtime wraps it)."""
-        return MONTGOMERY_SOURCE.read_text()
+    def kernel_source(self, name: str) -> str:
+        """The self-contained source text of program ``name``."""
+        return inline_includes(self.kernel_path(name))
 
     def _context(self, modulus: int) -> Any:
         ctx = self._contexts.get(modulus)
@@ -185,7 +229,7 @@ class KernelBackend(Backend):
         with self._device_call("mulmod"):
             out = self._alloc(n * limbs)
             self._launch(
-                self._program(limbs),
+                self._program("montgomery", NLIMBS=limbs),
                 "mulmod",
                 n,
                 [out, self._upload(a), self._upload(b), np.uint32(b_stride),
@@ -205,7 +249,7 @@ class KernelBackend(Backend):
         with self._device_call("powmod"):
             out = self._alloc(n * limbs)
             self._launch(
-                self._program(limbs),
+                self._program("montgomery", NLIMBS=limbs),
                 "powmod",
                 n,
                 [out, self._upload(base), self._upload(exp), np.uint32(exp.shape[1]),
@@ -245,7 +289,7 @@ class KernelBackend(Backend):
         with self._device_call("powmod_fixed"):
             out = self._alloc(n * limbs)
             self._launch(
-                self._program(limbs),
+                self._program("montgomery", NLIMBS=limbs),
                 "powmod_fixed",
                 n,
                 [out, self._upload(exp), np.uint32(exp.shape[1]), table.data,
@@ -273,7 +317,7 @@ class KernelBackend(Backend):
             out[..., 0] = 1 % modulus
             return out
         with self._device_call("multiexp"):
-            program = self._program(limbs)
+            program = self._program("montgomery", NLIMBS=limbs)
             ctx = self._context(modulus)
             mont = self._alloc(p * k * limbs)
             self._launch(program, "to_montgomery", p * k,
@@ -303,3 +347,96 @@ class KernelBackend(Backend):
                 except ValueError:
                     raise ValueError(f"element {i} has no inverse modulo the modulus") from None
             return ints_to_limbs(out, limbs)
+
+    # -- NTT (docs/ntt.md: same tables and steps as the CPU path) --------------------------
+
+    def _ntt_plan_buffers(self, plan: Any) -> dict[str, Any]:
+        buffers = self._ntt_tables.get(plan)
+        if buffers is None:
+            buffers = {
+                name: self._upload(np.ascontiguousarray(getattr(plan, name), dtype=np.uint64))
+                for name in ("moduli", "psi_rev", "psi_rev_shoup", "psi_inv_rev",
+                             "psi_inv_rev_shoup", "n_inv", "n_inv_shoup")
+            }
+            self._ntt_tables[plan] = buffers
+        return buffers
+
+    def _ntt_chunk(self, n: int) -> int:
+        return min(n, NTT_MAX_CHUNK, 2 * self.max_group_size())
+
+    @staticmethod
+    def _ntt_batch(plan: Any, a: Any) -> np.ndarray:
+        a = _limb_array("a", a, 3)
+        if a.shape[1:] != (plan.limbs, plan.n):
+            raise ValueError(f"a must be shaped (B, {plan.limbs}, {plan.n}), got {a.shape}")
+        return a
+
+    def ntt_forward(self, plan: Any, a: np.ndarray) -> np.ndarray:
+        """Forward negacyclic NTT of a ``(B, L, n)`` batch, output in bit-reversed order."""
+        a = self._ntt_batch(plan, a)
+        if a.size == 0:
+            return a.copy()
+        with self._device_call("ntt"):
+            data = self._upload(a, writable=True)
+            self.ntt_forward_resident(plan, data, a.shape[0])
+            return self._download(data, a.shape)
+
+    def ntt_inverse(self, plan: Any, a: np.ndarray) -> np.ndarray:
+        """Inverse of :meth:`ntt_forward`: bit-reversed evaluations back to coefficients."""
+        a = self._ntt_batch(plan, a)
+        if a.size == 0:
+            return a.copy()
+        with self._device_call("ntt"):
+            data = self._upload(a, writable=True)
+            self.ntt_inverse_resident(plan, data, a.shape[0])
+            return self._download(data, a.shape)
+
+    def ntt_forward_resident(self, plan: Any, data: Any, batch: int) -> None:
+        """:meth:`ntt_forward` in place on a device buffer of ``batch * L * n`` words (the
+        launches are queued; :meth:`synchronize` waits for them)."""
+        rows, log_n = batch * plan.limbs, plan.log_n
+        chunk = self._ntt_chunk(plan.n)
+        t = self._ntt_plan_buffers(plan)
+        program = self._program("ntt", NTT_CHUNK=chunk)
+        common = [t["psi_rev"], t["psi_rev_shoup"], t["moduli"], np.uint32(plan.limbs),
+                  np.uint32(log_n)]
+        butterflies = rows * (plan.n // 2)
+        # Global stages two at a time (one pass over memory for both), then the odd one out.
+        log_t, last_global = log_n - 1, chunk.bit_length() - 1
+        while log_t >= last_global:
+            if log_t - 1 >= last_global:
+                self._launch(program, "ntt_forward_stage2", butterflies // 2,
+                             [data, *common, np.uint32(log_t), np.uint64(butterflies // 2)])
+                log_t -= 2
+            else:
+                self._launch(program, "ntt_forward_stage", butterflies,
+                             [data, *common, np.uint32(log_t), np.uint64(butterflies)])
+                log_t -= 1
+        self._launch(program, "ntt_forward_tail", butterflies, [data, *common],
+                     group=chunk // 2)
+
+    def ntt_inverse_resident(self, plan: Any, data: Any, batch: int) -> None:
+        """:meth:`ntt_inverse` in place on a device buffer (see :meth:`ntt_forward_resident`)."""
+        rows, log_n = batch * plan.limbs, plan.log_n
+        chunk = self._ntt_chunk(plan.n)
+        t = self._ntt_plan_buffers(plan)
+        program = self._program("ntt", NTT_CHUNK=chunk)
+        tables = [t["psi_inv_rev"], t["psi_inv_rev_shoup"], t["moduli"], t["n_inv"],
+                  t["n_inv_shoup"], np.uint32(plan.limbs), np.uint32(log_n)]
+        butterflies = rows * (plan.n // 2)
+        global_stages = list(range(chunk.bit_length() - 1, log_n))
+        self._launch(program, "ntt_inverse_head", butterflies,
+                     [data, *tables, np.uint32(not global_stages)], group=chunk // 2)
+        while global_stages:
+            log_t = global_stages[0]
+            if len(global_stages) >= 2:
+                finish = np.uint32(global_stages[1] == log_n - 1)
+                self._launch(program, "ntt_inverse_stage2", butterflies // 2,
+                             [data, *tables, np.uint32(log_t), finish,
+                              np.uint64(butterflies // 2)])
+                global_stages = global_stages[2:]
+            else:
+                finish = np.uint32(log_t == log_n - 1)
+                self._launch(program, "ntt_inverse_stage", butterflies,
+                             [data, *tables, np.uint32(log_t), finish, np.uint64(butterflies)])
+                global_stages = global_stages[1:]

@@ -13,6 +13,16 @@
 
 #include "dialect.h"
 
+/* MONT_NOINLINE keeps one out-of-line copy of the multiplication. CPU OpenCL compilers (PoCL)
+ * otherwise inline and unroll it at every call site, and code generation of a 64-limb
+ * exponentiation then takes minutes; GPU builds keep it inline so that limbs stay in
+ * registers. */
+#ifdef MONT_NOINLINE
+#define MONT_FN static __attribute__((noinline))
+#else
+#define MONT_FN DEVICE
+#endif
+
 #ifndef NLIMBS
 #error "NLIMBS (limb count of the modulus) must be defined when building these kernels"
 #endif

@@ -31,11 +31,11 @@
     const line = svg.querySelector("polyline");
     if (!line || values.length === 0) return;
     const top = ceiling || Math.max.apply(null, values.concat([1]));
-    const step = 120 / Math.max(HISTORY - 1, 1);
-    const offset = (HISTORY - values.length) * step;
+    // Spread what has arrived over the whole width, so a fresh page shows a line at once.
+    const step = 120 / Math.max(values.length - 1, 1);
     const points = values.map(function (v, i) {
       const y = 31 - (Math.min(v, top) / top) * 30;
-      return (offset + i * step).toFixed(1) + "," + y.toFixed(1);
+      return (i * step).toFixed(1) + "," + y.toFixed(1);
     });
     line.setAttribute("points", points.join(" "));
   }

@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from tests.appliance.panel.conftest import login, post
+from tests.appliance.panel.browser_forms import login, post
 from tests.e2e.panel_stack import ADMIN_PASSWORD
 
 
@@ -122,3 +122,11 @@ def test_daemon_refusal_is_shown_not_raised(client, daemon, admin):
     """Cancelling a job that does not exist: the daemon's reason lands on the page."""
     page = _flash_after(client, post(client, "/jobs/999999/cancel", {}, token=admin))
     assert "Nothing changed" in page
+
+
+def test_missing_job_is_a_not_found_page(client, admin):
+    answer = client.get("/jobs/999999")
+    assert answer.status_code == 404
+    page = answer.get_data(as_text=True)
+    assert "<h1>Not found</h1>" in page and "999999" in page
+    assert client.get("/jobs/999999.json").status_code == 404

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import stat
+import subprocess
+import sys
 
 import pytest
 from cryptography import x509
@@ -12,6 +14,7 @@ from cryptography import x509
 from appliance.panel.charts import benchmark_chart
 from appliance.panel.cli import is_loopback, parse_listen
 from appliance.panel.forms import FormError, flag_field, int_field, page_number, text_field
+from appliance.panel.overview import capability_matrix
 from appliance.panel.tls import ensure_certificate
 
 
@@ -98,3 +101,32 @@ def test_certificate_is_made_once_for_the_listen_address(tmp_path):
     assert again == (cert_path, key_path)
     assert x509.load_pem_x509_certificate(cert_path.read_bytes()).serial_number == \
         cert.serial_number
+
+
+def test_capability_matrix_marks_each_profiles_offer_and_this_node():
+    matrix = capability_matrix(["mpc", "fl", "ledger"], {
+        "mini": {"always": [], "choose_one": ["mpc", "fl"]},
+        "standard": {"always": ["mpc", "fl", "ledger"]},
+        "jumbo": {"always": ["mpc", "fl", "ledger", "tee"]},
+    })
+    assert matrix["profiles"] == ["mini", "standard", "jumbo"]
+    rows = {row["name"]: row for row in matrix["rows"]}
+    assert rows["mpc"]["cells"] == ["one of", "yes", "yes"] and rows["mpc"]["enabled"]
+    assert rows["tee"]["cells"] == ["no", "no", "yes"] and not rows["tee"]["enabled"]
+    only_node = capability_matrix(["mpc", "quantum"], None)
+    assert only_node["profiles"] == []
+    assert [r["name"] for r in only_node["rows"]][-1] == "quantum"
+
+
+def test_panel_loads_nothing_of_the_trust_root_or_the_store():
+    """The panel reaches the node only through the daemon's API (DESIGN.md)."""
+    code = (
+        "import sys, appliance.panel.app, appliance.panel.cli\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('hsm', 'tee', 'pkcs11', 'tpm2_pytss', 'sqlite3', 'accel')"
+        " or m.startswith('appliance.') and not m.startswith(('appliance.panel', "
+        "'appliance.client'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60).stdout.strip()
+    assert out == "[]"

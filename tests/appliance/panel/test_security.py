@@ -5,10 +5,10 @@ from __future__ import annotations
 import stat
 import time
 
-from appliance.client import DaemonClient
+from appliance.client import DaemonClient, DaemonError
 from appliance.panel import create_app
 from appliance.panel.security import SECURITY_HEADERS
-from tests.appliance.panel.conftest import ORIGIN, csrf_of, ensure_user, login, post
+from tests.appliance.panel.browser_forms import ORIGIN, csrf_of, ensure_user, login, post
 from tests.e2e.panel_stack import ADMIN_PASSWORD
 
 AUDITOR_PASSWORD = "auditor password 123"
@@ -165,3 +165,41 @@ def test_idle_session_is_logged_out(client, daemon):
     assert answer.status_code == 302 and "/login" in answer.headers["Location"]
     assert "without activity" in client.get("/login").get_data(as_text=True)
     assert client.get("/jobs").status_code == 302
+
+
+def test_trust_pages_show_the_daemons_answer_or_why_it_is_unavailable(client, daemon):
+    login(client, "admin", ADMIN_PASSWORD)
+    for path, api, shown in (("/keys", "/v1/keys", "Hardware security module"),
+                             ("/attestation", "/v1/attestation/pcrs", "PCR values")):
+        page = client.get(path)
+        assert page.status_code == 200
+        html = page.get_data(as_text=True)
+        try:
+            daemon.get(api)
+        except DaemonError as error:
+            assert error.status in (404, 503)
+            assert "not available:" in html and error.message in html
+        else:
+            assert shown in html and "not available:" not in html
+
+
+def test_an_auditor_changes_their_own_password(app, daemon):
+    ensure_user(daemon, "auditor2", AUDITOR_PASSWORD, "auditor")
+    client = app.test_client()
+    token = login(client, "auditor2", AUDITOR_PASSWORD)
+    new = "a brand new secret 7"
+    form = {"old_password": AUDITOR_PASSWORD, "new_password": new,
+            "new_password_confirm": new}
+    answer = post(client, "/users/password", form, token=token)
+    assert answer.status_code == 302
+    assert "Your password is changed" in client.get("/users").get_data(as_text=True)
+    verdict = daemon.post("/v1/users/authenticate",
+                          {"username": "auditor2", "password": new, "remote": "test"})
+    assert verdict["ok"] and verdict["role"] == "auditor"
+    # A wrong current password changes nothing.
+    form = {"old_password": "not it at all", "new_password": "x" * 20,
+            "new_password_confirm": "x" * 20}
+    page = client.get(post(client, "/users/password", form, token=token).headers["Location"])
+    assert "Nothing changed" in page.get_data(as_text=True)
+    assert daemon.post("/v1/users/authenticate",
+                       {"username": "auditor2", "password": new, "remote": "test"})["ok"]

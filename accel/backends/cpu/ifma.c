@@ -1,0 +1,421 @@
+#include "ifma.h"
+
+#include <gmp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "montgomery.h"
+#include "thread_pool.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define PEC_HAVE_IFMA 1
+#define IFMA __attribute__((target("avx512f,avx512ifma")))
+#else
+#define PEC_HAVE_IFMA 0
+#endif
+
+#define MASK52 ((1ull << 52) - 1)
+#define LANES 8
+/* Column sums in the kernel grow by four 52-bit terms per digit row; 256 digits keep them
+ * below 2^63. */
+#define MAX_DIGITS 256
+
+int pec_ifma_usable(void)
+{
+#if PEC_HAVE_IFMA
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512ifma");
+#else
+    return 0;
+#endif
+}
+
+static int64_t digits_for(const pec_modulus *m)
+{
+    /* 4m < R keeps almost-Montgomery results below 2m. */
+    int64_t bits = (int64_t)mpn_sizeinbase((const mp_limb_t *)m->mod, (mp_size_t)m->limbs, 2);
+    return (bits + 2 + 51) / 52;
+}
+
+int pec_ifma_worth(const pec_modulus *m, int64_t rows)
+{
+    /* Below a few rows the idle lanes cost more than the wider multiplier gains; below 256
+     * bits GMP's scalar code is already short. */
+    return rows >= 3 && m->limbs >= 4 && digits_for(m) <= MAX_DIGITS && pec_ifma_usable();
+}
+
+#if PEC_HAVE_IFMA
+
+typedef struct {
+    int64_t n;          /* 52-bit digits */
+    int64_t limbs;      /* 64-bit limbs of the modulus */
+    uint64_t mprime;    /* -m^-1 mod 2^52 */
+    uint64_t *mod;      /* n digits */
+    uint64_t *mod_v;    /* the modulus in every lane, n * 8 */
+    uint64_t *r2_v;     /* R^2 mod m in every lane */
+    uint64_t *one_v;    /* R mod m in every lane (1 in Montgomery form) */
+    uint64_t *unit_v;   /* plain 1 in every lane (leaves Montgomery form) */
+    uint64_t *fix_v;    /* per-operation correction factor, or NULL */
+} ifma_mod;
+
+/* Digits of a 64-bit-limb number into lane `lane` (stride 8) or a plain array (stride 1). */
+static void to_digits(uint64_t *d, int64_t stride, const uint64_t *x, int64_t limbs, int64_t n)
+{
+    for (int64_t k = 0; k < n; k++) {
+        int64_t bit = 52 * k, w = bit >> 6;
+        int s = (int)(bit & 63);
+        uint64_t v = w < limbs ? x[w] >> s : 0;
+        if (s > 12 && w + 1 < limbs)
+            v |= x[w + 1] << (64 - s);
+        d[k * stride] = v & MASK52;
+    }
+}
+
+/* Lane `lane` back into 64-bit limbs; the value must be below 2^(64 * limbs). */
+static void from_digits(uint64_t *x, const uint64_t *v, int lane, int64_t limbs, int64_t n)
+{
+    memset(x, 0, (size_t)limbs * sizeof(uint64_t));
+    for (int64_t k = 0; k < n; k++) {
+        uint64_t d = v[k * LANES + lane];
+        int64_t bit = 52 * k, w = bit >> 6;
+        int s = (int)(bit & 63);
+        if (w < limbs)
+            x[w] |= d << s;
+        if (s > 12 && w + 1 < limbs)
+            x[w + 1] |= d >> (64 - s);
+    }
+}
+
+static void broadcast(uint64_t *v, const uint64_t *digits, int64_t n)
+{
+    for (int64_t k = 0; k < n; k++)
+        for (int l = 0; l < LANES; l++)
+            v[k * LANES + l] = digits[k];
+}
+
+/* r = a * b / R, below 2m when a and b are; a, b, r: n digit vectors (r may alias either);
+ * acc: 2n + 1 vectors of scratch. Word-by-word Montgomery, the carries of each column left
+ * in its 64-bit lane until the end. */
+IFMA static void amm8(uint64_t *r, const uint64_t *a, const uint64_t *b, const ifma_mod *c,
+                      uint64_t *acc)
+{
+    const int64_t n = c->n;
+    const __m512i zero = _mm512_setzero_si512();
+    const __m512i mp = _mm512_set1_epi64((long long)c->mprime);
+    const __m512i mask = _mm512_set1_epi64((long long)MASK52);
+    for (int64_t k = 0; k < 2 * n + 1; k++)
+        _mm512_store_si512(acc + k * LANES, zero);
+    const __m512i a0 = _mm512_load_si512(a);
+    const __m512i m0 = _mm512_set1_epi64((long long)c->mod[0]);
+    for (int64_t i = 0; i < n; i++) {
+        uint64_t *col = acc + i * LANES;
+        const __m512i bi = _mm512_load_si512(b + i * LANES);
+        __m512i t = _mm512_madd52lo_epu64(_mm512_load_si512(col), a0, bi);
+        const __m512i q = _mm512_madd52lo_epu64(zero, t, mp);
+        t = _mm512_madd52lo_epu64(t, m0, q); /* now a multiple of 2^52 */
+        __m512i x = _mm512_add_epi64(_mm512_load_si512(col + LANES), _mm512_srli_epi64(t, 52));
+        x = _mm512_madd52hi_epu64(x, a0, bi);
+        x = _mm512_madd52hi_epu64(x, m0, q);
+        for (int64_t j = 1; j < n; j++) {
+            const __m512i aj = _mm512_load_si512(a + j * LANES);
+            const __m512i mj = _mm512_set1_epi64((long long)c->mod[j]);
+            x = _mm512_madd52lo_epu64(x, aj, bi);
+            x = _mm512_madd52lo_epu64(x, mj, q);
+            _mm512_store_si512(col + j * LANES, x);
+            x = _mm512_load_si512(col + (j + 1) * LANES);
+            x = _mm512_madd52hi_epu64(x, aj, bi);
+            x = _mm512_madd52hi_epu64(x, mj, q);
+        }
+        _mm512_store_si512(col + n * LANES, x);
+    }
+    __m512i carry = zero;
+    for (int64_t k = 0; k < n; k++) {
+        __m512i v = _mm512_add_epi64(_mm512_load_si512(acc + (n + k) * LANES), carry);
+        _mm512_store_si512(r + k * LANES, _mm512_and_si512(v, mask));
+        carry = _mm512_srli_epi64(v, 52);
+    }
+}
+
+/* v = v mod m for values below 2m, lane by lane; tmp: n vectors. */
+IFMA static void reduce8(uint64_t *v, const ifma_mod *c, uint64_t *tmp)
+{
+    const int64_t n = c->n;
+    const __m512i mask = _mm512_set1_epi64((long long)MASK52);
+    __m512i borrow = _mm512_setzero_si512();
+    for (int64_t k = 0; k < n; k++) {
+        __m512i d = _mm512_sub_epi64(_mm512_load_si512(v + k * LANES),
+                                     _mm512_set1_epi64((long long)c->mod[k]));
+        d = _mm512_sub_epi64(d, borrow);
+        borrow = _mm512_srli_epi64(d, 63);
+        _mm512_store_si512(tmp + k * LANES, _mm512_and_si512(d, mask));
+    }
+    __mmask8 keep_diff = _mm512_cmpeq_epi64_mask(borrow, _mm512_setzero_si512());
+    for (int64_t k = 0; k < n; k++) {
+        __m512i d = _mm512_mask_mov_epi64(_mm512_load_si512(v + k * LANES), keep_diff,
+                                          _mm512_load_si512(tmp + k * LANES));
+        _mm512_store_si512(v + k * LANES, d);
+    }
+}
+
+static void ifma_mod_free(ifma_mod *c)
+{
+    free(c->mod);
+    c->mod = NULL;
+}
+
+/* 2^e mod m for a possibly negative e, as 64-bit limbs. */
+static void pow2_mod(uint64_t *out, int64_t e, const pec_modulus *m)
+{
+    mpz_t mod, r;
+    mpz_roinit_n(mod, (const mp_limb_t *)m->mod, (mp_size_t)m->limbs);
+    mpz_init_set_ui(r, 2);
+    if (e >= 0) {
+        mpz_t exp;
+        mpz_init_set_ui(exp, (unsigned long)e);
+        mpz_powm(r, r, exp, mod);
+        mpz_clear(exp);
+    } else {
+        mpz_t exp;
+        mpz_init_set_ui(exp, (unsigned long)(-e));
+        mpz_powm(r, r, exp, mod);
+        if (!mpz_invert(r, r, mod)) /* m is odd, so 2 is always invertible */
+            mpz_set_ui(r, 0);
+        mpz_clear(exp);
+    }
+    memset(out, 0, (size_t)m->limbs * sizeof(uint64_t));
+    mpz_export(out, NULL, -1, sizeof(uint64_t), 0, 0, r);
+    mpz_clear(r);
+}
+
+/* fix_exponent: when non-zero, fix_v = 2^fix_exponent mod m in every lane. */
+static int ifma_mod_init(ifma_mod *c, const pec_modulus *m, int use_fix, int64_t fix_exponent)
+{
+    const int64_t n = digits_for(m), L = m->limbs;
+    c->n = n;
+    c->limbs = L;
+    c->mprime = m->minv & MASK52;
+    size_t vec = (size_t)n * LANES;
+    /* One block: digits, then 64-byte aligned lane vectors. */
+    c->mod = aligned_alloc(64, (((size_t)n + 8 + 5 * vec) * sizeof(uint64_t) + 63) & ~(size_t)63);
+    uint64_t *tmp = malloc((size_t)L * sizeof(uint64_t));
+    if (!c->mod || !tmp) {
+        free(c->mod);
+        free(tmp);
+        c->mod = NULL;
+        return PEC_NO_MEMORY;
+    }
+    uint64_t *vectors = c->mod + (((size_t)n + 7) & ~(size_t)7);
+    c->mod_v = vectors;
+    c->r2_v = vectors + vec;
+    c->one_v = vectors + 2 * vec;
+    c->unit_v = vectors + 3 * vec;
+    c->fix_v = use_fix ? vectors + 4 * vec : NULL;
+    uint64_t *digits = malloc((size_t)n * sizeof(uint64_t));
+    if (!digits) {
+        free(tmp);
+        ifma_mod_free(c);
+        return PEC_NO_MEMORY;
+    }
+    to_digits(c->mod, 1, m->mod, L, n);
+    broadcast(c->mod_v, c->mod, n);
+    pow2_mod(tmp, 2 * 52 * n, m);
+    to_digits(digits, 1, tmp, L, n);
+    broadcast(c->r2_v, digits, n);
+    pow2_mod(tmp, 52 * n, m);
+    to_digits(digits, 1, tmp, L, n);
+    broadcast(c->one_v, digits, n);
+    memset(digits, 0, (size_t)n * sizeof(uint64_t));
+    digits[0] = 1;
+    broadcast(c->unit_v, digits, n);
+    if (use_fix) {
+        pow2_mod(tmp, fix_exponent, m);
+        to_digits(digits, 1, tmp, L, n);
+        broadcast(c->fix_v, digits, n);
+    }
+    free(digits);
+    free(tmp);
+    return PEC_OK;
+}
+
+/* Per-thread scratch: `vectors` lane vectors, 64-byte aligned. */
+static uint64_t *aligned_scratch(mp_limb_t *scratch)
+{
+    return (uint64_t *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
+}
+
+/* ---- fixed base ---------------------------------------------------------------------- */
+
+typedef struct {
+    const pec_modulus *m;
+    ifma_mod c;
+    const uint64_t *table;
+    int window;
+    int64_t windows;
+    const uint64_t *exp;
+    int64_t exp_limbs;
+    uint64_t *out;
+    int64_t rows;
+} fixed8_job;
+
+/* Table entries are the portable path's (64-bit limbs, times R64 = 2^(64 * limbs)), so both
+ * paths share one table. Every lane multiplies once per window (digit 0 uses R64 mod m),
+ * which leaves a uniform factor (R64 / R)^windows that one last product removes. */
+IFMA static int fixed8_groups(void *arg, int64_t begin, int64_t end, mp_limb_t *scratch)
+{
+    const fixed8_job *job = arg;
+    const ifma_mod *c = &job->c;
+    const int64_t n = c->n, L = c->limbs;
+    const size_t vec = (size_t)n * LANES;
+    uint64_t *acc = aligned_scratch(scratch), *b = acc + vec, *t = b + vec;
+    const int64_t per_window = ((int64_t)1 << job->window) - 1;
+    for (int64_t g = begin; g < end; g++) {
+        int64_t first = g * LANES;
+        int lanes = job->rows - first < LANES ? (int)(job->rows - first) : LANES;
+        memcpy(acc, c->unit_v, vec * sizeof(uint64_t));
+        for (int64_t i = 0; i < job->windows; i++) {
+            for (int l = 0; l < LANES; l++) {
+                const uint64_t *e = job->exp + (first + (l < lanes ? l : 0)) * job->exp_limbs;
+                unsigned d = exp_bits_at(e, job->exp_limbs, i * job->window, job->window);
+                const uint64_t *src =
+                    d ? job->table + (i * per_window + d - 1) * L : job->m->one;
+                to_digits(b + l, LANES, src, L, n);
+            }
+            amm8(acc, acc, b, c, t);
+        }
+        amm8(acc, acc, c->fix_v, c, t);
+        reduce8(acc, c, t);
+        for (int l = 0; l < lanes; l++)
+            from_digits(job->out + (first + l) * L, acc, l, L, n);
+    }
+    return PEC_OK;
+}
+
+int pec_ifma_powmod_fixed(const pec_modulus *m, const uint64_t *table, int window,
+                          int64_t windows, const uint64_t *exp, int64_t exp_limbs,
+                          uint64_t *out, int64_t rows, int threads)
+{
+    fixed8_job job = {m, {0}, table, window, windows, exp, exp_limbs, out, rows};
+    int64_t n = digits_for(m);
+    /* fix = R^(windows + 1) / R64^windows */
+    int64_t fix = 52 * n * (windows + 1) - 64 * m->limbs * windows;
+    int rc = ifma_mod_init(&job.c, m, 1, fix);
+    if (rc != PEC_OK)
+        return rc;
+    size_t scratch = (4 * (size_t)n + 1) * LANES + 8;
+    rc = pec_parallel_for((rows + LANES - 1) / LANES, 1, threads, scratch, fixed8_groups, &job);
+    ifma_mod_free(&job.c);
+    return rc;
+}
+
+/* ---- per-row base ---------------------------------------------------------------------- */
+
+typedef struct {
+    const pec_modulus *m;
+    ifma_mod c;
+    const uint64_t *base;
+    const uint64_t *exp;
+    int64_t exp_limbs, exp_step;
+    uint64_t *out;
+    int64_t rows;
+    int window;
+} pow8_job;
+
+/* b[lane] = tab[digit[lane]] for every lane. */
+static void gather(uint64_t *b, const uint64_t *tab, const unsigned *digit, int64_t n)
+{
+    const size_t vec = (size_t)n * LANES;
+    for (int64_t k = 0; k < n; k++)
+        for (int l = 0; l < LANES; l++)
+            b[k * LANES + l] = tab[digit[l] * vec + k * LANES + l];
+}
+
+/* Fixed windows rather than sliding ones: every lane then runs the same sequence of
+ * squarings and differs only in which table entry it multiplies by. */
+IFMA static int pow8_groups(void *arg, int64_t begin, int64_t end, mp_limb_t *scratch)
+{
+    const pow8_job *job = arg;
+    const ifma_mod *c = &job->c;
+    const int64_t n = c->n, L = c->limbs;
+    const size_t vec = (size_t)n * LANES;
+    const int w = job->window;
+    uint64_t *acc = aligned_scratch(scratch), *b = acc + vec, *t = b + vec;
+    uint64_t *tab = t + (2 * n + 1) * LANES; /* 2^w entries */
+    for (int64_t g = begin; g < end; g++) {
+        int64_t first = g * LANES;
+        int lanes = job->rows - first < LANES ? (int)(job->rows - first) : LANES;
+        const uint64_t *e[LANES];
+        int64_t bits = 0;
+        for (int l = 0; l < LANES; l++) {
+            int64_t row = first + (l < lanes ? l : 0);
+            e[l] = job->exp + row * job->exp_step * job->exp_limbs;
+            to_digits(b + l, LANES, job->base + row * L, L, n);
+            int64_t lb = exp_bit_length(e[l], job->exp_limbs);
+            bits = lb > bits ? lb : bits;
+        }
+        memcpy(tab, c->one_v, vec * sizeof(uint64_t));
+        amm8(tab + vec, b, c->r2_v, c, t);
+        for (int64_t k = 2; k < ((int64_t)1 << w); k++)
+            amm8(tab + k * vec, tab + (k - 1) * vec, tab + vec, c, t);
+        int64_t top = bits ? (bits - 1) / w : -1;
+        unsigned digit[LANES];
+        memcpy(acc, c->one_v, vec * sizeof(uint64_t));
+        for (int64_t i = top; i >= 0; i--) {
+            unsigned any = 0;
+            for (int l = 0; l < LANES; l++) {
+                digit[l] = exp_bits_at(e[l], job->exp_limbs, i * w, w);
+                any |= digit[l];
+            }
+            if (i == top) {
+                gather(acc, tab, digit, n);
+                continue;
+            }
+            for (int s = 0; s < w; s++)
+                amm8(acc, acc, acc, c, t);
+            if (any) {
+                gather(b, tab, digit, n);
+                amm8(acc, acc, b, c, t);
+            }
+        }
+        amm8(acc, acc, c->unit_v, c, t);
+        reduce8(acc, c, t);
+        for (int l = 0; l < lanes; l++)
+            from_digits(job->out + (first + l) * L, acc, l, L, n);
+    }
+    return PEC_OK;
+}
+
+int pec_ifma_powmod(const pec_modulus *m, const uint64_t *base, const uint64_t *exp,
+                    int64_t exp_limbs, int64_t exp_step, uint64_t *out, int64_t rows,
+                    int threads)
+{
+    int64_t bits = exp_limbs * 64;
+    int w = bits >= 512 ? 5 : bits >= 128 ? 4 : 3;
+    pow8_job job = {m, {0}, base, exp, exp_limbs, exp_step, out, rows, w};
+    int rc = ifma_mod_init(&job.c, m, 0, 0);
+    if (rc != PEC_OK)
+        return rc;
+    int64_t n = job.c.n;
+    size_t scratch = (4 * (size_t)n + 1 + ((size_t)n << w)) * LANES + 8;
+    rc = pec_parallel_for((rows + LANES - 1) / LANES, 1, threads, scratch, pow8_groups, &job);
+    ifma_mod_free(&job.c);
+    return rc;
+}
+
+#else /* no IFMA in this build: pec_ifma_usable() is 0 and these are never called */
+
+int pec_ifma_powmod(const pec_modulus *m, const uint64_t *base, const uint64_t *exp,
+                    int64_t exp_limbs, int64_t exp_step, uint64_t *out, int64_t rows,
+                    int threads)
+{
+    return PEC_NO_MEMORY;
+}
+
+int pec_ifma_powmod_fixed(const pec_modulus *m, const uint64_t *table, int window,
+                          int64_t windows, const uint64_t *exp, int64_t exp_limbs,
+                          uint64_t *out, int64_t rows, int threads)
+{
+    return PEC_NO_MEMORY;
+}
+
+#endif

@@ -1,0 +1,30 @@
+/* Eight-lane Montgomery arithmetic on AVX-512 IFMA, for CPUs that have it.
+ *
+ * Numbers are held in radix 2^52 (the width of the IFMA multiplier) with R = 2^(52 * n);
+ * eight independent residues are interleaved digit by digit ("digit-major": digit k of lane l
+ * at [8 * k + l]) so that one instruction advances all eight. Results of the kernel stay
+ * below 2m (almost-Montgomery form) and are reduced once on the way out. The portable GMP
+ * path in the other files is what every other CPU runs, and it is bit-identical.
+ */
+#ifndef PEC_IFMA_H
+#define PEC_IFMA_H
+
+#include <stdint.h>
+
+#include "pec_cpu.h"
+
+/* Whether this CPU (and this build) can run the IFMA kernels. */
+int pec_ifma_usable(void);
+
+/* Whether the IFMA path pays for this modulus and batch size. */
+int pec_ifma_worth(const pec_modulus *m, int64_t rows);
+
+int pec_ifma_powmod(const pec_modulus *m, const uint64_t *base, const uint64_t *exp,
+                    int64_t exp_limbs, int64_t exp_step, uint64_t *out, int64_t rows,
+                    int threads);
+
+int pec_ifma_powmod_fixed(const pec_modulus *m, const uint64_t *table, int window,
+                          int64_t windows, const uint64_t *exp, int64_t exp_limbs,
+                          uint64_t *out, int64_t rows, int threads);
+
+#endif

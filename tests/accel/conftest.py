@@ -1,0 +1,40 @@
+"""Backend fixtures for the accel tests.
+
+``any_backend`` runs a test once per registered backend, so a new backend joins the
+conformance suite by registering itself with ``accel.backends``. The CPU backend must always
+load; an accelerator may only be absent where its hardware is (CUDA without an NVIDIA GPU).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from accel import backends
+from accel.backends.base import Backend
+from tests.accel.reference_backend import ReferenceBackend
+
+# Backends whose absence is a property of the machine, not a fault of the build.
+HARDWARE_ONLY = {"cuda"}
+
+
+@pytest.fixture(params=backends.names())
+def any_backend(request: pytest.FixtureRequest) -> Backend:
+    name = request.param
+    try:
+        return backends.get(name)
+    except Exception as exc:
+        if name in HARDWARE_ONLY:
+            pytest.skip(f"backend {name!r} cannot run on this machine: {exc}")
+        pytest.fail(f"backend {name!r} failed to load: {exc}")
+
+
+@pytest.fixture(scope="session")
+def reference() -> ReferenceBackend:
+    return ReferenceBackend()
+
+
+@pytest.fixture(scope="session")
+def cpu_backend() -> Backend:
+    from accel.backends.cpu import CpuBackend
+
+    return CpuBackend()

@@ -1,0 +1,279 @@
+"""What only the CPU backend promises: threads, the GIL, fork safety, input checks, tables."""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import random
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from accel.backends.base import FixedBaseTable, ints_to_limbs, limbs_for, limbs_to_ints
+from accel.backends.cpu import CpuBackend
+from accel.backends.cpu.backend import TABLE_BYTES, THREADS_ENV
+
+_rng = random.Random(7)
+M2 = (1 << 128) - 159
+M64 = _rng.getrandbits(4096) | (1 << 4095) | 1
+
+
+def residues(m: int, count: int, *, units: bool = False) -> np.ndarray:
+    """Random residues; with ``units`` only invertible ones."""
+    values: list[int] = []
+    while len(values) < count:
+        x = _rng.randrange(m)
+        if not units or math.gcd(x, m) == 1:
+            values.append(x)
+    return ints_to_limbs(values, limbs_for(m))
+
+
+# ---- threads ------------------------------------------------------------------------------
+
+
+def test_one_and_two_threads_agree():
+    one, two = CpuBackend(threads=1), CpuBackend(threads=2)
+    m = M64
+    a, b = residues(m, 64, units=True), residues(m, 64)
+    e = ints_to_limbs([_rng.getrandbits(300) for _ in range(64)], 5)
+    bases = residues(m, 2 * 30).reshape(2, 30, -1)
+    exps = ints_to_limbs([_rng.getrandbits(53) for _ in range(30 * 3)], 1).reshape(30, 3, 1)
+    table1 = one.fixed_base_table(limbs_to_ints(a[:1])[0], m, 300, window=4)
+    table2 = two.fixed_base_table(limbs_to_ints(a[:1])[0], m, 300, window=4)
+    assert np.array_equal(table1.data, table2.data)
+    pairs = [
+        (one.mulmod(a, b, m), two.mulmod(a, b, m)),
+        (one.mulmod(a, b[:1], m), two.mulmod(a, b[:1], m)),
+        (one.powmod(a, e, m), two.powmod(a, e, m)),
+        (one.powmod(a, e[:1], m), two.powmod(a, e[:1], m)),
+        (one.powmod_fixed(table1, e), two.powmod_fixed(table2, e)),
+        (one.multiexp(bases, exps, m), two.multiexp(bases, exps, m)),
+        (one.invmod(a[1:], m), two.invmod(a[1:], m)),
+        (one.prodmod(a.reshape(8, 8, -1), m), two.prodmod(a.reshape(8, 8, -1), m)),
+        (one.prodmod(a.reshape(64, 1, -1), m), two.prodmod(a.reshape(64, 1, -1), m)),
+    ]
+    for got1, got2 in pairs:
+        assert np.array_equal(got1, got2)
+    # and both are right, not merely equal
+    x, y = limbs_to_ints(a), limbs_to_ints(b)
+    assert limbs_to_ints(pairs[0][1]) == [p * q % m for p, q in zip(x, y, strict=True)]
+
+
+def test_thread_count_from_argument_and_environment(monkeypatch):
+    monkeypatch.setenv(THREADS_ENV, "3")
+    assert CpuBackend().threads == 3
+    assert CpuBackend(threads=5).threads == 5
+    monkeypatch.delenv(THREADS_ENV)
+    assert CpuBackend().threads >= 1
+    assert f"{CpuBackend(threads=2).threads} threads" in CpuBackend(threads=2).devices()[0]
+
+
+@pytest.mark.parametrize("threads", [0, -1, 1.5, "2", True])
+def test_bad_thread_count(threads):
+    with pytest.raises(ValueError, match="threads"):
+        CpuBackend(threads=threads)
+
+
+def test_bad_thread_environment(monkeypatch):
+    monkeypatch.setenv(THREADS_ENV, "many")
+    with pytest.raises(ValueError, match=THREADS_ENV):
+        CpuBackend()
+
+
+def test_more_threads_than_rows():
+    cpu = CpuBackend(threads=16)
+    a = residues(M2, 3)
+    assert limbs_to_ints(cpu.mulmod(a, a, M2)) == [x * x % M2 for x in limbs_to_ints(a)]
+
+
+def test_calls_release_the_gil():
+    """Python in another thread keeps running while a long C call is in flight."""
+    cpu = CpuBackend(threads=1)
+    base = residues(M64, 30)
+    exp = ints_to_limbs([(1 << 2048) - 1], 32)
+    started = threading.Event()
+    call_done = []
+
+    def work():
+        started.set()
+        cpu.powmod(base, exp, M64)
+        call_done.append(time.perf_counter())
+
+    worker = threading.Thread(target=work)
+    t0 = time.perf_counter()
+    worker.start()
+    started.wait()
+    total = 0
+    for i in range(100_000):  # a few milliseconds of pure Python
+        total += i
+    loop_done = time.perf_counter()
+    worker.join()
+    call_time = call_done[0] - t0
+    # With the GIL held through the call, the loop could only finish after the call did.
+    assert total == 4_999_950_000
+    assert loop_done - t0 < 0.5 * call_time, (loop_done - t0, call_time)
+
+
+def _child_computes(queue):
+    cpu = CpuBackend(threads=2)
+    a = ints_to_limbs([3, 5, 7, 11], 2)
+    queue.put(limbs_to_ints(cpu.mulmod(a, a, M2)))
+
+
+def test_usable_in_a_forked_child_after_use_in_the_parent():
+    cpu = CpuBackend(threads=2)
+    a = residues(M64, 16)
+    cpu.powmod(a, ints_to_limbs([65537], 1), M64)  # the parent has run threads
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_child_computes, args=(queue,))
+    child.start()
+    child.join(timeout=30)
+    assert child.exitcode == 0
+    assert queue.get(timeout=1) == [9, 25, 49, 121]
+
+
+# ---- fixed-base tables --------------------------------------------------------------------
+
+
+def test_default_table_for_4096_bit_modulus_and_1100_bit_exponents():
+    cpu = CpuBackend()
+    base = _rng.randrange(M64)
+    table = cpu.fixed_base_table(base, M64, 1100)
+    assert table.backend == "cpu" and table.window == 10
+    assert table.data.nbytes <= TABLE_BYTES
+    exps = [(1 << 1100) - 1, 1 << 1099, 0, _rng.getrandbits(1100)]
+    got = limbs_to_ints(cpu.powmod_fixed(table, ints_to_limbs(exps, 18)))
+    assert got == [pow(base, x, M64) for x in exps]
+
+
+def test_table_window_override_and_small_exponents():
+    cpu = CpuBackend()
+    for window in (1, 3, 7):
+        table = cpu.fixed_base_table(12345, M2, 20, window=window)
+        assert table.window == window
+        exps = ints_to_limbs([0, 1, (1 << 20) - 1, 777], 1)
+        assert limbs_to_ints(cpu.powmod_fixed(table, exps)) == [
+            pow(12345, x, M2) for x in (0, 1, (1 << 20) - 1, 777)
+        ]
+
+
+# ---- modulus 1 and empty batches ----------------------------------------------------------
+
+
+def test_modulus_one_gives_zeros_like_python():
+    cpu = CpuBackend()
+    zero = np.zeros((2, 1), dtype=np.uint64)
+    e = ints_to_limbs([0, 5], 1)
+    assert not cpu.mulmod(zero, zero, 1).any()
+    assert not cpu.powmod(zero, e, 1).any()
+    assert not cpu.invmod(zero, 1).any()
+    assert not cpu.powmod_fixed(cpu.fixed_base_table(0, 1, 8), e).any()
+
+
+def test_empty_batches():
+    cpu = CpuBackend()
+    L = limbs_for(M2)
+    empty = np.zeros((0, L), dtype=np.uint64)
+    assert cpu.mulmod(empty, empty, M2).shape == (0, L)
+    assert cpu.powmod(empty, np.zeros((1, 1), dtype=np.uint64), M2).shape == (0, L)
+    assert cpu.invmod(empty, M2).shape == (0, L)
+    assert cpu.multiexp(np.zeros((1, 0, L), np.uint64), np.zeros((0, 2, 1), np.uint64), M2)[
+        0
+    ].tolist() == [[1, 0], [1, 0]]
+
+
+# ---- bad input ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cpu():
+    return CpuBackend(threads=2)
+
+
+def test_modulus_checks(cpu):
+    a = residues(M2, 2)
+    with pytest.raises(ValueError, match="odd modulus"):
+        cpu.mulmod(a, a, M2 + 1)
+    for bad in (0, -7):
+        with pytest.raises(ValueError, match="positive"):
+            cpu.mulmod(a[:, :1] * 0, a[:, :1] * 0, bad)
+    for bad in (7.0, "7", None, True):
+        with pytest.raises(TypeError, match="modulus must be an int"):
+            cpu.mulmod(a, a, bad)
+
+
+def test_array_type_and_layout_checks(cpu):
+    a = residues(M2, 4)
+    with pytest.raises(TypeError, match="numpy uint64 array"):
+        cpu.mulmod(a.tolist(), a, M2)
+    with pytest.raises(TypeError, match="dtype uint64"):
+        cpu.mulmod(a.astype(np.int64), a, M2)
+    with pytest.raises(TypeError, match="dtype uint64"):
+        cpu.mulmod(a.astype(">u8"), a, M2)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        cpu.mulmod(np.asfortranarray(a), a, M2)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        cpu.powmod(a[::2], a[:1, :1], M2)
+    with pytest.raises(ValueError, match="2 axes"):
+        cpu.mulmod(a.reshape(-1), a, M2)
+    with pytest.raises(ValueError, match="has 3 limbs but the modulus needs 2"):
+        cpu.mulmod(np.zeros((4, 3), np.uint64), a, M2)
+    with pytest.raises(ValueError, match="at least one limb"):
+        cpu.powmod(a, np.zeros((4, 0), np.uint64), M2)
+
+
+def test_row_count_checks(cpu):
+    a = residues(M2, 4)
+    with pytest.raises(ValueError, match="b must have 1 or 4 rows"):
+        cpu.mulmod(a, a[:2], M2)
+    with pytest.raises(ValueError, match="exp must have 1 or 4 rows"):
+        cpu.powmod(a, np.ones((3, 1), np.uint64), M2)
+    with pytest.raises(ValueError, match="one row per base"):
+        cpu.multiexp(a.reshape(1, 4, 2), np.ones((3, 2, 1), np.uint64), M2)
+    with pytest.raises(ValueError, match="empty batch"):
+        cpu.prodmod(np.zeros((0, 3, 2), np.uint64), M2)
+
+
+def test_unreduced_inputs_are_named(cpu):
+    a = residues(M2, 5)
+    bad = a.copy()
+    bad[3] = ints_to_limbs([M2 + 1], 2)[0]
+    with pytest.raises(ValueError, match=r"b: residue 3 is not reduced"):
+        cpu.mulmod(a, bad, M2)
+    with pytest.raises(ValueError, match=r"base: residue 3"):
+        cpu.powmod(bad, a[:1], M2)
+    with pytest.raises(ValueError, match=r"a: residue 3"):
+        cpu.invmod(bad, M2)
+    with pytest.raises(ValueError, match=r"bases: residue 3"):
+        cpu.multiexp(bad.reshape(1, 5, 2), np.ones((5, 1, 1), np.uint64), M2)
+    with pytest.raises(ValueError, match=r"a: residue 3"):
+        cpu.prodmod(bad.reshape(5, 1, 2), M2)
+
+
+def test_fixed_table_checks(cpu):
+    with pytest.raises(ValueError, match="base must be reduced"):
+        cpu.fixed_base_table(M2, M2, 64)
+    with pytest.raises(ValueError, match="exp_bits"):
+        cpu.fixed_base_table(3, M2, 0)
+    with pytest.raises(ValueError, match="window"):
+        cpu.fixed_base_table(3, M2, 64, window=13)
+    table = cpu.fixed_base_table(3, M2, 70, window=5)
+    with pytest.raises(ValueError, match="exponent 1 has more than 70 bits"):
+        cpu.powmod_fixed(table, ints_to_limbs([5, 1 << 70, 1 << 100], 2))
+    with pytest.raises(ValueError, match="exponent 0 has more than 70 bits"):
+        cpu.powmod_fixed(table, ints_to_limbs([1 << 130], 3))
+    foreign = FixedBaseTable(3, M2, 70, 5, "opencl", None)
+    with pytest.raises(TypeError, match="made by the cpu backend"):
+        cpu.powmod_fixed(foreign, ints_to_limbs([5], 2))
+    forged = FixedBaseTable(3, M2, 70, 5, "cpu", np.zeros((2, 31, 2), np.uint64))
+    with pytest.raises(ValueError, match="does not match"):
+        cpu.powmod_fixed(forged, ints_to_limbs([5], 2))
+
+
+def test_invmod_of_zero_names_the_row(cpu):
+    a = ints_to_limbs([1, 2, 0, 5], 2)
+    with pytest.raises(ValueError, match="element 2 has no inverse"):
+        cpu.invmod(a, M2)

@@ -1,0 +1,199 @@
+"""The command line as scripts use it: exact output forms, and errors as one line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from appliance.profile import default_profiles_dir
+from tests.appliance import fakehost
+from tests.appliance.daemon_proc import ADMIN_PASSWORD, Daemon, cli
+
+
+def one_line_error(result, needle: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("pec-appliance: error: ") and needle in lines[0], lines[0]
+
+
+def test_profile_json_contract(tmp_path):
+    root = fakehost.jumbo().build(tmp_path / "root")
+    result = cli("profile", "--root", str(root), "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["profile"] == "jumbo"
+    assert data["capabilities"] == ["mpc", "tee", "fl", "ledger"]
+    assert data["criteria"] and all(
+        set(c) == {"name", "required", "found", "met"} and c["met"] for c in data["criteria"]
+    )
+    text = cli("profile", "--root", str(root))
+    assert "profile:      jumbo" in text.stdout and "met" in text.stdout
+
+
+def test_profile_of_a_small_box_and_mini_choice(tmp_path):
+    small = fakehost.small().build(tmp_path / "small")
+    data = json.loads(cli("profile", "--root", str(small), "--json").stdout)
+    assert (data["profile"], data["capabilities"]) == ("unclassified", [])
+    mini = fakehost.mini().build(tmp_path / "mini")
+    data = json.loads(cli("profile", "--root", str(mini), "--json",
+                          "--mini-capability", "fl").stdout)
+    assert data["capabilities"] == ["fl"]
+
+
+def test_inventory_json(tmp_path):
+    root = fakehost.jumbo().build(tmp_path / "root")
+    result = cli("inventory", "--root", str(root), "--json", "--no-accel")
+    data = json.loads(result.stdout)
+    assert data["accelerators"] == [{"kind": "dcu", "vendor": "hygon", "pci": "0000:41:00.0",
+                                     "device_id": "1d94:55b7", "class_code": "0x120000"}]
+    assert data["tpm"]["present"] is True
+
+
+def test_errors_are_one_line(tmp_path):
+    one_line_error(cli("profile", "--root", str(tmp_path / "nowhere")), "does not exist")
+    broken = tmp_path / "profiles"
+    shutil.copytree(default_profiles_dir(), broken)
+    (broken / "mini.toml").write_text(
+        (broken / "mini.toml").read_text().replace("nic_ports = 2", "nic_ports = two"))
+    root = fakehost.mini().build(tmp_path / "root")
+    result = cli("profile", "--root", str(root), "--profiles-dir", str(broken))
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert f"{broken / 'mini.toml'}:" in result.stderr and "invalid TOML" in result.stderr
+    one_line_error(cli("status", "--state-dir", str(tmp_path / "none")), "not running")
+    one_line_error(cli("serve", "--state-dir", str(tmp_path / "none")),
+                   "not an initialised state directory")
+    usage = cli()
+    assert usage.returncode == 2 and "usage: pec-appliance" in usage.stderr
+
+
+def test_init_password_rules_and_idempotence(tmp_path):
+    state = tmp_path / "state"
+    short = tmp_path / "short"
+    short.write_text("tooshort\n")
+    one_line_error(cli("init", "--state-dir", str(state), "--admin-password-file", str(short)),
+                   "at least 12 characters")
+    assert not state.exists()  # nothing half-written
+    one_line_error(cli("init", "--state-dir", str(state), "--admin-password-file",
+                       str(tmp_path / "missing")), "cannot read password file")
+    good = tmp_path / "pw"
+    good.write_text(ADMIN_PASSWORD + "\nsecond line is ignored\n")
+    first = cli("init", "--state-dir", str(state), "--admin-password-file", str(good), "--json")
+    assert first.returncode == 0, first.stderr
+    info = json.loads(first.stdout)
+    assert info["admin_set"] and info["users"] == ["admin"]
+    assert (state / "config.toml").is_file() and (state / "pec.db").is_file()
+    assert (state / "pec.db").stat().st_mode & 0o007 == 0  # password hashes inside
+    assert (state / "run").is_dir() and (state / "log").is_dir()
+    assert ADMIN_PASSWORD.encode() not in (state / "pec.db").read_bytes()
+    again = cli("init", "--state-dir", str(state), "--json")
+    assert again.returncode == 0 and json.loads(again.stdout)["node_id"] == info["node_id"]
+    same = cli("init", "--state-dir", str(state), "--admin-password-file", str(good), "--json")
+    assert same.returncode == 0 and json.loads(same.stdout)["admin_set"] is False
+    other = tmp_path / "other"
+    other.write_text("another long password\n")
+    one_line_error(cli("init", "--state-dir", str(state), "--admin-password-file", str(other)),
+                   "already exists with another password; pass --force")
+    forced = cli("init", "--state-dir", str(state), "--admin-password-file", str(other),
+                 "--force", "--json")
+    assert forced.returncode == 0 and json.loads(forced.stdout)["node_id"] == info["node_id"]
+    assert json.loads(forced.stdout)["admin_set"] is True
+    (state / "config.toml").write_text('node_id = "x"\nmini_capability = "ledger"\n')
+    one_line_error(cli("serve", "--state-dir", str(state)),
+                   "config.toml:2: key 'mini_capability'")
+
+
+@pytest.fixture
+def running(tmp_path):
+    d = Daemon(tmp_path / "state", fakehost.standard().build(tmp_path / "root"))
+    pw = tmp_path / "pw"
+    pw.write_text(ADMIN_PASSWORD + "\n")
+    result = cli("init", "--state-dir", str(d.state_dir), "--root", str(d.root),
+                 "--admin-password-file", str(pw))
+    assert result.returncode == 0, result.stderr
+    d.start()
+    yield d
+    d.stop_now()
+
+
+def test_jobs_and_status_against_the_daemon(running):
+    state = str(running.state_dir)
+    status = json.loads(cli("status", "--state-dir", state, "--json").stdout)
+    assert status["profile"] == "standard"
+    submitted = cli("jobs", "submit", "burnin", "--param", "seconds=1", "--state-dir", state,
+                    "--json")
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = json.loads(submitted.stdout)["id"]
+    shown = json.loads(cli("jobs", "show", str(job_id), "--state-dir", state, "--json").stdout)
+    assert shown["id"] == job_id and shown["state"] in ("queued", "running", "done")
+    assert 0 <= shown["progress"] <= 100
+    waited = cli("jobs", "submit", "selftest", "--param", "batch=2", "--wait", "--json",
+                 "--state-dir", state)
+    final = json.loads(waited.stdout)
+    assert final["state"] in ("done", "failed") and final["progress"] >= 0
+    assert waited.returncode == (0 if final["state"] == "done" else 3)
+    done = json.loads(cli("jobs", "show", str(job_id), "--state-dir", state, "--json",
+                          "--log").stdout)
+    assert done["state"] == "done" and done["progress"] == 100 and done["log"]
+    watched = cli("jobs", "watch", str(job_id), "--state-dir", state)
+    assert watched.returncode == 0 and "100%" in watched.stderr
+    listing = json.loads(cli("jobs", "list", "--state-dir", state, "--json").stdout)
+    assert listing["total"] == 2
+    long = json.loads(cli("jobs", "submit", "burnin", "--param", "seconds=300",
+                          "--state-dir", state, "--json").stdout)
+    cancelled = cli("jobs", "cancel", str(long["id"]), "--state-dir", state, "--actor", "ops")
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert running.wait_job(long["id"], {"cancelled", "done", "failed"})["state"] == "cancelled"
+    resumed = cli("jobs", "resume", str(long["id"]), "--state-dir", state)
+    assert resumed.returncode == 0 and "queued again" in resumed.stdout
+    cli("jobs", "cancel", str(long["id"]), "--state-dir", state)
+    text = cli("status", "--state-dir", state)
+    assert "profile:      standard" in text.stdout
+    one_line_error(cli("jobs", "submit", "dance", "--state-dir", state),
+                   "unknown job kind 'dance'")
+    one_line_error(cli("jobs", "submit", "benchmark", "--bits", "1000", "--state-dir", state),
+                   "bits must be one of")
+    one_line_error(cli("jobs", "show", "999", "--state-dir", state), "no job 999 (HTTP 404)")
+    one_line_error(cli("jobs", "submit", "selftest", "--param", "oops", "--state-dir", state),
+                   "--param wants KEY=VALUE")
+
+
+def test_bench_runs_the_paillier_benchmark_or_says_why_not():
+    try:
+        import accel.bench.paillier  # noqa: F401
+    except ImportError:
+        one_line_error(cli("bench", "--bits", "512"), "Paillier benchmark is not available")
+    else:
+        result = cli("bench", "--bits", "512", "--quick", "--json", timeout=300)
+        assert result.returncode == 0, result.stderr
+        assert isinstance(json.loads(result.stdout), dict)
+
+
+def test_command_modules_register_or_are_skipped_only_when_absent(tmp_path, monkeypatch,
+                                                                   capsys):
+    import sys
+
+    from appliance import cli as cli_module
+
+    pkg = tmp_path / "extra_cmds"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "good.py").write_text(
+        "def register(sub):\n"
+        "    p = sub.add_parser('hello')\n"
+        "    p.set_defaults(func=lambda args: print('hello from good') or 0)\n"
+    )
+    (pkg / "broken.py").write_text("import a_module_that_is_not_there\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(cli_module, "COMMAND_MODULES",
+                        ("extra_cmds.absent", "extra_cmds.good"))
+    assert cli_module.main(["hello"]) == 0
+    assert "hello from good" in capsys.readouterr().out
+    monkeypatch.setattr(cli_module, "COMMAND_MODULES", ("extra_cmds.broken",))
+    sys.modules.pop("extra_cmds.broken", None)
+    assert cli_module.main(["status"]) == 1  # a broken module is an error, not a skip
+    err = capsys.readouterr().err
+    assert err.strip() == "pec-appliance: error: No module named 'a_module_that_is_not_there'"

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import pytest
+
+import accel.backends
+from appliance.node import Node, SettingsError
+from appliance.statedir import StateDir, StateDirError
+from tests.appliance import fakehost
+
+
+@pytest.fixture
+def node(tmp_path, monkeypatch):
+    monkeypatch.setenv("PEC_ACCEL_CACHE", str(tmp_path / "accel"))
+    state = StateDir(tmp_path / "state")
+    state.init(root=str(fakehost.jumbo().build(tmp_path / "root")))
+    n = Node(state)
+    n.start()
+    yield n
+    n.stop()
+    accel.backends.set_policy("fastest-healthy")
+
+
+def test_profile_sets_the_router_policy(node):
+    assert node.status()["profile"] == "jumbo"
+    assert accel.backends.policy() == "fastest-healthy"
+    node.set_override("mini", "admin")
+    assert node.status()["capabilities"] == ["mpc"]
+    assert accel.backends.policy() == "cpu-only"
+    assert node.store.get_meta("router_policy") == "cpu-only"
+    node.set_override(None, "admin")
+    assert accel.backends.policy() == "fastest-healthy"
+
+
+def test_inventory_carries_the_router_devices(node):
+    inv = node.inventory.to_dict()
+    assert inv["accelerators"][0]["kind"] == "dcu"
+    healthy = [b for b in node.backends if b.healthy]
+    assert {d["backend"] for d in inv["accel_devices"]} >= {b.name for b in healthy if b.devices}
+
+
+def test_settings_validation_changes_nothing_on_error(node):
+    with pytest.raises(SettingsError, match="unknown setting"):
+        node.put_settings({"session_timeout_s": 120, "theme": "dark"}, "admin")
+    assert node.settings() == {"session_timeout_s": 900}
+    with pytest.raises(SettingsError, match="between 60 and 86400"):
+        node.put_settings({"session_timeout_s": True}, "admin")
+    assert node.put_settings({"session_timeout_s": 120}, "admin") == {"session_timeout_s": 120}
+
+
+def test_state_dir_must_be_initialised(tmp_path):
+    with pytest.raises(StateDirError, match="pec-appliance init"):
+        Node(StateDir(tmp_path / "empty"))
+    with pytest.raises(StateDirError, match="root directory"):
+        StateDir(tmp_path / "s").init(root=str(tmp_path / "missing"))
