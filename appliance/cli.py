@@ -10,6 +10,7 @@ import argparse
 import importlib
 import json
 import os
+import signal
 import sys
 import time
 from typing import Any
@@ -67,7 +68,8 @@ def cmd_inventory(args: argparse.Namespace) -> int:
     print(f"tpm:          {data['tpm']['path'] or 'none'}")
     print(f"tee:          {', '.join(k for k, v in data['tee'].items() if v) or 'none'}")
     for b in inv.backends:
-        state = "healthy" if b.healthy else f"unhealthy ({b.reason})"
+        state = "healthy" if b.healthy else (
+            f"{'unhealthy' if b.loaded else 'not available'} ({b.reason})")
         print(f"accel:        {b.name} {state}: {', '.join(b.devices) or 'no device'}")
     return 0
 
@@ -125,6 +127,9 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    # before the import: native thread pools started by imports then inherit the blocked
+    # stop signals (see appliance.daemon.serve)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     from appliance.daemon import serve
 
     return serve(args.state_dir or default_state_dir())

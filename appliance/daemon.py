@@ -18,6 +18,7 @@ import socket
 import socketserver
 import sys
 import threading
+import time
 import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -163,11 +164,20 @@ def serve(state_dir: str) -> int:
     # the accel router keeps its calibration with the node's state, not in a home directory
     os.environ.setdefault("PEC_ACCEL_CACHE", str(state.path / "accel"))
     _setup_logging(state, config.log_level)
-    # Block the stop signals before any thread exists, so that every thread (the HTTP and job
-    # threads, and the native threads of OpenCL runtimes) inherits the mask: a signal landing
-    # in a native thread would otherwise interrupt its system calls mid-computation. The main
-    # thread takes them synchronously with sigtimedwait.
+    # Block the stop signals before our threads start, so that they (the HTTP and job threads,
+    # and the native threads of the OpenCL runtimes they start) inherit the mask: a signal
+    # landing in a native thread would otherwise interrupt its system calls mid-computation.
+    # The main thread takes them with sigtimedwait. Threads that existed before (a BLAS pool
+    # started at import) still have them unblocked: the handler turns such a delivery into
+    # the same stop instead of the default action, killing the process.
+    stop = threading.Event()
     stop_signals = {signal.SIGTERM, signal.SIGINT}
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+
+    for signum in stop_signals:
+        signal.signal(signum, on_signal)
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
 
     node = Node(state)
@@ -188,16 +198,19 @@ def serve(state_dir: str) -> int:
                  node.profile.profile, node.profile.capabilities, node.profile.router_policy)
         sdnotify.notify(f"READY=1\nSTATUS=profile {node.profile.profile}")
         interval = sdnotify.watchdog_interval()
+        next_ping = time.monotonic()
         while True:
-            received = signal.sigtimedwait(stop_signals, interval or 3600)
-            if received is not None:
-                log.info("received %s, stopping", signal.Signals(received.si_signo).name)
+            received = signal.sigtimedwait(stop_signals, min(interval or 1.0, 1.0))
+            if received is not None or stop.is_set():
+                name = signal.Signals(received.si_signo).name if received else "a stop signal"
+                log.info("received %s, stopping", name)
                 break
             # ping only while the API thread lives and the store answers: a wedged daemon
             # stops pinging and systemd restarts it
-            if interval and serving.is_alive():
+            if interval and time.monotonic() >= next_ping and serving.is_alive():
                 node.store.query("SELECT 1")
                 sdnotify.notify("WATCHDOG=1")
+                next_ping = time.monotonic() + interval
         sdnotify.notify("STOPPING=1")
     finally:
         if server is not None:

@@ -176,9 +176,11 @@ class JobRunner:
                 (kind, json.dumps(params), utc_now(), actor),
             )
             job_id = cur.lastrowid
+            # read in the same transaction: the job as queued, before the worker may take it
+            job = job_dict(db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone())
         audit.record(actor, "job.submit", f"job:{job_id}", {"kind": kind, "params": params})
         self._wake.set()
-        return self.get(job_id)
+        return job
 
     def cancel(self, job_id: int, actor: str) -> dict[str, Any]:
         with self._lock, self.store.transaction() as db:
@@ -214,9 +216,10 @@ class JobRunner:
                 "result=NULL, error=NULL, started=NULL, finished=NULL WHERE id=?",
                 (job_id,),
             )
+            job = job_dict(db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone())
         audit.record(actor, "job.resume", f"job:{job_id}", {"state_was": row[0]})
         self._wake.set()
-        return self.get(job_id)
+        return job
 
     # the worker
     def start(self) -> None:

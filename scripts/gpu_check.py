@@ -14,7 +14,8 @@ between host and device inside the timing):
 - decryption: ``c ** (p-1) mod p^2`` and ``c ** (q-1) mod q^2`` (the CRT halves; the
   remaining per-element host arithmetic is linear in the size of n);
 - the same three through ``accel.paillier`` (end to end, host work included) if it imports;
-- NTT n = 65536 over 64 limbs of 60-bit primes, data resident on the device.
+- NTT n = 65536 over 64 limbs of 60-bit primes, data resident on the device;
+- the router's calibration against the CPU backend, if that backend runs here.
 
 Every measured kernel's first results are checked against Python integers.
 """
@@ -417,6 +418,20 @@ def cuda_tests(out: dict[str, Any]) -> None:
             out["output_tail"] = done.stdout.strip().splitlines()[-25:]
 
 
+def calibration(out: dict[str, Any]) -> None:
+    """What the router's calibration would say here (not saved: a suggestion to review)."""
+    from accel import backends
+
+    try:
+        backends.get("cpu")
+    except Exception as exc:
+        raise Skip(f"no CPU backend to calibrate against: {exc}") from exc
+    out["thresholds"] = backends.calibrate(
+        [BACKEND], bits=KEY_BITS, sizes=(64, 256, 1024, 4096), max_seconds_per_point=0.5,
+        save=False,
+    )
+
+
 def verdicts() -> dict[str, Any]:
     out = {}
     for key, (how, target) in TARGETS.items():
@@ -436,6 +451,7 @@ def main() -> int:
         section("ntt", 30, ntt_benchmark, cuda, rng)
     section("paillier_layer", 60, paillier_layer, rng)
     section("cuda_tests", 40, cuda_tests)
+    section("calibration", 30, calibration)
     REPORT["targets"] = verdicts()
     REPORT["total_s"] = round(time.monotonic() - _START, 1)
     failed = [k for k, v in REPORT["sections"].items() if v.get("status") == "error"]

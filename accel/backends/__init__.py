@@ -11,6 +11,7 @@ from accel.backends.base import Backend, BackendError, FixedBaseTable
 from accel.backends.router import (
     RoutedBackend,
     available,
+    calibrate,
     calibration,
     calibration_path,
     get,
@@ -34,6 +35,7 @@ __all__ = [
     "FixedBaseTable",
     "RoutedBackend",
     "available",
+    "calibrate",
     "calibration",
     "calibration_path",
     "get",

@@ -59,8 +59,8 @@ CALIBRATION_FILE = "calibration.json"
 # optional runtime (pyopencl, CUDA) never breaks ``import accel``.
 _REGISTRY: dict[str, str | Callable[[], Backend]] = {
     "cpu": "accel.backends.cpu:CpuBackend",
-    "opencl": "accel.backends.opencl:OpenCLBackend",
-    "cuda": "accel.backends.cuda:CudaBackend",
+    "opencl": "accel.backends.opencl.backend:OpenCLBackend",
+    "cuda": "accel.backends.cuda.backend:CudaBackend",
 }
 _INSTANCES: dict[str, Backend] = {}
 _UNAVAILABLE: dict[str, str] = {}  # name -> why it could not be created
@@ -327,6 +327,107 @@ def resolve(backend: str | Backend | None = None, *, op: str = "", size: int = 0
         if name != FALLBACK and not _usable(name):
             name = FALLBACK
     return RoutedBackend(name)
+
+
+# -- measuring the calibration --------------------------------------------------------------
+
+# Which timed protocol operation stands for each routed op (the Paillier layer routes whole
+# operations: an encryption is a fixed-base exponentiation, a decryption two exponentiations
+# with one shared exponent).
+CALIBRATED_OPS = {
+    "mulmod": "mulmod",
+    "prodmod": "mulmod",
+    "powmod": "powmod",
+    "multiexp": "powmod",
+    "decrypt": "powmod",
+    "powmod_fixed": "powmod_fixed",
+    "encrypt": "powmod_fixed",
+}
+
+
+def _timed_cases(backend: Backend, bits: int, seed: int) -> dict[str, Callable[[int], Any]]:
+    from accel.backends.base import limbs_for
+
+    rng = np.random.default_rng(seed)
+    modulus = (1 << (2 * bits - 1)) | int(rng.integers(1, 2**62)) << 2 | 1  # n^2-sized, odd
+    limbs = limbs_for(modulus)
+    exp_bits = bits // 2 + 128
+    table = backend.fixed_base_table(3, modulus, exp_bits)
+
+    def residues(count: int) -> np.ndarray:
+        rows = rng.integers(0, 2**64, size=(count, limbs), dtype=np.uint64)
+        rows[:, -1] = 0  # below the modulus, whose top limb is non-zero
+        return rows
+
+    def exponents(count: int, ebits: int) -> np.ndarray:
+        rows = rng.integers(0, 2**64, size=(count, -(-ebits // 64)), dtype=np.uint64)
+        rows[:, -1] >>= np.uint64(-ebits % 64)
+        return rows
+
+    return {
+        "mulmod": lambda k: backend.mulmod(residues(k), residues(k), modulus),
+        "powmod": lambda k: backend.powmod(residues(k), exponents(1, bits // 2), modulus),
+        "powmod_fixed": lambda k: backend.powmod_fixed(table, exponents(k, exp_bits)),
+    }
+
+
+def crossover(points: list[tuple[int, float, float]]) -> int | None:
+    """The smallest batch size from which the device is faster at every larger measured size,
+    given ``(size, device seconds, cpu seconds)`` in increasing size; None if it never is."""
+    best = None
+    for size, device_s, cpu_s in reversed(points):
+        if device_s >= cpu_s:
+            break
+        best = size
+    return best
+
+
+def calibrate(
+    names_: list[str] | None = None,
+    *,
+    bits: int = 2048,
+    sizes: tuple[int, ...] = (16, 64, 256, 1024, 4096, 16384),
+    max_seconds_per_point: float = 2.0,
+    save: bool = True,
+) -> dict[str, dict[str, int]]:
+    """Time each accelerator against the CPU at growing batch sizes and set, per backend and
+    op, the smallest measured size from which the accelerator is faster at every larger
+    measured size (no entry when it never is). Sizes stop growing once the slower side takes
+    ``max_seconds_per_point``. Returns the table (also saved when ``save``)."""
+    import time as _time
+
+    def seconds(run: Callable[[int], Any], count: int) -> float:
+        t0 = _time.perf_counter()
+        run(count)
+        return _time.perf_counter() - t0
+
+    cpu_cases = _timed_cases(get(FALLBACK), bits, seed=1)
+    table: dict[str, dict[str, int]] = {}
+    for name in names_ if names_ is not None else [n for n in names() if n != FALLBACK]:
+        if name == FALLBACK or not _usable(name):
+            continue
+        cases = _timed_cases(get(name), bits, seed=1)
+        thresholds: dict[str, int] = {}
+        for timed, run in cases.items():
+            run(sizes[0])  # compile kernels, upload tables
+            cpu_cases[timed](sizes[0])
+            points: list[tuple[int, float, float]] = []
+            for size in sizes:
+                device_s, cpu_s = seconds(run, size), seconds(cpu_cases[timed], size)
+                points.append((size, device_s, cpu_s))
+                if max(device_s, cpu_s) > max_seconds_per_point:
+                    break
+            threshold = crossover(points)
+            if threshold is not None:
+                thresholds[timed] = threshold
+        table[name] = {op: thresholds[timed] for op, timed in CALIBRATED_OPS.items()
+                       if timed in thresholds}
+        log.info("calibration of %s against %s: %s", name, FALLBACK, table[name])
+    if save:
+        set_calibration(table)
+    else:
+        _checked_calibration(table)
+    return table
 
 
 # -- fallback ------------------------------------------------------------------------------

@@ -62,8 +62,8 @@ def _sizes(quick: bool) -> dict[str, int]:
     if quick:
         return {"encrypt": 64, "decrypt": 32, "add": 2000, "mul": 256, "vec": 100, "sum": 2000,
                 "phe": 6, "phe_mul": 40, "phe_add": 400}
-    return {"encrypt": 600, "decrypt": 200, "add": 20000, "mul": 2000, "vec": 1000,
-            "sum": 10000, "phe": 12, "phe_mul": 120, "phe_add": 3000}
+    return {"encrypt": 1000, "decrypt": 400, "add": 20000, "mul": 4000, "vec": 1000,
+            "sum": 10000, "phe": 24, "phe_mul": 200, "phe_add": 5000}
 
 
 def _cases(pk: PublicKey, sk: PrivateKey, sz: dict[str, int], rng: np.random.Generator
@@ -166,7 +166,7 @@ def run(bits: int = 2048, backend: str | None = None, quick: bool = False,
     report = progress or (lambda pct, msg: None)
     names = backends.names() if backend == "all" else [backend or backends.resolve().name]
     names, skipped = _available(names)
-    rounds = rounds or (1 if quick else 3)
+    rounds = rounds or (1 if quick else 5)
     sz = _sizes(quick)
     rng = np.random.default_rng()
     report(1, f"generating a {bits}-bit key")

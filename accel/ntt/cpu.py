@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from accel.ntt.plan import Plan
 
 # Numba's OpenMP layer spins idle workers by default. On a box whose cores are busy with other
-# work that turns a 0.15 ms batch on two threads into 10-20 ms (measured at load 6 on 2 cores);
+# work that turns a 0.15 ms batch on two threads into 9-27 ms (measured at load 6 on 2 cores);
 # sleeping workers cost a wake-up per call instead. Numba reads this when it starts the pool
 # (the first parallel call); a value chosen by the operator wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -116,8 +116,8 @@ def _mulmod_barrett(a, b, q, ratio_lo, ratio_hi):
     """``a * b mod q`` for ``a, b < q < 2^62`` with ``ratio = floor(2^128 / q)``."""
     z_lo = a * b
     z_hi = mulhi(a, b)
-    # quotient estimate floor(z * ratio / 2^128) from the partial products; dropping the low
-    # word of z_lo * ratio_lo and the truncation of ratio make it at most 2 too small
+    # floor(z * ratio / 2^128), exactly, from the four partial products and their carries; it
+    # is at most 1 below floor(z / q), the error of truncating ratio (z < q^2 < 2^124)
     mid = mulhi(z_lo, ratio_lo)
     p_lo = z_lo * ratio_hi
     r_lo = z_hi * ratio_lo
@@ -127,8 +127,6 @@ def _mulmod_barrett(a, b, q, ratio_lo, ratio_hi):
     carry += _ONE if mid < r_lo else _U(0)
     quotient = z_hi * ratio_hi + mulhi(z_lo, ratio_hi) + mulhi(z_hi, ratio_lo) + carry
     r = z_lo - quotient * q
-    if r >= q:
-        r -= q
     if r >= q:
         r -= q
     return r

@@ -13,7 +13,7 @@ import pytest
 
 from accel.backends.base import FixedBaseTable, ints_to_limbs, limbs_for, limbs_to_ints
 from accel.backends.cpu import CpuBackend
-from accel.backends.cpu.backend import TABLE_BYTES, THREADS_ENV
+from accel.backends.cpu.backend import SIMD_ENV, TABLE_BYTES, THREADS_ENV
 
 _rng = random.Random(7)
 M2 = (1 << 128) - 159
@@ -277,3 +277,67 @@ def test_invmod_of_zero_names_the_row(cpu):
     a = ints_to_limbs([1, 2, 0, 5], 2)
     with pytest.raises(ValueError, match="element 2 has no inverse"):
         cpu.invmod(a, M2)
+
+
+# ---- the AVX-512 IFMA kernels against the portable ones -----------------------------------
+
+
+def _cpu_has_ifma() -> bool:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+        return any(line.startswith("flags") and " avx512ifma" in line for line in f)
+
+
+def test_simd_follows_the_cpu_and_the_environment(monkeypatch):
+    assert CpuBackend(simd=True).simd == _cpu_has_ifma()
+    assert not CpuBackend(simd=False).simd
+    monkeypatch.setenv(SIMD_ENV, "0")
+    assert not CpuBackend().simd
+    monkeypatch.setenv(SIMD_ENV, "1")
+    assert CpuBackend().simd == _cpu_has_ifma()
+
+
+@pytest.mark.parametrize("bits", [256, 300, 2048, 4000, 4096])
+def test_simd_and_portable_paths_agree(bits):
+    """Both paths against Python integers, with rows that fill eight lanes unevenly."""
+    fast, portable = CpuBackend(threads=2, simd=True), CpuBackend(threads=2, simd=False)
+    m = _rng.getrandbits(bits) | (1 << (bits - 1)) | 1
+    L = limbs_for(m)
+    xs = [0, 1, m - 1, 2, *(_rng.randrange(m) for _ in range(9))]  # 13 rows
+    ys = [m - 1, 0, m - 1, *(_rng.randrange(m) for _ in range(10))]
+    es = [0, 1, (1 << 192) - 1, 1 << 191, *(_rng.getrandbits(192) for _ in range(9))]
+    a, b, e = ints_to_limbs(xs, L), ints_to_limbs(ys, L), ints_to_limbs(es, 3)
+    table_base = xs[5]
+    expected = {
+        "mulmod": [x * y % m for x, y in zip(xs, ys, strict=True)],
+        "mulmod_broadcast": [x * ys[3] % m for x in xs],
+        "powmod": [pow(x, y, m) for x, y in zip(xs, es, strict=True)],
+        "powmod_common": [pow(x, es[2], m) for x in xs],
+        "powmod_fixed": [pow(table_base, y, m) for y in es],
+        "prodmod": [math.prod(xs) % m],
+        "prodmod_columns": [math.prod(xs[j::13]) % m for j in range(13)],
+    }
+    for backend in (fast, portable):
+        table = backend.fixed_base_table(table_base, m, 192, window=6)
+        got = {
+            "mulmod": backend.mulmod(a, b, m),
+            "mulmod_broadcast": backend.mulmod(a, b[3:4], m),
+            "powmod": backend.powmod(a, e, m),
+            "powmod_common": backend.powmod(a, e[2:3], m),
+            "powmod_fixed": backend.powmod_fixed(table, e),
+            "prodmod": backend.prodmod(a.reshape(13, 1, L), m),
+            "prodmod_columns": backend.prodmod(a.reshape(1, 13, L), m),
+        }
+        for op, want in expected.items():
+            assert limbs_to_ints(got[op]) == want, (op, backend.simd)
+    K, M = 11, 4
+    bases = ints_to_limbs(xs[:K] + ys[:K], L).reshape(2, K, L)
+    exps = [_rng.getrandbits(53) if _rng.random() < 0.7 else 0 for _ in range(K * M)]
+    exps[0] = (1 << 64) - 1
+    exp_arr = ints_to_limbs(exps, 1).reshape(K, M, 1)
+    want = [
+        math.prod(pow(row[k], exps[k * M + j], m) for k in range(K)) % m
+        for row in (xs[:K], ys[:K])
+        for j in range(M)
+    ]
+    for backend in (fast, portable):
+        assert limbs_to_ints(backend.multiexp(bases, exp_arr, m).reshape(2 * M, L)) == want

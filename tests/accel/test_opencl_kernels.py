@@ -138,6 +138,23 @@ class KernelChecks:
                 for i in range(3)]
         assert got == want
 
+    def test_large_batches_go_in_slices(
+        self, backend: Backend, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(backend, "max_rows", lambda words_per_row: 3)
+        m = MODULI["2limb"]
+        rng = random.Random(11)
+        xs = [rng.randrange(m) for _ in range(8)]
+        ys = [rng.randrange(m) for _ in range(8)]
+        pairs = list(zip(xs, ys, strict=True))
+        a, b = as_limbs(xs, m), as_limbs(ys, m)
+        assert limbs_to_ints(backend.mulmod(a, b, m)) == [x * y % m for x, y in pairs]
+        assert limbs_to_ints(backend.mulmod(a, b[:1], m)) == [x * ys[0] % m for x in xs]
+        assert limbs_to_ints(backend.powmod(a, b, m)) == [pow(x, y, m) for x, y in pairs]
+        assert limbs_to_ints(backend.powmod(a, b[:1], m)) == [pow(x, ys[0], m) for x in xs]
+        table = backend.fixed_base_table(7, m, 128)
+        assert limbs_to_ints(backend.powmod_fixed(table, b)) == [pow(7, y, m) for y in ys]
+
     def test_empty_batch(self, backend: Backend) -> None:
         m = MODULI["2limb"]
         empty = np.empty((0, 2), dtype=np.uint64)

@@ -196,3 +196,40 @@ def test_fault_injection_arguments_are_checked() -> None:
         pass
     with pytest.raises(ValueError, match="unknown op"), backends.inject_fault("opencl", "sort"):
         pass
+
+
+def test_crossover_is_where_the_device_wins_from_then_on() -> None:
+    assert router.crossover([(16, 2.0, 1.0), (64, 0.9, 1.0), (256, 1.0, 2.0)]) == 64
+    assert router.crossover([(16, 0.5, 1.0), (64, 2.0, 1.0), (256, 1.0, 2.0)]) == 256
+    assert router.crossover([(16, 0.5, 1.0), (64, 0.5, 1.0)]) == 16
+    assert router.crossover([(16, 2.0, 1.0), (64, 2.0, 1.0)]) is None
+    assert router.crossover([]) is None
+
+
+def test_calibrate_measures_and_saves_a_table_the_router_uses(isolated_router: Path) -> None:
+    sizes = (2, 8)
+    table = backends.calibrate(["opencl"], bits=128, sizes=sizes)
+    assert set(table) == {"opencl"}
+    assert set(table["opencl"]) <= set(router.CALIBRATED_OPS)
+    assert all(v in sizes for v in table["opencl"].values())
+    saved = json.loads((isolated_router / router.CALIBRATION_FILE).read_text())
+    assert saved["thresholds"] == table
+    for op, threshold in table["opencl"].items():
+        assert backends.resolve(op=op, size=threshold).name == "opencl"
+    assert backends.resolve(op="invmod", size=10**6).name == "cpu"  # never calibrated
+
+
+def test_a_backend_that_cannot_start_is_listed_with_its_reason(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PEC_OPENCL_DEVICE", "no-such-device")
+    backends.register("opencl-elsewhere", "accel.backends.opencl.backend:OpenCLBackend")
+    try:
+        entry = next(e for e in backends.available() if e["name"] == "opencl-elsewhere")
+        assert entry["healthy"] is False and entry["devices"] == []
+        assert "no OpenCL device name contains 'no-such-device'" in entry["reason"]
+        with pytest.raises(BackendError, match="not available"):
+            backends.resolve("opencl-elsewhere")
+    finally:
+        backends.unregister("opencl-elsewhere")
+    assert "opencl-elsewhere" not in backends.names()

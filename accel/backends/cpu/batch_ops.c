@@ -50,8 +50,10 @@ static int mulmod_rows(void *arg, int64_t begin, int64_t end, mp_limb_t *scratch
 }
 
 int pec_mulmod(const pec_modulus *m, const uint64_t *a, const uint64_t *b, int64_t b_step,
-               uint64_t *out, int64_t rows, int threads)
+               uint64_t *out, int64_t rows, int threads, int simd)
 {
+    if (simd && pec_ifma_worth(m, rows))
+        return pec_ifma_mulmod(m, a, b, b_step, out, rows, threads);
     const mp_size_t n = (mp_size_t)m->limbs;
     mp_limb_t *b_mont = NULL;
     mulmod_job job = {m, (const mp_limb_t *)a, (const mp_limb_t *)b, b_step, (mp_limb_t *)out};
@@ -314,13 +316,14 @@ static int prodmod_columns(void *arg, int64_t begin, int64_t end, mp_limb_t *scr
 }
 
 int pec_prodmod(const pec_modulus *m, const uint64_t *a, int64_t K, int64_t N, uint64_t *out,
-                int threads)
+                int threads, int simd)
 {
     const mp_size_t n = (mp_size_t)m->limbs;
     int t = threads < 1 ? 1 : threads;
     /* Few columns (a sum of many ciphertexts into one): split each column into segments so
-     * every thread has work, then multiply the segment products together. */
-    int64_t segments = N >= 4 * t ? 1 : (4 * t + N - 1) / N;
+     * every thread (and every SIMD lane) has work, then multiply the segment products. */
+    int64_t want = simd && pec_ifma_worth(m, K * N) ? 16 * t : 4 * t;
+    int64_t segments = N >= want ? 1 : (want + N - 1) / N;
     if (segments > K)
         segments = K;
     if (segments < 1)
@@ -329,7 +332,9 @@ int pec_prodmod(const pec_modulus *m, const uint64_t *a, int64_t K, int64_t N, u
     if (!partial)
         return PEC_NO_MEMORY;
     prodmod_job job = {m, (const mp_limb_t *)a, K, N, segments, partial, (mp_limb_t *)out};
-    int rc = pec_parallel_for(segments * N, 1, threads, 5 * n, prodmod_segments, &job);
+    int rc = simd && pec_ifma_worth(m, segments * N)
+                 ? pec_ifma_segment_products(m, a, K, N, segments, partial, threads)
+                 : pec_parallel_for(segments * N, 1, threads, 5 * n, prodmod_segments, &job);
     if (rc == PEC_OK)
         rc = pec_parallel_for(N, 1, threads, 5 * n, prodmod_columns, &job);
     free(partial);

@@ -95,8 +95,9 @@ static void broadcast(uint64_t *v, const uint64_t *digits, int64_t n)
 }
 
 /* r = a * b / R, below 2m when a and b are; a, b, r: n digit vectors (r may alias either);
- * acc: 2n + 1 vectors of scratch. Word-by-word Montgomery, the carries of each column left
- * in its 64-bit lane until the end. */
+ * acc: 2n + 1 vectors of scratch. Word-by-word Montgomery with the product interleaved; the
+ * carries of each column wait in its 64-bit lane until the end. (A separate squaring with
+ * half the cross products measured slower: its update chains are twice as serial.) */
 IFMA static void amm8(uint64_t *r, const uint64_t *a, const uint64_t *b, const ifma_mod *c,
                       uint64_t *acc)
 {
@@ -402,6 +403,270 @@ int pec_ifma_powmod(const pec_modulus *m, const uint64_t *base, const uint64_t *
     return rc;
 }
 
+/* ---- multi-exponentiation window sums --------------------------------------------------- */
+
+typedef struct {
+    const pec_modulus *m;
+    ifma_mod c;
+    const uint64_t *bases; /* P x K, normal form */
+    const uint64_t *exps;  /* K x M x E */
+    int64_t P, K, M, E;
+    int width;
+    const int64_t *first_window;
+    int64_t tasks;
+    uint64_t *bases52; /* P x K x n digits, Montgomery form */
+    uint64_t *sums;    /* tasks x limbs, out */
+} mexp8_job;
+
+IFMA static int mexp8_convert(void *arg, int64_t begin, int64_t end, mp_limb_t *scratch)
+{
+    const mexp8_job *job = arg;
+    const ifma_mod *c = &job->c;
+    const int64_t n = c->n, L = c->limbs, count = job->P * job->K;
+    const size_t vec = (size_t)n * LANES;
+    uint64_t *v = aligned_scratch(scratch), *t = v + vec;
+    for (int64_t g = begin; g < end; g++) {
+        for (int l = 0; l < LANES; l++) {
+            int64_t i = g * LANES + l < count ? g * LANES + l : g * LANES;
+            to_digits(v + l, LANES, job->bases + i * L, L, n);
+        }
+        amm8(v, v, c->r2_v, c, t);
+        for (int l = 0; l < LANES && g * LANES + l < count; l++)
+            for (int64_t k = 0; k < n; k++)
+                job->bases52[(g * LANES + l) * n + k] = v[k * LANES + l];
+    }
+    return PEC_OK;
+}
+
+/* Eight (p, column, window) tasks in lockstep. Every bucket starts at 1, so empty buckets
+ * and idle lanes need no special case: lanes whose digit is 0 work on a spare slot 0. */
+IFMA static int mexp8_sums(void *arg, int64_t begin, int64_t end, mp_limb_t *scratch)
+{
+    const mexp8_job *job = arg;
+    const ifma_mod *c = &job->c;
+    const int64_t n = c->n, L = c->limbs, per_p = job->first_window[job->M];
+    const size_t vec = (size_t)n * LANES;
+    const int w = job->width;
+    const unsigned top = (1u << w) - 1;
+    uint64_t *a = aligned_scratch(scratch), *b = a + vec, *t = b + vec;
+    uint64_t *running = t + (2 * n + 1) * LANES, *sum = running + vec, *buckets = sum + vec;
+    for (int64_t g = begin; g < end; g++) {
+        int64_t p[LANES], j[LANES], bit[LANES], task[LANES];
+        for (int l = 0; l < LANES; l++) {
+            task[l] = g * LANES + l < job->tasks ? g * LANES + l : g * LANES;
+            p[l] = task[l] / per_p;
+            int64_t slot = task[l] % per_p, lo = 0, hi = job->M;
+            while (hi - lo > 1) {
+                int64_t mid = (lo + hi) / 2;
+                if (job->first_window[mid] <= slot)
+                    lo = mid;
+                else
+                    hi = mid;
+            }
+            j[l] = lo;
+            bit[l] = (slot - job->first_window[lo]) * w;
+        }
+        for (unsigned d = 0; d <= top; d++)
+            memcpy(buckets + d * vec, c->one_v, vec * sizeof(uint64_t));
+        for (int64_t k = 0; k < job->K; k++) {
+            unsigned digit[LANES], any = 0;
+            for (int l = 0; l < LANES; l++) {
+                digit[l] = exp_bits_at(job->exps + (k * job->M + j[l]) * job->E, job->E,
+                                       bit[l], w);
+                any |= digit[l];
+            }
+            if (!any)
+                continue;
+            for (int64_t i = 0; i < n; i++)
+                for (int l = 0; l < LANES; l++) {
+                    b[i * LANES + l] = buckets[digit[l] * vec + i * LANES + l];
+                    a[i * LANES + l] = job->bases52[(p[l] * job->K + k) * n + i];
+                }
+            amm8(b, b, a, c, t);
+            for (int64_t i = 0; i < n; i++)
+                for (int l = 0; l < LANES; l++)
+                    buckets[digit[l] * vec + i * LANES + l] = b[i * LANES + l];
+        }
+        memcpy(running, c->one_v, vec * sizeof(uint64_t));
+        memcpy(sum, c->one_v, vec * sizeof(uint64_t));
+        for (unsigned d = top; d >= 1; d--) {
+            amm8(running, running, buckets + d * vec, c, t);
+            amm8(sum, sum, running, c, t);
+        }
+        /* Hand the sums over in the portable path's Montgomery form (times R64). */
+        amm8(sum, sum, c->fix_v, c, t);
+        reduce8(sum, c, t);
+        for (int l = 0; l < LANES && g * LANES + l < job->tasks; l++)
+            from_digits(job->sums + task[l] * L, sum, l, L, n);
+    }
+    return PEC_OK;
+}
+
+int pec_ifma_multiexp_sums(const pec_modulus *m, const uint64_t *bases, const uint64_t *exps,
+                           int64_t exp_limbs, int64_t P, int64_t K, int64_t M, int width,
+                           const int64_t *first_window, uint64_t *sums, int threads)
+{
+    mexp8_job job = {.m = m,
+                     .bases = bases,
+                     .exps = exps,
+                     .P = P,
+                     .K = K,
+                     .M = M,
+                     .E = exp_limbs,
+                     .width = width,
+                     .first_window = first_window,
+                     .tasks = P * first_window[M],
+                     .sums = sums};
+    int rc = ifma_mod_init(&job.c, m, 1, 64 * m->limbs);
+    if (rc != PEC_OK)
+        return rc;
+    const int64_t n = job.c.n;
+    job.bases52 = malloc(((size_t)(P * K) * n + 1) * sizeof(uint64_t));
+    if (!job.bases52) {
+        ifma_mod_free(&job.c);
+        return PEC_NO_MEMORY;
+    }
+    rc = pec_parallel_for((P * K + LANES - 1) / LANES, 4, threads, (4 * (size_t)n + 1) * LANES + 8,
+                          mexp8_convert, &job);
+    size_t scratch = (6 * (size_t)n + 1 + ((size_t)n << width)) * LANES + 8;
+    if (rc == PEC_OK)
+        rc = pec_parallel_for((job.tasks + LANES - 1) / LANES, 1, threads, scratch, mexp8_sums,
+                              &job);
+    free(job.bases52);
+    ifma_mod_free(&job.c);
+    return rc;
+}
+
+/* ---- mulmod ------------------------------------------------------------------------------ */
+
+typedef struct {
+    ifma_mod c;
+    const uint64_t *a, *b;
+    int64_t b_step, rows;
+    uint64_t *out;
+    uint64_t *b_v; /* broadcast factor in Montgomery form, or NULL */
+} mul8_job;
+
+IFMA static int mul8_groups(void *arg, int64_t begin, int64_t end, mp_limb_t *scratch)
+{
+    const mul8_job *job = arg;
+    const ifma_mod *c = &job->c;
+    const int64_t n = c->n, L = c->limbs;
+    const size_t vec = (size_t)n * LANES;
+    uint64_t *x = aligned_scratch(scratch), *y = x + vec, *t = y + vec;
+    for (int64_t g = begin; g < end; g++) {
+        int64_t first = g * LANES;
+        int lanes = job->rows - first < LANES ? (int)(job->rows - first) : LANES;
+        for (int l = 0; l < LANES; l++) {
+            int64_t row = first + (l < lanes ? l : 0);
+            to_digits(x + l, LANES, job->a + row * L, L, n);
+            if (!job->b_v)
+                to_digits(y + l, LANES, job->b + row * job->b_step * L, L, n);
+        }
+        if (job->b_v) {
+            amm8(x, x, job->b_v, c, t); /* a * (b R) / R */
+        } else {
+            amm8(x, x, y, c, t);       /* a b / R */
+            amm8(x, x, c->r2_v, c, t); /* ... * R^2 / R */
+        }
+        reduce8(x, c, t);
+        for (int l = 0; l < lanes; l++)
+            from_digits(job->out + (first + l) * L, x, l, L, n);
+    }
+    return PEC_OK;
+}
+
+int pec_ifma_mulmod(const pec_modulus *m, const uint64_t *a, const uint64_t *b, int64_t b_step,
+                    uint64_t *out, int64_t rows, int threads)
+{
+    mul8_job job = {.a = a, .b = b, .b_step = b_step, .rows = rows, .out = out};
+    int rc = ifma_mod_init(&job.c, m, 1, 0);
+    if (rc != PEC_OK)
+        return rc;
+    const int64_t n = job.c.n;
+    size_t scratch = (4 * (size_t)n + 1) * LANES + 8;
+    if (!b_step) {
+        /* fix_v is spare here: it holds b R, made from b once for the whole batch. */
+        uint64_t *t = aligned_alloc(64, (2 * (size_t)n + 1) * LANES * sizeof(uint64_t));
+        if (!t) {
+            ifma_mod_free(&job.c);
+            return PEC_NO_MEMORY;
+        }
+        for (int l = 0; l < LANES; l++)
+            to_digits(job.c.fix_v + l, LANES, b, m->limbs, n);
+        amm8(job.c.fix_v, job.c.fix_v, job.c.r2_v, &job.c, t);
+        free(t);
+        job.b_v = job.c.fix_v;
+    }
+    rc = pec_parallel_for((rows + LANES - 1) / LANES, 4, threads, scratch, mul8_groups, &job);
+    ifma_mod_free(&job.c);
+    return rc;
+}
+
+/* ---- segment products for prodmod ---------------------------------------------------------- */
+
+typedef struct {
+    ifma_mod c;
+    const uint64_t *a;
+    int64_t K, N, segments, steps, tasks;
+    uint64_t *partial; /* segments x N, normal form */
+} prod8_job;
+
+/* Lanes run segments of equal step count; a lane whose segment is shorter multiplies by a
+ * plain 1, which drifts by R^-1 exactly like a real factor, so one start value (R^steps)
+ * cancels the drift in every lane. */
+IFMA static int prod8_groups(void *arg, int64_t begin, int64_t end, mp_limb_t *scratch)
+{
+    const prod8_job *job = arg;
+    const ifma_mod *c = &job->c;
+    const int64_t n = c->n, L = c->limbs;
+    const size_t vec = (size_t)n * LANES;
+    uint64_t *acc = aligned_scratch(scratch), *x = acc + vec, *t = x + vec;
+    static const uint64_t unit_limb[1] = {1};
+    for (int64_t g = begin; g < end; g++) {
+        int64_t k0[LANES], k1[LANES], col[LANES], task[LANES];
+        int lanes = job->tasks - g * LANES < LANES ? (int)(job->tasks - g * LANES) : LANES;
+        for (int l = 0; l < LANES; l++) {
+            task[l] = g * LANES + (l < lanes ? l : 0);
+            int64_t s = task[l] / job->N;
+            col[l] = task[l] % job->N;
+            k0[l] = job->K * s / job->segments;
+            k1[l] = job->K * (s + 1) / job->segments;
+        }
+        memcpy(acc, c->fix_v, vec * sizeof(uint64_t));
+        for (int64_t step = 0; step < job->steps; step++) {
+            for (int l = 0; l < LANES; l++) {
+                int64_t k = k0[l] + step;
+                if (k < k1[l])
+                    to_digits(x + l, LANES, job->a + (k * job->N + col[l]) * L, L, n);
+                else
+                    to_digits(x + l, LANES, unit_limb, 1, n);
+            }
+            amm8(acc, acc, x, c, t);
+        }
+        reduce8(acc, c, t);
+        for (int l = 0; l < lanes; l++)
+            from_digits(job->partial + task[l] * L, acc, l, L, n);
+    }
+    return PEC_OK;
+}
+
+int pec_ifma_segment_products(const pec_modulus *m, const uint64_t *a, int64_t K, int64_t N,
+                              int64_t segments, uint64_t *partial, int threads)
+{
+    int64_t steps = (K + segments - 1) / segments;
+    prod8_job job = {.a = a, .K = K, .N = N, .segments = segments, .steps = steps,
+                     .tasks = segments * N, .partial = partial};
+    int rc = ifma_mod_init(&job.c, m, 1, 52 * digits_for(m) * steps);
+    if (rc != PEC_OK)
+        return rc;
+    size_t scratch = (4 * (size_t)job.c.n + 1) * LANES + 8;
+    rc = pec_parallel_for((job.tasks + LANES - 1) / LANES, 1, threads, scratch, prod8_groups,
+                          &job);
+    ifma_mod_free(&job.c);
+    return rc;
+}
+
 #else /* no IFMA in this build: pec_ifma_usable() is 0 and these are never called */
 
 int pec_ifma_powmod(const pec_modulus *m, const uint64_t *base, const uint64_t *exp,
@@ -414,6 +679,25 @@ int pec_ifma_powmod(const pec_modulus *m, const uint64_t *base, const uint64_t *
 int pec_ifma_powmod_fixed(const pec_modulus *m, const uint64_t *table, int window,
                           int64_t windows, const uint64_t *exp, int64_t exp_limbs,
                           uint64_t *out, int64_t rows, int threads)
+{
+    return PEC_NO_MEMORY;
+}
+
+int pec_ifma_multiexp_sums(const pec_modulus *m, const uint64_t *bases, const uint64_t *exps,
+                           int64_t exp_limbs, int64_t P, int64_t K, int64_t M, int width,
+                           const int64_t *first_window, uint64_t *sums, int threads)
+{
+    return PEC_NO_MEMORY;
+}
+
+int pec_ifma_mulmod(const pec_modulus *m, const uint64_t *a, const uint64_t *b, int64_t b_step,
+                    uint64_t *out, int64_t rows, int threads)
+{
+    return PEC_NO_MEMORY;
+}
+
+int pec_ifma_segment_products(const pec_modulus *m, const uint64_t *a, int64_t K, int64_t N,
+                              int64_t segments, uint64_t *partial, int threads)
 {
     return PEC_NO_MEMORY;
 }

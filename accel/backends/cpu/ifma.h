@@ -27,4 +27,18 @@ int pec_ifma_powmod_fixed(const pec_modulus *m, const uint64_t *table, int windo
                           int64_t windows, const uint64_t *exp, int64_t exp_limbs,
                           uint64_t *out, int64_t rows, int threads);
 
+/* Window sums of pec_multiexp (one bucket width for all columns), in the portable path's
+ * Montgomery form: sums[task] for task = p * first_window[M] + window slot. */
+int pec_ifma_multiexp_sums(const pec_modulus *m, const uint64_t *bases, const uint64_t *exps,
+                           int64_t exp_limbs, int64_t P, int64_t K, int64_t M, int width,
+                           const int64_t *first_window, uint64_t *sums, int threads);
+
+int pec_ifma_mulmod(const pec_modulus *m, const uint64_t *a, const uint64_t *b, int64_t b_step,
+                    uint64_t *out, int64_t rows, int threads);
+
+/* partial[s][j] = product of segment s (rows K*s/segments .. K*(s+1)/segments - 1) of
+ * column j of a K x N batch, in normal form. */
+int pec_ifma_segment_products(const pec_modulus *m, const uint64_t *a, int64_t K, int64_t N,
+                              int64_t segments, uint64_t *partial, int threads);
+
 #endif

@@ -4,6 +4,7 @@
  * two columns of which one is zero. */
 #include <stdlib.h>
 
+#include "ifma.h"
 #include "montgomery.h"
 #include "thread_pool.h"
 
@@ -138,7 +139,7 @@ static int best_width(int64_t bits, int64_t nonzero)
 
 int pec_multiexp(const pec_modulus *m, const uint64_t *bases, const uint64_t *exps,
                  int64_t exp_limbs, int64_t P, int64_t K, int64_t M, uint64_t *out,
-                 int threads)
+                 int threads, int simd)
 {
     const mp_size_t n = (mp_size_t)m->limbs;
     multiexp_job job = {m, (const mp_limb_t *)bases, NULL, exps, exp_limbs, P, K, M,
@@ -151,7 +152,7 @@ int pec_multiexp(const pec_modulus *m, const uint64_t *bases, const uint64_t *ex
         goto done;
 
     int widest = 1;
-    job.first_window[0] = 0;
+    int64_t all_bits = 0, all_nonzero = 0, windows = 0;
     for (int64_t j = 0; j < M; j++) {
         int64_t bits = 0, nonzero = 0;
         for (int64_t k = 0; k < K; k++) {
@@ -161,6 +162,21 @@ int pec_multiexp(const pec_modulus *m, const uint64_t *bases, const uint64_t *ex
         }
         job.width[j] = best_width(bits, nonzero);
         widest = job.width[j] > widest ? job.width[j] : widest;
+        windows += (bits + job.width[j] - 1) / job.width[j];
+        all_bits = bits > all_bits ? bits : all_bits;
+        all_nonzero = nonzero > all_nonzero ? nonzero : all_nonzero;
+        job.first_window[j + 1] = bits; /* window counts follow once widths are final */
+    }
+    /* The eight-lane kernel runs eight windows in lockstep, so they share one width. */
+    int simd_sums = simd && pec_ifma_worth(m, P * windows);
+    if (simd_sums) {
+        widest = best_width(all_bits, all_nonzero);
+        for (int64_t j = 0; j < M; j++)
+            job.width[j] = widest;
+    }
+    job.first_window[0] = 0;
+    for (int64_t j = 0; j < M; j++) {
+        int64_t bits = job.first_window[j + 1];
         job.first_window[j + 1] = job.first_window[j] + (bits + job.width[j] - 1) / job.width[j];
     }
     job.sums = malloc((size_t)(P * job.first_window[M] * n + 1) * sizeof(mp_limb_t));
@@ -168,10 +184,15 @@ int pec_multiexp(const pec_modulus *m, const uint64_t *bases, const uint64_t *ex
         goto done;
 
     size_t buckets = ((size_t)1 << widest) * n + ((size_t)1 << widest) / 8 + 1;
-    rc = pec_parallel_for(P * K, 16, threads, 2 * n, to_mont, &job);
-    if (rc == PEC_OK)
-        rc = pec_parallel_for(P * job.first_window[M], 1, threads, 3 * n + buckets,
-                              window_sums, &job);
+    if (simd_sums) {
+        rc = pec_ifma_multiexp_sums(m, bases, exps, exp_limbs, P, K, M, widest,
+                                    job.first_window, job.sums, threads);
+    } else {
+        rc = pec_parallel_for(P * K, 16, threads, 2 * n, to_mont, &job);
+        if (rc == PEC_OK)
+            rc = pec_parallel_for(P * job.first_window[M], 1, threads, 3 * n + buckets,
+                                  window_sums, &job);
+    }
     if (rc == PEC_OK)
         rc = pec_parallel_for(P * M, 1, threads, 3 * n, combine, &job);
 done:

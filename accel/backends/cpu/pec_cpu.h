@@ -3,7 +3,8 @@
  * Every big number is an array of little-endian 64-bit limbs. A batch of N residues modulo m
  * is N * limbs contiguous limbs; exponents have their own limb count. All calls are
  * thread-safe, run on `threads` worker threads and never touch Python objects, so the caller
- * releases the GIL around them.
+ * releases the GIL around them. A non-zero `simd` lets a call use the AVX-512 IFMA kernels
+ * where the CPU has them; results are the same either way.
  */
 #ifndef PEC_CPU_H
 #define PEC_CPU_H
@@ -29,10 +30,9 @@ int64_t pec_first_unreduced(const pec_modulus *m, const uint64_t *a, int64_t row
 
 /* out[i] = a[i] * b[i or 0] mod m; b_step is 1 for one factor per row, 0 to broadcast b[0]. */
 int pec_mulmod(const pec_modulus *m, const uint64_t *a, const uint64_t *b, int64_t b_step,
-               uint64_t *out, int64_t rows, int threads);
+               uint64_t *out, int64_t rows, int threads, int simd);
 
-/* out[i] = base[i] ^ exp[i or 0] mod m; exponents have exp_limbs limbs, exp_step as above.
- * simd: non-zero lets the call use AVX-512 IFMA where the CPU has it (same results). */
+/* out[i] = base[i] ^ exp[i or 0] mod m; exponents have exp_limbs limbs, exp_step as above. */
 int pec_powmod(const pec_modulus *m, const uint64_t *base, const uint64_t *exp,
                int64_t exp_limbs, int64_t exp_step, uint64_t *out, int64_t rows, int threads,
                int simd);
@@ -51,7 +51,7 @@ int pec_powmod_fixed(const pec_modulus *m, const uint64_t *table, int window, in
 /* out[p][j] = prod_k bases[p][k] ^ exps[k][j] mod m (bases P x K, exps K x M, out P x M). */
 int pec_multiexp(const pec_modulus *m, const uint64_t *bases, const uint64_t *exps,
                  int64_t exp_limbs, int64_t P, int64_t K, int64_t M, uint64_t *out,
-                 int threads);
+                 int threads, int simd);
 
 /* out[i] = a[i]^-1 mod m; on PEC_NOT_INVERTIBLE *bad_index is the first row without one. */
 int pec_invmod(const pec_modulus *m, const uint64_t *a, uint64_t *out, int64_t rows,
@@ -59,7 +59,7 @@ int pec_invmod(const pec_modulus *m, const uint64_t *a, uint64_t *out, int64_t r
 
 /* out[j] = prod_k a[k][j] mod m over a K x N batch. */
 int pec_prodmod(const pec_modulus *m, const uint64_t *a, int64_t K, int64_t N, uint64_t *out,
-                int threads);
+                int threads, int simd);
 
 /* Non-zero when this CPU runs the AVX-512 IFMA kernels. */
 int pec_simd_available(void);

@@ -1,9 +1,9 @@
 /* One spelling for OpenCL C and CUDA, so that every kernel has a single source.
- * NVRTC and nvcc define __CUDACC__; OpenCL compilers do not. */
+ * nvcc defines __CUDACC__, NVRTC __CUDACC_RTC__ as well; OpenCL compilers neither. */
 #ifndef PEC_DIALECT_H
 #define PEC_DIALECT_H
 
-#ifdef __CUDACC__
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
 typedef unsigned long long u64;
 typedef unsigned int u32;
 #define KERNEL extern "C" __global__ void
@@ -16,6 +16,7 @@ typedef unsigned int u32;
 #define LOCAL_ID() ((u32)threadIdx.x)
 #define GROUP_ID() ((u64)blockIdx.x)
 #define BARRIER() __syncthreads()
+#define GROUP_SIZE(n) __launch_bounds__(n)
 #else
 typedef ulong u64;
 typedef uint u32;
@@ -29,6 +30,7 @@ typedef uint u32;
 #define LOCAL_ID() ((u32)get_local_id(0))
 #define GROUP_ID() ((u64)get_group_id(0))
 #define BARRIER() barrier(CLK_LOCAL_MEM_FENCE)
+#define GROUP_SIZE(n) __attribute__((reqd_work_group_size(n, 1, 1)))
 #endif
 
 #endif

@@ -37,6 +37,10 @@ _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$', re.MULTILINE)
 # Coefficients an NTT work-group keeps in local memory (docs in ntt.cl).
 NTT_MAX_CHUNK = 2048
 
+# Largest operand of one launch, in words (128 MiB): bigger batches go in slices, so that a
+# large call neither exhausts device memory nor overflows the kernels' 32-bit counts.
+MAX_LAUNCH_WORDS = 1 << 24
+
 # Modulus contexts kept on the device; a Paillier key uses a handful (n^2, p^2, q^2).
 _CONTEXT_CACHE_SIZE = 32
 
@@ -177,6 +181,10 @@ class KernelBackend(Backend):
             except RuntimeError as exc:
                 raise BackendError(f"{self.name} {op} failed: {exc}") from exc
 
+    def max_rows(self, words_per_row: int) -> int:
+        """Rows of one launch for operands of ``words_per_row`` words."""
+        return max(1, MAX_LAUNCH_WORDS // words_per_row)
+
     def _program(self, name: str, **defines: int) -> Any:
         """Program ``name`` built with ``defines``: once per device and define set."""
         key = (name, tuple(sorted(defines.items())))
@@ -226,6 +234,12 @@ class KernelBackend(Backend):
         b_stride = self._check_rows("b", b, n)
         if n == 0:
             return np.empty((0, limbs), dtype=np.uint64)
+        step = self.max_rows(max(limbs, b.shape[1]))
+        if n > step:
+            return np.concatenate([
+                self.mulmod(a[i:i + step], b[i:i + step] if b_stride else b, modulus)
+                for i in range(0, n, step)
+            ])
         with self._device_call("mulmod"):
             out = self._alloc(n * limbs)
             self._launch(
@@ -246,6 +260,12 @@ class KernelBackend(Backend):
         exp_stride = self._check_rows("exp", exp, n)
         if n == 0:
             return np.empty((0, limbs), dtype=np.uint64)
+        step = self.max_rows(max(limbs, exp.shape[1]))
+        if n > step:
+            return np.concatenate([
+                self.powmod(base[i:i + step], exp[i:i + step] if exp_stride else exp, modulus)
+                for i in range(0, n, step)
+            ])
         with self._device_call("powmod"):
             out = self._alloc(n * limbs)
             self._launch(
@@ -285,6 +305,10 @@ class KernelBackend(Backend):
             too_long = too_long or bool((exp[:, whole_limbs] >> np.uint64(spare)).any())
         if too_long:
             raise ValueError(f"an exponent has more than the table's {table.exp_bits} bits")
+        step = self.max_rows(max(limbs, exp.shape[1]))
+        if n > step:
+            return np.concatenate([self.powmod_fixed(table, exp[i:i + step])
+                                   for i in range(0, n, step)])
         windows = -(-table.exp_bits // table.window)
         with self._device_call("powmod_fixed"):
             out = self._alloc(n * limbs)

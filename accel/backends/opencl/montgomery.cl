@@ -63,66 +63,71 @@ DEVICE void copy(u64 *dst, const u64 *src)
         dst[j] = src[j];
 }
 
-/* r = a * b * R^-1 mod m (CIOS). r may alias a or b: it is written only at the end. */
-MONT_FN void mont_mul(u64 *r, const u64 *a, const u64 *b, GLOBAL const u64 *ctx)
-{
-    GLOBAL const u64 *m = ctx;
-    const u64 m0inv = ctx[3 * L];
-    u64 t[L + 2];
-    for (u32 j = 0; j < L + 2; ++j)
-        t[j] = 0;
-
-    for (u32 i = 0; i < L; ++i) {
-        u64 c = 0;
-        const u64 bi = b[i];
-        for (u32 j = 0; j < L; ++j)
-            t[j] = mac(a[j], bi, t[j], &c);
-        u64 s = t[L] + c;
-        t[L + 1] = (s < c);
-        t[L] = s;
-
-        const u64 u = t[0] * m0inv;
-        c = 0;
-        (void)mac(u, m[0], t[0], &c); /* low word is zero by the choice of u */
-        for (u32 j = 1; j < L; ++j)
-            t[j - 1] = mac(u, m[j], t[j], &c);
-        s = t[L] + c;
-        t[L - 1] = s;
-        t[L] = t[L + 1] + (s < c);
-    }
-
-    /* t < 2m here, so one conditional subtraction reduces it fully. */
-    int ge = t[L] != 0;
-    if (!ge) {
-        ge = 1;
-        for (int j = L - 1; j >= 0; --j) {
-            if (t[j] != m[j]) {
-                ge = t[j] > m[j];
-                break;
-            }
-        }
-    }
-    if (ge) {
-        u64 borrow = 0;
-        for (u32 j = 0; j < L; ++j) {
-            const u64 mj = m[j];
-            const u64 x = t[j] - mj;
-            const u64 b1 = t[j] < mj;
-            r[j] = x - borrow;
-            borrow = b1 | (x < borrow);
-        }
-    } else {
-        for (u32 j = 0; j < L; ++j)
-            r[j] = t[j];
-    }
+/* r = a * b * R^-1 mod m (CIOS). r may alias a or b: it is written only at the end.
+ * Two copies of one body: b in private memory, or b read in place from global memory (table
+ * entries, bases, constants), which spares a private copy of L words and the registers or
+ * spills it would cost on GPUs. */
+#define DEFINE_MONT_MUL(NAME, BSPACE)                                                           \
+MONT_FN void NAME(u64 *r, const u64 *a, BSPACE const u64 *b, GLOBAL const u64 *ctx)             \
+{                                                                                               \
+    GLOBAL const u64 *m = ctx;                                                                  \
+    const u64 m0inv = ctx[3 * L];                                                               \
+    u64 t[L + 2];                                                                               \
+    for (u32 j = 0; j < L + 2; ++j)                                                             \
+        t[j] = 0;                                                                               \
+                                                                                                \
+    for (u32 i = 0; i < L; ++i) {                                                               \
+        u64 c = 0;                                                                              \
+        const u64 bi = b[i];                                                                    \
+        for (u32 j = 0; j < L; ++j)                                                             \
+            t[j] = mac(a[j], bi, t[j], &c);                                                     \
+        u64 s = t[L] + c;                                                                       \
+        t[L + 1] = (s < c);                                                                     \
+        t[L] = s;                                                                               \
+                                                                                                \
+        const u64 u = t[0] * m0inv;                                                             \
+        c = 0;                                                                                  \
+        (void)mac(u, m[0], t[0], &c); /* low word is zero by the choice of u */                 \
+        for (u32 j = 1; j < L; ++j)                                                             \
+            t[j - 1] = mac(u, m[j], t[j], &c);                                                  \
+        s = t[L] + c;                                                                           \
+        t[L - 1] = s;                                                                           \
+        t[L] = t[L + 1] + (s < c);                                                              \
+    }                                                                                           \
+                                                                                                \
+    /* t < 2m here, so one conditional subtraction reduces it fully. */                         \
+    int ge = t[L] != 0;                                                                         \
+    if (!ge) {                                                                                  \
+        ge = 1;                                                                                 \
+        for (int j = L - 1; j >= 0; --j) {                                                      \
+            if (t[j] != m[j]) {                                                                 \
+                ge = t[j] > m[j];                                                               \
+                break;                                                                          \
+            }                                                                                   \
+        }                                                                                       \
+    }                                                                                           \
+    if (ge) {                                                                                   \
+        u64 borrow = 0;                                                                         \
+        for (u32 j = 0; j < L; ++j) {                                                           \
+            const u64 mj = m[j];                                                                \
+            const u64 x = t[j] - mj;                                                            \
+            const u64 b1 = t[j] < mj;                                                           \
+            r[j] = x - borrow;                                                                  \
+            borrow = b1 | (x < borrow);                                                         \
+        }                                                                                       \
+    } else {                                                                                    \
+        for (u32 j = 0; j < L; ++j)                                                             \
+            r[j] = t[j];                                                                        \
+    }                                                                                           \
 }
+
+DEFINE_MONT_MUL(mont_mul, )
+DEFINE_MONT_MUL(mont_mul_gb, GLOBAL)
 
 /* Montgomery form x * R mod m of a plain residue. */
 DEVICE void to_mont(u64 *r, const u64 *x, GLOBAL const u64 *ctx)
 {
-    u64 r2[L];
-    load(r2, ctx + L);
-    mont_mul(r, x, r2, ctx);
+    mont_mul_gb(r, x, ctx + L, ctx);
 }
 
 /* Plain residue of a Montgomery-form value (multiply by 1). */
@@ -156,10 +161,9 @@ KERNEL mulmod(GLOBAL u64 *out, GLOBAL const u64 *a, GLOBAL const u64 *b, u32 b_s
     const u64 gid = GLOBAL_ID();
     if (gid >= n)
         return;
-    u64 x[L], y[L];
+    u64 x[L];
     load(x, a + gid * L);
-    load(y, b + gid * b_stride);
-    mont_mul(x, x, y, ctx);   /* a b R^-1 */
+    mont_mul_gb(x, x, b + gid * b_stride, ctx);   /* a b R^-1 */
     to_mont(x, x, ctx);       /* a b */
     store(out + gid * L, x);
 }
@@ -226,7 +230,7 @@ KERNEL powmod_fixed(GLOBAL u64 *out, GLOBAL const u64 *exp, u32 exp_limbs,
         return;
     GLOBAL const u64 *e = exp + gid * exp_limbs;
     const u64 mask = ((u64)1 << window_bits) - 1;
-    u64 acc[L], f[L];
+    u64 acc[L];
     int started = 0;
 
     load(acc, ctx + 2 * L);
@@ -239,8 +243,7 @@ KERNEL powmod_fixed(GLOBAL u64 *out, GLOBAL const u64 *exp, u32 exp_limbs,
             continue;
         GLOBAL const u64 *entry = table + (((u64)w << window_bits) + d) * L;
         if (started) {
-            load(f, entry);
-            mont_mul(acc, acc, f, ctx);
+            mont_mul_gb(acc, acc, entry, ctx);
         } else {
             load(acc, entry);
             started = 1;
@@ -260,7 +263,7 @@ KERNEL multiexp(GLOBAL u64 *out, GLOBAL const u64 *bases, GLOBAL const u64 *exps
         return;
     const u64 p = gid / m_count;
     const u64 j = gid % m_count;
-    u64 acc[L], f[L];
+    u64 acc[L];
 
     int top = -1;
     for (u32 k = 0; k < k_count; ++k) {
@@ -272,8 +275,7 @@ KERNEL multiexp(GLOBAL u64 *out, GLOBAL const u64 *bases, GLOBAL const u64 *exps
         mont_mul(acc, acc, acc, ctx);
         for (u32 k = 0; k < k_count; ++k) {
             if (exp_bit(exps + ((u64)k * m_count + j) * exp_limbs, (u32)bit)) {
-                load(f, bases + (p * k_count + k) * L);
-                mont_mul(acc, acc, f, ctx);
+                mont_mul_gb(acc, acc, bases + (p * k_count + k) * L, ctx);
             }
         }
     }

@@ -117,8 +117,10 @@ KERNEL ntt_forward_stage2(GLOBAL u64 *a, GLOBAL const u64 *psi, GLOBAL const u64
 }
 
 /* The forward stages with 2t <= NTT_CHUNK, then the final reduction, one chunk per group. */
-KERNEL ntt_forward_tail(GLOBAL u64 *a, GLOBAL const u64 *psi, GLOBAL const u64 *psi_shoup,
-                        GLOBAL const u64 *moduli, u32 limbs, u32 log_n)
+/* (GROUP_SIZE: the compiler must fit a whole work-group of this size on one compute unit.) */
+KERNEL GROUP_SIZE(NTT_CHUNK / 2)
+ntt_forward_tail(GLOBAL u64 *a, GLOBAL const u64 *psi, GLOBAL const u64 *psi_shoup,
+                 GLOBAL const u64 *moduli, u32 limbs, u32 log_n)
 {
     SHARED u64 buf[NTT_CHUNK];
     const u32 chunks_per_row = (1u << log_n) / NTT_CHUNK;
@@ -151,9 +153,10 @@ KERNEL ntt_forward_tail(GLOBAL u64 *a, GLOBAL const u64 *psi, GLOBAL const u64 *
 
 /* The inverse stages with 2t <= NTT_CHUNK, one chunk per group; when they are all the stages
  * (n <= NTT_CHUNK) the scaling by n^-1 is done here too. */
-KERNEL ntt_inverse_head(GLOBAL u64 *a, GLOBAL const u64 *psi_inv, GLOBAL const u64 *psi_inv_shoup,
-                        GLOBAL const u64 *moduli, GLOBAL const u64 *n_inv,
-                        GLOBAL const u64 *n_inv_shoup, u32 limbs, u32 log_n, u32 finish)
+KERNEL GROUP_SIZE(NTT_CHUNK / 2)
+ntt_inverse_head(GLOBAL u64 *a, GLOBAL const u64 *psi_inv, GLOBAL const u64 *psi_inv_shoup,
+                 GLOBAL const u64 *moduli, GLOBAL const u64 *n_inv, GLOBAL const u64 *n_inv_shoup,
+                 u32 limbs, u32 log_n, u32 finish)
 {
     SHARED u64 buf[NTT_CHUNK];
     const u32 chunks_per_row = (1u << log_n) / NTT_CHUNK;
