@@ -165,6 +165,14 @@ class Machine:
             for line in text.splitlines():
                 if mark in line:
                     return line.strip()
+            qemu_log = (self.work / "qemu.log").read_text(errors="replace")
+            if "KVM internal error" in qemu_log:
+                # QEMU pauses the guest instead of exiting: without this check we would wait
+                # the whole timeout. Seen with nested virtualisation.
+                raise StepFailed(
+                    f"KVM failed to run the guest: {qemu_log.strip()[:300]} ... "
+                    "run with PEC_QEMU_ACCEL=tcg (software emulation, the default)"
+                )
             if self.qemu.poll() is not None:
                 qemu_log = (self.work / "qemu.log").read_text(errors="replace").strip()
                 raise StepFailed(
@@ -452,8 +460,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image", type=Path, default=REPO / "build/image/pec-appliance.img")
     parser.add_argument("--work", type=Path, default=REPO / "build/image-test")
-    parser.add_argument("--accel", choices=("auto", "kvm", "tcg"),
-                        default=os.environ.get("PEC_QEMU_ACCEL", "auto"))
+    parser.add_argument("--accel", choices=("tcg", "kvm", "auto"),
+                        default=os.environ.get("PEC_QEMU_ACCEL", "tcg"),
+                        help="tcg: software emulation (default); kvm; auto: kvm if /dev/kvm")
     parser.add_argument("--timeout", type=float, default=1200,
                         help="seconds to wait for the daemon's ready line")
     parser.add_argument("--memory", type=int, default=3072, help="guest memory in MiB")

@@ -91,6 +91,20 @@ class KernelChecks:
         got = limbs_to_ints(backend.powmod_fixed(table, ints_to_limbs(es, e_limbs)))
         assert got == [pow(g, e, m) for e in es]
 
+    @pytest.mark.parametrize("window", [7, 11])
+    def test_fixed_base_windows_that_straddle_limbs(
+        self, backend: Backend, monkeypatch: pytest.MonkeyPatch, window: int
+    ) -> None:
+        monkeypatch.setattr(backend, "fixed_base_window", lambda exp_bits: window)
+        m = MODULI["2limb"]
+        rng = random.Random(window)
+        table = backend.fixed_base_table(5, m, 200)
+        assert table.window == window
+        es = [0, 1, (1 << 200) - 1, 1 << 63, 1 << 64, (1 << 130) - 1]
+        es += [rng.getrandbits(200) for _ in range(4)]
+        got = limbs_to_ints(backend.powmod_fixed(table, ints_to_limbs(es, 4)))
+        assert got == [pow(5, e, m) for e in es]
+
     def test_fixed_base_rejects_long_exponent(self, backend: Backend) -> None:
         m = MODULI["1limb"]
         table = backend.fixed_base_table(3, m, 10)

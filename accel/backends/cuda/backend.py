@@ -138,6 +138,12 @@ class CudaBackend(KernelBackend):
     def max_group_size(self) -> int:
         return _MAX_THREADS_PER_BLOCK
 
+    def fixed_base_window(self, exp_bits: int) -> int:
+        # GPU memory is plentiful and table reads are a small part of the traffic, so a
+        # wider window pays: 11 bits cut the multiplications of a DJN encryption (2048-bit
+        # key, 1152-bit exponents) from 144 to 105 for a 110 MiB table.
+        return 11 if exp_bits >= 512 else super().fixed_base_window(exp_bits)
+
     def _build(self, source: str, defines: dict[str, int]) -> Any:
         module = self.runtime.build(source, [f"-D{k}={v}" for k, v in defines.items()])
         return {"module": module, "functions": {}}

@@ -72,12 +72,6 @@ def montgomery_context(modulus: int) -> np.ndarray:
     return np.concatenate([words, np.array([m0inv], dtype=np.uint64)])
 
 
-def fixed_base_window(exp_bits: int) -> int:
-    """Window of a fixed-base table: 8 bits (256 entries per window) for key-sized exponents,
-    4 bits for short ones where the table would otherwise dwarf the work it saves."""
-    return 8 if exp_bits >= 256 else 4
-
-
 def fixed_base_rows(base: int, modulus: int, exp_bits: int, window: int) -> np.ndarray:
     """``(windows << window, L)`` Montgomery-form powers ``base ** (d << (window * w)) * R``."""
     limbs = limbs_for(modulus)
@@ -181,6 +175,11 @@ class KernelBackend(Backend):
             except RuntimeError as exc:
                 raise BackendError(f"{self.name} {op} failed: {exc}") from exc
 
+    def fixed_base_window(self, exp_bits: int) -> int:
+        """Window of a fixed-base table: 8 bits (256 entries per window) for key-sized
+        exponents, 4 bits for short ones where the table would dwarf the work it saves."""
+        return 8 if exp_bits >= 256 else 4
+
     def max_rows(self, words_per_row: int) -> int:
         """Rows of one launch for operands of ``words_per_row`` words."""
         return max(1, MAX_LAUNCH_WORDS // words_per_row)
@@ -283,7 +282,7 @@ class KernelBackend(Backend):
             raise ValueError(f"exp_bits must be a positive int, got {exp_bits!r}")
         if not isinstance(base, int) or not 0 <= base < modulus:
             raise ValueError("base must be an int in [0, modulus)")
-        window = fixed_base_window(exp_bits)
+        window = self.fixed_base_window(exp_bits)
         rows = fixed_base_rows(base, modulus, exp_bits, window)
         with self._device_call("fixed_base_table"):
             data = self._upload(rows)

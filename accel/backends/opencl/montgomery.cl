@@ -235,10 +235,13 @@ KERNEL powmod_fixed(GLOBAL u64 *out, GLOBAL const u64 *exp, u32 exp_limbs,
 
     load(acc, ctx + 2 * L);
     for (u32 w = 0; w < windows; ++w) {
-        const u32 bit = w * window_bits;
-        if (bit / 64 >= exp_limbs)
+        const u32 bit = w * window_bits, lo = bit / 64, off = bit % 64;
+        if (lo >= exp_limbs)
             break;
-        const u32 d = (u32)((e[bit / 64] >> (bit % 64)) & mask);
+        u64 word = e[lo] >> off;
+        if (off + window_bits > 64 && lo + 1 < exp_limbs)
+            word |= e[lo + 1] << (64 - off); /* windows that do not divide 64 straddle limbs */
+        const u32 d = (u32)(word & mask);
         if (d == 0)
             continue;
         GLOBAL const u64 *entry = table + (((u64)w << window_bits) + d) * L;
