@@ -16,6 +16,8 @@ from appliance.audit import AuditError
 from appliance.jobs import CapabilityMissing, JobError
 from appliance.node import Node, SettingsError
 from appliance.profile import ProfileError
+from appliance.trust import TrustError
+from appliance.trust import api as trust_api
 from appliance.users import UserError
 
 MAX_BODY = 1 << 20
@@ -212,7 +214,9 @@ def list_audit(node: Node, query, body, m) -> tuple[int, Any]:
         actor=query.get("actor") or None,
         action=query.get("action") or None,
     )
-    return 200, {"records": records, "total": total}
+    # records kept unsigned while the keys are locked are signed into the ledger (and listed
+    # here) when the keys unlock; until then this says how many wait
+    return 200, {"records": records, "total": total, "unsigned_pending": audit.pending()}
 
 
 @route("POST", "/v1/audit/verify")
@@ -231,16 +235,49 @@ def record_audit(node: Node, query, body, m) -> tuple[int, Any]:
 
 # trust root ------------------------------------------------------------------------------
 
-_TRUST_ROOT_MISSING = "the trust root (HSM and TPM) is not configured on this node"
-
-
 @route("GET", "/v1/keys")
+def get_keys(node: Node, query, body, m) -> tuple[int, Any]:
+    return 200, trust_api.keys(node.need_trust())
+
+
 @route("POST", "/v1/keys/rotate-kek")
+def rotate_kek(node: Node, query, body, m) -> tuple[int, Any]:
+    actor = _actor(body)
+    try:
+        result = trust_api.rotate_kek(node.need_trust(), body)
+    except TrustError as exc:
+        audit.record(actor, "key.rotate_kek.failed", "key:kek", {"error": str(exc)})
+        raise
+    audit.record(actor, "key.rotate_kek", "key:kek", {"resealed": result["resealed"]})
+    return 200, result
+
+
 @route("GET", "/v1/attestation/pcrs")
+def get_pcrs(node: Node, query, body, m) -> tuple[int, Any]:
+    return 200, trust_api.pcrs(node.need_trust())
+
+
 @route("POST", "/v1/attestation/quote")
+def post_quote(node: Node, query, body, m) -> tuple[int, Any]:
+    actor = _actor(body)
+    bundle = trust_api.quote(node.need_trust(), body)
+    audit.record(actor, "attestation.quote", f"node:{bundle['node_id']}",
+                 {"nonce": bundle["nonce"], "pcrs": bundle["pcrs"]})
+    return 200, bundle
+
+
 @route("POST", "/v1/attestation/verify")
-def trust_root_missing(node: Node, query, body, m) -> tuple[int, Any]:
-    raise ApiError(503, _TRUST_ROOT_MISSING)
+def post_verify(node: Node, query, body, m) -> tuple[int, Any]:
+    body = _obj(body)
+    # verifying needs no key; the actor is optional, the verdict is still recorded
+    actor = _actor(body) if "actor" in body else "api"
+    verdict = trust_api.verify(body)
+    bundle = body["bundle"]
+    audit.record(actor, "attestation.verify", f"node:{bundle.get('node_id', '?')}",
+                 {"ok": verdict["ok"], "reason": verdict.get("reason"),
+                  "nonce": bundle.get("nonce") if isinstance(bundle.get("nonce"), str) else None,
+                  "policy": body.get("policy") is not None})
+    return 200, verdict
 
 
 # dispatch --------------------------------------------------------------------------------
@@ -259,6 +296,8 @@ def dispatch(node: Node, method: str, path: str, query: dict[str, str],
         try:
             return handler(node, query, body, match)
         except ApiError as exc:
+            return exc.status, {"error": str(exc)}
+        except TrustError as exc:
             return exc.status, {"error": str(exc)}
         except CapabilityMissing as exc:
             return 403, {"error": str(exc)}

@@ -111,9 +111,10 @@ def _read_password_file(path: str) -> str:
 def cmd_init(args: argparse.Namespace) -> int:
     password = _read_password_file(args.admin_password_file) if args.admin_password_file \
         else None
+    hsm_pin = _read_password_file(args.hsm_pin_file) if args.hsm_pin_file else None
     result = StateDir(args.state_dir or default_state_dir()).init(
         root=args.root, admin_password=password, force=args.force,
-        mini_capability=args.mini_capability,
+        mini_capability=args.mini_capability, trust=args.trust, hsm_pin=hsm_pin,
     )
     if args.json:
         _print_json(result)
@@ -123,6 +124,13 @@ def cmd_init(args: argparse.Namespace) -> int:
             print("administrator 'admin' set")
         elif not result["users"]:
             print("no user yet: pass --admin-password-file FILE to create 'admin'")
+        trust = result["trust"]
+        if trust["provisioned"]:
+            mode = "development (SoftHSM2, swtpm)" if trust["dev"] else "hardware"
+            print(f"trust root: {mode}, {'provisioned now' if trust['created'] else 'kept'}; "
+                  f"golden PCRs in {trust['golden_pcrs']}")
+        else:
+            print(f"trust root: {trust['reason']}")
     return 0
 
 
@@ -315,6 +323,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default="/", help="hardware root the daemon reads")
     p.add_argument("--mini-capability", choices=("mpc", "fl"), default=None)
     p.add_argument("--force", action="store_true", help="replace an existing admin password")
+    p.add_argument("--trust", choices=("dev", "hardware"), default=None,
+                   help="trust root of a new config: dev (SoftHSM2 + swtpm in the state "
+                        "directory; default except for /var/lib/pec) or hardware")
+    p.add_argument("--hsm-pin-file", default=None,
+                   help="hardware trust root: file whose first line is the token's user PIN")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_init)
 

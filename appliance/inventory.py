@@ -11,18 +11,13 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import tee
 from appliance.backend_survey import BackendReport, survey_backends
 from appliance.hostfs import HostFS
 from appliance.pci import VENDORS, PciFunction, accelerator_kind, parse_hex
 
 # cpuinfo flags that say the CPU offers a trusted execution environment
 TEE_FLAGS = ("sgx", "sgx_lc", "sev", "sev_es", "sev_snp", "tdx_guest", "tdx_host_platform")
-# /dev nodes that say the kernel drives one
-TEE_DEVICES = {
-    "sgx": ("/dev/sgx_enclave",),
-    "sev_snp": ("/dev/sev-guest", "/dev/sev"),
-    "tdx": ("/dev/tdx_guest",),
-}
 # block devices that are not disks of their own
 _VIRTUAL_BLOCK = re.compile(r"^(loop|ram|dm-|zram|md|sr|fd|nbd)")
 # sysfs reports an unknown link speed as -1 (or as its unsigned 32-bit form)
@@ -209,19 +204,6 @@ def read_tpm(fs: HostFS) -> dict[str, Any]:
     return {"present": False, "path": None}
 
 
-def read_tee(fs: HostFS, cpu: Cpu) -> dict[str, bool]:
-    flags = set(cpu.flags_tee)
-    by_flag = {
-        "sgx": "sgx" in flags,
-        "sev_snp": "sev_snp" in flags,
-        "tdx": bool(flags & {"tdx_guest", "tdx_host_platform"}),
-    }
-    return {
-        name: by_flag[name] or any(fs.exists(dev) for dev in devices)
-        for name, devices in TEE_DEVICES.items()
-    }
-
-
 def detect(root: str = "/", *, survey: bool = True) -> Inventory:
     """The inventory of the host seen from ``root``.
 
@@ -238,7 +220,7 @@ def detect(root: str = "/", *, survey: bool = True) -> Inventory:
         nics=read_nics(fs),
         accelerators=read_accelerators(fs),
         tpm=read_tpm(fs),
-        tee=read_tee(fs, cpu),
+        tee=tee.features(fs.root),
         accel_devices=[
             {"backend": b.name, "device": d} for b in backends for d in b.devices
         ],

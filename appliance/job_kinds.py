@@ -15,6 +15,7 @@ import numpy as np
 
 import accel.backends
 from accel.backends.base import Backend, int_to_limbs, ints_to_limbs, limbs_for, limbs_to_ints
+from appliance import audit
 from appliance.backend_survey import describe_error
 from appliance.jobs import JobContext, JobKind
 
@@ -275,12 +276,15 @@ def validate_keygen(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_keygen(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
-    raise RuntimeError(
-        "key generation needs the node's trust root (HSM) to seal the private key, and this "
-        "node has none configured"
-    )
-
-
+    trust = ctx.trust
+    ctx.progress(0, f"generating a {params['bits']}-bit Paillier key")
+    ctx.log(f"Paillier key generation, {params['bits']} bits; the private key is sealed by "
+            "the HSM key-encryption key")
+    key = trust.keygen(params["bits"])
+    ctx.log(f"key {key['id']} sealed, fingerprint {key['fingerprint']}")
+    audit.record("system", "key.generate", f"key:{key['id']}",
+                 {"job": ctx.job_id, "bits": key["bits"], "fingerprint": key["fingerprint"]})
+    return key
 
 
 KINDS: dict[str, JobKind] = {

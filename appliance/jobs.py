@@ -70,6 +70,13 @@ class JobContext:
                     (pct, message, self.job_id),
                 )
 
+    @property
+    def trust(self) -> Any:
+        """The node's trust root; a job needing keys fails clearly without one."""
+        if self.runner.trust is None:
+            raise RuntimeError("this node has no trust root open (HSM and TPM)")
+        return self.runner.trust
+
     def log(self, line: str) -> None:
         with self.store.transaction() as db:
             db.execute(
@@ -101,6 +108,8 @@ class JobRunner:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._current: JobContext | None = None
+        # the node's open trust root (appliance.trust.TrustRoot), for the jobs that use keys
+        self.trust: Any = None
 
     # queries
     def get(self, job_id: int) -> dict[str, Any]:

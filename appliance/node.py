@@ -1,6 +1,8 @@
 """The node: what the daemon knows and does, independent of how it is asked (HTTP, tests).
 
-It owns the store, the job runner, the hardware inventory and the profile decision.
+It owns the store, the job runner, the hardware inventory, the profile decision and, from
+start() to stop(), the trust root: the HSM session and the TPM context, each driven from its
+own single thread (the keystore's owner thread, the trust root's TPM thread).
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from appliance.backend_survey import BackendReport, describe_error
 from appliance.inventory import Inventory, detect
 from appliance.job_kinds import KINDS
 from appliance.jobs import JobRunner
+from appliance.ledger import Ledger
 from appliance.profile import UNCLASSIFIED, ProfileError, ProfileMatch, load_profiles, match
 from appliance.statedir import StateDir
 from appliance.store import Store, utc_now
+from appliance.trust import TrustRoot
 from appliance.users import Users
 
 log = logging.getLogger("pec.node")
@@ -40,6 +44,8 @@ class Node:
         audit.bind(self.store)
         self.users = Users(self.store)
         self.runner = JobRunner(self.store, KINDS)
+        self.trust: TrustRoot | None = None
+        self.ledger: Ledger | None = None
         self.started = time.monotonic()
         self._lock = threading.Lock()
         self.inventory: Inventory = detect(self.config.root, survey=False)
@@ -48,16 +54,41 @@ class Node:
 
     # lifecycle
     def start(self) -> list[int]:
-        """Survey the accelerators, apply the profile, recover and start the job worker."""
+        """Open the trust root, survey the accelerators, apply the profile, recover and start
+        the job worker."""
         live.prime()
+        self.open_trust()
         self.refresh()
         interrupted = self.runner.recover()
         self.runner.start()
         return interrupted
 
+    def open_trust(self) -> None:
+        """Open the trust root (degraded, never raising, when HSM or TPM refuse) and point the
+        audit trail at the signed ledger; records made while no signer existed are signed in."""
+        self.trust = TrustRoot.open(self.state.path)
+        self.runner.trust = self.trust
+        if not self.trust.provisioned:
+            log.warning("no trust root provisioned: audit records stay unsigned")
+            return
+        self.ledger = Ledger(self.state.db_path, signer=self.trust.signer)
+        audit.bind(self.store, self.ledger, self.trust.signing_public_pem)
+        if self.trust.degraded:
+            log.warning("trust root degraded: %s", "; ".join(self.trust.degraded_reasons))
+        carried = audit.carry_pending()
+        if carried:
+            log.info("signed %d audit records kept unsigned earlier into the ledger", carried)
+
     def stop(self) -> None:
         self.runner.stop()
         audit.bind(None)
+        self.runner.trust = None
+        if self.ledger is not None:
+            self.ledger.close()
+            self.ledger = None
+        if self.trust is not None:
+            self.trust.close()  # ends swtpm in development
+            self.trust = None
         self.store.close()
 
     def refresh(self) -> None:
@@ -111,6 +142,21 @@ class Node:
                            "device backend drives it")
         reasons += [f"network port {n.name} link down" for n in self.inventory.nics if not n.up]
         reasons += self.profile.notes
+        reasons += self._trust_reasons()
+        return reasons
+
+    def _trust_reasons(self) -> list[str]:
+        if self.trust is None:
+            return []
+        if not self.trust.provisioned:
+            return ["trust root not provisioned: no HSM keys, no attestation, audit records "
+                    "unsigned (hash-chained only)"]
+        reasons = [f"trust root: {r}" for r in self.trust.degraded_reasons]
+        if not audit.signing():
+            reasons.append(
+                "audit ledger read-only (keys locked): records are kept in the unsigned "
+                f"hash-chained trail ({audit.pending()} waiting) and signed in once the keys "
+                "unlock")
         return reasons
 
     def backends_view(self) -> list[dict[str, Any]]:
@@ -140,8 +186,9 @@ class Node:
             "degraded": bool(reasons),
             "degraded_reasons": reasons,
             "health": {
-                "hsm": {"ok": None, "detail": "not configured"},
-                "tpm": {"ok": None, "detail": "not configured"},
+                **(self.trust.health() if self.trust is not None else {
+                    "hsm": {"ok": None, "detail": "not configured"},
+                    "tpm": {"ok": None, "detail": "not configured"}}),
                 "backends": [{"name": b.name, "healthy": b.healthy, "devices": b.devices}
                              for b in self.backends],
             },
@@ -151,7 +198,17 @@ class Node:
     def profile_view(self) -> dict[str, Any]:
         out = self.profile.to_dict()
         out["profiles"] = [p.name for p in self.profiles] + [UNCLASSIFIED]
+        out["matrix"] = {p.name: {"always": list(p.always), "choose_one": list(p.choose_one)}
+                         for p in self.profiles}
         return out
+
+    def need_trust(self) -> TrustRoot:
+        """The open trust root, for the API's trust endpoints."""
+        if self.trust is None:
+            from appliance.trust import TrustNotProvisioned
+
+            raise TrustNotProvisioned("the trust root is not open (the daemon is starting)")
+        return self.trust
 
     def live(self) -> dict[str, Any]:
         return live.snapshot(str(self.state.path))

@@ -4,6 +4,7 @@
     DIR/pec.db            jobs, job logs, events, users, settings (SQLite, WAL)
     DIR/run/noded.sock    the local API (mode 0660)
     DIR/log/noded.log     the daemon's log
+    DIR/trust.json, hsm/, tpm/, keys/   the trust root (see docs/trust.md)
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ from appliance.users import Users, check_password
 DEFAULT_STATE_DIR = "/var/lib/pec"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 MINI_CHOICES = ("mpc", "fl")
+# "dev": SoftHSM2 token and swtpm under the state directory, provisioned by init.
+# "hardware": the vendor PKCS#11 module and the TPM device, provisioned with the token's PIN.
+TRUST_MODES = ("dev", "hardware")
+DEVICE_TCTI = "device:/dev/tpmrm0"
 
 
 class StateDirError(RuntimeError):
@@ -38,6 +43,9 @@ class Config:
     mini_capability: str = "mpc"
     profiles_dir: str | None = None
     log_level: str = "info"
+    trust: str = "dev"
+    pkcs11_module: str | None = None
+    tpm_tcti: str = DEVICE_TCTI
 
     def to_toml(self) -> str:
         lines = [
@@ -51,6 +59,14 @@ class Config:
         ]
         if self.profiles_dir:
             lines.append(f"profiles_dir = {_toml_str(self.profiles_dir)}")
+        lines += [
+            "# trust root: \"dev\" (SoftHSM2 token and swtpm under this directory) or",
+            "# \"hardware\" (pkcs11_module's token and the TPM at tpm_tcti)",
+            f'trust = "{self.trust}"',
+            f"tpm_tcti = {_toml_str(self.tpm_tcti)}",
+        ]
+        if self.pkcs11_module:
+            lines.append(f"pkcs11_module = {_toml_str(self.pkcs11_module)}")
         return "\n".join(lines) + "\n"
 
 
@@ -58,21 +74,32 @@ def _toml_str(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def default_trust_mode(state_dir: str | os.PathLike[str]) -> str:
+    """The production state directory gets the hardware trust root, any other the dev one."""
+    return "hardware" if Path(state_dir).absolute() == Path(DEFAULT_STATE_DIR) else "dev"
+
+
 def read_config(path: str | Path) -> Config:
     doc = TomlDocument.load(path)
     data = doc.data
-    doc.check_keys(data, {"node_id", "root", "mini_capability", "profiles_dir", "log_level"})
+    doc.check_keys(data, {"node_id", "root", "mini_capability", "profiles_dir", "log_level",
+                          "trust", "pkcs11_module", "tpm_tcti"})
     cfg = Config(
         node_id=doc.get(data, "node_id", str),
         root=doc.get(data, "root", str, default="/"),
         mini_capability=doc.get(data, "mini_capability", str, default="mpc"),
         profiles_dir=doc.get(data, "profiles_dir", str, default=None),
         log_level=doc.get(data, "log_level", str, default="info"),
+        trust=doc.get(data, "trust", str, default=default_trust_mode(Path(path).parent)),
+        pkcs11_module=doc.get(data, "pkcs11_module", str, default=None),
+        tpm_tcti=doc.get(data, "tpm_tcti", str, default=DEVICE_TCTI),
     )
     if cfg.mini_capability not in MINI_CHOICES:
         raise doc.error("mini_capability", f"must be one of {', '.join(MINI_CHOICES)}")
     if cfg.log_level not in LOG_LEVELS:
         raise doc.error("log_level", f"must be one of {', '.join(LOG_LEVELS)}")
+    if cfg.trust not in TRUST_MODES:
+        raise doc.error("trust", f"must be one of {', '.join(TRUST_MODES)}")
     return cfg
 
 
@@ -99,14 +126,22 @@ class StateDir:
         return read_config(self.config_path)
 
     def init(self, *, root: str = "/", admin_password: str | None = None,
-             force: bool = False, mini_capability: str | None = None) -> dict:
+             force: bool = False, mini_capability: str | None = None,
+             trust: str | None = None, hsm_pin: str | None = None) -> dict:
         """Create or complete the state directory. Idempotent: an existing config and store
         are kept, and so is an existing admin (given the same password again, nothing
-        changes; another password is refused unless ``force``)."""
+        changes; another password is refused unless ``force``), and so is a provisioned
+        trust root.
+
+        ``trust`` picks the trust-root mode of a new config (default: see
+        ``default_trust_mode``); "hardware" is provisioned only when ``hsm_pin`` is given and
+        config.toml names the ``pkcs11_module``."""
         if admin_password is not None:
             check_password(admin_password)
         if mini_capability is not None and mini_capability not in MINI_CHOICES:
             raise StateDirError(f"mini capability must be one of {', '.join(MINI_CHOICES)}")
+        if trust is not None and trust not in TRUST_MODES:
+            raise StateDirError(f"trust mode must be one of {', '.join(TRUST_MODES)}")
         if not Path(root).is_dir():
             raise StateDirError(f"root directory {root!r} does not exist")
         self.path.mkdir(parents=True, exist_ok=True)
@@ -117,12 +152,15 @@ class StateDir:
         created_config = False
         if not self.config_path.exists() or force:
             cfg = Config(node_id=str(uuid.uuid4()), root=str(Path(root).absolute()),
-                         mini_capability=mini_capability or "mpc")
+                         mini_capability=mini_capability or "mpc",
+                         trust=trust or default_trust_mode(self.path))
             if self.config_path.exists():
                 old = read_config(self.config_path)
                 cfg = Config(node_id=old.node_id, root=cfg.root,
                              mini_capability=mini_capability or old.mini_capability,
-                             profiles_dir=old.profiles_dir, log_level=old.log_level)
+                             profiles_dir=old.profiles_dir, log_level=old.log_level,
+                             trust=trust or old.trust, pkcs11_module=old.pkcs11_module,
+                             tpm_tcti=old.tpm_tcti)
             tmp = self.config_path.with_suffix(".toml.tmp")
             tmp.write_text(cfg.to_toml())
             os.chmod(tmp, 0o640)
@@ -146,9 +184,38 @@ class StateDir:
                     admin_set = True
             if created_config:
                 audit.record("cli", "node.init", f"node:{cfg.node_id}", {"root": cfg.root})
+            trust_result = self._provision_trust(cfg, hsm_pin)
+            if trust_result.get("created"):
+                audit.record("cli", "trust.provision", f"node:{cfg.node_id}",
+                             {k: trust_result[k] for k in
+                              ("dev", "token_label", "ak_fingerprint", "signing_fingerprint")})
             return {"state_dir": str(self.path), "node_id": cfg.node_id,
                     "config_created": created_config, "admin_set": admin_set,
-                    "users": [u["username"] for u in users.list()]}
+                    "users": [u["username"] for u in users.list()], "trust": trust_result}
         finally:
             audit.bind(None)
             store.close()
+
+    def _provision_trust(self, cfg: Config, hsm_pin: str | None) -> dict:
+        """Provision the trust root the config asks for (nothing when already provisioned)."""
+        from appliance.trust import TrustError, provision
+        from appliance.trust.layout import TrustLayout
+        from hsm import HsmError
+        from tee import TeeError
+
+        provisioned = TrustLayout(self.path).trust_json.exists()
+        if cfg.trust == "hardware" and not provisioned and (
+            hsm_pin is None or not cfg.pkcs11_module
+        ):
+            return {"provisioned": False, "reason": (
+                "hardware trust root not provisioned: set pkcs11_module in config.toml and "
+                "pass the token's user PIN (--hsm-pin-file)")}
+        try:
+            if cfg.trust == "dev" or provisioned:
+                result = provision(self.path, dev=True, node_id=cfg.node_id)
+            else:
+                result = provision(self.path, dev=False, node_id=cfg.node_id,
+                                   module=cfg.pkcs11_module, pin=hsm_pin, tcti=cfg.tpm_tcti)
+        except (TrustError, HsmError, TeeError, OSError) as exc:
+            raise StateDirError(f"trust root provisioning failed: {exc}") from exc
+        return {"provisioned": True, **result}

@@ -492,14 +492,14 @@ class RoutedBackend(Backend):
             args = (_table_for(fallback, args[0]), *args[1:])
         return getattr(fallback, method)(*args)
 
-    def _ntt(self, direction: str, plan: Any, a: np.ndarray) -> np.ndarray:
+    def _ntt(self, what: str, plan: Any, *arrays: np.ndarray) -> np.ndarray:
         # The CPU's transform is the Numba path of accel.ntt, not a method of the CPU backend.
         from accel.ntt import cpu as ntt_cpu
 
-        on_cpu = getattr(ntt_cpu, direction)
-        if not hasattr(self.target, f"ntt_{direction}"):
-            return on_cpu(plan, a)
-        return self._call("ntt", plan, a, method=f"ntt_{direction}", on_cpu=on_cpu)
+        on_cpu = getattr(ntt_cpu, what)
+        if not hasattr(self.target, f"ntt_{what}"):
+            return on_cpu(plan, *arrays)
+        return self._call("ntt", plan, *arrays, method=f"ntt_{what}", on_cpu=on_cpu)
 
     def ntt_forward(self, plan: Any, a: np.ndarray) -> np.ndarray:
         """Forward NTT of a validated ``(B, L, n)`` batch (``accel.ntt.Plan.forward``)."""
@@ -508,6 +508,10 @@ class RoutedBackend(Backend):
     def ntt_inverse(self, plan: Any, a: np.ndarray) -> np.ndarray:
         """Inverse NTT of a validated ``(B, L, n)`` batch (``accel.ntt.Plan.inverse``)."""
         return self._ntt("inverse", plan, a)
+
+    def ntt_polymul(self, plan: Any, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Negacyclic products of validated batches (``accel.ntt.Plan.polymul``)."""
+        return self._ntt("polymul", plan, a, b)
 
     def mulmod(self, a: np.ndarray, b: np.ndarray, modulus: int) -> np.ndarray:
         return self._call("mulmod", a, b, modulus)

@@ -21,6 +21,7 @@ if sys.byteorder != "little":  # the uint32 view of a limb array relies on it
     raise ImportError("accel.paillier needs a little-endian machine")
 
 _MASK32 = np.int64(0xFFFFFFFF)
+_SMALL_BATCH = 1024
 
 
 def to_digits(limbs: np.ndarray, width: int | None = None) -> np.ndarray:
@@ -45,6 +46,17 @@ def normalize(digits: np.ndarray) -> np.ndarray:
     Raises ``OverflowError`` when the value does not fit the width or is negative, which
     callers size so that it cannot happen for valid inputs.
     """
+    if digits.shape[1] < _SMALL_BATCH:
+        # Few values: a handful of whole-array passes beats one Python step per digit row.
+        # Carries rarely travel more than a digit or two; a long ripple falls through below.
+        for _ in range(4):
+            carry = digits >> 32
+            if not carry.any():
+                return digits
+            digits &= _MASK32
+            digits[1:] += carry[:-1]
+            if carry[-1].any():
+                raise OverflowError("limb arithmetic overflowed its width")
     carry = np.zeros(digits.shape[1], dtype=np.int64)
     for row in digits:
         row += carry

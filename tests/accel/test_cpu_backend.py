@@ -316,8 +316,9 @@ def test_simd_and_portable_paths_agree(bits):
         "prodmod": [math.prod(xs) % m],
         "prodmod_columns": [math.prod(xs[j::13]) % m for j in range(13)],
     }
-    for backend in (fast, portable):
-        table = backend.fixed_base_table(table_base, m, 192, window=6)
+    tables = [b.fixed_base_table(table_base, m, 192, window=6) for b in (fast, portable)]
+    assert np.array_equal(tables[0].data, tables[1].data)
+    for backend, table in zip((fast, portable), tables, strict=True):
         got = {
             "mulmod": backend.mulmod(a, b, m),
             "mulmod_broadcast": backend.mulmod(a, b[3:4], m),
@@ -341,3 +342,20 @@ def test_simd_and_portable_paths_agree(bits):
     ]
     for backend in (fast, portable):
         assert limbs_to_ints(backend.multiexp(bases, exp_arr, m).reshape(2 * M, L)) == want
+
+
+@pytest.mark.parametrize("bits", [300, 4096])
+def test_simd_and_portable_invmod_agree(bits):
+    """Batch inversion runs 8 lanes x 64 rows per group: 1100 rows leave a ragged last group."""
+    m = _rng.getrandbits(bits) | (1 << (bits - 1)) | 1
+    a = residues(m, 1100, units=True)
+    xs = limbs_to_ints(a)
+    want = [pow(x, -1, m) for x in xs]
+    for simd in (True, False):
+        assert limbs_to_ints(CpuBackend(threads=2, simd=simd).invmod(a, m)) == want
+    bad = a.copy()
+    bad[1090] = 0
+    bad[700] = 0  # the first culprit, in the second group's third lane
+    for simd in (True, False):
+        with pytest.raises(ValueError, match="element 700 has no inverse"):
+            CpuBackend(threads=2, simd=simd).invmod(bad, m)

@@ -105,6 +105,18 @@ class KernelChecks:
         got = limbs_to_ints(backend.powmod_fixed(table, ints_to_limbs(es, 4)))
         assert got == [pow(5, e, m) for e in es]
 
+    @pytest.mark.parametrize("on_device", [False, True])
+    def test_fixed_base_table_built_on_host_or_device(
+        self, backend: Backend, monkeypatch: pytest.MonkeyPatch, on_device: bool
+    ) -> None:
+        monkeypatch.setattr(backend, "tables_on_device", on_device)
+        m = MODULI["32limb"]
+        g = random.Random(21).randrange(2, m)
+        table = backend.fixed_base_table(g, m, 70)
+        es = [0, 1, 3, (1 << 70) - 1, 1 << 64, 123456789012345678901]
+        got = limbs_to_ints(backend.powmod_fixed(table, ints_to_limbs(es, 2)))
+        assert got == [pow(g, e, m) for e in es]
+
     def test_fixed_base_rejects_long_exponent(self, backend: Backend) -> None:
         m = MODULI["1limb"]
         table = backend.fixed_base_table(3, m, 10)

@@ -57,6 +57,14 @@ class NttChecks:
                 want[k] = (want[k] + s * x[i] * y[j]) % q
         assert [int(v) for v in got[0, 0]] == want
 
+    @pytest.mark.parametrize("bits", [30, 62])
+    def test_polymul_on_the_device_matches_the_cpu_path(self, backend: Backend, bits: int) -> None:
+        n = 4096
+        plan = ntt.Plan(n=n, moduli=ntt.primes(bits=bits, count=2, n=n))
+        a, b = random_batch(plan, 1, bits), random_batch(plan, 1, bits + 1)
+        b[0, :, :8] = plan.moduli[:, None] - np.uint64(1)  # largest products
+        np.testing.assert_array_equal(backend.ntt_polymul(plan, a, b), cpu.polymul(plan, a, b))
+
     def test_bad_shape_is_rejected(self, backend: Backend) -> None:
         plan = ntt.Plan(n=16, moduli=ntt.primes(bits=30, count=1, n=16))
         with pytest.raises(ValueError, match=r"shaped \(B, 1, 16\)"):

@@ -69,9 +69,22 @@ class Daemon:
         return self.proc.wait(timeout)
 
     def stop_now(self) -> None:
+        """Stop the daemon (SIGTERM, SIGKILL if it hangs) and end an swtpm a kill left."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.send_signal(signal.SIGKILL)
+                self.proc.wait(10)
+        pid = swtpm_pid(self.state_dir)
+        if pid is not None:
+            os.kill(pid, signal.SIGTERM)
+
+    def kill(self) -> None:
+        """SIGKILL the daemon, as a crash or the OOM killer would."""
+        self.signal(signal.SIGKILL)
+        self.wait(10)
 
     def wait_job(self, job_id: int, states: set[str], timeout: float = 60) -> dict:
         deadline = time.monotonic() + timeout
@@ -81,3 +94,23 @@ class Daemon:
                 return job
             time.sleep(0.1)
         raise AssertionError(f"job {job_id} is still {job['state']} after {timeout} s")
+
+
+def swtpm_pid(state_dir: Path) -> int | None:
+    """The pid of a running swtpm serving ``state_dir``'s development TPM, or None."""
+    tpm_dir = Path(state_dir).absolute() / "tpm"
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and os.path.basename(argv[0]) == b"swtpm" and f"dir={tpm_dir}".encode() in argv:
+            try:
+                state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                continue
+            if state != "Z":
+                return int(proc.name)
+    return None

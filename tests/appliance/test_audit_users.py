@@ -31,7 +31,8 @@ def test_records_filter_and_page(store):
     records, total = audit.records(actor="a", limit=1)
     assert total == 2 and len(records) == 1 and records[0]["seq"] == 3
     assert set(records[0]) == {"seq", "time", "actor", "action", "object", "details",
-                               "prev_hash", "hash"}
+                               "prev_hash", "hash", "signature"}
+    assert records[0]["signature"] is None  # no signer bound: the unsigned trail
     with pytest.raises(audit.AuditError, match="non-empty string action"):
         audit.record("a", "", "obj")
 

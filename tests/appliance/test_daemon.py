@@ -36,7 +36,8 @@ def test_ready_line_socket_and_read_endpoints(daemon):
     assert status["profile"] == "mini" and status["capabilities"] == ["mpc"]
     assert status["router_policy"] == "cpu-only"
     assert {"node_id", "version", "uptime_s", "degraded", "degraded_reasons"} <= set(status)
-    assert status["health"]["hsm"] == {"ok": None, "detail": "not configured"}
+    assert status["health"]["hsm"] == {"ok": True, "detail": "token 'pec' unlocked"}
+    assert status["health"]["tpm"]["ok"] is True and not status["degraded"]
     assert {b["name"] for b in status["health"]["backends"]} >= {"cpu"}
     inventory = c.get("/v1/inventory")
     assert inventory["cpu"]["cores"] == 16 and len(inventory["nics"]) == 2
@@ -93,12 +94,17 @@ def test_write_endpoints_and_errors(daemon):
     page = c.get("/v1/audit", actor="admin", limit=5)
     assert page["total"] >= 3 and len(page["records"]) <= 5
     assert c.post("/v1/audit/verify") == {"ok": True, "first_bad": None, "reason": None}
-    for method, path in (("GET", "/v1/keys"), ("POST", "/v1/keys/rotate-kek"),
-                         ("GET", "/v1/attestation/pcrs"), ("POST", "/v1/attestation/quote"),
-                         ("POST", "/v1/attestation/verify")):
-        with pytest.raises(DaemonError, match="trust root") as err:
-            c.request(method, path, {"actor": "admin"} if method == "POST" else None)
-        assert err.value.status == 503
+    for path, body, needle in (
+        ("/v1/keys/rotate-kek", {}, "actor"),
+        ("/v1/attestation/quote", {"actor": "admin"}, "nonce"),
+        ("/v1/attestation/quote", {"actor": "admin", "nonce": "zz"}, "hex"),
+        ("/v1/attestation/quote", {"actor": "admin", "nonce": "00"}, "8..64 bytes"),
+        ("/v1/attestation/verify", {"bundle": "x"}, "bundle"),
+        ("/v1/attestation/verify", {"bundle": {}, "policy": 3}, "policy"),
+    ):
+        with pytest.raises(DaemonError, match=needle) as err:
+            c.post(path, body)
+        assert err.value.status == 400, (path, body)
     with pytest.raises(DaemonError) as err:
         c.get("/v1/nothing")
     assert err.value.status == 404

@@ -237,8 +237,10 @@ static int invmod_rows(void *arg, int64_t begin, int64_t end, mp_limb_t *scratch
 }
 
 int pec_invmod(const pec_modulus *m, const uint64_t *a, uint64_t *out, int64_t rows,
-               int64_t *bad_index, int threads)
+               int64_t *bad_index, int threads, int simd)
 {
+    if (simd && pec_ifma_worth(m, rows) && rows >= 64)
+        return pec_ifma_invmod(m, a, out, rows, bad_index, threads);
     const mp_size_t n = (mp_size_t)m->limbs;
     invmod_job job = {m, (const mp_limb_t *)a, (mp_limb_t *)out, -1};
     int t = threads < 1 ? 1 : threads;

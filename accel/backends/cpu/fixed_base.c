@@ -41,7 +41,7 @@ static int fill_windows(void *arg, int64_t begin, int64_t end, mp_limb_t *scratc
 }
 
 int pec_fixed_base_table(const pec_modulus *m, const uint64_t *base, int window,
-                         int64_t windows, uint64_t *table, int threads)
+                         int64_t windows, uint64_t *table, int threads, int simd)
 {
     const mp_size_t n = (mp_size_t)m->limbs;
     fixed_job job = {m, window, windows, (mp_limb_t *)table, NULL, 0, NULL};
@@ -56,6 +56,8 @@ int pec_fixed_base_table(const pec_modulus *m, const uint64_t *base, int window,
             mont_sqr(entry(&job, i, 1), entry(&job, i, 1), m, scratch);
     }
     free(scratch);
+    if (simd && window > 1 && pec_ifma_worth(m, windows))
+        return pec_ifma_fill_table(m, window, windows, (uint64_t *)table, threads);
     return pec_parallel_for(windows, 1, threads, 2 * n, fill_windows, &job);
 }
 

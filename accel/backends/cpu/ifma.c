@@ -96,11 +96,16 @@ static void broadcast(uint64_t *v, const uint64_t *digits, int64_t n)
 
 /* r = a * b / R, below 2m when a and b are; a, b, r: n digit vectors (r may alias either);
  * acc: 2n + 1 vectors of scratch. Word-by-word Montgomery with the product interleaved; the
- * carries of each column wait in its 64-bit lane until the end. (A separate squaring with
- * half the cross products measured slower: its update chains are twice as serial.) */
+ * carries of each column wait in its 64-bit lane until the end. Squares go to asqr8. */
+IFMA static void asqr8(uint64_t *r, const uint64_t *a, const ifma_mod *c, uint64_t *acc);
+
 IFMA static void amm8(uint64_t *r, const uint64_t *a, const uint64_t *b, const ifma_mod *c,
                       uint64_t *acc)
 {
+    if (a == b) {
+        asqr8(r, a, c, acc);
+        return;
+    }
     const int64_t n = c->n;
     const __m512i zero = _mm512_setzero_si512();
     const __m512i mp = _mm512_set1_epi64((long long)c->mprime);
@@ -136,6 +141,106 @@ IFMA static void amm8(uint64_t *r, const uint64_t *a, const uint64_t *b, const i
         _mm512_store_si512(r + k * LANES, _mm512_and_si512(v, mask));
         carry = _mm512_srli_epi64(v, 52);
     }
+}
+
+#define LOAD(p) _mm512_load_si512(p)
+#define STORE(p, v) _mm512_store_si512((p), (v))
+#define LO(x, y, z) _mm512_madd52lo_epu64((x), (y), (z))
+#define HI(x, y, z) _mm512_madd52hi_epu64((x), (y), (z))
+#define BCAST(v) _mm512_set1_epi64((long long)(v))
+
+/* r = a^2 / R. Cross products a_i a_j (i < j) once, doubled, plus the squares, then the
+ * reduction: three quarters of amm8's multiplications. Rows go in pairs so that every
+ * column update is a chain of two products per half, as in amm8; one row at a time would
+ * leave the multiplier waiting on single-product chains. */
+IFMA static void asqr8(uint64_t *r, const uint64_t *a, const ifma_mod *c, uint64_t *acc)
+{
+    const int64_t n = c->n;
+    const __m512i zero = _mm512_setzero_si512();
+    const __m512i mp = BCAST(c->mprime);
+    const __m512i mask = BCAST(MASK52);
+    const uint64_t *mod = c->mod;
+    for (int64_t k = 0; k < 2 * n + 1; k++)
+        STORE(acc + k * LANES, zero);
+#define COL(k) (acc + (k) * LANES)
+#define A(k) LOAD(a + (k) * LANES)
+    /* Rows i and i + 1: column i + u takes lo(a_i a_u) (u > i) and lo(a_i+1 a_u-1)
+     * (u - 1 > i + 1), and the high halves of the same products go one column up. */
+    for (int64_t i = 0; i + 1 < n; i += 2) {
+        const __m512i ai = A(i), ai1 = A(i + 1);
+        __m512i x = LOAD(COL(2 * i + 1));
+        for (int64_t u = i + 1; u <= n; u++) {
+            const int row0 = u < n, row1 = u >= i + 3 && u <= n;
+            __m512i au = row0 ? A(u) : zero, au1 = row1 ? A(u - 1) : zero;
+            if (row0)
+                x = LO(x, ai, au);
+            if (row1)
+                x = LO(x, ai1, au1);
+            STORE(COL(i + u), x);
+            x = LOAD(COL(i + u + 1));
+            if (row0)
+                x = HI(x, ai, au);
+            if (row1)
+                x = HI(x, ai1, au1);
+        }
+        STORE(COL(i + n + 1), x);
+    }
+    for (int64_t i = 0; i < n; i++) {
+        const __m512i ai = A(i);
+        STORE(COL(2 * i), LO(_mm512_slli_epi64(LOAD(COL(2 * i)), 1), ai, ai));
+        STORE(COL(2 * i + 1), HI(_mm512_slli_epi64(LOAD(COL(2 * i + 1)), 1), ai, ai));
+    }
+    /* Reduction, rows i and i + 1 together once q_i+1 is known. */
+    const __m512i m0 = BCAST(mod[0]);
+    int64_t i = 0;
+    for (; i + 1 < n; i += 2) {
+        __m512i t = LOAD(COL(i));
+        const __m512i q0 = LO(zero, t, mp);
+        t = LO(t, m0, q0);
+        __m512i y = _mm512_add_epi64(LOAD(COL(i + 1)), _mm512_srli_epi64(t, 52));
+        y = LO(y, BCAST(mod[1]), q0);
+        y = HI(y, m0, q0);
+        const __m512i q1 = LO(zero, y, mp);
+        y = LO(y, m0, q1);
+        __m512i x = _mm512_add_epi64(LOAD(COL(i + 2)), _mm512_srli_epi64(y, 52));
+        x = HI(x, BCAST(mod[1]), q0);
+        x = HI(x, m0, q1);
+        for (int64_t u = 2; u <= n; u++) {
+            const int row0 = u < n;
+            const __m512i mu = row0 ? BCAST(mod[u]) : zero, mu1 = BCAST(mod[u - 1]);
+            if (row0)
+                x = LO(x, mu, q0);
+            x = LO(x, mu1, q1);
+            STORE(COL(i + u), x);
+            x = LOAD(COL(i + u + 1));
+            if (row0)
+                x = HI(x, mu, q0);
+            x = HI(x, mu1, q1);
+        }
+        STORE(COL(i + n + 1), x);
+    }
+    if (i < n) { /* odd n: the last row alone */
+        __m512i t = LOAD(COL(i));
+        const __m512i q = LO(zero, t, mp);
+        t = LO(t, m0, q);
+        __m512i x = _mm512_add_epi64(LOAD(COL(i + 1)), _mm512_srli_epi64(t, 52));
+        x = HI(x, m0, q);
+        for (int64_t j = 1; j < n; j++) {
+            const __m512i mj = BCAST(mod[j]);
+            x = LO(x, mj, q);
+            STORE(COL(i + j), x);
+            x = HI(LOAD(COL(i + j + 1)), mj, q);
+        }
+        STORE(COL(i + n), x);
+    }
+    __m512i carry = zero;
+    for (int64_t k = 0; k < n; k++) {
+        __m512i v = _mm512_add_epi64(LOAD(COL(n + k)), carry);
+        STORE(r + k * LANES, _mm512_and_si512(v, mask));
+        carry = _mm512_srli_epi64(v, 52);
+    }
+#undef COL
+#undef A
 }
 
 /* v = v mod m for values below 2m, lane by lane; tmp: n vectors. */
@@ -305,6 +410,71 @@ int pec_ifma_powmod_fixed(const pec_modulus *m, const uint64_t *table, int windo
         return rc;
     size_t scratch = (4 * (size_t)n + 1) * LANES + 8;
     rc = pec_parallel_for((rows + LANES - 1) / LANES, 1, threads, scratch, fixed8_groups, &job);
+    ifma_mod_free(&job.c);
+    return rc;
+}
+
+/* Fills the table of pec_fixed_base_table from its generators (entry 1 of every window,
+ * already in place), eight windows in lockstep: every window runs the same sequence of
+ * squares and products. */
+typedef struct {
+    ifma_mod c;      /* fix_v: R^2 / R64, moves an R64-form generator into R form */
+    uint64_t *r64_v; /* R64 mod m in every lane: moves entries back into R64 form */
+    uint64_t *table;
+    int window;
+    int64_t windows;
+} table8_job;
+
+IFMA static int table8_groups(void *arg, int64_t begin, int64_t end, mp_limb_t *scratch)
+{
+    const table8_job *job = arg;
+    const ifma_mod *c = &job->c;
+    const int64_t n = c->n, L = c->limbs;
+    const size_t vec = (size_t)n * LANES;
+    const int64_t count = (int64_t)1 << job->window, per_window = count - 1;
+    uint64_t *out = aligned_scratch(scratch), *t = out + vec;
+    uint64_t *pow = t + (2 * n + 1) * LANES; /* count vectors: pow[j] = g^j R */
+    for (int64_t g = begin; g < end; g++) {
+        int lanes = job->windows - g * LANES < LANES ? (int)(job->windows - g * LANES) : LANES;
+        for (int l = 0; l < LANES; l++) {
+            int64_t i = g * LANES + (l < lanes ? l : 0);
+            to_digits(pow + vec + l, LANES, job->table + i * per_window * L, L, n);
+        }
+        amm8(pow + vec, pow + vec, c->fix_v, c, t);
+        for (int64_t j = 2; j < count; j++) {
+            if (j % 2 == 0)
+                amm8(pow + j * vec, pow + (j / 2) * vec, pow + (j / 2) * vec, c, t);
+            else
+                amm8(pow + j * vec, pow + (j - 1) * vec, pow + vec, c, t);
+            amm8(out, pow + j * vec, job->r64_v, c, t);
+            reduce8(out, c, t);
+            for (int l = 0; l < lanes; l++)
+                from_digits(job->table + ((g * LANES + l) * per_window + j - 1) * L, out, l, L,
+                            n);
+        }
+    }
+    return PEC_OK;
+}
+
+int pec_ifma_fill_table(const pec_modulus *m, int window, int64_t windows, uint64_t *table,
+                        int threads)
+{
+    const int64_t n = digits_for(m);
+    table8_job job = {.table = table, .window = window, .windows = windows};
+    int rc = ifma_mod_init(&job.c, m, 1, 2 * 52 * n - 64 * m->limbs);
+    if (rc != PEC_OK)
+        return rc;
+    job.r64_v = aligned_alloc(64, (size_t)n * LANES * sizeof(uint64_t));
+    if (!job.r64_v) {
+        ifma_mod_free(&job.c);
+        return PEC_NO_MEMORY;
+    }
+    for (int l = 0; l < LANES; l++)
+        to_digits(job.r64_v + l, LANES, m->one, m->limbs, n);
+    size_t scratch = ((3 * (size_t)n + 1) + ((size_t)n << window)) * LANES + 8;
+    rc = pec_parallel_for((windows + LANES - 1) / LANES, 1, threads, scratch, table8_groups,
+                          &job);
+    free(job.r64_v);
     ifma_mod_free(&job.c);
     return rc;
 }
@@ -667,6 +837,125 @@ int pec_ifma_segment_products(const pec_modulus *m, const uint64_t *a, int64_t K
     return rc;
 }
 
+/* ---- batch inversion ------------------------------------------------------------------------ */
+
+#define INV_STEPS 64 /* rows per lane: one GMP inversion per lane amortised over them */
+
+typedef struct {
+    const pec_modulus *m;
+    ifma_mod c;
+    const uint64_t *a;
+    uint64_t *out;
+    int64_t rows;
+    int64_t bad_index; /* smallest row without an inverse, or -1 */
+} inv8_job;
+
+static void inv8_note_bad(inv8_job *job, int64_t index)
+{
+    int64_t seen = __atomic_load_n(&job->bad_index, __ATOMIC_SEQ_CST);
+    while ((seen < 0 || index < seen) &&
+           !__atomic_compare_exchange_n(&job->bad_index, &seen, index, 0, __ATOMIC_SEQ_CST,
+                                        __ATOMIC_SEQ_CST)) {
+    }
+}
+
+/* Montgomery's trick in every lane over INV_STEPS consecutive rows (lanes past the end
+ * multiply by 1, which keeps their R^-1 drift in step). Prefix products drift by R^-1 per
+ * product; with y = (a_0 ... a_s)^-1 R^s the drift cancels on the way back, as in the
+ * portable invmod. */
+IFMA static int inv8_groups(void *arg, int64_t begin, int64_t end, mp_limb_t *scratch)
+{
+    inv8_job *job = arg;
+    const ifma_mod *c = &job->c;
+    const int64_t n = c->n, L = c->limbs;
+    const size_t vec = (size_t)n * LANES;
+    static const uint64_t unit_limb[1] = {1};
+    uint64_t *y = aligned_scratch(scratch), *x = y + vec, *w = x + vec, *t = w + vec;
+    uint64_t *prefix = t + (2 * n + 1) * LANES; /* INV_STEPS vectors */
+    uint64_t *limbs = prefix + INV_STEPS * vec; /* L limbs */
+    mpz_t mod, value, inv;
+    mpz_roinit_n(mod, (const mp_limb_t *)job->m->mod, (mp_size_t)L);
+    mpz_init(inv);
+    int rc = PEC_OK;
+    for (int64_t g = begin; g < end && rc == PEC_OK; g++) {
+        const int64_t first = g * LANES * INV_STEPS;
+#define ROW(l, s) (first + (int64_t)(l) * INV_STEPS + (s))
+#define LOAD_ROW(dst, l, s)                                                                 \
+    to_digits((dst) + (l), LANES, ROW(l, s) < job->rows ? job->a + ROW(l, s) * L : unit_limb, \
+              ROW(l, s) < job->rows ? L : 1, n)
+        for (int l = 0; l < LANES; l++)
+            LOAD_ROW(prefix, l, 0);
+        for (int s = 1; s < INV_STEPS; s++) {
+            for (int l = 0; l < LANES; l++)
+                LOAD_ROW(x, l, s);
+            amm8(prefix + s * vec, prefix + (s - 1) * vec, x, c, t);
+        }
+        memcpy(y, prefix + (INV_STEPS - 1) * vec, vec * sizeof(uint64_t));
+        reduce8(y, c, t);
+        for (int l = 0; l < LANES && rc == PEC_OK; l++) {
+            from_digits(limbs, y, l, L, n);
+            mpz_roinit_n(value, (const mp_limb_t *)limbs, (mp_size_t)L);
+            if (!mpz_invert(inv, value, mod)) {
+                rc = PEC_NOT_INVERTIBLE;
+                break;
+            }
+            memset(limbs, 0, (size_t)L * sizeof(uint64_t));
+            mpz_export(limbs, NULL, -1, sizeof(uint64_t), 0, 0, inv);
+            to_digits(y + l, LANES, limbs, L, n);
+        }
+        if (rc != PEC_OK) {
+            /* Name the first culprit of this group; earlier groups were all handed out
+             * before this one and finish their own checks. */
+            mpz_t g_, row;
+            mpz_init(g_);
+            for (int64_t i = first; i < job->rows && i < first + LANES * INV_STEPS; i++) {
+                mpz_roinit_n(row, (const mp_limb_t *)job->a + i * L, (mp_size_t)L);
+                mpz_gcd(g_, row, mod);
+                if (mpz_cmp_ui(g_, 1) != 0) {
+                    inv8_note_bad(job, i);
+                    break;
+                }
+            }
+            mpz_clear(g_);
+            break;
+        }
+        for (int s = INV_STEPS - 1; s > 0; s--) {
+            amm8(w, y, prefix + (s - 1) * vec, c, t); /* the inverse of row s */
+            for (int l = 0; l < LANES; l++)
+                LOAD_ROW(x, l, s);
+            amm8(y, y, x, c, t);
+            reduce8(w, c, t);
+            for (int l = 0; l < LANES; l++)
+                if (ROW(l, s) < job->rows)
+                    from_digits(job->out + ROW(l, s) * L, w, l, L, n);
+        }
+        reduce8(y, c, t);
+        for (int l = 0; l < LANES; l++)
+            if (ROW(l, 0) < job->rows)
+                from_digits(job->out + ROW(l, 0) * L, y, l, L, n);
+#undef LOAD_ROW
+#undef ROW
+    }
+    mpz_clear(inv);
+    return rc;
+}
+
+int pec_ifma_invmod(const pec_modulus *m, const uint64_t *a, uint64_t *out, int64_t rows,
+                    int64_t *bad_index, int threads)
+{
+    inv8_job job = {.m = m, .a = a, .out = out, .rows = rows, .bad_index = -1};
+    int rc = ifma_mod_init(&job.c, m, 0, 0);
+    if (rc != PEC_OK)
+        return rc;
+    const int64_t n = job.c.n;
+    size_t scratch = ((5 * (size_t)n + 1) + INV_STEPS * (size_t)n) * LANES + m->limbs + 8;
+    int64_t groups = (rows + LANES * INV_STEPS - 1) / (LANES * INV_STEPS);
+    rc = pec_parallel_for(groups, 1, threads, scratch, inv8_groups, &job);
+    ifma_mod_free(&job.c);
+    *bad_index = job.bad_index;
+    return rc;
+}
+
 #else /* no IFMA in this build: pec_ifma_usable() is 0 and these are never called */
 
 int pec_ifma_powmod(const pec_modulus *m, const uint64_t *base, const uint64_t *exp,
@@ -698,6 +987,18 @@ int pec_ifma_mulmod(const pec_modulus *m, const uint64_t *a, const uint64_t *b, 
 
 int pec_ifma_segment_products(const pec_modulus *m, const uint64_t *a, int64_t K, int64_t N,
                               int64_t segments, uint64_t *partial, int threads)
+{
+    return PEC_NO_MEMORY;
+}
+
+int pec_ifma_invmod(const pec_modulus *m, const uint64_t *a, uint64_t *out, int64_t rows,
+                    int64_t *bad_index, int threads)
+{
+    return PEC_NO_MEMORY;
+}
+
+int pec_ifma_fill_table(const pec_modulus *m, int window, int64_t windows, uint64_t *table,
+                        int threads)
 {
     return PEC_NO_MEMORY;
 }

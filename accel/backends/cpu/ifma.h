@@ -41,4 +41,12 @@ int pec_ifma_mulmod(const pec_modulus *m, const uint64_t *a, const uint64_t *b, 
 int pec_ifma_segment_products(const pec_modulus *m, const uint64_t *a, int64_t K, int64_t N,
                               int64_t segments, uint64_t *partial, int threads);
 
+int pec_ifma_invmod(const pec_modulus *m, const uint64_t *a, uint64_t *out, int64_t rows,
+                    int64_t *bad_index, int threads);
+
+/* Entries 2 .. 2^window - 1 of every window of a fixed-base table whose entry 1 (the
+ * window's generator, R64 Montgomery form) is in place. */
+int pec_ifma_fill_table(const pec_modulus *m, int window, int64_t windows, uint64_t *table,
+                        int threads);
+
 #endif

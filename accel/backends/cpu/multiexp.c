@@ -170,7 +170,9 @@ int pec_multiexp(const pec_modulus *m, const uint64_t *bases, const uint64_t *ex
     /* The eight-lane kernel runs eight windows in lockstep, so they share one width. */
     int simd_sums = simd && pec_ifma_worth(m, P * windows);
     if (simd_sums) {
+        /* Eight lanes of buckets per thread: 2^10 of them is 5 MiB at 4096 bits. */
         widest = best_width(all_bits, all_nonzero);
+        widest = widest > 10 ? 10 : widest;
         for (int64_t j = 0; j < M; j++)
             job.width[j] = widest;
     }

@@ -40,7 +40,7 @@ int pec_powmod(const pec_modulus *m, const uint64_t *base, const uint64_t *exp,
 /* table[i][j - 1] = base^(j << (window * i)) in Montgomery form, j = 1 .. 2^window - 1,
  * i = 0 .. windows - 1; the table holds windows * (2^window - 1) * limbs limbs. */
 int pec_fixed_base_table(const pec_modulus *m, const uint64_t *base, int window,
-                         int64_t windows, uint64_t *table, int threads);
+                         int64_t windows, uint64_t *table, int threads, int simd);
 
 /* out[i] = base ^ exp[i] mod m through a table from pec_fixed_base_table; every exponent
  * must fit in window * windows bits. */
@@ -55,7 +55,7 @@ int pec_multiexp(const pec_modulus *m, const uint64_t *bases, const uint64_t *ex
 
 /* out[i] = a[i]^-1 mod m; on PEC_NOT_INVERTIBLE *bad_index is the first row without one. */
 int pec_invmod(const pec_modulus *m, const uint64_t *a, uint64_t *out, int64_t rows,
-               int64_t *bad_index, int threads);
+               int64_t *bad_index, int threads, int simd);
 
 /* out[j] = prod_k a[k][j] mod m over a K x N batch. */
 int pec_prodmod(const pec_modulus *m, const uint64_t *a, int64_t K, int64_t N, uint64_t *out,

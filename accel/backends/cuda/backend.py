@@ -120,6 +120,7 @@ def _runtime() -> Any:
 
 class CudaBackend(KernelBackend):
     name = "cuda"
+    tables_on_device = True
 
     def __init__(self) -> None:
         super().__init__()

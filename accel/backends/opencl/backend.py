@@ -43,6 +43,7 @@ class OpenCLBackend(KernelBackend):
     def __init__(self) -> None:
         super().__init__()
         self.device = _pick_device()
+        self.tables_on_device = not self.device.type & cl.device_type.CPU
         self.context = cl.Context([self.device])
         self.queue = cl.CommandQueue(self.context)
 

@@ -159,6 +159,10 @@ class KernelBackend(Backend):
     #: runtime exception types that mean "the device failed", translated to BackendError
     device_errors: tuple[type[BaseException], ...] = ()
 
+    #: build fixed-base tables with the device's own kernels (GPUs) rather than on the host
+    #: (CPU devices, where the host is the same silicon and Python integers are simpler)
+    tables_on_device: bool = False
+
     # -- shared machinery ----------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -283,9 +287,35 @@ class KernelBackend(Backend):
         if not isinstance(base, int) or not 0 <= base < modulus:
             raise ValueError("base must be an int in [0, modulus)")
         window = self.fixed_base_window(exp_bits)
-        rows = fixed_base_rows(base, modulus, exp_bits, window)
+        if not self.tables_on_device:
+            rows = fixed_base_rows(base, modulus, exp_bits, window)
+            with self._device_call("fixed_base_table"):
+                data = self._upload(rows)
+            return FixedBaseTable(base, modulus, exp_bits, window, self.name, data)
+        # The host computes only each window's generator g^(2^(window i)); the device
+        # raises each to every digit and converts to Montgomery form, so a table of
+        # hundreds of MiB never crosses the bus and Python does a few thousand products.
+        limbs = limbs_for(modulus)
+        windows = -(-exp_bits // window)
+        generators = []
+        g = base % modulus
+        for _ in range(windows):
+            generators.append(g)
+            g = pow(g, 1 << window, modulus)
+        entries = windows << window
+        bases = np.repeat(ints_to_limbs(generators, limbs), 1 << window, axis=0)
+        digits = np.tile(np.arange(1 << window, dtype=np.uint64), windows)[:, None]
         with self._device_call("fixed_base_table"):
-            data = self._upload(rows)
+            program = self._program("montgomery", NLIMBS=limbs)
+            ctx = self._context(modulus)
+            plain = self._alloc(entries * limbs)
+            self._launch(program, "powmod", entries,
+                         [plain, self._upload(bases), self._upload(digits), np.uint32(1),
+                          np.uint32(1), ctx, np.uint32(entries)])
+            data = self._alloc(entries * limbs)
+            self._launch(program, "to_montgomery", entries,
+                         [data, plain, ctx, np.uint32(entries)])
+            self.synchronize()
         return FixedBaseTable(base, modulus, exp_bits, window, self.name, data)
 
     def powmod_fixed(self, table: FixedBaseTable, exp: np.ndarray) -> np.ndarray:
@@ -379,7 +409,7 @@ class KernelBackend(Backend):
             buffers = {
                 name: self._upload(np.ascontiguousarray(getattr(plan, name), dtype=np.uint64))
                 for name in ("moduli", "psi_rev", "psi_rev_shoup", "psi_inv_rev",
-                             "psi_inv_rev_shoup", "n_inv", "n_inv_shoup")
+                             "psi_inv_rev_shoup", "n_inv", "n_inv_shoup", "barrett")
             }
             self._ntt_tables[plan] = buffers
         return buffers
@@ -413,6 +443,27 @@ class KernelBackend(Backend):
             data = self._upload(a, writable=True)
             self.ntt_inverse_resident(plan, data, a.shape[0])
             return self._download(data, a.shape)
+
+    def ntt_polymul(self, plan: Any, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Negacyclic product per limb of two ``(B, L, n)`` batches, all on the device."""
+        a = self._ntt_batch(plan, a)
+        b = self._ntt_batch(plan, b)
+        if a.shape != b.shape:
+            raise ValueError(f"shape mismatch: a is {a.shape}, b is {b.shape}")
+        if a.size == 0:
+            return a.copy()
+        batch = a.shape[0]
+        with self._device_call("ntt"):
+            fa, fb = self._upload(a, writable=True), self._upload(b, writable=True)
+            self.ntt_forward_resident(plan, fa, batch)
+            self.ntt_forward_resident(plan, fb, batch)
+            t = self._ntt_plan_buffers(plan)
+            program = self._program("ntt", NTT_CHUNK=self._ntt_chunk(plan.n))
+            self._launch(program, "ntt_pointwise", a.size,
+                         [fa, fb, t["moduli"], t["barrett"], np.uint32(plan.limbs),
+                          np.uint32(plan.log_n), np.uint64(a.size)])
+            self.ntt_inverse_resident(plan, fa, batch)
+            return self._download(fa, a.shape)
 
     def ntt_forward_resident(self, plan: Any, data: Any, batch: int) -> None:
         """:meth:`ntt_forward` in place on a device buffer of ``batch * L * n`` words (the

@@ -261,3 +261,33 @@ KERNEL ntt_inverse_stage2(GLOBAL u64 *a, GLOBAL const u64 *psi_inv,
     r[j + 2 * t] = x2;
     r[j + 3 * t] = x3;
 }
+
+/* a[i] = a[i] * b[i] mod q for reduced inputs, by Barrett reduction of the 128-bit product
+ * with the plan's floor(2^128 / q) = (ratio_lo, ratio_hi). The quotient estimate is short by
+ * at most a few q, and the result, fully reduced, is the unique residue. */
+KERNEL ntt_pointwise(GLOBAL u64 *a, GLOBAL const u64 *b, GLOBAL const u64 *moduli,
+                     GLOBAL const u64 *barrett, u32 limbs, u32 log_n, u64 total)
+{
+    const u64 gid = GLOBAL_ID();
+    if (gid >= total)
+        return;
+    const u32 limb = (u32)((gid >> log_n) % limbs);
+    const u64 q = moduli[limb], r0 = barrett[2 * limb], r1 = barrett[2 * limb + 1];
+    const u64 x = a[gid], y = b[gid];
+    const u64 lo = x * y, hi = MULHI(x, y);
+
+    /* high words of (hi:lo) * (r1:r0) / 2^128, low 64 bits of the quotient estimate */
+    const u64 c0 = MULHI(lo, r0);
+    const u64 m1 = lo * r1;
+    u64 s = m1 + c0;
+    const u64 t3 = MULHI(lo, r1) + (s < m1);
+    const u64 m2 = hi * r0;
+    const u64 s2 = s + m2;
+    const u64 carry = MULHI(hi, r0) + (s2 < s);
+    const u64 quotient = hi * r1 + t3 + carry;
+
+    u64 r = lo - quotient * q;
+    while (r >= q)
+        r -= q;
+    a[gid] = r;
+}
