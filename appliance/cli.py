@@ -152,6 +152,10 @@ def cmd_status(args: argparse.Namespace) -> int:
           f"up {status['uptime_s']:.0f} s)")
     print(f"profile:      {status['profile']}; capabilities: "
           f"{', '.join(status['capabilities']) or 'none'}; router {status['router_policy']}")
+    for name in ("hsm", "tpm"):
+        h = status["health"][name]
+        state = {True: "ok", False: "FAILED", None: "not configured"}[h["ok"]]
+        print(f"{name + ':':<14}{state} ({h['detail']})")
     for b in status["health"]["backends"]:
         print(f"backend:      {b['name']} {'healthy' if b['healthy'] else 'UNHEALTHY'}"
               f" {', '.join(b['devices'])}")

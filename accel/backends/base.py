@@ -148,6 +148,12 @@ class Backend(ABC):
             a = merged
         return a[0].copy()
 
+    # Optional NTT methods. A device backend that has NTT kernels defines
+    #   ntt_forward(plan, a) / ntt_inverse(plan, a) / ntt_polymul(plan, a, b)
+    # over validated ``(B, L, n)`` uint64 batches of an ``accel.ntt.Plan``, using the plan's
+    # twiddle tables so that its results are bit-identical to the Numba path. A backend
+    # without them leaves the transform to ``accel.ntt.cpu`` (the router does that).
+
     def health_probe(self) -> bool:
         """Run a tiny known-answer computation; True when the backend computes correctly."""
         m = (1 << 127) - 1

@@ -45,8 +45,10 @@ class NttChecks:
         plan = ntt.Plan(n=n, moduli=ntt.primes(bits=40, count=2, n=n))
         a, b = random_batch(plan, 2, 1), random_batch(plan, 2, 2)
         with backends.use(backend.name):
+            assert backends.resolve(op="ntt", size=a.size).name == backend.name
             got = plan.polymul(a, b)
-        np.testing.assert_array_equal(got, plan.polymul(a, b, backend="cpu"))
+        # the Numba path directly: the CPU backend's C extension need not be built here
+        np.testing.assert_array_equal(got, cpu.polymul(plan, a, b))
         # schoolbook negacyclic product of the first limb of the first row
         q = int(plan.moduli[0])
         x, y = [int(v) for v in a[0, 0]], [int(v) for v in b[0, 0]]

@@ -269,7 +269,8 @@ def test_sigkill_mid_job_then_restart_with_the_trust_root(tmp_path):
         d.kill()
         d.start()  # a stale socket and the killed daemon's swtpm must not stop the restart
         assert c.get(f"/v1/jobs/{long['id']}")["state"] == "interrupted"
-        assert c.get("/v1/status")["health"]["hsm"]["ok"] is True
+        health = c.get("/v1/status")["health"]
+        assert health["hsm"]["ok"] is True and health["tpm"]["ok"] is True, health["tpm"]
         records = c.get("/v1/audit", action="job.interrupted")["records"]
         assert [r["object"] for r in records] == [f"job:{long['id']}"]
         assert records[0]["signature"]
@@ -322,5 +323,5 @@ def test_init_provisions_a_dev_trust_root_once(tmp_path):
         StateDir(tmp_path / "other").init(root=str(root), trust="cloud")
     config = tmp_path / "state" / "config.toml"
     config.write_text(config.read_text().replace('trust = "dev"', 'trust = "cloud"'))
-    with pytest.raises(Exception, match="trust.*must be one of dev, hardware"):
+    with pytest.raises(Exception, match=r"trust.*must be one of dev, hardware"):
         read_config(config)

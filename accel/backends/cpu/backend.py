@@ -57,6 +57,9 @@ def _threads_from(threads: int | None) -> int:
     if threads is None:
         env = os.environ.get(THREADS_ENV)
         if env is None:
+            # The CPUs this process may run on (a container's cpuset), not the host's count.
+            if hasattr(os, "sched_getaffinity"):
+                return len(os.sched_getaffinity(0)) or 1
             return os.cpu_count() or 1
         try:
             threads = int(env)
@@ -94,7 +97,7 @@ def _limb_array(name: str, array: object, ndim: int, limbs: int | None = None) -
 class CpuBackend(Backend):
     """Montgomery arithmetic over GMP's mpn layer on ``threads`` cores.
 
-    ``threads`` defaults to ``$PEC_ACCEL_THREADS``, else every core of the machine. ``simd``
+    ``threads`` defaults to ``$PEC_ACCEL_THREADS``, else every core this process may use. ``simd``
     lets exponentiations run eight at a time on AVX-512 IFMA where the CPU has it (default:
     on unless ``$PEC_ACCEL_SIMD`` is 0); ``self.simd`` says whether they do.
     """

@@ -89,7 +89,10 @@ typedef struct {
     mp_limb_t *out;
 } powmod_job;
 
-static inline int bit_at(const uint64_t *e, int64_t i) { return (int)((e[i >> 6] >> (i & 63)) & 1); }
+static inline int bit_at(const uint64_t *e, int64_t i)
+{
+    return (int)((e[i >> 6] >> (i & 63)) & 1);
+}
 
 /* acc = base^e in Montgomery form by left-to-right sliding windows; `odd` holds room for
  * 2^(w-1) odd powers plus one square. */

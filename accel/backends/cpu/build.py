@@ -14,7 +14,17 @@ import re
 from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCES = ["batch_ops.c", "fixed_base.c", "ifma.c", "multiexp.c", "thread_pool.c"]
+SOURCES = [
+    "batch_ops.c",
+    "fixed_base.c",
+    "ifma.c",
+    "ifma_batch.c",
+    "ifma_multiexp.c",
+    "ifma_pow.c",
+    "multiexp.c",
+    "thread_pool.c",
+]
+HEADERS = ["ifma.h", "ifma_arith.h", "montgomery.h", "pec_cpu.h", "thread_pool.h"]
 
 
 def _relative(name: str) -> str:
@@ -45,7 +55,7 @@ ffibuilder.set_source(
     include_dirs=[_relative(".")],
     libraries=["gmp", "pthread"],
     extra_compile_args=["-O3", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
-    depends=[_relative(n) for n in ("pec_cpu.h", "montgomery.h", "thread_pool.h", "ifma.h")],
+    depends=[_relative(n) for n in HEADERS],
 )
 
 if __name__ == "__main__":

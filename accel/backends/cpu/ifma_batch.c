@@ -1,0 +1,276 @@
+/* Elementwise batches on the IFMA lanes: mulmod, segment products for prodmod, invmod. */
+#include "ifma_arith.h"
+#include "thread_pool.h"
+
+#if PEC_HAVE_IFMA
+
+/* ---- mulmod ------------------------------------------------------------------------------ */
+
+typedef struct {
+    ifma_mod c;
+    const uint64_t *a, *b;
+    int64_t b_step, rows;
+    uint64_t *out;
+    uint64_t *b_v; /* broadcast factor in Montgomery form, or NULL */
+} mul8_job;
+
+IFMA static int mul8_groups(void *arg, int64_t begin, int64_t end, mp_limb_t *scratch)
+{
+    const mul8_job *job = arg;
+    const ifma_mod *c = &job->c;
+    const int64_t n = c->n, L = c->limbs;
+    const size_t vec = (size_t)n * LANES;
+    uint64_t *x = aligned_scratch(scratch), *y = x + vec, *t = y + vec;
+    for (int64_t g = begin; g < end; g++) {
+        int64_t first = g * LANES;
+        int lanes = job->rows - first < LANES ? (int)(job->rows - first) : LANES;
+        for (int l = 0; l < LANES; l++) {
+            int64_t row = first + (l < lanes ? l : 0);
+            to_digits(x + l, LANES, job->a + row * L, L, n);
+            if (!job->b_v)
+                to_digits(y + l, LANES, job->b + row * job->b_step * L, L, n);
+        }
+        if (job->b_v) {
+            amm8(x, x, job->b_v, c, t); /* a * (b R) / R */
+        } else {
+            amm8(x, x, y, c, t);       /* a b / R */
+            amm8(x, x, c->r2_v, c, t); /* ... * R^2 / R */
+        }
+        reduce8(x, c, t);
+        for (int l = 0; l < lanes; l++)
+            from_digits(job->out + (first + l) * L, x, l, L, n);
+    }
+    return PEC_OK;
+}
+
+int pec_ifma_mulmod(const pec_modulus *m, const uint64_t *a, const uint64_t *b, int64_t b_step,
+                    uint64_t *out, int64_t rows, int threads)
+{
+    mul8_job job = {.a = a, .b = b, .b_step = b_step, .rows = rows, .out = out};
+    int rc = ifma_mod_init(&job.c, m, 1, 0);
+    if (rc != PEC_OK)
+        return rc;
+    const int64_t n = job.c.n;
+    size_t scratch = (4 * (size_t)n + 1) * LANES + 8;
+    if (!b_step) {
+        /* fix_v is spare here: it holds b R, made from b once for the whole batch. */
+        uint64_t *t = aligned_alloc(64, (2 * (size_t)n + 1) * LANES * sizeof(uint64_t));
+        if (!t) {
+            ifma_mod_free(&job.c);
+            return PEC_NO_MEMORY;
+        }
+        for (int l = 0; l < LANES; l++)
+            to_digits(job.c.fix_v + l, LANES, b, m->limbs, n);
+        amm8(job.c.fix_v, job.c.fix_v, job.c.r2_v, &job.c, t);
+        free(t);
+        job.b_v = job.c.fix_v;
+    }
+    rc = pec_parallel_for((rows + LANES - 1) / LANES, 4, threads, scratch, mul8_groups, &job);
+    ifma_mod_free(&job.c);
+    return rc;
+}
+
+/* ---- segment products for prodmod ---------------------------------------------------------- */
+
+typedef struct {
+    ifma_mod c;
+    const uint64_t *a;
+    int64_t K, N, segments, steps, tasks;
+    uint64_t *partial; /* segments x N, normal form */
+} prod8_job;
+
+/* Lanes run segments of equal step count; a lane whose segment is shorter multiplies by a
+ * plain 1, which drifts by R^-1 exactly like a real factor, so one start value (R^steps)
+ * cancels the drift in every lane. */
+IFMA static int prod8_groups(void *arg, int64_t begin, int64_t end, mp_limb_t *scratch)
+{
+    const prod8_job *job = arg;
+    const ifma_mod *c = &job->c;
+    const int64_t n = c->n, L = c->limbs;
+    const size_t vec = (size_t)n * LANES;
+    uint64_t *acc = aligned_scratch(scratch), *x = acc + vec, *t = x + vec;
+    static const uint64_t unit_limb[1] = {1};
+    for (int64_t g = begin; g < end; g++) {
+        int64_t k0[LANES], k1[LANES], col[LANES], task[LANES];
+        int lanes = job->tasks - g * LANES < LANES ? (int)(job->tasks - g * LANES) : LANES;
+        for (int l = 0; l < LANES; l++) {
+            task[l] = g * LANES + (l < lanes ? l : 0);
+            int64_t s = task[l] / job->N;
+            col[l] = task[l] % job->N;
+            k0[l] = job->K * s / job->segments;
+            k1[l] = job->K * (s + 1) / job->segments;
+        }
+        memcpy(acc, c->fix_v, vec * sizeof(uint64_t));
+        for (int64_t step = 0; step < job->steps; step++) {
+            for (int l = 0; l < LANES; l++) {
+                int64_t k = k0[l] + step;
+                if (k < k1[l])
+                    to_digits(x + l, LANES, job->a + (k * job->N + col[l]) * L, L, n);
+                else
+                    to_digits(x + l, LANES, unit_limb, 1, n);
+            }
+            amm8(acc, acc, x, c, t);
+        }
+        reduce8(acc, c, t);
+        for (int l = 0; l < lanes; l++)
+            from_digits(job->partial + task[l] * L, acc, l, L, n);
+    }
+    return PEC_OK;
+}
+
+int pec_ifma_segment_products(const pec_modulus *m, const uint64_t *a, int64_t K, int64_t N,
+                              int64_t segments, uint64_t *partial, int threads)
+{
+    int64_t steps = (K + segments - 1) / segments;
+    prod8_job job = {.a = a, .K = K, .N = N, .segments = segments, .steps = steps,
+                     .tasks = segments * N, .partial = partial};
+    int rc = ifma_mod_init(&job.c, m, 1, 52 * digits_for(m) * steps);
+    if (rc != PEC_OK)
+        return rc;
+    size_t scratch = (4 * (size_t)job.c.n + 1) * LANES + 8;
+    rc = pec_parallel_for((job.tasks + LANES - 1) / LANES, 1, threads, scratch, prod8_groups,
+                          &job);
+    ifma_mod_free(&job.c);
+    return rc;
+}
+
+/* ---- batch inversion ------------------------------------------------------------------------ */
+
+#define INV_STEPS 64 /* rows per lane: one GMP inversion per lane amortised over them */
+
+typedef struct {
+    const pec_modulus *m;
+    ifma_mod c;
+    const uint64_t *a;
+    uint64_t *out;
+    int64_t rows;
+    int64_t bad_index; /* smallest row without an inverse, or -1 */
+} inv8_job;
+
+static void inv8_note_bad(inv8_job *job, int64_t index)
+{
+    int64_t seen = __atomic_load_n(&job->bad_index, __ATOMIC_SEQ_CST);
+    while ((seen < 0 || index < seen) &&
+           !__atomic_compare_exchange_n(&job->bad_index, &seen, index, 0, __ATOMIC_SEQ_CST,
+                                        __ATOMIC_SEQ_CST)) {
+    }
+}
+
+/* Montgomery's trick in every lane over INV_STEPS consecutive rows (lanes past the end
+ * multiply by 1, which keeps their R^-1 drift in step). Prefix products drift by R^-1 per
+ * product; with y = (a_0 ... a_s)^-1 R^s the drift cancels on the way back, as in the
+ * portable invmod. */
+IFMA static int inv8_groups(void *arg, int64_t begin, int64_t end, mp_limb_t *scratch)
+{
+    inv8_job *job = arg;
+    const ifma_mod *c = &job->c;
+    const int64_t n = c->n, L = c->limbs;
+    const size_t vec = (size_t)n * LANES;
+    static const uint64_t unit_limb[1] = {1};
+    uint64_t *y = aligned_scratch(scratch), *x = y + vec, *w = x + vec, *t = w + vec;
+    uint64_t *prefix = t + (2 * n + 1) * LANES; /* INV_STEPS vectors */
+    uint64_t *limbs = prefix + INV_STEPS * vec; /* L limbs */
+    mpz_t mod, value, inv;
+    mpz_roinit_n(mod, (const mp_limb_t *)job->m->mod, (mp_size_t)L);
+    mpz_init(inv);
+    int rc = PEC_OK;
+    for (int64_t g = begin; g < end && rc == PEC_OK; g++) {
+        const int64_t first = g * LANES * INV_STEPS;
+#define ROW(l, s) (first + (int64_t)(l) * INV_STEPS + (s))
+#define LOAD_ROW(dst, l, s)                                                                 \
+    to_digits((dst) + (l), LANES, ROW(l, s) < job->rows ? job->a + ROW(l, s) * L : unit_limb, \
+              ROW(l, s) < job->rows ? L : 1, n)
+        for (int l = 0; l < LANES; l++)
+            LOAD_ROW(prefix, l, 0);
+        for (int s = 1; s < INV_STEPS; s++) {
+            for (int l = 0; l < LANES; l++)
+                LOAD_ROW(x, l, s);
+            amm8(prefix + s * vec, prefix + (s - 1) * vec, x, c, t);
+        }
+        memcpy(y, prefix + (INV_STEPS - 1) * vec, vec * sizeof(uint64_t));
+        reduce8(y, c, t);
+        for (int l = 0; l < LANES && rc == PEC_OK; l++) {
+            from_digits(limbs, y, l, L, n);
+            mpz_roinit_n(value, (const mp_limb_t *)limbs, (mp_size_t)L);
+            if (!mpz_invert(inv, value, mod)) {
+                rc = PEC_NOT_INVERTIBLE;
+                break;
+            }
+            memset(limbs, 0, (size_t)L * sizeof(uint64_t));
+            mpz_export(limbs, NULL, -1, sizeof(uint64_t), 0, 0, inv);
+            to_digits(y + l, LANES, limbs, L, n);
+        }
+        if (rc != PEC_OK) {
+            /* Name the first culprit of this group; earlier groups were all handed out
+             * before this one and finish their own checks. */
+            mpz_t g_, row;
+            mpz_init(g_);
+            for (int64_t i = first; i < job->rows && i < first + LANES * INV_STEPS; i++) {
+                mpz_roinit_n(row, (const mp_limb_t *)job->a + i * L, (mp_size_t)L);
+                mpz_gcd(g_, row, mod);
+                if (mpz_cmp_ui(g_, 1) != 0) {
+                    inv8_note_bad(job, i);
+                    break;
+                }
+            }
+            mpz_clear(g_);
+            break;
+        }
+        for (int s = INV_STEPS - 1; s > 0; s--) {
+            amm8(w, y, prefix + (s - 1) * vec, c, t); /* the inverse of row s */
+            for (int l = 0; l < LANES; l++)
+                LOAD_ROW(x, l, s);
+            amm8(y, y, x, c, t);
+            reduce8(w, c, t);
+            for (int l = 0; l < LANES; l++)
+                if (ROW(l, s) < job->rows)
+                    from_digits(job->out + ROW(l, s) * L, w, l, L, n);
+        }
+        reduce8(y, c, t);
+        for (int l = 0; l < LANES; l++)
+            if (ROW(l, 0) < job->rows)
+                from_digits(job->out + ROW(l, 0) * L, y, l, L, n);
+#undef LOAD_ROW
+#undef ROW
+    }
+    mpz_clear(inv);
+    return rc;
+}
+
+int pec_ifma_invmod(const pec_modulus *m, const uint64_t *a, uint64_t *out, int64_t rows,
+                    int64_t *bad_index, int threads)
+{
+    inv8_job job = {.m = m, .a = a, .out = out, .rows = rows, .bad_index = -1};
+    int rc = ifma_mod_init(&job.c, m, 0, 0);
+    if (rc != PEC_OK)
+        return rc;
+    const int64_t n = job.c.n;
+    size_t scratch = ((5 * (size_t)n + 1) + INV_STEPS * (size_t)n) * LANES + m->limbs + 8;
+    int64_t groups = (rows + LANES * INV_STEPS - 1) / (LANES * INV_STEPS);
+    rc = pec_parallel_for(groups, 1, threads, scratch, inv8_groups, &job);
+    ifma_mod_free(&job.c);
+    *bad_index = job.bad_index;
+    return rc;
+}
+
+#else /* no IFMA in this build: pec_ifma_usable() is 0 and these are never called */
+
+int pec_ifma_mulmod(const pec_modulus *m, const uint64_t *a, const uint64_t *b, int64_t b_step,
+                    uint64_t *out, int64_t rows, int threads)
+{
+    return PEC_NO_MEMORY;
+}
+
+int pec_ifma_segment_products(const pec_modulus *m, const uint64_t *a, int64_t K, int64_t N,
+                              int64_t segments, uint64_t *partial, int threads)
+{
+    return PEC_NO_MEMORY;
+}
+
+int pec_ifma_invmod(const pec_modulus *m, const uint64_t *a, uint64_t *out, int64_t rows,
+                    int64_t *bad_index, int threads)
+{
+    return PEC_NO_MEMORY;
+}
+
+#endif
