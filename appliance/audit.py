@@ -41,6 +41,7 @@ class _Trail:
     store: Store
     ledger: Ledger | None
     public_pem: str | None
+    carried: int | None = None  # the last unsigned record signed into the ledger, once known
 
 
 _bound: _Trail | None = None
@@ -165,12 +166,16 @@ def records(
     return [_row(r) for r in rows], total
 
 
-def _carried_up_to(store: Store) -> int:
-    """The last unsigned record already signed into the ledger (0: none)."""
-    row = store.query(
-        "SELECT MAX(json_extract(details, '$.unsigned_trail.seq')) FROM audit_ledger"
-    )[0]
-    return int(row[0] or 0)
+def _carried_up_to(trail: _Trail) -> int:
+    """The last unsigned record already signed into the ledger (0: none). Read from the
+    ledger itself, so that a carry cut short by a crash resumes where it stopped; once per
+    binding, as it scans the ledger."""
+    if trail.carried is None:
+        row = trail.store.query(
+            "SELECT MAX(json_extract(details, '$.unsigned_trail.seq')) FROM audit_ledger"
+        )[0]
+        trail.carried = int(row[0] or 0)
+    return trail.carried
 
 
 def pending() -> int:
@@ -179,7 +184,7 @@ def pending() -> int:
     if trail.ledger is None:
         return 0
     return trail.store.query("SELECT COUNT(*) FROM events WHERE seq > ?",
-                             (_carried_up_to(trail.store),))[0][0]
+                             (_carried_up_to(trail),))[0][0]
 
 
 def carry_pending() -> int:
@@ -189,7 +194,7 @@ def carry_pending() -> int:
     if not signing():
         return 0
     assert trail.ledger is not None
-    start = _carried_up_to(trail.store)
+    start = _carried_up_to(trail)
     rows = [_row(r) for r in trail.store.query(
         "SELECT * FROM events WHERE seq > ? ORDER BY seq", (start,))]
     if not rows:
@@ -202,6 +207,7 @@ def carry_pending() -> int:
         details = {**rec["details"], CARRIED_KEY: {"seq": rec["seq"], "time": rec["time"],
                                                    "hash": rec["hash"]}}
         trail.ledger.append(rec["actor"], rec["action"], rec["object"], details)
+        trail.carried = rec["seq"]
     return len(rows)
 
 

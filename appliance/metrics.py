@@ -1,4 +1,5 @@
-"""The Prometheus text exposition of the node: jobs, accelerator health, CPU, memory, disk."""
+"""The Prometheus text exposition of the node: jobs, accelerator and trust-root health, CPU,
+memory, disk."""
 
 from __future__ import annotations
 
@@ -32,6 +33,10 @@ def render(node: Any) -> str:
            [({"profile": status["profile"], "router_policy": status["router_policy"]}, 1)])
     metric("pec_degraded", "gauge", "1 when the node runs degraded",
            [({}, int(status["degraded"]))])
+    metric("pec_trust_ok", "gauge",
+           "1 when the HSM or TPM works, 0 when it failed (absent while not configured)",
+           [({"part": part}, int(status["health"][part]["ok"])) for part in ("hsm", "tpm")
+            if status["health"][part]["ok"] is not None])
     metric("pec_jobs", "gauge", "jobs by kind and state",
            [({"kind": k, "state": s}, counts.get((k, s), 0)) for k in kinds for s in STATES])
     metric("pec_backend_healthy", "gauge", "1 when the accel backend computes correctly",

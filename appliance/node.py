@@ -188,6 +188,9 @@ class Node:
                 "audit ledger read-only (keys locked): records are kept in the unsigned "
                 f"hash-chained trail ({audit.pending()} waiting) and signed in once the keys "
                 "unlock")
+        elif waiting := audit.pending():
+            reasons.append(f"audit: {waiting} records could not be signed (HSM error) and "
+                           "wait in the unsigned trail until the next start")
         return reasons
 
     def backends_view(self) -> list[dict[str, Any]]:

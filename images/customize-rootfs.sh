@@ -41,9 +41,18 @@ in_root "$VENV/bin/pip" install -q --no-index --no-cache-dir --disable-pip-versi
 	"/tmp/pec-wheels/$(basename "$PEC_WHEEL")"
 in_root "$VENV/bin/pip" check
 rm -rf "$ROOT/tmp/pec-wheels"
-ln -sf "$VENV/bin/pec-appliance" "$ROOT/usr/local/bin/pec-appliance"
+ln -sf "$VENV/bin/pec-appliance" "$ROOT/usr/bin/pec-appliance"
 # Prove the installed stack imports on the image's own Python before anyone boots it.
 in_root "$VENV/bin/python" -c 'import accel, hsm, tee, appliance.cli'
+
+echo "customize-rootfs: service user, HSM token location"
+# The daemon and the panel run as pec (packaging/README.md); tss, render and video are its
+# units' supplementary groups and come with the Debian packages.
+in_root useradd --system --user-group --home-dir /var/lib/pec --no-create-home \
+	--shell /usr/sbin/nologin --comment "PEC appliance" pec
+# SoftHSM2 is this image's PKCS#11 module. Its tokens live in the appliance's state
+# directory, the only place the hardened daemon may write.
+install -m 0644 "$IMAGES/rootfs/softhsm2.conf" "$ROOT/etc/softhsm/softhsm2.conf"
 
 echo "customize-rootfs: units"
 UNITS=$ROOT/usr/lib/systemd/system

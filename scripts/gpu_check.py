@@ -1,10 +1,24 @@
 #!/usr/bin/env python3
 """``make gpu-check``: the CUDA tests and the GPU benchmarks, reported as one JSON document.
 
-Runs on a machine with an NVIDIA GPU and installs nothing. Each section runs in its own
+Runs on a machine with an NVIDIA GPU and reaches no network. Each section runs in its own
 try/except and reports its error in the document instead of stopping the run; a global time
 budget (``PEC_GPU_CHECK_BUDGET`` seconds, default 280) keeps the whole check under five
 minutes: sections that would start too late are reported as skipped.
+
+A GPU machine may lack the CPU backend's build inputs (cffi, gmp.h) and gmpy2. When the
+checkout brings them, the check first makes them usable, each step reported in the document:
+
+- ``.whl/``: wheels for this machine's Python (cffi, pycparser, setuptools, gmpy2, phe),
+  installed with ``pip install --no-index --target`` into ``PEC_GPU_CHECK_SITE`` (default
+  /tmp/site), or unpacked there where pip itself is missing; that folder goes first on
+  ``sys.path`` and on ``PYTHONPATH`` for the subprocesses;
+- ``.gpu/include/``: ``gmp.h`` (used only where the system has none; the linker gets a
+  ``libgmp.so`` link to the runtime's ``libgmp.so.10``) and CPython 3.11 headers, used only
+  where this Python's own ``Python.h`` is missing (the cffi module uses the limited API, which
+  later Pythons keep);
+- then the CPU backend's C extension is built in place, and the Paillier benchmark runs per
+  backend (``python -m accel.bench paillier --backend cpu`` and ``--backend cuda``).
 
 Measured (2048-bit Paillier, the device part of each operation, inputs and outputs moved
 between host and device inside the timing):
@@ -15,6 +29,8 @@ between host and device inside the timing):
   remaining per-element host arithmetic is linear in the size of n);
 - the same three through ``accel.paillier`` (end to end, host work included) if it imports;
 - NTT n = 65536 over 64 limbs of 60-bit primes, data resident on the device;
+- ``python -m accel.bench paillier`` on the CPU backend and on this backend, if the
+  Paillier layer imports;
 - the router's calibration against the CPU backend, if that backend runs here.
 
 Every measured kernel's first results are checked against Python integers.
@@ -23,6 +39,7 @@ Every measured kernel's first results are checked against Python integers.
 from __future__ import annotations
 
 import contextlib
+import ctypes.util
 import importlib.util
 import json
 import os
@@ -30,10 +47,12 @@ import platform
 import secrets
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 import traceback
 import xml.etree.ElementTree as ET
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -54,6 +73,10 @@ TARGETS = {
     "decrypt_per_s": (">=", 50_000),
     "ntt_65536_x64_us_per_limb": ("<=", 2.0),
 }
+SITE = Path(os.environ.get("PEC_GPU_CHECK_SITE", "/tmp/site"))
+WHEELS = Path(os.environ.get("PEC_GPU_CHECK_WHEELS", str(ROOT / ".whl")))
+CARRIED_INCLUDE = ROOT / ".gpu" / "include"
+GMP_LINK_DIR = Path(os.environ.get("PEC_GPU_CHECK_GMPLIB", "/tmp/gmplib"))
 KEY_BITS = 2048
 RANDOMNESS_MARGIN_BITS = 128  # DJN exponent = n_bits / 2 + margin, as accel.paillier uses
 
@@ -204,6 +227,121 @@ def environment(out: dict[str, Any]) -> None:
         out["nvidia_smi_error"] = (done.stderr or done.stdout).strip()[-400:]
 
 
+def _use_site() -> None:
+    """Put the wheel folder first for this process and for every subprocess it starts."""
+    if str(SITE) not in sys.path:
+        sys.path.insert(1, str(SITE))
+    old = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([str(SITE), str(ROOT), *old]))
+
+
+def _dist_info(wheel: Path) -> str:
+    """``name-version.dist-info``, the folder a wheel installs its metadata in."""
+    name, version = wheel.name.split("-")[:2]
+    return f"{name}-{version}.dist-info".lower()
+
+
+def install_wheels(out: dict[str, Any]) -> None:
+    wheels = sorted(WHEELS.glob("*.whl"))
+    if not wheels:
+        raise Skip(f"no wheels in {WHEELS}: nothing to install")
+    out["wheels"] = [w.name for w in wheels]
+    present = {p.name.lower() for p in SITE.glob("*.dist-info")}
+    todo = [w for w in wheels if _dist_info(w) not in present]
+    out["target"] = str(SITE)
+    if not todo:
+        out["method"] = "already installed"
+    else:
+        cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
+               "--no-compile", "--target", str(SITE), *map(str, todo)]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        if done.returncode == 0:
+            out["method"] = "pip"
+        else:
+            # Without pip a wheel is still a zip laid out as site-packages wants it.
+            out["pip_error"] = (done.stderr or done.stdout).strip()[-300:]
+            SITE.mkdir(parents=True, exist_ok=True)
+            for wheel in todo:
+                with zipfile.ZipFile(wheel) as archive:
+                    archive.extractall(SITE)
+            out["method"] = "unzip"
+    _use_site()
+
+
+def _has_header(name: str) -> bool:
+    return any(Path(d, name).exists()
+               for d in ("/usr/include", "/usr/local/include", "/usr/include/x86_64-linux-gnu"))
+
+
+def _gmp_link_dir(out: dict[str, Any]) -> Path | None:
+    """A folder with ``libgmp.so`` for the linker where only the runtime's ``.so.10`` exists."""
+    dirs = ("/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local/lib")
+    if any(Path(d, "libgmp.so").exists() for d in dirs):
+        return None
+    found = ctypes.util.find_library("gmp")
+    runtime = next((Path(d, found) for d in dirs if found and Path(d, found).exists()), None)
+    runtime = runtime or next((Path(d, "libgmp.so.10") for d in dirs
+                               if Path(d, "libgmp.so.10").exists()), None)
+    if runtime is None:
+        raise RuntimeError("no libgmp.so.10 on this machine: the CPU backend cannot link")
+    GMP_LINK_DIR.mkdir(parents=True, exist_ok=True)
+    link = GMP_LINK_DIR / "libgmp.so"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(runtime)
+    out["libgmp_link"] = f"{link} -> {runtime}"
+    return GMP_LINK_DIR
+
+
+def _cpu_backend_works(out: dict[str, Any]) -> bool:
+    probe = ("import json; from accel import backends; b = backends.get('cpu'); "
+             "print(json.dumps({'devices': b.devices(), 'healthy': b.health_probe()}))")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    if done.returncode == 0:
+        out["cpu_backend"] = json.loads(done.stdout.strip().splitlines()[-1])
+        return bool(out["cpu_backend"]["healthy"])
+    out["cpu_backend_error"] = (done.stderr or done.stdout).strip().splitlines()[-1:]
+    return False
+
+
+def build_cpu_extension(out: dict[str, Any]) -> None:
+    if _cpu_backend_works(out):
+        out["build"] = "already built"
+        return
+    env = dict(os.environ)
+    include = [p for p in env.get("C_INCLUDE_PATH", "").split(os.pathsep) if p]
+    if not _has_header("gmp.h"):
+        if not (CARRIED_INCLUDE / "gmp.h").exists():
+            raise RuntimeError(f"no gmp.h on this machine nor in {CARRIED_INCLUDE}")
+        include.append(str(CARRIED_INCLUDE))
+        out["gmp_h"] = str(CARRIED_INCLUDE / "gmp.h")
+    if not Path(sysconfig.get_paths()["include"], "Python.h").exists():
+        carried = CARRIED_INCLUDE / "python3.11"
+        if not (carried / "Python.h").exists():
+            raise RuntimeError("no Python.h for this interpreter nor carried headers")
+        include += [str(CARRIED_INCLUDE), str(carried)]
+        out["python_h"] = f"{carried} (limited API)"
+    env["C_INCLUDE_PATH"] = os.pathsep.join(dict.fromkeys(include))
+    link_dir = _gmp_link_dir(out)
+    if link_dir is not None:
+        env["LIBRARY_PATH"] = os.pathsep.join(
+            [str(link_dir), *[p for p in env.get("LIBRARY_PATH", "").split(os.pathsep) if p]])
+    # The builder is loaded by path: importing the package would try the missing extension.
+    build = ("import importlib.util as u; "
+             "s = u.spec_from_file_location('pec_cpu_build', 'accel/backends/cpu/build.py'); "
+             "m = u.module_from_spec(s); s.loader.exec_module(m); "
+             "print(m.ffibuilder.compile(tmpdir='.', verbose=False))")
+    done = subprocess.run([sys.executable, "-c", build], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=max(30, min(180, remaining() - 60)))
+    if done.returncode != 0:
+        out["build_output"] = (done.stderr or done.stdout).strip().splitlines()[-15:]
+        raise RuntimeError("building the CPU backend's C extension failed")
+    out["build"] = done.stdout.strip().splitlines()[-1]
+    if not _cpu_backend_works(out):
+        raise RuntimeError("the CPU backend was built but does not work")
+
+
 def backend_section(out: dict[str, Any]) -> Any:
     from accel import backends
 
@@ -254,7 +392,9 @@ def paillier_kernels(out: dict[str, Any], cuda: Any, rng: np.random.Generator) -
     base = random_residues(rng, 4, n2)
     check_rows(cuda.powmod(base, n_exp, n2), [pow(b, n, n2) for b in limbs_to_ints(base)],
                "full-randomness powmod")
-    out["full_randomness_encrypt"] = rate(full, start=256)
+    # One element per thread: the batch must fill the device or the rate measures latency.
+    lanes = device_lanes(cuda)
+    out["full_randomness_encrypt"] = rate(full, start=lanes, most=lanes)
     REPORT["measurements"]["full_randomness_encrypt_per_s"] = (
         out["full_randomness_encrypt"]["per_s"]
     )
@@ -272,6 +412,19 @@ def paillier_kernels(out: dict[str, Any], cuda: Any, rng: np.random.Generator) -
                "decryption powmod")
     out["decrypt"] = rate(decrypt)
     REPORT["measurements"]["decrypt_per_s"] = out["decrypt"]["per_s"]
+
+
+def device_lanes(backend: Any) -> int:
+    """A batch that gives every multiprocessor of a CUDA device 256 elements (256 elsewhere:
+    CPU OpenCL devices in smoke runs)."""
+    if backend.name != "cuda":
+        return 256
+    try:
+        import cupy
+
+        return int(cupy.cuda.Device().attributes["MultiProcessorCount"]) * 256
+    except Exception:
+        return 132 * 256  # an H100's count: the check is meant for one
 
 
 def paillier_layer(out: dict[str, Any], rng: np.random.Generator) -> None:
@@ -386,7 +539,10 @@ def cuda_tests(out: dict[str, Any]) -> None:
     limit = max(30, min(170, remaining() - 10))
     with tempfile.TemporaryDirectory() as tmp:
         junit = Path(tmp) / "junit.xml"
-        cmd = [sys.executable, "-m", "pytest", "tests/accel", "-k", "cuda", "-q",
+        tests = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests/accel").glob(
+            f"test_{BACKEND}*.py"))
+        out["files"] = tests
+        cmd = [sys.executable, "-m", "pytest", *tests, "-q",
                "-p", "no:cacheprovider", "--continue-on-collection-errors",
                f"--junitxml={junit}"]
         try:
@@ -418,6 +574,37 @@ def cuda_tests(out: dict[str, Any]) -> None:
             out["output_tail"] = done.stdout.strip().splitlines()[-25:]
 
 
+def paillier_bench(out: dict[str, Any], name: str, share: int) -> None:
+    """``python -m accel.bench paillier`` on one backend, in its own process and time slot
+    (``share``: how many benchmark runs the remaining budget is split between)."""
+    try:
+        import accel.paillier  # noqa: F401
+    except Exception as exc:
+        raise Skip(f"accel.paillier does not import here: {type(exc).__name__}: {exc}") from exc
+    slot = max(20.0, min(120.0, (remaining() - 40) / share))
+    quick = slot < 60
+    cmd = [sys.executable, "-m", "accel.bench", "paillier", "--bits", str(KEY_BITS),
+           "--backend", name, "--json", *(["--quick"] if quick else [])]
+    out.update(command=" ".join(cmd[1:]), quick=quick, limit_s=round(slot))
+    try:
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=slot)
+    except subprocess.TimeoutExpired as exc:
+        raise RuntimeError(f"the benchmark did not finish within {slot:.0f}s") from exc
+    if done.returncode != 0:
+        out["output_tail"] = (done.stderr or done.stdout).strip().splitlines()[-10:]
+        raise RuntimeError(f"the benchmark exited with {done.returncode}")
+    result = json.loads(done.stdout)
+    out["machine"] = result.get("machine")
+    out["skipped"] = result.get("skipped")
+    out["ops"] = {
+        op: {"accel_ops_s": round(row["accel_ops_s"], 1), "phe_ops_s": round(row["phe_ops_s"], 1),
+             "ratio": round(row["ratio"], 2), "target": row["target"]}
+        for op, row in result.get("backends", {}).get(name, {}).items()
+    }
+    if not out["ops"]:
+        raise RuntimeError(f"the benchmark measured nothing on {name}: {result.get('skipped')}")
+
+
 def calibration(out: dict[str, Any]) -> None:
     """What the router's calibration would say here (not saved: a suggestion to review)."""
     from accel import backends
@@ -445,12 +632,17 @@ def main() -> int:
     REPORT["measurements"] = {}
     rng = np.random.default_rng()
     section("environment", 1, environment, always=True)
+    # before anything imports accel: the CPU backend is looked up once per process
+    section("wheels", 5, install_wheels, always=True)
+    section("cpu_extension", 20, build_cpu_extension, always=True)
     cuda = section("cuda_backend", 1, backend_section, always=True)
     if cuda is not None:
         section("paillier_kernels", 40, paillier_kernels, cuda, rng)
         section("ntt", 30, ntt_benchmark, cuda, rng)
-    section("paillier_layer", 60, paillier_layer, rng)
     section("cuda_tests", 40, cuda_tests)
+    section("paillier_bench_cpu", 30, paillier_bench, "cpu", 2)
+    section(f"paillier_bench_{BACKEND}", 30, paillier_bench, BACKEND, 1)
+    section("paillier_layer", 40, paillier_layer, rng)
     section("calibration", 30, calibration)
     REPORT["targets"] = verdicts()
     REPORT["total_s"] = round(time.monotonic() - _START, 1)

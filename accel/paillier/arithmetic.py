@@ -153,9 +153,16 @@ def multiply(a: Any, b: Any) -> EncryptedArray:
         ).reshape(-1, k)
         negative_rows = np.broadcast_to(enc.negative.reshape(enc.shape), shape).ravel()
     be = a._backend("powmod", count)
-    if negative_rows.any():
+    n_negative = int(np.count_nonzero(negative_rows))
+    if n_negative:
         bases = bases.copy()  # may be a read-only view of ``a``
-        bases[negative_rows] = be.invmod(np.ascontiguousarray(bases[negative_rows]), nsq)
+        if a.size < n_negative:
+            # ``a`` was broadcast: invert each of its ciphertexts once, then spread them
+            inverses = be.invmod(a.data.reshape(-1, a.public_key.limbs), nsq)
+            spread = _rows(a._like(inverses.reshape(a.data.shape)), shape)
+            bases[negative_rows] = spread[negative_rows]
+        else:
+            bases[negative_rows] = be.invmod(np.ascontiguousarray(bases[negative_rows]), nsq)
     out = be.powmod(bases, exps, nsq)
     return a._like(out.reshape(*shape, -1), scale, dtype)
 

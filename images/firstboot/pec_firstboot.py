@@ -34,7 +34,8 @@ PROVISION_FILE = "pec-provision.json"
 PROVISION_KEYS = {"admin_password", "hostname"}
 MIN_PASSWORD = 12
 TPM_DEVICES = ("/dev/tpmrm0",)
-SOFTHSM_DIR = "/var/lib/softhsm"
+# Matches /etc/softhsm/softhsm2.conf in the image: tokens under the state directory.
+SOFTHSM_SUBDIR = "hsm"
 CLI = os.environ.get("PEC_CLI", "/opt/pec/venv/bin/pec-appliance")
 # Unambiguous upper-case letters and digits: read off a console, typed into a browser.
 CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
@@ -170,16 +171,16 @@ def provision_trust(state: Path, tpm: str | None) -> dict[str, Any]:
 
     if not TrustLayout(state).trust_json.exists():
         # SoftHSM2 is this image's PKCS#11 module: its token lives where the system
-        # configuration (/etc/softhsm/softhsm2.conf) looks, as a vendor HSM's would be found
-        # through its module. A token left by an unfinished earlier run holds no appliance key
-        # and its PIN is lost: replace it.
+        # configuration (/etc/softhsm/softhsm2.conf) looks, so the trust root finds it as it
+        # would a vendor HSM's through its module. A token left by an unfinished earlier run
+        # holds no appliance key and its PIN is lost: replace it.
         subprocess.run(
             ["softhsm2-util", "--delete-token", "--token", TOKEN_LABEL],
             capture_output=True, check=False,
         )
         user_pin = secrets.token_hex(16)
         # Nobody needs the SO PIN later: re-provisioning makes a new token.
-        create_softhsm_token(SOFTHSM_DIR, TOKEN_LABEL, secrets.token_hex(16), user_pin)
+        create_softhsm_token(state / SOFTHSM_SUBDIR, TOKEN_LABEL, secrets.token_hex(16), user_pin)
     else:
         user_pin = None
     result = provision(

@@ -30,12 +30,14 @@ class ReferenceBackend(Backend):
     def mulmod(self, a, b, modulus):
         xs = limbs_to_ints(a)
         ys = self._rows(b, len(xs))
-        return ints_to_limbs([x * y % modulus for x, y in zip(xs, ys)], limbs_for(modulus))
+        products = [x * y % modulus for x, y in zip(xs, ys, strict=True)]
+        return ints_to_limbs(products, limbs_for(modulus))
 
     def powmod(self, base, exp, modulus):
         xs = limbs_to_ints(base)
         es = self._rows(exp, len(xs))
-        return ints_to_limbs([pow(x, e, modulus) for x, e in zip(xs, es)], limbs_for(modulus))
+        powers = [pow(x, e, modulus) for x, e in zip(xs, es, strict=True)]
+        return ints_to_limbs(powers, limbs_for(modulus))
 
     def fixed_base_table(self, base, modulus, exp_bits):
         return FixedBaseTable(base, modulus, exp_bits, 1, self.name, None)

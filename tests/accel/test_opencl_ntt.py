@@ -24,9 +24,10 @@ def random_batch(plan: ntt.Plan, batch: int, seed: int) -> np.ndarray:
     return a
 
 
-# n = 16 runs entirely in local memory; 4096 adds one global-memory stage (chunk 2048), 16384
-# three (a fused pair and a single one).
-CASES = [(16, 30, 2, 3), (1024, 62, 2, 1), (4096, 60, 2, 2), (16384, 60, 1, 1)]
+# Up to n = 4096 everything runs in local memory (one chunk); 8192 adds one global-memory
+# stage, 16384 two fused in one pass, 32768 three, 65536 four.
+CASES = [(16, 30, 2, 3), (1024, 62, 2, 1), (4096, 60, 2, 2), (8192, 60, 1, 2),
+         (16384, 60, 1, 1), (32768, 60, 1, 1), (65536, 50, 1, 1)]
 
 
 class NttChecks:

@@ -352,3 +352,10 @@ def test_opencl_backend_runs_the_same_arrays():
     want = ((x @ w - 1.0) * np.array([2.0, -1.0])).sum(axis=0) - x[0]
     np.testing.assert_allclose(SK.decrypt(got, backend="opencl"), want)
     np.testing.assert_allclose(SK.decrypt(SK.encrypt(x, backend="opencl")), x)
+
+
+def test_broadcast_ciphertexts_times_signed_matrix():
+    v = np.array([1.5, -2.0, 0.25])
+    w = np.array([[1.0, -2.0, 3.0], [-0.5, 0.0, -4.0], [2.0, 2.0, -1.0], [-1.0, -1.0, -1.0]])
+    np.testing.assert_allclose(SK.decrypt(PK.encrypt(v) * w), v * w)
+    np.testing.assert_array_equal(SK.decrypt(PK.encrypt(np.array([3, -7])) * -2), [-6, 14])

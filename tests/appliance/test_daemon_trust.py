@@ -56,6 +56,8 @@ def test_keygen_sealed_listed_rotated_and_p_q_nowhere_on_disk(daemon):
     status = c.get("/v1/status")
     assert status["health"]["hsm"]["ok"] is True and status["health"]["tpm"]["ok"] is True
     assert not any("trust" in r or "audit" in r for r in status["degraded_reasons"])
+    metrics = c.get("/metrics")
+    assert 'pec_trust_ok{part="hsm"} 1' in metrics and 'pec_trust_ok{part="tpm"} 1' in metrics
     job = _keygen(daemon)
     assert job["state"] == "done", job
     key = job["result"]
@@ -159,6 +161,7 @@ def test_changed_boot_chain_starts_degraded_with_keys_locked(tmp_path):
         reasons = " | ".join(status["degraded_reasons"])
         assert "refused to unseal the HSM PIN" in reasons and "7, 14" in reasons
         assert "audit ledger read-only" in reasons
+        assert 'pec_trust_ok{part="hsm"} 0' in c.get("/metrics")
         assert c.get("/v1/keys")["token"]["present"] is False
         with pytest.raises(DaemonError, match="locked") as err:
             c.post("/v1/attestation/quote", {"nonce": "00" * 16, "actor": "admin"})

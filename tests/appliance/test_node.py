@@ -52,3 +52,26 @@ def test_state_dir_must_be_initialised(tmp_path):
         Node(StateDir(tmp_path / "empty"))
     with pytest.raises(StateDirError, match="root directory"):
         StateDir(tmp_path / "s").init(root=str(tmp_path / "missing"))
+
+
+def test_profile_view_has_the_capability_matrix(node):
+    matrix = node.profile_view()["matrix"]
+    assert set(matrix) == {"mini", "standard", "jumbo"}
+    assert matrix["mini"]["choose_one"] == ["mpc", "fl"] and matrix["mini"]["always"] == []
+    assert set(matrix["jumbo"]["always"]) == {"mpc", "tee", "fl", "ledger"}
+
+
+def test_node_owns_the_trust_root_from_start_to_stop(tmp_path, monkeypatch):
+    monkeypatch.setenv("PEC_ACCEL_CACHE", str(tmp_path / "accel"))
+    state = StateDir(tmp_path / "state")
+    state.init(root=str(fakehost.mini().build(tmp_path / "root")))
+    n = Node(state)
+    assert n.status()["health"]["hsm"] == {"ok": None, "detail": "not configured"}
+    n.start()
+    try:
+        assert n.status()["health"]["hsm"]["ok"] is True
+        swtpm = n._swtpm
+        assert swtpm is not None and swtpm.running
+    finally:
+        n.stop()
+    assert n.trust is None and not swtpm.running

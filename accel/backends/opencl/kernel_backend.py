@@ -34,8 +34,10 @@ from accel.backends.base import (
 KERNEL_DIR = Path(__file__).resolve().parent
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$', re.MULTILINE)
 
-# Coefficients an NTT work-group keeps in local memory (docs in ntt.cl).
-NTT_MAX_CHUNK = 2048
+# Coefficients an NTT work-group keeps in local memory (32 KiB, the least an OpenCL device
+# offers), and global-memory stages fused into one pass (docs in ntt.cl).
+NTT_MAX_CHUNK = 4096
+NTT_MAX_FUSED = 4
 
 # Largest operand of one launch, in words (128 MiB): bigger batches go in slices, so that a
 # large call neither exhausts device memory nor overflows the kernels' 32-bit counts.
@@ -414,8 +416,11 @@ class KernelBackend(Backend):
             self._ntt_tables[plan] = buffers
         return buffers
 
-    def _ntt_chunk(self, n: int) -> int:
-        return min(n, NTT_MAX_CHUNK, 2 * self.max_group_size())
+    def _ntt_program(self, n: int) -> tuple[Any, int, int]:
+        """The NTT program for size ``n``, its chunk and its work-group size."""
+        chunk = min(n, NTT_MAX_CHUNK)
+        threads = min(chunk // 2, self.max_group_size())
+        return self._program("ntt", NTT_CHUNK=chunk, NTT_THREADS=threads), chunk, threads
 
     @staticmethod
     def _ntt_batch(plan: Any, a: Any) -> np.ndarray:
@@ -458,7 +463,7 @@ class KernelBackend(Backend):
             self.ntt_forward_resident(plan, fa, batch)
             self.ntt_forward_resident(plan, fb, batch)
             t = self._ntt_plan_buffers(plan)
-            program = self._program("ntt", NTT_CHUNK=self._ntt_chunk(plan.n))
+            program = self._ntt_program(plan.n)[0]
             self._launch(program, "ntt_pointwise", a.size,
                          [fa, fb, t["moduli"], t["barrett"], np.uint32(plan.limbs),
                           np.uint32(plan.log_n), np.uint64(a.size)])
@@ -469,48 +474,35 @@ class KernelBackend(Backend):
         """:meth:`ntt_forward` in place on a device buffer of ``batch * L * n`` words (the
         launches are queued; :meth:`synchronize` waits for them)."""
         rows, log_n = batch * plan.limbs, plan.log_n
-        chunk = self._ntt_chunk(plan.n)
+        program, chunk, threads = self._ntt_program(plan.n)
         t = self._ntt_plan_buffers(plan)
-        program = self._program("ntt", NTT_CHUNK=chunk)
         common = [t["psi_rev"], t["psi_rev_shoup"], t["moduli"], np.uint32(plan.limbs),
                   np.uint32(log_n)]
-        butterflies = rows * (plan.n // 2)
-        # Global stages two at a time (one pass over memory for both), then the odd one out.
+        # Global stages up to NTT_MAX_FUSED at a time, one pass over memory for each group.
         log_t, last_global = log_n - 1, chunk.bit_length() - 1
         while log_t >= last_global:
-            if log_t - 1 >= last_global:
-                self._launch(program, "ntt_forward_stage2", butterflies // 2,
-                             [data, *common, np.uint32(log_t), np.uint64(butterflies // 2)])
-                log_t -= 2
-            else:
-                self._launch(program, "ntt_forward_stage", butterflies,
-                             [data, *common, np.uint32(log_t), np.uint64(butterflies)])
-                log_t -= 1
-        self._launch(program, "ntt_forward_tail", butterflies, [data, *common],
-                     group=chunk // 2)
+            fused = min(NTT_MAX_FUSED, log_t - last_global + 1)
+            items = (rows * plan.n) >> fused
+            self._launch(program, f"ntt_forward_stages{fused}", items,
+                         [data, *common, np.uint32(log_t), np.uint64(items)])
+            log_t -= fused
+        self._launch(program, "ntt_forward_tail", rows * (plan.n // chunk) * threads,
+                     [data, *common], group=threads)
 
     def ntt_inverse_resident(self, plan: Any, data: Any, batch: int) -> None:
         """:meth:`ntt_inverse` in place on a device buffer (see :meth:`ntt_forward_resident`)."""
         rows, log_n = batch * plan.limbs, plan.log_n
-        chunk = self._ntt_chunk(plan.n)
+        program, chunk, threads = self._ntt_program(plan.n)
         t = self._ntt_plan_buffers(plan)
-        program = self._program("ntt", NTT_CHUNK=chunk)
         tables = [t["psi_inv_rev"], t["psi_inv_rev_shoup"], t["moduli"], t["n_inv"],
                   t["n_inv_shoup"], np.uint32(plan.limbs), np.uint32(log_n)]
-        butterflies = rows * (plan.n // 2)
         global_stages = list(range(chunk.bit_length() - 1, log_n))
-        self._launch(program, "ntt_inverse_head", butterflies,
-                     [data, *tables, np.uint32(not global_stages)], group=chunk // 2)
+        self._launch(program, "ntt_inverse_head", rows * (plan.n // chunk) * threads,
+                     [data, *tables, np.uint32(not global_stages)], group=threads)
         while global_stages:
-            log_t = global_stages[0]
-            if len(global_stages) >= 2:
-                finish = np.uint32(global_stages[1] == log_n - 1)
-                self._launch(program, "ntt_inverse_stage2", butterflies // 2,
-                             [data, *tables, np.uint32(log_t), finish,
-                              np.uint64(butterflies // 2)])
-                global_stages = global_stages[2:]
-            else:
-                finish = np.uint32(log_t == log_n - 1)
-                self._launch(program, "ntt_inverse_stage", butterflies,
-                             [data, *tables, np.uint32(log_t), finish, np.uint64(butterflies)])
-                global_stages = global_stages[1:]
+            fused = min(NTT_MAX_FUSED, len(global_stages))
+            finish = np.uint32(global_stages[fused - 1] == log_n - 1)
+            items = (rows * plan.n) >> fused
+            self._launch(program, f"ntt_inverse_stages{fused}", items,
+                         [data, *tables, np.uint32(global_stages[0]), finish, np.uint64(items)])
+            global_stages = global_stages[fused:]

@@ -4,17 +4,28 @@
  * Data: rows of n coefficients, row r belongs to limb r % limbs (a batch (B, L, n) is B * L
  * rows). Twiddle tables are the plan's (L, n) arrays, uploaded once per plan.
  *
- * Stages whose butterflies span more than NTT_CHUNK coefficients run one launch each, one
- * work-item per butterfly, in global memory. The remaining stages (the last ones of the
- * forward transform, the first ones of the inverse) run in one launch per chunk, a work-group
- * of NTT_CHUNK / 2 work-items that keeps its NTT_CHUNK coefficients in local memory: that
- * saves log2(NTT_CHUNK) round trips through global memory. NTT_CHUNK is min(n, 2048). */
+ * Stages whose butterflies span more than NTT_CHUNK coefficients run in global memory, up to
+ * NTT_MAX_FUSED of them in one pass: a work-item owns the 2^S coefficients that S consecutive
+ * stages combine and keeps them in registers between the stages. The remaining stages (the
+ * last ones of the forward transform, the first ones of the inverse) run in one launch, a
+ * work-group of NTT_THREADS work-items per chunk that keeps its NTT_CHUNK coefficients in
+ * local memory. For n = 65536 and chunks of 4096 that is two passes over the data in all.
+ * Every butterfly and twiddle is that of the stage-by-stage order, so the words are too. */
 
 #include "dialect.h"
 
 #ifndef NTT_CHUNK
-#define NTT_CHUNK 2048
+#define NTT_CHUNK 4096
 #endif
+#ifndef NTT_THREADS
+#if NTT_CHUNK / 2 > 1024
+#define NTT_THREADS 1024
+#else
+#define NTT_THREADS (NTT_CHUNK / 2)
+#endif
+#endif
+#define NTT_LOG_CHUNK (63 - CLZ64((u64)NTT_CHUNK))
+#define NTT_MAX_FUSED 4
 
 /* w * y mod q, lazily in [0, 2q), for a fixed twiddle w with companion floor(w 2^64 / q). */
 DEVICE u64 shoup(u64 y, u64 w, u64 w_shoup, u64 q)
@@ -61,64 +72,63 @@ DEVICE u64 scale(u64 v, u64 n_inv, u64 n_inv_shoup, u64 q)
     return v >= q ? v - q : v;
 }
 
-/* One forward stage with butterfly half-width t = 2^log_t, over every row. */
-KERNEL ntt_forward_stage(GLOBAL u64 *a, GLOBAL const u64 *psi, GLOBAL const u64 *psi_shoup,
-                         GLOBAL const u64 *moduli, u32 limbs, u32 log_n, u32 log_t, u64 total)
+/* S forward stages, half-widths t = 2^log_t down to t >> (S - 1), in one pass over global
+ * memory. Work-item k of a row owns coefficients j0 + c * tl (c < 2^S, tl = t >> (S - 1)) of
+ * one block of 2t; at stage s (half-width t >> s, n / (2t) << s groups) coefficient c meets
+ * c + 2^(S-1-s) in group (blk << s) + (c >> (S - s)). */
+DEVICE void fwd_stages(GLOBAL u64 *a, GLOBAL const u64 *psi, GLOBAL const u64 *psi_shoup,
+                       GLOBAL const u64 *moduli, u32 limbs, u32 log_n, u32 log_t, u64 total,
+                       const u32 S)
 {
     const u64 gid = GLOBAL_ID();
     if (gid >= total)
         return;
-    const u32 half_n = 1u << (log_n - 1);
-    const u64 row = gid >> (log_n - 1);
-    const u32 k = (u32)(gid & (half_n - 1));
+    const u32 log_items = log_n - S; /* work-items per row */
+    const u64 row = gid >> log_items;
+    const u32 k = (u32)(gid & ((1u << log_items) - 1));
     const u32 limb = (u32)(row % limbs);
-    const u32 t = 1u << log_t;
-    const u32 i = k >> log_t;
-    const u32 j = 2 * i * t + (k & (t - 1));
-    const u32 m = half_n >> log_t; /* n / (2t) butterfly groups in this stage */
-    const u64 tw = (u64)limb << log_n;
-    GLOBAL u64 *r = a + (row << log_n);
-    u64 x = r[j], y = r[j + t];
-    fwd_butterfly(&x, &y, psi[tw + m + i], psi_shoup[tw + m + i], moduli[limb]);
-    r[j] = x;
-    r[j + t] = y;
-}
-
-/* Two forward stages in one pass over global memory: half-widths t = 2^log_t and t / 2. Each
- * work-item owns the four coefficients that those two stages combine; the butterflies and
- * twiddles are exactly those of the two single stages, so the words are too. */
-KERNEL ntt_forward_stage2(GLOBAL u64 *a, GLOBAL const u64 *psi, GLOBAL const u64 *psi_shoup,
-                          GLOBAL const u64 *moduli, u32 limbs, u32 log_n, u32 log_t, u64 total)
-{
-    const u64 gid = GLOBAL_ID();
-    if (gid >= total)
-        return;
-    const u32 quarter = 1u << (log_n - 2);
-    const u64 row = gid >> (log_n - 2);
-    const u32 k = (u32)(gid & (quarter - 1));
-    const u32 limb = (u32)(row % limbs);
-    const u32 t = 1u << log_t;
-    const u32 h = t >> 1;
-    const u32 i = k >> (log_t - 1);           /* butterfly group of the first stage */
-    const u32 j = 2 * i * t + (k & (h - 1));  /* first of the four coefficients */
-    const u32 m = (1u << (log_n - 1)) >> log_t;
+    const u32 log_tl = log_t + 1 - S;
+    const u32 blk = k >> log_tl;
+    const u32 j0 = (blk << (log_t + 1)) + (k & ((1u << log_tl) - 1));
     const u64 tw = (u64)limb << log_n;
     const u64 q = moduli[limb];
-    GLOBAL u64 *r = a + (row << log_n);
-    u64 x0 = r[j], x1 = r[j + h], x2 = r[j + t], x3 = r[j + t + h];
-    fwd_butterfly(&x0, &x2, psi[tw + m + i], psi_shoup[tw + m + i], q);
-    fwd_butterfly(&x1, &x3, psi[tw + m + i], psi_shoup[tw + m + i], q);
-    fwd_butterfly(&x0, &x1, psi[tw + 2 * m + 2 * i], psi_shoup[tw + 2 * m + 2 * i], q);
-    fwd_butterfly(&x2, &x3, psi[tw + 2 * m + 2 * i + 1], psi_shoup[tw + 2 * m + 2 * i + 1], q);
-    r[j] = x0;
-    r[j + h] = x1;
-    r[j + t] = x2;
-    r[j + t + h] = x3;
+    GLOBAL u64 *r = a + (row << log_n) + j0;
+    u64 x[1 << NTT_MAX_FUSED];
+#pragma unroll
+    for (u32 c = 0; c < (1u << S); c++)
+        x[c] = r[c << log_tl];
+#pragma unroll
+    for (u32 s = 0; s < S; s++) {
+        const u32 apart = 1u << (S - 1 - s);
+        const u32 m = (1u << (log_n - 1)) >> (log_t - s);
+#pragma unroll
+        for (u32 c = 0; c < (1u << S); c++) {
+            if (c & apart)
+                continue;
+            const u32 idx = m + (blk << s) + (c >> (S - s));
+            fwd_butterfly(&x[c], &x[c + apart], psi[tw + idx], psi_shoup[tw + idx], q);
+        }
+    }
+#pragma unroll
+    for (u32 c = 0; c < (1u << S); c++)
+        r[c << log_tl] = x[c];
 }
+
+#define FWD_STAGES_KERNEL(S)                                                                  \
+    KERNEL ntt_forward_stages##S(GLOBAL u64 *a, GLOBAL const u64 *psi,                        \
+                                 GLOBAL const u64 *psi_shoup, GLOBAL const u64 *moduli,       \
+                                 u32 limbs, u32 log_n, u32 log_t, u64 total)                  \
+    {                                                                                         \
+        fwd_stages(a, psi, psi_shoup, moduli, limbs, log_n, log_t, total, S);                 \
+    }
+FWD_STAGES_KERNEL(1)
+FWD_STAGES_KERNEL(2)
+FWD_STAGES_KERNEL(3)
+FWD_STAGES_KERNEL(4)
 
 /* The forward stages with 2t <= NTT_CHUNK, then the final reduction, one chunk per group. */
 /* (GROUP_SIZE: the compiler must fit a whole work-group of this size on one compute unit.) */
-KERNEL GROUP_SIZE(NTT_CHUNK / 2)
+KERNEL GROUP_SIZE(NTT_THREADS)
 ntt_forward_tail(GLOBAL u64 *a, GLOBAL const u64 *psi, GLOBAL const u64 *psi_shoup,
                  GLOBAL const u64 *moduli, u32 limbs, u32 log_n)
 {
@@ -133,27 +143,29 @@ ntt_forward_tail(GLOBAL u64 *a, GLOBAL const u64 *psi, GLOBAL const u64 *psi_sho
     const u64 tw = (u64)limb << log_n;
     GLOBAL u64 *r = a + (row << log_n) + (u64)chunk * NTT_CHUNK;
 
-    buf[lid] = r[lid];
-    buf[lid + NTT_CHUNK / 2] = r[lid + NTT_CHUNK / 2];
+    for (u32 e = lid; e < NTT_CHUNK; e += NTT_THREADS)
+        buf[e] = r[e];
     BARRIER();
-    const u32 k = chunk * (NTT_CHUNK / 2) + lid; /* butterfly index within the row */
-    for (u32 t = NTT_CHUNK / 2; t >= 1; t >>= 1) {
-        const u32 m = (1u << (log_n - 1)) / t;
-        const u32 i = k / t;
-        const u32 j = 2 * (lid / t) * t + (lid & (t - 1)); /* local position */
-        u64 x = buf[j], y = buf[j + t];
-        fwd_butterfly(&x, &y, psi[tw + m + i], psi_shoup[tw + m + i], q);
-        buf[j] = x;
-        buf[j + t] = y;
+    const u32 first = chunk * (NTT_CHUNK / 2); /* first butterfly of the chunk in the row */
+    for (int lt = NTT_LOG_CHUNK - 1; lt >= 0; lt--) {
+        const u32 m = (1u << (log_n - 1)) >> lt;
+        for (u32 b = lid; b < NTT_CHUNK / 2; b += NTT_THREADS) {
+            const u32 i = (first + b) >> lt;
+            const u32 j = ((b >> lt) << (lt + 1)) + (b & ((1u << lt) - 1));
+            u64 x = buf[j], y = buf[j + (1u << lt)];
+            fwd_butterfly(&x, &y, psi[tw + m + i], psi_shoup[tw + m + i], q);
+            buf[j] = x;
+            buf[j + (1u << lt)] = y;
+        }
         BARRIER();
     }
-    r[lid] = reduce4(buf[lid], q);
-    r[lid + NTT_CHUNK / 2] = reduce4(buf[lid + NTT_CHUNK / 2], q);
+    for (u32 e = lid; e < NTT_CHUNK; e += NTT_THREADS)
+        r[e] = reduce4(buf[e], q);
 }
 
 /* The inverse stages with 2t <= NTT_CHUNK, one chunk per group; when they are all the stages
  * (n <= NTT_CHUNK) the scaling by n^-1 is done here too. */
-KERNEL GROUP_SIZE(NTT_CHUNK / 2)
+KERNEL GROUP_SIZE(NTT_THREADS)
 ntt_inverse_head(GLOBAL u64 *a, GLOBAL const u64 *psi_inv, GLOBAL const u64 *psi_inv_shoup,
                  GLOBAL const u64 *moduli, GLOBAL const u64 *n_inv, GLOBAL const u64 *n_inv_shoup,
                  u32 limbs, u32 log_n, u32 finish)
@@ -169,98 +181,91 @@ ntt_inverse_head(GLOBAL u64 *a, GLOBAL const u64 *psi_inv, GLOBAL const u64 *psi
     const u64 tw = (u64)limb << log_n;
     GLOBAL u64 *r = a + (row << log_n) + (u64)chunk * NTT_CHUNK;
 
-    buf[lid] = r[lid];
-    buf[lid + NTT_CHUNK / 2] = r[lid + NTT_CHUNK / 2];
+    for (u32 e = lid; e < NTT_CHUNK; e += NTT_THREADS)
+        buf[e] = r[e];
     BARRIER();
-    const u32 k = chunk * (NTT_CHUNK / 2) + lid;
-    for (u32 t = 1; t <= NTT_CHUNK / 2; t <<= 1) {
-        const u32 h = (1u << (log_n - 1)) / t; /* m / 2 in docs/ntt.md */
-        const u32 i = k / t;
-        const u32 j = 2 * (lid / t) * t + (lid & (t - 1));
-        u64 x = buf[j], y = buf[j + t];
-        inv_butterfly(&x, &y, psi_inv[tw + h + i], psi_inv_shoup[tw + h + i], q);
-        buf[j] = x;
-        buf[j + t] = y;
+    const u32 first = chunk * (NTT_CHUNK / 2);
+    for (int lt = 0; lt < NTT_LOG_CHUNK; lt++) {
+        const u32 h = (1u << (log_n - 1)) >> lt; /* m / 2 in docs/ntt.md */
+        for (u32 b = lid; b < NTT_CHUNK / 2; b += NTT_THREADS) {
+            const u32 i = (first + b) >> lt;
+            const u32 j = ((b >> lt) << (lt + 1)) + (b & ((1u << lt) - 1));
+            u64 x = buf[j], y = buf[j + (1u << lt)];
+            inv_butterfly(&x, &y, psi_inv[tw + h + i], psi_inv_shoup[tw + h + i], q);
+            buf[j] = x;
+            buf[j + (1u << lt)] = y;
+        }
         BARRIER();
     }
-    u64 lo = buf[lid], hi = buf[lid + NTT_CHUNK / 2];
-    if (finish) {
-        lo = scale(lo, n_inv[limb], n_inv_shoup[limb], q);
-        hi = scale(hi, n_inv[limb], n_inv_shoup[limb], q);
+    for (u32 e = lid; e < NTT_CHUNK; e += NTT_THREADS) {
+        u64 v = buf[e];
+        if (finish)
+            v = scale(v, n_inv[limb], n_inv_shoup[limb], q);
+        r[e] = v;
     }
-    r[lid] = lo;
-    r[lid + NTT_CHUNK / 2] = hi;
 }
 
-/* One inverse stage with half_n-width t = 2^log_t; the last one (finish) also scales. */
-KERNEL ntt_inverse_stage(GLOBAL u64 *a, GLOBAL const u64 *psi_inv,
-                         GLOBAL const u64 *psi_inv_shoup, GLOBAL const u64 *moduli,
-                         GLOBAL const u64 *n_inv, GLOBAL const u64 *n_inv_shoup, u32 limbs,
-                         u32 log_n, u32 log_t, u32 finish, u64 total)
+/* S inverse stages, half-widths t = 2^log_t up to t << (S - 1), in one pass (see fwd_stages):
+ * work-item k owns coefficients j0 + c * t of one block of 2^S t; at stage s coefficient c
+ * meets c + 2^s in group (g << (S - 1 - s)) + (c >> (s + 1)). finish scales by n^-1 when the
+ * last of them is the last stage. */
+DEVICE void inv_stages(GLOBAL u64 *a, GLOBAL const u64 *psi_inv, GLOBAL const u64 *psi_inv_shoup,
+                       GLOBAL const u64 *moduli, GLOBAL const u64 *n_inv,
+                       GLOBAL const u64 *n_inv_shoup, u32 limbs, u32 log_n, u32 log_t,
+                       u32 finish, u64 total, const u32 S)
 {
     const u64 gid = GLOBAL_ID();
     if (gid >= total)
         return;
-    const u32 half_n = 1u << (log_n - 1);
-    const u64 row = gid >> (log_n - 1);
-    const u32 k = (u32)(gid & (half_n - 1));
+    const u32 log_items = log_n - S;
+    const u64 row = gid >> log_items;
+    const u32 k = (u32)(gid & ((1u << log_items) - 1));
     const u32 limb = (u32)(row % limbs);
-    const u32 t = 1u << log_t;
-    const u32 i = k >> log_t;
-    const u32 j = 2 * i * t + (k & (t - 1));
-    const u32 h = half_n >> log_t;
+    const u32 g = k >> log_t;
+    const u32 j0 = (g << (log_t + S)) + (k & ((1u << log_t) - 1));
     const u64 tw = (u64)limb << log_n;
     const u64 q = moduli[limb];
-    GLOBAL u64 *r = a + (row << log_n);
-    u64 x = r[j], y = r[j + t];
-    inv_butterfly(&x, &y, psi_inv[tw + h + i], psi_inv_shoup[tw + h + i], q);
-    if (finish) {
-        x = scale(x, n_inv[limb], n_inv_shoup[limb], q);
-        y = scale(y, n_inv[limb], n_inv_shoup[limb], q);
+    GLOBAL u64 *r = a + (row << log_n) + j0;
+    u64 x[1 << NTT_MAX_FUSED];
+#pragma unroll
+    for (u32 c = 0; c < (1u << S); c++)
+        x[c] = r[c << log_t];
+#pragma unroll
+    for (u32 s = 0; s < S; s++) {
+        const u32 span = 1u << s;
+        const u32 h = (1u << (log_n - 1)) >> (log_t + s);
+#pragma unroll
+        for (u32 c = 0; c < (1u << S); c++) {
+            if (c & span)
+                continue;
+            const u32 idx = h + (g << (S - 1 - s)) + (c >> (s + 1));
+            inv_butterfly(&x[c], &x[c + span], psi_inv[tw + idx], psi_inv_shoup[tw + idx], q);
+        }
     }
-    r[j] = x;
-    r[j + t] = y;
-}
-
-/* Two inverse stages in one pass: half-widths t = 2^log_t and 2t (see ntt_forward_stage2);
- * finish scales when the second one is the last stage. */
-KERNEL ntt_inverse_stage2(GLOBAL u64 *a, GLOBAL const u64 *psi_inv,
-                          GLOBAL const u64 *psi_inv_shoup, GLOBAL const u64 *moduli,
-                          GLOBAL const u64 *n_inv, GLOBAL const u64 *n_inv_shoup, u32 limbs,
-                          u32 log_n, u32 log_t, u32 finish, u64 total)
-{
-    const u64 gid = GLOBAL_ID();
-    if (gid >= total)
-        return;
-    const u32 quarter = 1u << (log_n - 2);
-    const u64 row = gid >> (log_n - 2);
-    const u32 k = (u32)(gid & (quarter - 1));
-    const u32 limb = (u32)(row % limbs);
-    const u32 t = 1u << log_t;
-    const u32 g = k >> log_t;                 /* block of 4t coefficients */
-    const u32 j = 4 * g * t + (k & (t - 1));
-    const u32 h1 = (1u << (log_n - 1)) >> log_t; /* groups of the first stage */
-    const u32 h2 = h1 >> 1;
-    const u64 tw = (u64)limb << log_n;
-    const u64 q = moduli[limb];
-    GLOBAL u64 *r = a + (row << log_n);
-    u64 x0 = r[j], x1 = r[j + t], x2 = r[j + 2 * t], x3 = r[j + 3 * t];
-    inv_butterfly(&x0, &x1, psi_inv[tw + h1 + 2 * g], psi_inv_shoup[tw + h1 + 2 * g], q);
-    inv_butterfly(&x2, &x3, psi_inv[tw + h1 + 2 * g + 1], psi_inv_shoup[tw + h1 + 2 * g + 1], q);
-    inv_butterfly(&x0, &x2, psi_inv[tw + h2 + g], psi_inv_shoup[tw + h2 + g], q);
-    inv_butterfly(&x1, &x3, psi_inv[tw + h2 + g], psi_inv_shoup[tw + h2 + g], q);
     if (finish) {
         const u64 ni = n_inv[limb], nis = n_inv_shoup[limb];
-        x0 = scale(x0, ni, nis, q);
-        x1 = scale(x1, ni, nis, q);
-        x2 = scale(x2, ni, nis, q);
-        x3 = scale(x3, ni, nis, q);
+#pragma unroll
+        for (u32 c = 0; c < (1u << S); c++)
+            x[c] = scale(x[c], ni, nis, q);
     }
-    r[j] = x0;
-    r[j + t] = x1;
-    r[j + 2 * t] = x2;
-    r[j + 3 * t] = x3;
+#pragma unroll
+    for (u32 c = 0; c < (1u << S); c++)
+        r[c << log_t] = x[c];
 }
+
+#define INV_STAGES_KERNEL(S)                                                                  \
+    KERNEL ntt_inverse_stages##S(GLOBAL u64 *a, GLOBAL const u64 *psi_inv,                    \
+                                 GLOBAL const u64 *psi_inv_shoup, GLOBAL const u64 *moduli,   \
+                                 GLOBAL const u64 *n_inv, GLOBAL const u64 *n_inv_shoup,      \
+                                 u32 limbs, u32 log_n, u32 log_t, u32 finish, u64 total)      \
+    {                                                                                         \
+        inv_stages(a, psi_inv, psi_inv_shoup, moduli, n_inv, n_inv_shoup, limbs, log_n, log_t, \
+                   finish, total, S);                                                         \
+    }
+INV_STAGES_KERNEL(1)
+INV_STAGES_KERNEL(2)
+INV_STAGES_KERNEL(3)
+INV_STAGES_KERNEL(4)
 
 /* a[i] = a[i] * b[i] mod q for reduced inputs, by Barrett reduction of the 128-bit product
  * with the plan's floor(2^128 / q) = (ratio_lo, ratio_hi). The quotient estimate is short by
