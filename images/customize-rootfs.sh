@@ -47,9 +47,10 @@ in_root "$VENV/bin/python" -c 'import accel, hsm, tee, appliance.cli'
 
 echo "customize-rootfs: service user, HSM token location"
 # The daemon and the panel run as pec (packaging/README.md); tss, render and video are its
-# units' supplementary groups and come with the Debian packages.
-in_root useradd --system --user-group --home-dir /var/lib/pec --no-create-home \
-	--shell /usr/sbin/nologin --comment "PEC appliance" pec
+# units' supplementary groups and come with the Debian packages; softhsm may read
+# /etc/softhsm (mode 0750), where the PKCS#11 module finds its configuration.
+in_root useradd --system --user-group --groups softhsm --home-dir /var/lib/pec \
+	--no-create-home --shell /usr/sbin/nologin --comment "PEC appliance" pec
 # SoftHSM2 is this image's PKCS#11 module. Its tokens live in the appliance's state
 # directory, the only place the hardened daemon may write.
 install -m 0644 "$IMAGES/rootfs/softhsm2.conf" "$ROOT/etc/softhsm/softhsm2.conf"
