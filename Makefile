@@ -65,6 +65,7 @@ run: deps venv
 
 bench: deps venv
 	$(PY) -m accel.bench paillier --bits 2048
+	$(PY) -m accel.bench ntt
 
 # On a machine with an NVIDIA GPU: CUDA tests and GPU benchmarks as one JSON document. It
 # installs nothing, so it runs with the venv's Python when there is one, else $(PYTHON).

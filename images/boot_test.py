@@ -8,7 +8,8 @@ PECPROV with a provisioning file, the serial console to a file, the panel's HTTP
 forwarded to a free loopback port, and the appliance's diagnostics port (virtio-serial) on a
 Unix socket. After the daemon's ready line shows on the console, each check runs as a named
 step; the first failure ends the run with the console log, the units' state and the daemon's
-journal printed.
+journal printed. With --setup-code there is no provisioning disk: the admin logs in with the
+one-time setup code that the first boot prints on the console.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 READY_MARK = "pec-noded ready:"
+SETUP_CODE_MARK = "One-time setup code (admin password):"
 PROFILES = {"mini", "standard", "jumbo", "unclassified"}
 GUEST_PANEL_PORT = 443
 ADMIN_USER = "admin"
@@ -85,7 +87,7 @@ class Machine:
         data.unlink()
         return disk
 
-    def start(self, password: str) -> None:
+    def start(self, password: str | None) -> None:
         qemu = need("qemu-system-x86_64", "qemu-system-x86")
         swtpm = need("swtpm", "swtpm")
         need("mkfs.vfat", "dosfstools")
@@ -116,14 +118,17 @@ class Machine:
             accel_args = ["-accel", "kvm", "-cpu", "host"]
         else:
             accel_args = ["-accel", "tcg,thread=multi", "-cpu", "max"]
-        disk = self.provisioning_disk(password)
+        provisioning = []
+        if password is not None:
+            disk = self.provisioning_disk(password)
+            provisioning = ["-drive", f"if=virtio,format=raw,file={disk},readonly=on"]
         cmd = [
             qemu, "-machine", "q35", *accel_args,
             "-m", str(self.memory_mib), "-smp", str(self.cpus),
             "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
             "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}",
             "-drive", f"if=virtio,format=raw,file={self.image},snapshot=on",
-            "-drive", f"if=virtio,format=raw,file={disk},readonly=on",
+            *provisioning,
             "-chardev", f"socket,id=chrtpm,path={tpm_sock}",
             "-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-tis,tpmdev=tpm0",
             "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{self.panel_port}-:"
@@ -316,18 +321,18 @@ def check_profile(diag: DiagPort, ctx: dict[str, Any]) -> str:
 def check_firstboot(diag: DiagPort, ctx: dict[str, Any]) -> str:
     record = diag.json("firstboot")
     source = record.get("steps", {}).get("admin-source", "")
-    if "provisioning file" not in source:
-        raise StepFailed(f"admin account did not come from the provisioning file: {source!r}")
+    if ctx["admin_source"] not in source:
+        raise StepFailed(f"admin account came from {source!r}, expected {ctx['admin_source']!r}")
     trust = record.get("steps", {}).get("trust-root")
     if not isinstance(trust, dict) or "skipped" in trust:
         raise StepFailed(f"first boot did not provision the trust root with the TPM: {trust!r}")
     return f"first boot: {', '.join(record.get('steps', {}))}"
 
 
-def verify_bundle(bundle: Path, policy: Path) -> subprocess.CompletedProcess[str]:
+def verify_bundle(bundle: Path, policy: Path, nonce: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "appliance.cli", "verify-attestation", str(bundle),
-         "--policy", str(policy)],
+         "--policy", str(policy), "--nonce", nonce],
         cwd=REPO, capture_output=True, text=True, check=False,
     )
 
@@ -342,7 +347,7 @@ def check_attestation(diag: DiagPort, ctx: dict[str, Any]) -> str:
     bundle, policy = work / "bundle.json", work / "golden-pcrs.json"
     bundle.write_text(bundle_text)
     policy.write_text(json.dumps(golden))
-    good = verify_bundle(bundle, policy)
+    good = verify_bundle(bundle, policy, nonce)
     if good.returncode != 0:
         raise StepFailed(
             f"verify-attestation rejected the bundle (rc={good.returncode}): "
@@ -358,10 +363,14 @@ def check_attestation(diag: DiagPort, ctx: dict[str, Any]) -> str:
     pcrs[index] = ("0" if pcrs[index][0] != "0" else "1") + pcrs[index][1:]
     bad_policy = work / "golden-tampered.json"
     bad_policy.write_text(json.dumps(tampered))
-    bad = verify_bundle(bundle, bad_policy)
+    bad = verify_bundle(bundle, bad_policy, nonce)
     if bad.returncode == 0:
         raise StepFailed(f"verify-attestation accepted a golden set with PCR {index} changed")
-    return f"bundle verifies against {len(pcrs)} golden PCRs; refused with PCR {index} changed"
+    stale = verify_bundle(bundle, policy, secrets.token_hex(16))
+    if stale.returncode == 0:
+        raise StepFailed("verify-attestation accepted the bundle for another nonce")
+    return (f"bundle verifies against {len(pcrs)} golden PCRs and the nonce; refused with "
+            f"PCR {index} changed or another nonce")
 
 
 def check_panel(diag: DiagPort, ctx: dict[str, Any]) -> str:
@@ -400,7 +409,7 @@ def check_login(diag: DiagPort, ctx: dict[str, Any]) -> str:
     action = urllib.parse.urljoin(ctx["login_path"], form.action or ctx["login_path"])
     status, headers, _ = panel.request("POST", urllib.parse.urlsplit(action).path, fields)
     if status not in (302, 303):
-        raise StepFailed(f"login as {ADMIN_USER} with the provisioned password gave {status}")
+        raise StepFailed(f"login as {ADMIN_USER} with the {ctx['admin_source']} gave {status}")
     target = urllib.parse.urlsplit(headers.get("location", "")).path or "/"
     page_status, page_path, _ = panel.get_following(target)
     if page_status != 200 or page_path == ctx["login_path"]:
@@ -421,13 +430,27 @@ def check_ledger(diag: DiagPort, ctx: dict[str, Any]) -> str:
     return f"first boot is ledger record {entry.get('seq')}; the ledger verifies"
 
 
+def check_manifest(diag: DiagPort, ctx: dict[str, Any]) -> str:
+    inside = diag.json("manifest")
+    outside = json.loads((ctx["image"].parent / "manifest.json").read_text())
+    for key in ("build_time", "wheel", "git_commit"):
+        if inside.get(key) != outside.get(key):
+            raise StepFailed(f"manifest {key!r} in the image {inside.get(key)!r} differs from "
+                             f"the build's {outside.get(key)!r}")
+    if len(inside.get("debian_packages", {})) < 100 or "pec-appliance" not in inside["python"]:
+        raise StepFailed("the image's manifest lacks its package lists")
+    return (f"built {inside['build_time']}, wheel sha256 {inside['wheel']['sha256'][:16]}..., "
+            f"{len(inside['debian_packages'])} Debian packages")
+
+
 STEPS: list[tuple[str, Callable[[DiagPort, dict[str, Any]], str]]] = [
     ("daemon answers", check_daemon),
     ("profile reported", check_profile),
     ("first boot provisioned", check_firstboot),
+    ("image manifest matches the build", check_manifest),
     ("attestation verifies against golden PCRs", check_attestation),
     ("panel login page loads", check_panel),
-    ("admin logs in with the provisioned password", check_login),
+    ("admin logs in with the provisioned password or setup code", check_login),
     ("first boot in the audit ledger, ledger verifies", check_ledger),
 ]
 
@@ -446,7 +469,7 @@ def dump_evidence(machine: Machine, diag: DiagPort | None) -> None:
 
 
 @contextlib.contextmanager
-def running(machine: Machine, password: str) -> Iterator[Machine]:
+def running(machine: Machine, password: str | None) -> Iterator[Machine]:
     try:
         machine.start(password)
         yield machine
@@ -474,6 +497,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds to wait for the daemon's ready line")
     parser.add_argument("--memory", type=int, default=3072, help="guest memory in MiB")
     parser.add_argument("--cpus", type=int, default=2)
+    parser.add_argument("--setup-code", action="store_true",
+                        help="boot without a provisioning disk: the admin logs in with the "
+                             "one-time setup code read off the console")
     args = parser.parse_args(argv)
 
     # A terminated test (CI timeout, Ctrl-C) still stops QEMU and swtpm on its way out.
@@ -483,10 +509,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args.work.mkdir(parents=True, exist_ok=True)
     accel = pick_accel(args.accel)
-    password = secrets.token_urlsafe(18)
+    password = None if args.setup_code else secrets.token_urlsafe(18)
     machine = Machine(args.image.resolve(), args.work.resolve(), accel, args.memory, args.cpus)
-    ctx: dict[str, Any] = {"work": machine.work, "password": password,
-                           "panel_port": machine.panel_port}
+    ctx: dict[str, Any] = {
+        "work": machine.work, "image": args.image.resolve(), "password": password,
+        "panel_port": machine.panel_port,
+        "admin_source": "setup code" if args.setup_code else "provisioning file",
+    }
     diag: DiagPort | None = None
     started = time.monotonic()
     current = "start the virtual machine"
@@ -500,6 +529,11 @@ def main(argv: list[str] | None = None) -> int:
                 boot_s = time.monotonic() - started
                 results.append((current, ctx["ready_line"], boot_s))
                 print(f"PASS  {current} ({boot_s:.0f} s): {ctx['ready_line']}", flush=True)
+                if password is None:
+                    current = "one-time setup code on the console"
+                    line = machine.wait_for_console(SETUP_CODE_MARK, 5)
+                    ctx["password"] = line.split(SETUP_CODE_MARK, 1)[1].strip()
+                    print(f"PASS  {current}: {ctx['password'][:4]}-...", flush=True)
                 current = "connect to the diagnostics port"
                 diag = DiagPort(machine.diag_socket)
                 for name, check in STEPS:

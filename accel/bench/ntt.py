@@ -25,7 +25,7 @@ import numba
 import numpy as np
 
 from accel import backends, ntt
-from accel.bench.paillier import machine
+from accel.bench import machine
 
 SIZES = (4096, 16384, 65536)
 QUICK_SIZES = (4096, 16384)

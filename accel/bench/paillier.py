@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -25,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from accel import backends
+from accel.bench import machine
 from accel.paillier import EncryptedArray, PrivateKey, PublicKey, keygen
 
 # operation -> target speed-up over phe on a 2-core machine
@@ -138,20 +137,6 @@ def _available(names: list[str]) -> tuple[list[str], dict[str, str]]:
         except Exception as exc:  # a backend without its runtime is reported, not fatal
             skipped[name] = f"{type(exc).__name__}: {exc}"
     return ok, skipped
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
-    return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}{load}"
 
 
 def run(bits: int = 2048, backend: str | None = None, quick: bool = False,
