@@ -7,9 +7,7 @@ own single thread (the keystore's owner thread, the trust root's TPM thread).
 
 from __future__ import annotations
 
-import json
 import logging
-import signal
 import threading
 import time
 from typing import Any
@@ -25,29 +23,12 @@ from appliance.profile import UNCLASSIFIED, ProfileError, ProfileMatch, load_pro
 from appliance.statedir import StateDir
 from appliance.store import Store, utc_now
 from appliance.trust import TrustRoot
-from appliance.trust.layout import TrustLayout
 from appliance.users import Users
-from tee import Swtpm, TeeError
 
 log = logging.getLogger("pec.node")
 
 DEFAULT_SETTINGS = {"session_timeout_s": 900}
 SETTING_LIMITS = {"session_timeout_s": (60, 86400)}
-
-
-def _start_swtpm(state_dir: Any) -> Swtpm:
-    """Start the development TPM with SIGTERM and SIGINT unblocked in this thread.
-
-    The daemon blocks them in every thread (see appliance.daemon.serve) and a child inherits
-    the mask through exec: swtpm would then ignore the SIGTERM that stops it, and only
-    SIGKILL after a timeout would end it.
-    """
-    stop_signals = {signal.SIGTERM, signal.SIGINT}
-    old = signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
-    try:
-        return Swtpm(state_dir).start()
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 class SettingsError(ValueError):
@@ -64,7 +45,6 @@ class Node:
         self.users = Users(self.store)
         self.runner = JobRunner(self.store, KINDS)
         self.trust: TrustRoot | None = None
-        self._swtpm: Swtpm | None = None
         self.ledger: Ledger | None = None
         self.started = time.monotonic()
         self._lock = threading.Lock()
@@ -86,15 +66,7 @@ class Node:
     def open_trust(self) -> None:
         """Open the trust root (degraded, never raising, when HSM or TPM refuse) and point the
         audit trail at the signed ledger; records made while no signer existed are signed in."""
-        layout = TrustLayout(self.state.path)
-        tcti = None
-        if layout.trust_json.is_file() and json.loads(layout.trust_json.read_text())["dev"]:
-            try:
-                self._swtpm = _start_swtpm(layout.tpm_dir)
-                tcti = self._swtpm.tcti
-            except TeeError as exc:  # TrustRoot.open tries again and reports it degraded
-                log.error("cannot start the development TPM: %s", exc)
-        self.trust = TrustRoot.open(self.state.path, tcti=tcti)
+        self.trust = TrustRoot.open(self.state.path)
         self.runner.trust = self.trust
         if not self.trust.provisioned:
             log.warning("no trust root provisioned: audit records stay unsigned")
@@ -117,9 +89,6 @@ class Node:
         if self.trust is not None:
             self.trust.close()
             self.trust = None
-        if self._swtpm is not None:
-            self._swtpm.stop()
-            self._swtpm = None
         self.store.close()
 
     def refresh(self) -> None:

@@ -2,14 +2,15 @@
 
     .venv/bin/python images/boot_test.py [--image build/image/pec-appliance.img]
 
-The virtual machine: q35, UEFI (OVMF), a TPM 2.0 backed by an swtpm this script starts, the
-image as a throw-away snapshot (the built image is never written), a second disk labelled
-PECPROV with a provisioning file, the serial console to a file, the panel's HTTPS port
-forwarded to a free loopback port, and the appliance's diagnostics port (virtio-serial) on a
-Unix socket. After the daemon's ready line shows on the console, each check runs as a named
-step; the first failure ends the run with the console log, the units' state and the daemon's
-journal printed. With --setup-code there is no provisioning disk: the admin logs in with the
-one-time setup code that the first boot prints on the console.
+The virtual machine: q35, UEFI (OVMF), a TPM 2.0 backed by an swtpm this script starts, a
+sparse copy of the image (the built image is never written), a second disk labelled PECPROV
+with a provisioning file, the serial console to a file, the panel's HTTPS port forwarded to a
+free loopback port, and the appliance's diagnostics port (virtio-serial) on a Unix socket.
+After the daemon's ready line shows on the console, each check runs as a named step; then the
+guest is powered off and booted again from the same disk and TPM, without the provisioning
+disk, and checked once more. The first failure ends the run with the console log, the units'
+state and the appliance's journals printed. With --setup-code there is no provisioning disk:
+the admin logs in with the one-time setup code that the first boot prints on the console.
 """
 
 from __future__ import annotations
@@ -68,6 +69,10 @@ class Machine:
         self.memory_mib, self.cpus = memory_mib, cpus
         self.console = work / "console.log"
         self.diag_socket = work / "diag.sock"
+        self.monitor_socket = work / "monitor.sock"
+        # A private copy of the image, so that a second boot sees what the first one wrote
+        # and the built image is never touched.
+        self.disk = work / "disk.img"
         self.panel_port = free_port()
         self.procs: list[subprocess.Popen[bytes]] = []
 
@@ -87,7 +92,7 @@ class Machine:
         data.unlink()
         return disk
 
-    def start(self, password: str | None) -> None:
+    def start(self, password: str | None, first: bool = True) -> None:
         qemu = need("qemu-system-x86_64", "qemu-system-x86")
         swtpm = need("swtpm", "swtpm")
         need("mkfs.vfat", "dosfstools")
@@ -96,22 +101,27 @@ class Machine:
             if not f.is_file():
                 raise StepFailed(f"{f} not found: install the Debian package ovmf")
         vars_copy = self.work / "OVMF_VARS.fd"
-        shutil.copyfile(OVMF_VARS, vars_copy)
         tpm_dir = self.work / "tpm"
-        shutil.rmtree(tpm_dir, ignore_errors=True)
-        tpm_dir.mkdir()
+        if first:
+            # A new box: blank firmware variables, a TPM never used, the image as written.
+            shutil.copyfile(OVMF_VARS, vars_copy)
+            shutil.rmtree(tpm_dir, ignore_errors=True)
+            tpm_dir.mkdir()
+            subprocess.run(["cp", "--sparse=always", str(self.image), str(self.disk)],
+                           check=True)
         tpm_sock = self.work / "swtpm.sock"
-        tpm_sock.unlink(missing_ok=True)
-        self.diag_socket.unlink(missing_ok=True)
+        for sock in (tpm_sock, self.diag_socket, self.monitor_socket):
+            sock.unlink(missing_ok=True)
         self.console.write_text("")
-        self.procs.append(subprocess.Popen(
+        self.swtpm = subprocess.Popen(
             [swtpm, "socket", "--tpm2", "--tpmstate", f"dir={tpm_dir}",
              "--ctrl", f"type=unixio,path={tpm_sock}",
              "--log", f"file={self.work / 'swtpm.log'},level=2", "--terminate"],
-        ))
+        )
+        self.procs.append(self.swtpm)
         deadline = time.monotonic() + 10
         while not tpm_sock.exists():
-            if time.monotonic() > deadline or self.procs[0].poll() is not None:
+            if time.monotonic() > deadline or self.swtpm.poll() is not None:
                 raise StepFailed(f"swtpm did not open {tpm_sock}; see {self.work / 'swtpm.log'}")
             time.sleep(0.05)
         if self.accel == "kvm":
@@ -127,7 +137,7 @@ class Machine:
             "-m", str(self.memory_mib), "-smp", str(self.cpus),
             "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
             "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}",
-            "-drive", f"if=virtio,format=raw,file={self.image},snapshot=on",
+            "-drive", f"if=virtio,format=raw,file={self.disk}",
             *provisioning,
             "-chardev", f"socket,id=chrtpm,path={tpm_sock}",
             "-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-tis,tpmdev=tpm0",
@@ -138,7 +148,8 @@ class Machine:
             "-chardev", f"socket,id=diag,path={self.diag_socket},server=on,wait=off",
             "-device", "virtserialport,chardev=diag,name=org.pec.diag.0",
             "-serial", f"file:{self.console}",
-            "-display", "none", "-monitor", "none", "-no-reboot",
+            "-monitor", f"unix:{self.monitor_socket},server=on,wait=off",
+            "-display", "none", "-no-reboot",
         ]
         (self.work / "qemu.cmd").write_text(" ".join(cmd) + "\n")
         with (self.work / "qemu.log").open("wb") as log:
@@ -147,6 +158,18 @@ class Machine:
     @property
     def qemu(self) -> subprocess.Popen[bytes]:
         return self.procs[-1]
+
+    def power_down(self, timeout: float) -> None:
+        """Press the power button (ACPI) and wait until the guest has shut down cleanly."""
+        with socket.socket(socket.AF_UNIX) as mon:
+            mon.settimeout(10)
+            mon.connect(str(self.monitor_socket))
+            mon.sendall(b"system_powerdown\n")
+            try:
+                self.qemu.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                raise StepFailed(f"the guest did not power off within {timeout:.0f} s") from None
+        self.swtpm.wait(timeout=10)
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
@@ -308,6 +331,24 @@ def check_daemon(diag: DiagPort, ctx: dict[str, Any]) -> str:
     return f"node {status.get('node_id')} version {status.get('version')}"
 
 
+def check_trust_health(diag: DiagPort, ctx: dict[str, Any]) -> str:
+    status = diag.json("status")
+    health = status.get("health", {})
+    bad = {k: health.get(k) for k in ("hsm", "tpm") if (health.get(k) or {}).get("ok") is not True}
+    if bad:
+        raise StepFailed(f"trust root not healthy: {bad}")
+    return f"HSM: {health['hsm'].get('detail')}; TPM: {health['tpm'].get('detail')}"
+
+
+def check_firstboot_once(diag: DiagPort, ctx: dict[str, Any]) -> str:
+    record = diag.json("firstboot")
+    before = ctx["firstboot_record"]
+    if record.get("started") != before.get("started") or record.get("audit") != before.get(
+            "audit"):
+        raise StepFailed(f"first-boot record changed on the second boot: {record}")
+    return f"first boot of {before.get('started')} kept, not run again"
+
+
 def check_profile(diag: DiagPort, ctx: dict[str, Any]) -> str:
     profile = ctx["status"].get("profile")
     if profile not in PROFILES:
@@ -323,6 +364,10 @@ def check_firstboot(diag: DiagPort, ctx: dict[str, Any]) -> str:
     source = record.get("steps", {}).get("admin-source", "")
     if ctx["admin_source"] not in source:
         raise StepFailed(f"admin account came from {source!r}, expected {ctx['admin_source']!r}")
+    if ctx["admin_source"] == "setup code":
+        journal = diag.output("journal pec-firstboot.service")
+        if ctx["password"] in journal or ctx["password"] in json.dumps(record):
+            raise StepFailed("the one-time setup code is in the journal or the first-boot record")
     trust = record.get("steps", {}).get("trust-root")
     if not isinstance(trust, dict) or "skipped" in trust:
         raise StepFailed(f"first boot did not provision the trust root with the TPM: {trust!r}")
@@ -341,6 +386,8 @@ def check_attestation(diag: DiagPort, ctx: dict[str, Any]) -> str:
     nonce = secrets.token_hex(16)
     bundle_text = diag.output(f"attest {nonce}")
     golden = diag.json("golden")
+    if ctx.setdefault("golden", golden) != golden:
+        raise StepFailed("the golden PCR file changed since the first boot")
     if nonce not in bundle_text:
         raise StepFailed("the attestation bundle does not carry the host's nonce")
     work: Path = ctx["work"]
@@ -427,6 +474,7 @@ def check_ledger(diag: DiagPort, ctx: dict[str, Any]) -> str:
     verdict = diag.json("audit-verify")
     if not verdict.get("ok"):
         raise StepFailed(f"audit ledger does not verify: {verdict}")
+    ctx["firstboot_record"] = diag.json("firstboot")
     return f"first boot is ledger record {entry.get('seq')}; the ledger verifies"
 
 
@@ -446,12 +494,21 @@ def check_manifest(diag: DiagPort, ctx: dict[str, Any]) -> str:
 STEPS: list[tuple[str, Callable[[DiagPort, dict[str, Any]], str]]] = [
     ("daemon answers", check_daemon),
     ("profile reported", check_profile),
+    ("trust root healthy (HSM unlocked by the TPM)", check_trust_health),
     ("first boot provisioned", check_firstboot),
     ("image manifest matches the build", check_manifest),
     ("attestation verifies against golden PCRs", check_attestation),
     ("panel login page loads", check_panel),
     ("admin logs in with the provisioned password or setup code", check_login),
     ("first boot in the audit ledger, ledger verifies", check_ledger),
+]
+
+# After a clean power-off and a second boot of the same disk and TPM.
+REBOOT_STEPS: list[tuple[str, Callable[[DiagPort, dict[str, Any]], str]]] = [
+    ("second boot: first boot does not run again", check_firstboot_once),
+    ("second boot: trust root unlocks with the same PCRs", check_trust_health),
+    ("second boot: attestation verifies against the first boot's golden PCRs",
+     check_attestation),
 ]
 
 
@@ -537,6 +594,29 @@ def main(argv: list[str] | None = None) -> int:
                 current = "connect to the diagnostics port"
                 diag = DiagPort(machine.diag_socket)
                 for name, check in STEPS:
+                    current = name
+                    t0 = time.monotonic()
+                    detail = check(diag, ctx)
+                    results.append((name, detail, time.monotonic() - t0))
+                    print(f"PASS  {name} ({time.monotonic() - t0:.1f} s): {detail}", flush=True)
+                current = "clean power-off"
+                diag.close()
+                diag = None
+                t0 = time.monotonic()
+                machine.power_down(args.timeout)
+                results.append((current, "", time.monotonic() - t0))
+                print(f"PASS  {current} ({time.monotonic() - t0:.0f} s)", flush=True)
+                # Second boot without the provisioning disk: nothing may depend on it now.
+                current = "second boot: daemon ready line on the console"
+                t0 = time.monotonic()
+                machine.console = machine.work / "console-2.log"
+                machine.start(None, first=False)
+                line = machine.wait_for_console(READY_MARK, args.timeout)
+                results.append((current, line, time.monotonic() - t0))
+                print(f"PASS  {current} ({time.monotonic() - t0:.0f} s): {line}", flush=True)
+                current = "connect to the diagnostics port"
+                diag = DiagPort(machine.diag_socket)
+                for name, check in REBOOT_STEPS:
                     current = name
                     t0 = time.monotonic()
                     detail = check(diag, ctx)

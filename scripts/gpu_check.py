@@ -444,11 +444,13 @@ def paillier_layer(out: dict[str, Any], rng: np.random.Generator) -> None:
                               most=1 << 15)
         out["encrypt_private_key_holder"] = rate(lambda k: sk.encrypt(rng.standard_normal(k)),
                                                  start=512, most=1 << 15)
+        # one element per thread: batches below a device's worth measure latency, not rate
+        lanes = device_lanes(backends.get(BACKEND))
         out["encrypt_full_randomness"] = rate(
-            lambda k: pk.encrypt(rng.standard_normal(k), full_randomness=True), start=128,
-            most=1 << 14)
-        cts = pk.encrypt(rng.standard_normal(1 << 13))
-        out["decrypt"] = rate(lambda k: sk.decrypt(cts[: min(k, cts.size)]), start=512,
+            lambda k: pk.encrypt(rng.standard_normal(k), full_randomness=True), start=lanes,
+            most=lanes)
+        cts = pk.encrypt(rng.standard_normal(2 * lanes))
+        out["decrypt"] = rate(lambda k: sk.decrypt(cts[: min(k, cts.size)]), start=lanes,
                               most=cts.size)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import ctypes
 import os
 import shutil
 import signal
@@ -10,12 +11,50 @@ import socket
 import subprocess
 import time
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tee.errors import TpmUnavailable
 
 # Simulators still running when the interpreter exits (an owner that raised before stop()).
 _running: weakref.WeakSet[Swtpm] = weakref.WeakSet()
+
+_PR_SET_PDEATHSIG = 1
+# Resolved before any fork: the child between fork and exec should only make system calls.
+_prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+# The kernel sends the parent-death signal when the *thread* that forked the child ends, not
+# the process. Forking from one thread that lives as long as the process keeps swtpm alive when
+# a short-lived thread (an HTTP request, a job) starts it.
+_spawner: ThreadPoolExecutor | None = None
+
+
+def _after_fork_in_child() -> None:
+    # A forked child has no spawner thread, and its exit must not stop its parent's simulators.
+    global _spawner
+    _spawner = None
+    _running.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _spawn(argv: list[str], **popen_args: object) -> subprocess.Popen[bytes]:
+    global _spawner
+    if _spawner is None:
+        _spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="swtpm-spawner")
+    owner = os.getpid()
+
+    def in_child() -> None:
+        # A daemon blocks SIGTERM in its threads and the mask survives exec: swtpm would then
+        # ignore the SIGTERM that stops it.
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        # Die with the owner, even when it is SIGKILLed and cannot stop us itself.
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != owner:  # the owner died before the line above took effect
+            os._exit(1)
+
+    return _spawner.submit(subprocess.Popen, argv, preexec_fn=in_child, **popen_args).result()
 
 
 @atexit.register
@@ -25,7 +64,11 @@ def _stop_all() -> None:
 
 
 class Swtpm:
-    """A swtpm process keeping its state in `state_dir`; use as a context manager or call stop()."""
+    """A swtpm process keeping its state in `state_dir`; use as a context manager or call stop().
+
+    It takes SIGTERM whatever signal mask its owner has, and it ends when its owner process
+    ends, however that ends (SIGKILL included).
+    """
 
     def __init__(self, state_dir: str | os.PathLike[str], host: str = "127.0.0.1") -> None:
         self.state_dir = Path(state_dir)
@@ -50,7 +93,7 @@ class Swtpm:
         for _ in range(5):
             self.port = _free_port_pair(self.host)
             log = self.state_dir / "swtpm.log"
-            self._proc = subprocess.Popen(
+            self._proc = _spawn(
                 [
                     binary, "socket", "--tpm2",
                     "--server", f"type=tcp,port={self.port},bindaddr={self.host}",

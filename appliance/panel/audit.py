@@ -36,6 +36,7 @@ def index() -> str:
         "audit.html",
         records=records,
         total=total,
+        unsigned_pending=int(listing.get("unsigned_pending") or 0),
         page=page,
         pages=max(1, -(-total // PAGE_SIZE)),
         actor=actor,

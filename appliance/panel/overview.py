@@ -20,11 +20,14 @@ KNOWN_CAPABILITIES = {
 }
 
 
-def capability_matrix(enabled: list[str], matrix: Mapping[str, Any] | None) -> dict[str, Any]:
+def capability_matrix(
+    enabled: list[str], matrix: Mapping[str, Any] | None, current: str | None = None
+) -> dict[str, Any]:
     """Rows of capabilities against each profile's offer and this node's state.
 
     ``matrix`` is the daemon's ``{profile: {"always": [...], "choose_one": [...]}}``; without it
-    only this node's column is shown.
+    only this node's column is shown. ``current`` is this node's profile, whose column is
+    marked.
     """
     offers = {
         name: (set(offer.get("always") or ()), set(offer.get("choose_one") or ()))
@@ -37,11 +40,13 @@ def capability_matrix(enabled: list[str], matrix: Mapping[str, Any] | None) -> d
     rows = []
     for name in names:
         cells = []
-        for always, one_of in offers.values():
-            cells.append("yes" if name in always else "one of" if name in one_of else "no")
+        for profile, (always, one_of) in offers.items():
+            offer = "yes" if name in always else "one of" if name in one_of else "no"
+            cells.append({"offer": offer, "current": profile == current})
         rows.append({"name": name, "label": KNOWN_CAPABILITIES.get(name, name),
                      "cells": cells, "enabled": name in enabled})
-    return {"profiles": list(offers), "rows": rows}
+    profiles = [{"name": name, "current": name == current} for name in offers]
+    return {"profiles": profiles, "rows": rows}
 
 
 @bp.get("/")
@@ -57,7 +62,8 @@ def index() -> str:
         inventory=inventory,
         live=client.get("/v1/live"),
         capabilities=capability_matrix(
-            list(profile.get("capabilities") or []), profile.get("matrix")
+            list(profile.get("capabilities") or []), profile.get("matrix"),
+            current=profile.get("profile"),
         ),
     )
 

@@ -359,3 +359,47 @@ def test_simd_and_portable_invmod_agree(bits):
     for simd in (True, False):
         with pytest.raises(ValueError, match="element 700 has no inverse"):
             CpuBackend(threads=2, simd=simd).invmod(bad, m)
+
+
+@pytest.mark.parametrize(
+    "m",
+    [
+        (1 << 209) - 1,  # all ones; the product splits exactly at a 52-bit digit boundary
+        (1 << 4161) - 1,  # the same for a 4161-bit modulus (81 digits)
+        (1 << 4096) - 1,
+        _rng.getrandbits(4160) | (1 << 4159) | 1,
+        (1 << 256) + 297,  # barely over a limb boundary: the split keeps a single bit
+    ],
+    ids=["209-ones", "4161-ones", "4096-ones", "4160", "257"],
+)
+def test_simd_mulmod_per_row_factors_at_the_split_edges(m):
+    """Per-row products split at the modulus' top bit: largest operands, every lane filled."""
+    fast = CpuBackend(threads=2, simd=True)
+    L = limbs_for(m)
+    xs = [m - 1, m - 1, 1, m - 2, *(_rng.randrange(m) for _ in range(20))]
+    ys = [m - 1, 1, m - 1, m - 2, *(_rng.randrange(m) for _ in range(20))]
+    got = fast.mulmod(ints_to_limbs(xs, L), ints_to_limbs(ys, L), m)
+    assert limbs_to_ints(got) == [x * y % m for x, y in zip(xs, ys, strict=True)]
+
+
+def test_many_small_threaded_calls_finish_and_agree():
+    """Calls return once all their rows are done, not when helpers exit: a burst of small
+    two-thread calls (helpers may start after the caller did all the work) stays exact."""
+    two = CpuBackend(threads=2)
+    m = M64
+    a, b = residues(m, 40), residues(m, 40)
+    want = [x * y % m for x, y in zip(limbs_to_ints(a), limbs_to_ints(b), strict=True)]
+    for _ in range(300):
+        assert limbs_to_ints(two.mulmod(a, b, m)) == want
+
+
+def test_threaded_failure_reports_the_first_bad_row_every_time():
+    """A failing chunk stops the rest of the call without leaving it waiting for them."""
+    two = CpuBackend(threads=2, simd=False)
+    m = M64
+    a = residues(m, 2000, units=True)
+    a[1500] = 0
+    a[1999] = 0
+    for _ in range(20):
+        with pytest.raises(ValueError, match="element 1500 has no inverse"):
+            two.invmod(a, m)

@@ -146,6 +146,36 @@ class KernelChecks:
                 want.append(acc)
         assert got == want
 
+    @pytest.mark.parametrize("mod", ["1limb", "32limb"])
+    def test_multiexp_many_bases_few_outputs(self, backend: Backend, mod: str) -> None:
+        # a vector times a matrix: the bases are cut into chunks whose products the host
+        # multiplies; 37 bases do not divide evenly into any chunk size above 1
+        m = MODULI[mod]
+        rng = random.Random(mod + "vec")
+        K, M = 37, 2
+        assert backend.multiexp_chunk(K, M) < K, "few outputs must split the bases"
+        bases = [rng.randrange(m) for _ in range(K)]
+        bases[5] = m - 1
+        exps = [[rng.getrandbits(53) for _ in range(M)] for _ in range(K)]
+        exps[0] = [0, 0]
+        L = limbs_for(m)
+        b = as_limbs(bases, m).reshape(1, K, L)
+        e = ints_to_limbs([v for row in exps for v in row], 1).reshape(K, M, 1)
+        got = limbs_to_ints(backend.multiexp(b, e, m).reshape(M, L))
+        want = [1] * M
+        for j in range(M):
+            for k in range(K):
+                want[j] = want[j] * pow(bases[k], exps[k][j], m) % m
+        assert got == want
+
+    def test_multiexp_chunks_cover_every_base(self, backend: Backend) -> None:
+        for k, outputs in [(1, 1), (37, 2), (2000, 10), (5, 1 << 20)]:
+            chunk = backend.multiexp_chunk(k, outputs)
+            assert 1 <= chunk <= k
+            chunks = -(-k // chunk)
+            assert (chunks - 1) * chunk < k <= chunks * chunk
+        assert backend.multiexp_chunk(5, 1 << 20) == 5  # enough outputs: no split
+
     def test_invmod_and_its_error(self, backend: Backend) -> None:
         m = MODULI["2limb"]
         xs = [1, 2, m - 1, 12345]

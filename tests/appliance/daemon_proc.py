@@ -12,6 +12,8 @@ from pathlib import Path
 
 from appliance.client import DaemonClient
 from appliance.statedir import StateDir
+from appliance.trust.layout import TrustLayout
+from tee import Swtpm, Tpm
 
 REPO = Path(__file__).resolve().parents[2]
 ADMIN_PASSWORD = "correct horse battery staple"
@@ -114,3 +116,15 @@ def swtpm_pid(state_dir: Path) -> int | None:
             if state != "Z":
                 return int(proc.name)
     return None
+
+
+def seal_pin_to_another_boot_chain(state_dir: Path) -> bytes:
+    """Re-seal the HSM PIN as if provisioning had measured another boot chain (PCR 14), so
+    that the daemon starts with its keys locked; returns the original sealed blob."""
+    layout = TrustLayout(state_dir)
+    original = layout.pin_sealed.read_bytes()
+    with Swtpm(layout.tpm_dir) as sim, Tpm(sim.tcti) as tpm:
+        pin = tpm.unseal(original)
+        tpm.extend(14, b"another bootloader")
+        layout.pin_sealed.write_bytes(tpm.seal(pin, (7, 14)))
+    return original

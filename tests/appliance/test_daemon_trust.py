@@ -17,10 +17,14 @@ from appliance.client import DaemonError
 from appliance.ledger import record_hash
 from appliance.statedir import StateDirError, read_config
 from appliance.trust import TrustRoot
-from appliance.trust.layout import TrustLayout
-from tee import Swtpm, Tpm
 from tests.appliance import fakehost
-from tests.appliance.daemon_proc import ADMIN_PASSWORD, Daemon, cli, swtpm_pid
+from tests.appliance.daemon_proc import (
+    ADMIN_PASSWORD,
+    Daemon,
+    cli,
+    seal_pin_to_another_boot_chain,
+    swtpm_pid,
+)
 
 
 @pytest.fixture
@@ -136,22 +140,10 @@ def test_quote_and_verify_through_api_and_cli(daemon, tmp_path):
     assert c.get("/v1/audit", action="attestation.verify")["total"] == 2
 
 
-def _seal_pin_to_another_boot_chain(state) -> bytes:
-    """Re-seal the HSM PIN as if provisioning had measured another boot chain (PCR 14);
-    returns the original sealed blob."""
-    layout = TrustLayout(state)
-    original = layout.pin_sealed.read_bytes()
-    with Swtpm(layout.tpm_dir) as sim, Tpm(sim.tcti) as tpm:
-        pin = tpm.unseal(original)
-        tpm.extend(14, b"another bootloader")
-        layout.pin_sealed.write_bytes(tpm.seal(pin, (7, 14)))
-    return original
-
-
 def test_changed_boot_chain_starts_degraded_with_keys_locked(tmp_path):
     d = Daemon(tmp_path / "state", fakehost.mini().build(tmp_path / "root"))
     d.init()
-    original = _seal_pin_to_another_boot_chain(d.state_dir)
+    original = seal_pin_to_another_boot_chain(d.state_dir)
     d.start()
     try:
         c = d.client
@@ -269,8 +261,15 @@ def test_sigkill_mid_job_then_restart_with_the_trust_root(tmp_path):
         while c.get(f"/v1/jobs/{long['id']}")["progress"] < 2:
             assert time.monotonic() < deadline, "the long job never progressed"
             time.sleep(0.2)
+        tpm_pid = swtpm_pid(d.state_dir)
+        assert tpm_pid is not None, "the daemon runs no development TPM"
         d.kill()
-        d.start()  # a stale socket and the killed daemon's swtpm must not stop the restart
+        # swtpm dies with the daemon that started it, even one that could not stop it
+        deadline = time.monotonic() + 10
+        while swtpm_pid(d.state_dir) is not None:
+            assert time.monotonic() < deadline, f"swtpm {tpm_pid} outlived the SIGKILLed daemon"
+            time.sleep(0.05)
+        d.start()  # a stale socket and pid file must not stop the restart
         assert c.get(f"/v1/jobs/{long['id']}")["state"] == "interrupted"
         health = c.get("/v1/status")["health"]
         assert health["hsm"]["ok"] is True and health["tpm"]["ok"] is True, health["tpm"]

@@ -70,7 +70,7 @@ def test_node_owns_the_trust_root_from_start_to_stop(tmp_path, monkeypatch):
     n.start()
     try:
         assert n.status()["health"]["hsm"]["ok"] is True
-        swtpm = n._swtpm
+        swtpm = n.trust._swtpm  # TrustRoot.open started the development TPM
         assert swtpm is not None and swtpm.running
     finally:
         n.stop()

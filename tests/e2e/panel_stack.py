@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,7 +89,8 @@ class PanelStack:
     def state_dir(self) -> Path:
         return self.base / "state"
 
-    def start_daemon(self) -> None:
+    def start_daemon(self, before_serve: Callable[[Path], None] | None = None) -> None:
+        """Initialise the state directory, call ``before_serve`` on it, start the daemon."""
         password_file = self.base / "admin-password"
         password_file.write_text(self.admin_password + "\n")
         password_file.chmod(0o600)
@@ -99,6 +101,8 @@ class PanelStack:
         )
         if init.returncode != 0:
             raise RuntimeError(f"pec-appliance init failed: {init.stderr.strip()}")
+        if before_serve is not None:
+            before_serve(self.state_dir)
         self.daemon = self._spawn("daemon", _cli("serve", "--state-dir", str(self.state_dir)))
         _wait_for_line(self.daemon, "pec-noded ready", DAEMON_START_S)
         _drain(self.daemon)

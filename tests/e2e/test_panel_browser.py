@@ -86,6 +86,18 @@ def test_overview_shows_profile_health_and_live_charts(admin_page):
         re.compile(r"Mini|Standard|Jumbo|Unclassified"))
     expect(page.get_by_role("table", name=re.compile("Why this profile"))).to_be_visible()
     expect(page.get_by_role("row", name=re.compile("^HSM"))).to_be_visible()
+    # Every profile's offer, this node's profile column marked (none when unclassified).
+    matrix = page.get_by_role("table", name=re.compile("Capabilities each profile carries"))
+    expect(matrix.locator("thead th")).to_have_count(5)
+    profile = page.locator(".profile-name").inner_text().strip().lower()
+    marked = matrix.locator("thead th.this-profile")
+    if profile == "unclassified":
+        expect(marked).to_have_count(0)
+    else:
+        expect(marked).to_have_count(1)
+        expect(marked).to_contain_text(re.compile(profile, re.I))
+        expect(matrix.locator("tbody td.this-profile")).to_have_count(
+            matrix.locator("tbody tr").count())
     # Live figures arrive by polling: the CPU chart gets a line of several points.
     cpu_line = page.locator('figure[data-series="cpu"] polyline')
     expect(cpu_line).to_have_attribute("points", re.compile(r"\S+ \S+ \S+"), timeout=12_000)

@@ -268,6 +268,33 @@ IFMA static inline void asqr8(uint64_t *r, const uint64_t *a, const ifma_mod *c,
 #undef A
 }
 
+/* p[0 .. 2n) = a * b as 52-bit digits, no reduction; p: 2n + 1 vectors. Each column
+ * collects at most 2n terms below 2^52, which MAX_DIGITS keeps below 2^63. */
+IFMA static inline void mul8(uint64_t *p, const uint64_t *a, const uint64_t *b, int64_t n)
+{
+    const __m512i zero = _mm512_setzero_si512();
+    const __m512i mask = BCAST(MASK52);
+    for (int64_t k = 0; k < 2 * n + 1; k++)
+        STORE(p + k * LANES, zero);
+    for (int64_t i = 0; i < n; i++) {
+        uint64_t *col = p + i * LANES;
+        const __m512i bi = LOAD(b + i * LANES);
+        __m512i x = LOAD(col);
+        for (int64_t j = 0; j < n; j++) {
+            const __m512i aj = LOAD(a + j * LANES);
+            STORE(col + j * LANES, LO(x, aj, bi));
+            x = HI(LOAD(col + (j + 1) * LANES), aj, bi);
+        }
+        STORE(col + n * LANES, x);
+    }
+    __m512i carry = zero;
+    for (int64_t k = 0; k < 2 * n; k++) {
+        __m512i v = _mm512_add_epi64(LOAD(p + k * LANES), carry);
+        STORE(p + k * LANES, _mm512_and_si512(v, mask));
+        carry = _mm512_srli_epi64(v, 52);
+    }
+}
+
 /* v = v mod m for values below 2m, lane by lane; tmp: n vectors. */
 IFMA static inline void reduce8(uint64_t *v, const ifma_mod *c, uint64_t *tmp)
 {
@@ -295,25 +322,17 @@ static inline void ifma_mod_free(ifma_mod *c)
     c->mod = NULL;
 }
 
-/* 2^e mod m for a possibly negative e, as 64-bit limbs. */
+/* 2^e mod m for a possibly negative e, as 64-bit limbs. A set bit and one division: the
+ * set-up of mpz_powm alone would cost more than a whole small batch. */
 static inline void pow2_mod(uint64_t *out, int64_t e, const pec_modulus *m)
 {
     mpz_t mod, r;
     mpz_roinit_n(mod, (const mp_limb_t *)m->mod, (mp_size_t)m->limbs);
-    mpz_init_set_ui(r, 2);
-    if (e >= 0) {
-        mpz_t exp;
-        mpz_init_set_ui(exp, (unsigned long)e);
-        mpz_powm(r, r, exp, mod);
-        mpz_clear(exp);
-    } else {
-        mpz_t exp;
-        mpz_init_set_ui(exp, (unsigned long)(-e));
-        mpz_powm(r, r, exp, mod);
-        if (!mpz_invert(r, r, mod)) /* m is odd, so 2 is always invertible */
-            mpz_set_ui(r, 0);
-        mpz_clear(exp);
-    }
+    mpz_init(r);
+    mpz_setbit(r, (mp_bitcnt_t)(e >= 0 ? e : -e));
+    mpz_mod(r, r, mod);
+    if (e < 0 && !mpz_invert(r, r, mod)) /* m is odd, so 2 is always invertible */
+        mpz_set_ui(r, 0);
     memset(out, 0, (size_t)m->limbs * sizeof(uint64_t));
     mpz_export(out, NULL, -1, sizeof(uint64_t), 0, 0, r);
     mpz_clear(r);

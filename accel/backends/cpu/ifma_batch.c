@@ -12,7 +12,44 @@ typedef struct {
     int64_t b_step, rows;
     uint64_t *out;
     uint64_t *b_v; /* broadcast factor in Montgomery form, or NULL */
+    int64_t split; /* per-row factors: bits of the product's low part, bit length of m - 1 */
 } mul8_job;
+
+/* x = (p mod 2^k, p >> k) of a 2n-digit product p: low part into lo, high part into hi. */
+IFMA static inline void split8(uint64_t *hi, uint64_t *lo, const uint64_t *p, int64_t k,
+                               int64_t n)
+{
+    const int64_t s = k / 52;
+    const int r = (int)(k % 52);
+    const __m512i mask = BCAST(MASK52);
+    const __m128i right = _mm_cvtsi64_si128(r), left = _mm_cvtsi64_si128(52 - r);
+    for (int64_t d = 0; d < n; d++) {
+        /* p has 2n + 1 digit vectors, the last one zero, and s + n < 2n */
+        __m512i v = _mm512_srl_epi64(LOAD(p + (s + d) * LANES), right);
+        v = _mm512_or_si512(v, _mm512_sll_epi64(LOAD(p + (s + d + 1) * LANES), left));
+        STORE(hi + d * LANES, _mm512_and_si512(v, mask));
+    }
+    const __m512i top = BCAST((1ull << r) - 1);
+    for (int64_t d = 0; d < n; d++) {
+        __m512i v = d < s ? LOAD(p + d * LANES)
+                          : d == s ? _mm512_and_si512(LOAD(p + d * LANES), top)
+                                   : _mm512_setzero_si512();
+        STORE(lo + d * LANES, v);
+    }
+}
+
+/* x = x + y digit by digit with carries; the sum must fit n digits. */
+IFMA static inline void add8(uint64_t *x, const uint64_t *y, int64_t n)
+{
+    const __m512i mask = BCAST(MASK52);
+    __m512i carry = _mm512_setzero_si512();
+    for (int64_t d = 0; d < n; d++) {
+        __m512i v = _mm512_add_epi64(_mm512_add_epi64(LOAD(x + d * LANES), LOAD(y + d * LANES)),
+                                     carry);
+        STORE(x + d * LANES, _mm512_and_si512(v, mask));
+        carry = _mm512_srli_epi64(v, 52);
+    }
+}
 
 IFMA static int mul8_groups(void *arg, int64_t begin, int64_t end, mp_limb_t *scratch)
 {
@@ -32,11 +69,17 @@ IFMA static int mul8_groups(void *arg, int64_t begin, int64_t end, mp_limb_t *sc
         }
         if (job->b_v) {
             amm8(x, x, job->b_v, c, t); /* a * (b R) / R */
+            reduce8(x, c, t);
         } else {
-            amm8(x, x, y, c, t);       /* a b / R */
-            amm8(x, x, c->r2_v, c, t); /* ... * R^2 / R */
+            /* a b = H 2^k + Lo with Lo < 2^k <= m and H < 2m: one full product and one
+             * Montgomery product by (2^k R mod m) instead of two Montgomery products. */
+            mul8(t, x, y, n);
+            split8(x, y, t, job->split, n);
+            amm8(x, x, c->fix_v, c, t); /* H 2^k mod m, below 2m */
+            add8(x, y, n);              /* below 3m */
+            reduce8(x, c, t);
+            reduce8(x, c, t);
         }
-        reduce8(x, c, t);
         for (int l = 0; l < lanes; l++)
             from_digits(job->out + (first + l) * L, x, l, L, n);
     }
@@ -46,14 +89,17 @@ IFMA static int mul8_groups(void *arg, int64_t begin, int64_t end, mp_limb_t *sc
 int pec_ifma_mulmod(const pec_modulus *m, const uint64_t *a, const uint64_t *b, int64_t b_step,
                     uint64_t *out, int64_t rows, int threads)
 {
-    mul8_job job = {.a = a, .b = b, .b_step = b_step, .rows = rows, .out = out};
-    int rc = ifma_mod_init(&job.c, m, 1, 0);
+    const int64_t split =
+        (int64_t)mpn_sizeinbase((const mp_limb_t *)m->mod, (mp_size_t)m->limbs, 2) - 1;
+    mul8_job job = {.a = a, .b = b, .b_step = b_step, .rows = rows, .out = out, .split = split};
+    /* fix_v: 2^split R mod m for per-row factors; for a broadcast one it is overwritten
+     * below with b R, made from b once for the whole batch. */
+    int rc = ifma_mod_init(&job.c, m, 1, split + 52 * digits_for(m));
     if (rc != PEC_OK)
         return rc;
     const int64_t n = job.c.n;
     size_t scratch = (4 * (size_t)n + 1) * LANES + 8;
     if (!b_step) {
-        /* fix_v is spare here: it holds b R, made from b once for the whole batch. */
         uint64_t *t = aligned_alloc(64, (2 * (size_t)n + 1) * LANES * sizeof(uint64_t));
         if (!t) {
             ifma_mod_free(&job.c);

@@ -1,8 +1,10 @@
 /* A parallel for-loop over [0, total) on short-lived POSIX threads.
  *
- * Threads live for one call only: no pool survives into a fork()ed child, which keeps the
- * extension safe under multiprocessing. Work is handed out in chunks of `grain` items from
- * an atomic counter, so uneven rows (different exponent lengths) balance themselves.
+ * Helper threads live for one call only: no pool survives into a fork()ed child, which keeps
+ * the extension safe under multiprocessing. Work is handed out in chunks of `grain` items
+ * from an atomic counter, so uneven rows (different exponent lengths) balance themselves,
+ * and the call returns as soon as every chunk is done: a helper the scheduler starts late
+ * finds nothing left and exits on its own.
  */
 #ifndef PEC_THREAD_POOL_H
 #define PEC_THREAD_POOL_H

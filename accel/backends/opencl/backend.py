@@ -15,6 +15,18 @@ from accel.backends.opencl.kernel_backend import KERNEL_DIR, KernelBackend
 # work-group size; the kernels ignore the padding through their element count.
 _LAUNCH_GRANULE = 64
 
+# CPU runtimes (PoCL) run a work-group as a loop over its work-items on one worker thread and
+# keep the private arrays of all of them side by side on that thread's stack (8 MiB by
+# default, less on some systems). A runtime-chosen group of 1024 or 4096 work-items at
+# 64 limbs needs 10-40 MiB there and kills the process with SIGSEGV, so on CPU devices the
+# group size is fixed so that one group's private arrays stay within this budget.
+CPU_PRIVATE_BUDGET = 1 << 20
+
+# Upper bound of the private words per limb of the modulus that one work-item of
+# montgomery.cl holds at once (powmod: 16-entry window table, accumulator, the product's
+# L + 2 scratch words and from_mont's constant one).
+PRIVATE_WORDS_PER_LIMB = 20
+
 DEVICE_ENV = "PEC_OPENCL_DEVICE"
 
 
@@ -46,6 +58,8 @@ class OpenCLBackend(KernelBackend):
         self.tables_on_device = not self.device.type & cl.device_type.CPU
         self.context = cl.Context([self.device])
         self.queue = cl.CommandQueue(self.context)
+        if self.device.type & cl.device_type.CPU:
+            self.parallel_items = 32 * int(self.device.max_compute_units)
 
     def devices(self) -> list[str]:
         return [f"{self.device.name.strip()} ({self.device.platform.name.strip()})"]
@@ -55,7 +69,17 @@ class OpenCLBackend(KernelBackend):
         if self.device.type & cl.device_type.CPU:
             options.append("-DMONT_NOINLINE")
         program = cl.Program(self.context, source).build(options=options)
-        return {k.function_name: k for k in program.all_kernels()}
+        kernels = {k.function_name: k for k in program.all_kernels()}
+        return kernels, self._group_for(defines.get("NLIMBS", 1))
+
+    def _group_for(self, limbs: int) -> int | None:
+        """Work-group size of launches that do not fix one: the runtime's choice on GPUs, a
+        power of two whose private arrays fit :data:`CPU_PRIVATE_BUDGET` on CPU devices."""
+        if not self.device.type & cl.device_type.CPU:
+            return None
+        fits = CPU_PRIVATE_BUDGET // (PRIVATE_WORDS_PER_LIMB * 8 * max(1, limbs))
+        group = 1 << (max(1, min(fits, self.max_group_size())).bit_length() - 1)
+        return group
 
     def kernel_path(self, name: str) -> Path:
         return KERNEL_DIR / f"{name}.cl"
@@ -73,11 +97,14 @@ class OpenCLBackend(KernelBackend):
 
     def _launch(self, program: Any, kernel: str, threads: int, args: list[Any],
                 group: int | None = None) -> None:
+        kernels, default_group = program
         if group is None:
-            padded = -(-threads // _LAUNCH_GRANULE) * _LAUNCH_GRANULE
-            program[kernel](self.queue, (padded,), None, *args)
+            granule = default_group or _LAUNCH_GRANULE
+            padded = -(-threads // granule) * granule
+            local = None if default_group is None else (default_group,)
+            kernels[kernel](self.queue, (padded,), local, *args)
         else:
-            program[kernel](self.queue, (threads,), (group,), *args)
+            kernels[kernel](self.queue, (threads,), (group,), *args)
 
     def _download(self, buffer: Any, shape: tuple[int, ...]) -> np.ndarray:
         host = np.empty(shape, dtype=np.uint64)

@@ -161,6 +161,9 @@ class KernelBackend(Backend):
     #: runtime exception types that mean "the device failed", translated to BackendError
     device_errors: tuple[type[BaseException], ...] = ()
 
+    #: work-items that keep the device busy; fewer leave cores idle and cost latency
+    parallel_items: int = 1 << 14
+
     #: build fixed-base tables with the device's own kernels (GPUs) rather than on the host
     #: (CPU devices, where the host is the same silicon and Python integers are simpler)
     tables_on_device: bool = False
@@ -371,21 +374,36 @@ class KernelBackend(Backend):
             out = np.zeros((p, m, limbs), dtype=np.uint64)
             out[..., 0] = 1 % modulus
             return out
+        chunk = self.multiexp_chunk(k, n)
+        chunks = -(-k // chunk)
         with self._device_call("multiexp"):
             program = self._program("montgomery", NLIMBS=limbs)
             ctx = self._context(modulus)
             mont = self._alloc(p * k * limbs)
             self._launch(program, "to_montgomery", p * k,
                          [mont, self._upload(bases), ctx, np.uint32(p * k)])
-            out = self._alloc(n * limbs)
+            items = p * chunks * m
+            out = self._alloc(items * limbs)
             self._launch(
                 program,
                 "multiexp",
-                n,
-                [out, mont, self._upload(exps), np.uint32(k), np.uint32(m),
-                 np.uint32(exps.shape[2]), ctx, np.uint32(n)],
+                items,
+                [out, mont, self._upload(exps), np.uint32(k), np.uint32(chunk), np.uint32(m),
+                 np.uint32(exps.shape[2]), ctx, np.uint32(items)],
             )
-            return self._download(out, (p, m, limbs))
+            partial = self._download(out, (p, chunks, m, limbs))
+        if chunks == 1:
+            return partial[:, 0]
+        per_chunk = np.ascontiguousarray(partial.transpose(1, 0, 2, 3)).reshape(chunks, n, limbs)
+        return self.prodmod(per_chunk, modulus).reshape(p, m, limbs)
+
+    def multiexp_chunk(self, k: int, outputs: int) -> int:
+        """Bases per work-item of a multi-exponentiation with ``k`` bases and ``outputs``
+        products: all of them unless the outputs alone leave the device mostly idle (each
+        work-item runs hundreds of serial multiplications per base, so 10 outputs of 2000
+        bases on one thread each took seconds on a GPU)."""
+        chunks = min(k, max(1, -(-self.parallel_items // outputs)))
+        return -(-k // chunks)
 
     def invmod(self, a: np.ndarray, modulus: int) -> np.ndarray:
         # Inverses are rare (negative scalars, once per key) and an extended-gcd kernel would

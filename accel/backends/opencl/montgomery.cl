@@ -256,27 +256,35 @@ KERNEL powmod_fixed(GLOBAL u64 *out, GLOBAL const u64 *exp, u32 exp_limbs,
     store(out + gid * L, acc);
 }
 
-/* out[p, j] = prod_k base[p, k] ^ exp[k, j] mod m (Straus, one bit at a time, squarings shared
- * by all k). bases are already in Montgomery form (to_montgomery). */
+/* Partial products of a multi-exponentiation: the K bases are cut into chunks of k_chunk, and
+ * out[p, s, j] = prod over k in chunk s of base[p, k] ^ exp[k, j] mod m (Straus, one bit at a
+ * time, squarings shared by the chunk's bases). With k_chunk = K that is the whole product;
+ * the host cuts K when there are too few outputs to fill the device (a vector times a
+ * matrix has a handful) and multiplies the chunks' partial products. bases are already in
+ * Montgomery form (to_montgomery). */
 KERNEL multiexp(GLOBAL u64 *out, GLOBAL const u64 *bases, GLOBAL const u64 *exps, u32 k_count,
-                u32 m_count, u32 exp_limbs, GLOBAL const u64 *ctx, u32 n)
+                u32 k_chunk, u32 m_count, u32 exp_limbs, GLOBAL const u64 *ctx, u32 n)
 {
     const u64 gid = GLOBAL_ID();
     if (gid >= n)
         return;
-    const u64 p = gid / m_count;
+    const u32 chunks = (k_count + k_chunk - 1) / k_chunk;
     const u64 j = gid % m_count;
+    const u64 ps = gid / m_count;
+    const u64 p = ps / chunks;
+    const u32 k0 = (u32)(ps % chunks) * k_chunk;
+    const u32 k1 = k0 + k_chunk < k_count ? k0 + k_chunk : k_count;
     u64 acc[L];
 
     int top = -1;
-    for (u32 k = 0; k < k_count; ++k) {
+    for (u32 k = k0; k < k1; ++k) {
         const int t = top_bit(exps + ((u64)k * m_count + j) * exp_limbs, exp_limbs);
         top = t > top ? t : top;
     }
     load(acc, ctx + 2 * L);
     for (int bit = top; bit >= 0; --bit) {
         mont_mul(acc, acc, acc, ctx);
-        for (u32 k = 0; k < k_count; ++k) {
+        for (u32 k = k0; k < k1; ++k) {
             if (exp_bit(exps + ((u64)k * m_count + j) * exp_limbs, (u32)bit)) {
                 mont_mul_gb(acc, acc, bases + (p * k_count + k) * L, ctx);
             }

@@ -108,11 +108,18 @@ def test_capability_matrix_marks_each_profiles_offer_and_this_node():
         "mini": {"always": [], "choose_one": ["mpc", "fl"]},
         "standard": {"always": ["mpc", "fl", "ledger"]},
         "jumbo": {"always": ["mpc", "fl", "ledger", "tee"]},
-    })
-    assert matrix["profiles"] == ["mini", "standard", "jumbo"]
+    }, current="standard")
+    assert matrix["profiles"] == [{"name": "mini", "current": False},
+                                  {"name": "standard", "current": True},
+                                  {"name": "jumbo", "current": False}]
     rows = {row["name"]: row for row in matrix["rows"]}
-    assert rows["mpc"]["cells"] == ["one of", "yes", "yes"] and rows["mpc"]["enabled"]
-    assert rows["tee"]["cells"] == ["no", "no", "yes"] and not rows["tee"]["enabled"]
+    assert [c["offer"] for c in rows["mpc"]["cells"]] == ["one of", "yes", "yes"]
+    assert [c["offer"] for c in rows["tee"]["cells"]] == ["no", "no", "yes"]
+    assert rows["mpc"]["enabled"] and not rows["tee"]["enabled"]
+    assert all([c["current"] for c in row["cells"]] == [False, True, False]
+               for row in matrix["rows"])
+    unclassified = capability_matrix([], {"mini": {"choose_one": ["mpc"]}}, current="none")
+    assert unclassified["profiles"] == [{"name": "mini", "current": False}]
     only_node = capability_matrix(["mpc", "quantum"], None)
     assert only_node["profiles"] == []
     assert [r["name"] for r in only_node["rows"]][-1] == "quantum"
