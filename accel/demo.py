@@ -55,6 +55,9 @@ def main(bits: int = 2048) -> int:
         ea * ea
     except TypeError as exc:
         print(f"  x * x on ciphertexts -> TypeError: {exc}")
+    else:
+        print("  x * x on ciphertexts did not raise TypeError")
+        ok = False
     print("all results match NumPy" if ok else "SOME RESULTS DO NOT MATCH")
     return 0 if ok else 1
 

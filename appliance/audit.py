@@ -150,19 +150,8 @@ def records(
         except LedgerError as exc:
             raise AuditError(str(exc)) from exc
         return [r.to_json() for r in page], total
-    where, args = [], []
-    if actor:
-        where.append("actor = ?")
-        args.append(actor)
-    if action:
-        where.append("action = ?")
-        args.append(action)
-    clause = f"WHERE {' AND '.join(where)}" if where else ""
-    total = trail.store.query(f"SELECT COUNT(*) FROM events {clause}", args)[0][0]
-    rows = trail.store.query(
-        f"SELECT * FROM events {clause} ORDER BY seq DESC LIMIT ? OFFSET ?",
-        [*args, limit, offset],
-    )
+    rows, total = trail.store.page("events", {"actor": actor or None, "action": action or None},
+                                   order_by="seq DESC", limit=limit, offset=offset)
     return [_row(r) for r in rows], total
 
 

@@ -1,13 +1,13 @@
 """``pec-appliance``: the node's command line.
 
-Commands of other areas register themselves: each module in ``COMMAND_MODULES`` defines
-``register(subparsers)``. Every error is one line on stderr and a non-zero exit status.
+The panel and trust-root commands live beside their code; each of those modules adds its
+commands with ``register(subparsers)``. Every error is one line on stderr and a non-zero exit
+status.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import signal
@@ -16,9 +16,10 @@ import time
 from typing import Any
 
 from appliance.client import DaemonClient, DaemonError
+from appliance.panel import cli as panel_cli
 from appliance.statedir import StateDir, default_state_dir
+from appliance.trust import cli as trust_cli
 
-COMMAND_MODULES = ("appliance.panel.cli", "appliance.trust.cli")
 EXIT_ERROR = 1
 EXIT_JOB_FAILED = 3
 
@@ -289,10 +290,8 @@ def cmd_jobs_watch(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    try:
-        bench = importlib.import_module("accel.bench.paillier")
-    except ImportError as exc:
-        raise CliError(f"the Paillier benchmark is not available: {exc}") from None
+    from accel.bench import paillier as bench  # NumPy and the backends: only for this command
+
     argv = ["--bits", str(args.bits)]
     if args.backend:
         argv += ["--backend", args.backend]
@@ -382,14 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
 
-    for module_name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                continue  # that area is not installed in this build
-            raise
-        module.register(sub)
+    panel_cli.register(sub)
+    trust_cli.register(sub)
     return parser
 
 

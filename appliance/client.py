@@ -41,9 +41,13 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
+# The daemon's socket, relative to its state directory (the panel must not import StateDir).
+SOCKET_PATH = Path("run", "noded.sock")
+
+
 class DaemonClient:
     def __init__(self, state_dir: str | Path, timeout: float = 30.0) -> None:
-        self.socket_path = Path(state_dir) / "run" / "noded.sock"
+        self.socket_path = Path(state_dir) / SOCKET_PATH
         self.timeout = timeout
 
     def get(self, path: str, **query: Any) -> Any:

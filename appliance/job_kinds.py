@@ -6,7 +6,6 @@ run) and reports progress through ``ctx.progress``, which is also where it is ca
 
 from __future__ import annotations
 
-import importlib
 import secrets
 import time
 from typing import Any
@@ -89,10 +88,8 @@ def validate_benchmark(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_benchmark(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
-    try:
-        bench = importlib.import_module("accel.bench.paillier")
-    except ImportError as exc:
-        raise RuntimeError(f"the Paillier benchmark is not available: {exc}") from None
+    from accel.bench import paillier as bench  # loaded by the jobs that run it
+
     ctx.log(f"Paillier benchmark, {params['bits']} bits, quick={params['quick']}")
     kwargs: dict[str, Any] = {"bits": params["bits"], "quick": params["quick"],
                               "progress": ctx.progress}
@@ -100,7 +97,7 @@ def run_benchmark(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
         kwargs["backend"] = params["backend"]
     result = bench.run(**kwargs)
     ctx.log("benchmark finished")
-    return result if isinstance(result, dict) else {"result": result}
+    return result
 
 
 # selftest -------------------------------------------------------------------------------
@@ -212,16 +209,12 @@ def run_calibrate(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
         for name, ops in crossover.items() if name != "cpu"
     }
     calibration["thresholds"] = {name: ops for name, ops in thresholds.items() if ops}
-    setter = getattr(accel.backends, "set_calibration", None)
-    if setter is not None:
-        try:
-            setter(calibration["thresholds"])
-            calibration["applied"] = True
-        except Exception as exc:  # the table is still stored and shown
-            calibration["applied"] = False
-            ctx.log(f"the router did not take the calibration: {describe_error(exc)}")
-    else:
+    try:
+        accel.backends.set_calibration(calibration["thresholds"])
+        calibration["applied"] = True
+    except Exception as exc:  # the table is still stored and shown
         calibration["applied"] = False
+        ctx.log(f"the router did not take the calibration: {describe_error(exc)}")
     ctx.store.set_setting("calibration", calibration)
     return calibration
 

@@ -16,13 +16,11 @@ from typing import Any
 
 from appliance import audit
 from appliance.backend_survey import describe_error
+from appliance.job_states import FINAL, RESUMABLE, STATES
 from appliance.store import Store, utc_now
 
 log = logging.getLogger("pec.jobs")
 
-STATES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
-FINAL = ("done", "failed", "cancelled", "interrupted")
-RESUMABLE = ("failed", "cancelled", "interrupted")
 
 
 class JobError(ValueError):
@@ -122,19 +120,8 @@ class JobRunner:
              offset: int = 0) -> tuple[list[dict[str, Any]], int]:
         if state is not None and state not in STATES:
             raise JobError(f"unknown state {state!r}; known: {', '.join(STATES)}")
-        where, args = [], []
-        if state:
-            where.append("state=?")
-            args.append(state)
-        if kind:
-            where.append("kind=?")
-            args.append(kind)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
-        total = self.store.query(f"SELECT COUNT(*) FROM jobs {clause}", args)[0][0]
-        rows = self.store.query(
-            f"SELECT * FROM jobs {clause} ORDER BY id DESC LIMIT ? OFFSET ?",
-            [*args, limit, offset],
-        )
+        rows, total = self.store.page("jobs", {"state": state or None, "kind": kind or None},
+                                      order_by="id DESC", limit=limit, offset=offset)
         return [job_dict(r) for r in rows], total
 
     def log_lines(self, job_id: int) -> list[str]:

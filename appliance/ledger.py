@@ -24,6 +24,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from appliance.store import filtered_page
+
 GENESIS_HASH = "0" * 64
 TABLE = "audit_ledger"
 _MAX_FIELD = 1024
@@ -169,21 +171,11 @@ class Ledger:
             0 < limit <= 1000
         ):
             raise LedgerError("offset must be >= 0 and limit 1..1000")
-        where, args = [], []
-        if actor is not None:
-            where.append("actor = ?")
-            args.append(actor)
-        if action is not None:
-            where.append("action = ?")
-            args.append(action)
-        clause = f" WHERE {' AND '.join(where)}" if where else ""
-        order = "DESC" if newest_first else "ASC"
+        order = "seq DESC" if newest_first else "seq ASC"
         with self._lock:
-            total = self._db.execute(f"SELECT COUNT(*) FROM {TABLE}{clause}", args).fetchone()[0]
-            rows = self._db.execute(
-                f"SELECT * FROM {TABLE}{clause} ORDER BY seq {order} LIMIT ? OFFSET ?",
-                [*args, limit, offset],
-            ).fetchall()
+            rows, total = filtered_page(
+                lambda sql, args: self._db.execute(sql, args).fetchall(), TABLE,
+                {"actor": actor, "action": action}, order_by=order, limit=limit, offset=offset)
         return [_record(r) for r in rows], total
 
     def head(self) -> Record | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from appliance.jobs import STATES
+from appliance.job_states import STATES
 
 
 def _label(value: str) -> str:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appliance import audit
+from appliance.atomicfile import write_atomic
+from appliance.client import SOCKET_PATH
 from appliance.store import Store
 from appliance.tomlfile import TomlDocument
 from appliance.users import Users, check_password
@@ -110,7 +112,7 @@ class StateDir:
     config_path = property(lambda self: self.path / "config.toml")
     db_path = property(lambda self: self.path / "pec.db")
     run_dir = property(lambda self: self.path / "run")
-    socket_path = property(lambda self: self.path / "run" / "noded.sock")
+    socket_path = property(lambda self: self.path / SOCKET_PATH)
     log_dir = property(lambda self: self.path / "log")
 
     def check(self) -> None:
@@ -161,10 +163,7 @@ class StateDir:
                              profiles_dir=old.profiles_dir, log_level=old.log_level,
                              trust=trust or old.trust, pkcs11_module=old.pkcs11_module,
                              tpm_tcti=old.tpm_tcti)
-            tmp = self.config_path.with_suffix(".toml.tmp")
-            tmp.write_text(cfg.to_toml())
-            os.chmod(tmp, 0o640)
-            os.replace(tmp, self.config_path)
+            write_atomic(self.config_path, cfg.to_toml().encode(), mode=0o640)
             created_config = True
         cfg = read_config(self.config_path)
         store = Store(self.db_path)

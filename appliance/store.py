@@ -11,7 +11,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -80,6 +80,31 @@ def parse_time(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
+def filtered_page(
+    run: Callable[[str, list[Any]], list[Any]],
+    table: str,
+    filters: dict[str, Any],
+    *,
+    order_by: str,
+    limit: int,
+    offset: int,
+) -> tuple[list[Any], int]:
+    """A page of ``table``'s rows that equal every filter not None, and how many match in all.
+
+    ``run`` executes one statement and returns its rows. The table, the filter columns and
+    ``order_by`` are spelled in code, never taken from a request; values go as parameters.
+    """
+    used = {column: value for column, value in filters.items() if value is not None}
+    clause = f" WHERE {' AND '.join(f'{column} = ?' for column in used)}" if used else ""
+    args = list(used.values())
+    total = run(f"SELECT COUNT(*) FROM {table}{clause}", args)[0][0]
+    rows = run(
+        f"SELECT * FROM {table}{clause} ORDER BY {order_by} LIMIT ? OFFSET ?",
+        [*args, limit, offset],
+    )
+    return rows, total
+
+
 class Store:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -138,6 +163,14 @@ class Store:
     def query(self, sql: str, args: tuple | list = ()) -> list[sqlite3.Row]:
         with self._lock:
             return self._db.execute(sql, args).fetchall()
+
+    def page(
+        self, table: str, filters: dict[str, Any], *, order_by: str, limit: int, offset: int
+    ) -> tuple[list[sqlite3.Row], int]:
+        """``filtered_page`` over this store, count and page read under one lock hold."""
+        with self._lock:
+            return filtered_page(self.query, table, filters, order_by=order_by, limit=limit,
+                                 offset=offset)
 
     def close(self) -> None:
         with self._lock:

@@ -8,7 +8,6 @@ as a known one so that timing does not tell which names exist.
 from __future__ import annotations
 
 import functools
-import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,14 +15,11 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from appliance import audit
+from appliance.account_rules import MAX_PASSWORD, MIN_PASSWORD, ROLES, USERNAME
 from appliance.store import Store, parse_time, utc_now
 
-ROLES = ("admin", "auditor")
-MIN_PASSWORD = 12
-MAX_PASSWORD = 1024
 MAX_FAILURES = 5
 LOCKOUT = timedelta(minutes=5)
-_USERNAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
 _hasher = PasswordHasher()
 
 
@@ -48,7 +44,7 @@ def check_password(password: Any) -> str:
 
 
 def check_username(username: Any) -> str:
-    if not isinstance(username, str) or not _USERNAME.match(username):
+    if not isinstance(username, str) or not USERNAME.fullmatch(username):
         raise UserError(
             "username must be 1-32 characters: lower-case letters, digits, '_', '.', '-', "
             "starting with a letter or '_'"

@@ -60,7 +60,8 @@ def index() -> str:
 
 @bp.post("/benchmark")
 def start_benchmark() -> Any:
-    bits = int_field(request.form, "bits", minimum=512, maximum=4096, choices=BENCHMARK_BITS)
+    bits = int_field(request.form, "bits", minimum=min(BENCHMARK_BITS),
+                     maximum=max(BENCHMARK_BITS), choices=BENCHMARK_BITS)
     quick = flag_field(request.form, "quick")
     job = daemon().post(
         "/v1/jobs",

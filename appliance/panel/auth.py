@@ -20,13 +20,13 @@ from flask import (
 )
 from flask_login import LoginManager, UserMixin, current_user, login_user, logout_user
 
+from appliance.account_rules import ROLES
 from appliance.panel.daemon import DaemonError, daemon, error_message
 from appliance.panel.forms import FormError, text_field
 from appliance.panel.security import csrf_token, open_to_auditors, public, wants_json
 
 bp = Blueprint("auth", __name__)
 
-ROLES = ("admin", "auditor")
 DEFAULT_SESSION_TIMEOUT_S = 900
 SETTINGS_CACHE_S = 5.0
 

@@ -8,15 +8,15 @@ from typing import Any
 from flask import Blueprint, flash, jsonify, redirect, render_template, request, url_for
 from flask_login import current_user
 
+from appliance.job_states import FINAL, RESUMABLE, STATES
 from appliance.panel.charts import benchmark_chart
 from appliance.panel.daemon import daemon
 from appliance.panel.forms import FormError, page_number, text_field
 
 bp = Blueprint("jobs", __name__, url_prefix="/jobs")
 
-STATES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
-FINISHED_STATES = frozenset({"done", "failed", "cancelled", "interrupted"})
-RESUMABLE_STATES = frozenset({"failed", "cancelled", "interrupted"})
+FINISHED_STATES = frozenset(FINAL)
+RESUMABLE_STATES = frozenset(RESUMABLE)
 # These kinds take parameters and have their own forms (Accelerators, Keys).
 KINDS_WITH_OWN_FORM = frozenset({"benchmark", "keygen"})
 PAGE_SIZE = 25

@@ -32,7 +32,8 @@ def index() -> str:
 
 @bp.post("/generate")
 def generate() -> Any:
-    bits = int_field(request.form, "bits", minimum=2048, maximum=4096, choices=KEY_BITS)
+    bits = int_field(request.form, "bits", minimum=min(KEY_BITS), maximum=max(KEY_BITS),
+                     choices=KEY_BITS)
     job = daemon().post(
         "/v1/jobs",
         {"kind": "keygen", "params": {"bits": bits}, "actor": current_user.username},

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 
-from appliance.panel.auth import ROLES, session_timeout
+from appliance.account_rules import MAX_PASSWORD, MIN_PASSWORD, ROLES, USERNAME
+from appliance.panel.auth import session_timeout
 from appliance.panel.daemon import daemon
 from appliance.panel.forms import FormError, choice_field, int_field, text_field
 from appliance.panel.security import open_to_auditors
 
 bp = Blueprint("users", __name__, url_prefix="/users")
 
-USERNAME = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
-MIN_PASSWORD = 12
-MAX_PASSWORD = 1024
 PROFILES = ("mini", "standard", "jumbo", "unclassified")
 AUTOMATIC = "automatic"
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.ledger import Ledger, LedgerError
+from appliance.statedir import default_state_dir
 from appliance.trust.bundle import verify_bundle
 from appliance.trust.errors import TrustError
 from appliance.trust.layout import TrustLayout
@@ -26,8 +27,6 @@ _STATE_HELP = "state directory (default: $PEC_STATE_DIR or /var/lib/pec)"
 
 
 def _state_dir(args: argparse.Namespace) -> str:
-    from appliance.statedir import default_state_dir
-
     return getattr(args, "state_dir", None) or default_state_dir()
 
 
@@ -114,9 +113,9 @@ def cmd_verify_attestation(args: argparse.Namespace) -> int:
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     layout = TrustLayout(_state_dir(args))
     if not layout.trust_json.is_file():
-        return _fail(f"{layout.root} has no trust root (no trust.json): nothing signs its ledger")
+        return _fail(f"{layout.path} has no trust root (no trust.json): nothing signs its ledger")
     if not layout.db_path.is_file():
-        return _fail(f"{layout.root} has no database {layout.db_path.name}")
+        return _fail(f"{layout.path} has no database {layout.db_path.name}")
     public_pem = json.loads(layout.trust_json.read_text())["signing_public_pem"]
     try:
         with Ledger(layout.db_path) as ledger:

@@ -12,41 +12,24 @@
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
-from typing import Any
+from appliance.statedir import StateDir
 
 TOKEN_LABEL = "pec"
 SEALED_PIN_PCRS = (7, 14)
 QUOTE_PCRS = (0, 1, 2, 3, 4, 5, 7, 14)
+# The golden policy leaves out PCR 1 (platform configuration): firmware measures the boot
+# entries of attached media there, so pulling the provisioning stick after first boot changes
+# it on every box. Quotes still report it; the policy does not judge it.
+GOLDEN_PCRS = tuple(i for i in QUOTE_PCRS if i != 1)
 
 
-class TrustLayout:
-    def __init__(self, state_dir: str | os.PathLike[str]) -> None:
-        self.root = Path(state_dir).absolute()
+class TrustLayout(StateDir):
+    """The state directory's paths plus the trust root's own."""
 
-    trust_json = property(lambda self: self.root / "trust.json")
-    golden_pcrs = property(lambda self: self.root / "golden-pcrs.json")
-    hsm_dir = property(lambda self: self.root / "hsm")
-    pin_sealed = property(lambda self: self.root / "hsm" / "pin.sealed")
-    so_pin_sealed = property(lambda self: self.root / "hsm" / "so-pin.sealed")
-    tpm_dir = property(lambda self: self.root / "tpm")
-    keys_dir = property(lambda self: self.root / "keys")
-    db_path = property(lambda self: self.root / "pec.db")
-    socket_path = property(lambda self: self.root / "run" / "noded.sock")
-
-
-def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write via a synced temporary file and rename, so readers never see half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with open(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, obj: Any, mode: int = 0o600) -> None:
-    write_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode(), mode)
+    trust_json = property(lambda self: self.path / "trust.json")
+    golden_pcrs = property(lambda self: self.path / "golden-pcrs.json")
+    hsm_dir = property(lambda self: self.path / "hsm")
+    pin_sealed = property(lambda self: self.path / "hsm" / "pin.sealed")
+    so_pin_sealed = property(lambda self: self.path / "hsm" / "so-pin.sealed")
+    tpm_dir = property(lambda self: self.path / "tpm")
+    keys_dir = property(lambda self: self.path / "keys")

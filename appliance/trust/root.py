@@ -20,15 +20,15 @@ from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives import serialization
 
+from appliance.atomicfile import write_atomic, write_json
 from appliance.trust.bundle import BUNDLE_FORMAT, signed_part, verify_bundle
 from appliance.trust.errors import TrustError, TrustLocked, TrustNotProvisioned
 from appliance.trust.layout import (
+    GOLDEN_PCRS,
     QUOTE_PCRS,
     SEALED_PIN_PCRS,
     TOKEN_LABEL,
     TrustLayout,
-    write_atomic,
-    write_json,
 )
 from hsm import (
     SOFTHSM2_MODULE,
@@ -85,7 +85,7 @@ def provision(
         return {**_summary(layout, info), "created": False}
     if not dev and (module is None or pin is None):
         raise TrustError("production provisioning needs the PKCS#11 module path and user PIN")
-    layout.root.mkdir(parents=True, exist_ok=True)
+    layout.path.mkdir(parents=True, exist_ok=True)
     # No trust.json means no earlier run finished: whatever it left holds no appliance keys.
     for leftover in (layout.hsm_dir, layout.tpm_dir) if dev else ():
         shutil.rmtree(leftover, ignore_errors=True)
@@ -93,7 +93,7 @@ def provision(
     try:
         with Tpm(swtpm.tcti if swtpm else (tcti or DEVICE_TCTI)) as tpm:
             ak = tpm.attestation_key()
-            golden = tpm.pcrs(QUOTE_PCRS)
+            golden = tpm.pcrs(GOLDEN_PCRS)
             if dev:
                 so_pin, user_pin = secrets.token_hex(16), secrets.token_hex(16)
                 layout.hsm_dir.mkdir(mode=0o700, exist_ok=True)
@@ -149,7 +149,7 @@ def provision(
 
 def _summary(layout: TrustLayout, info: dict[str, Any]) -> dict[str, Any]:
     return {
-        "state_dir": str(layout.root),
+        "state_dir": str(layout.path),
         "dev": info["dev"],
         "node_id": info["node_id"],
         "token_label": info["token_label"],
@@ -393,7 +393,9 @@ class TrustRoot:
         golden = self.golden()["pcrs"]
         current = {str(i): v.hex() for i, v in sorted(now.items())}
         return {"pcrs": current, "golden": golden,
-                "match": {i: golden.get(i) == v for i, v in current.items()}}
+                # None: reported by the quote but not judged by the golden policy
+                "match": {i: (golden[i] == v if i in golden else None)
+                          for i, v in current.items()}}
 
     def attest(self, nonce: bytes) -> dict[str, Any]:
         """A signed attestation bundle answering `nonce` (8..64 bytes)."""

@@ -364,20 +364,25 @@ def test_simd_and_portable_invmod_agree(bits):
 @pytest.mark.parametrize(
     "m",
     [
-        (1 << 209) - 1,  # all ones; the product splits exactly at a 52-bit digit boundary
-        (1 << 4161) - 1,  # the same for a 4161-bit modulus (81 digits)
-        (1 << 4096) - 1,
-        _rng.getrandbits(4160) | (1 << 4159) | 1,
-        (1 << 256) + 297,  # barely over a limb boundary: the split keeps a single bit
+        (1 << 209) - 1,  # all ones; k - 1 = 208 is a 52-bit digit boundary
+        (1 << 207) - 1,  # k + 1 = 208 is one
+        (1 << 4161) - 1,  # the same at 81 digits
+        (1 << 4159) - 1,
+        (1 << 4158) - 1,  # the widest modulus of 80 digits (4m must stay below R)
+        (1 << 4095) + 1,  # the smallest of its bit length: the largest quotients
+        _rng.getrandbits(4096) | (1 << 4095) | 1,
+        (1 << 192) + 133,  # the fewest digits the kernels take
     ],
-    ids=["209-ones", "4161-ones", "4096-ones", "4160", "257"],
+    ids=["209-ones", "207-ones", "4161-ones", "4159-ones", "4158-ones", "4096-min", "4096",
+         "193"],
 )
-def test_simd_mulmod_per_row_factors_at_the_split_edges(m):
-    """Per-row products split at the modulus' top bit: largest operands, every lane filled."""
+def test_simd_mulmod_per_row_factors_at_the_edges(m):
+    """Per-row products: Barrett quotients from shifted digits and a truncated product, on
+    the largest operands, with every lane filled and one ragged group."""
     fast = CpuBackend(threads=2, simd=True)
     L = limbs_for(m)
-    xs = [m - 1, m - 1, 1, m - 2, *(_rng.randrange(m) for _ in range(20))]
-    ys = [m - 1, 1, m - 1, m - 2, *(_rng.randrange(m) for _ in range(20))]
+    xs = [m - 1, m - 1, 1, m - 2, 0, *(_rng.randrange(m) for _ in range(20))]
+    ys = [m - 1, 1, m - 1, m - 2, m - 1, *(_rng.randrange(m) for _ in range(20))]
     got = fast.mulmod(ints_to_limbs(xs, L), ints_to_limbs(ys, L), m)
     assert limbs_to_ints(got) == [x * y % m for x, y in zip(xs, ys, strict=True)]
 

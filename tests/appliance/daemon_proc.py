@@ -12,7 +12,7 @@ from pathlib import Path
 
 from appliance.client import DaemonClient
 from appliance.statedir import StateDir
-from appliance.trust.layout import TrustLayout
+from appliance.trust.layout import SEALED_PIN_PCRS, TrustLayout
 from tee import Swtpm, Tpm
 
 REPO = Path(__file__).resolve().parents[2]
@@ -97,6 +97,13 @@ class Daemon:
             time.sleep(0.1)
         raise AssertionError(f"job {job_id} is still {job['state']} after {timeout} s")
 
+    def wait_progress(self, job_id: int, at_least: int, timeout: float = 30) -> dict:
+        deadline = time.monotonic() + timeout
+        while (job := self.client.get(f"/v1/jobs/{job_id}"))["progress"] < at_least:
+            assert time.monotonic() < deadline, f"job {job_id} never reached {at_least}: {job}"
+            time.sleep(0.2)
+        return job
+
 
 def swtpm_pid(state_dir: Path) -> int | None:
     """The pid of a running swtpm serving ``state_dir``'s development TPM, or None."""
@@ -126,5 +133,5 @@ def seal_pin_to_another_boot_chain(state_dir: Path) -> bytes:
     with Swtpm(layout.tpm_dir) as sim, Tpm(sim.tcti) as tpm:
         pin = tpm.unseal(original)
         tpm.extend(14, b"another bootloader")
-        layout.pin_sealed.write_bytes(tpm.seal(pin, (7, 14)))
+        layout.pin_sealed.write_bytes(tpm.seal(pin, SEALED_PIN_PCRS))
     return original

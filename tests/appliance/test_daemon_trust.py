@@ -105,7 +105,7 @@ def test_quote_and_verify_through_api_and_cli(daemon, tmp_path):
     state = daemon.state_dir
     pcrs = c.get("/v1/attestation/pcrs")
     assert set(pcrs["pcrs"]) == {"0", "1", "2", "3", "4", "5", "7", "14"}
-    assert all(pcrs["match"].values())
+    assert pcrs["match"].pop("1") is None and all(pcrs["match"].values())
     nonce = os.urandom(16).hex()
     bundle = c.post("/v1/attestation/quote", {"nonce": nonce, "actor": "admin"})
     assert bundle["format"] == "pec-attestation/1" and bundle["nonce"] == nonce
@@ -257,10 +257,7 @@ def test_sigkill_mid_job_then_restart_with_the_trust_root(tmp_path):
         c = d.client
         long = c.post("/v1/jobs", {"kind": "burnin", "params": {"seconds": 120},
                                    "actor": "cli"})
-        deadline = time.monotonic() + 30
-        while c.get(f"/v1/jobs/{long['id']}")["progress"] < 2:
-            assert time.monotonic() < deadline, "the long job never progressed"
-            time.sleep(0.2)
+        d.wait_progress(long["id"], 2)
         tpm_pid = swtpm_pid(d.state_dir)
         assert tpm_pid is not None, "the daemon runs no development TPM"
         d.kill()

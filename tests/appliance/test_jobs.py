@@ -111,17 +111,11 @@ def test_calibrate_stores_a_table_and_hands_it_to_the_router(runner, store, tmp_
     assert (tmp_path / "accel").is_dir()
 
 
-def test_benchmark_without_the_module_fails_cleanly_or_runs(runner):
+def test_benchmark_job_keeps_the_report(runner):
     job = runner.submit("benchmark", {"bits": 512, "quick": True}, "cli", [], "mini")
     done = wait_state(runner, job["id"], {"done", "failed"}, timeout=300)
-    try:
-        import accel.bench.paillier  # noqa: F401
-    except ImportError:
-        assert done["state"] == "failed"
-        assert "Paillier benchmark is not available" in done["error"]
-    else:
-        assert done["state"] == "done", done["error"]
-        assert isinstance(done["result"], dict) and done["result"]
+    assert done["state"] == "done", done["error"]
+    assert done["result"]["bits"] == 512 and done["result"]["backends"]
 
 
 def test_recover_marks_running_jobs_interrupted(store):

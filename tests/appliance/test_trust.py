@@ -40,7 +40,7 @@ def test_provision_layout(state):
     assert info["node_id"] == "node-test-1" and info["dev"] is True
     assert info["sealed_pcrs"] == [7, 14]
     golden = json.loads(layout.golden_pcrs.read_text())
-    assert sorted(map(int, golden["pcrs"])) == [0, 1, 2, 3, 4, 5, 7, 14]
+    assert sorted(map(int, golden["pcrs"])) == [0, 2, 3, 4, 5, 7, 14]  # PCR 1 is not judged
     assert golden["ak_public_pem"] == info["ak_public_pem"]
     assert layout.pin_sealed.read_bytes()[:4] == b"PECT"
     assert (layout.hsm_dir / "tokens").is_dir() and (layout.tpm_dir / "tpm2-00.permall").is_file()
@@ -131,7 +131,10 @@ def test_unknown_key(root):
 
 def test_pcrs_match_golden(root):
     out = root.pcrs()
-    assert out["pcrs"] == out["golden"] and all(out["match"].values())
+    # PCR 1 is quoted but not judged: no golden value, no verdict
+    assert out["match"].pop("1") is None and "1" not in out["golden"]
+    assert {i: v for i, v in out["pcrs"].items() if i != "1"} == out["golden"]
+    assert all(out["match"].values())
     root.extend_pcr(14, b"an unexpected component")
     out = root.pcrs()
     assert out["match"]["14"] is False and out["match"]["0"] is True
@@ -244,7 +247,8 @@ def test_api_functions(state, root):
     from appliance.trust import api
 
     assert api.keys(root)["token"]["present"] is True
-    assert all(api.pcrs(root)["match"].values())
+    match = api.pcrs(root)["match"]
+    assert match.pop("1") is None and all(match.values())
     nonce = os.urandom(16).hex()
     bundle = api.quote(root, {"nonce": nonce, "actor": "admin"})
     golden = json.loads(TrustLayout(state).golden_pcrs.read_text())

@@ -13,7 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ADMIN_PASSWORD = "correct horse battery staple"
+from tests.appliance.daemon_proc import ADMIN_PASSWORD
+
 DAEMON_START_S = 90.0
 PANEL_START_S = 30.0
 

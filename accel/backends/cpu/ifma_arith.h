@@ -268,31 +268,63 @@ IFMA static inline void asqr8(uint64_t *r, const uint64_t *a, const ifma_mod *c,
 #undef A
 }
 
+/* w[i + u] += a_u b_i and w[i + 1 + u] += a_u b_i+1 for u in [s, e] (low halves there, high
+ * halves one column up), b_i+1 only when `two`. Two rows at a time, as in asqr8: every column
+ * update is then a chain of two products, which keeps the multiplier busy. */
+IFMA static inline void product_rows(uint64_t *w, const uint64_t *a, const uint64_t *b,
+                                     int64_t i, int two, int64_t s, int64_t e)
+{
+#define COL(k) (w + (k) * LANES)
+#define A(k) LOAD(a + (k) * LANES)
+    const __m512i bi = LOAD(b + i * LANES);
+    if (!two) {
+        __m512i x = LOAD(COL(i + s));
+        for (int64_t u = s; u <= e; u++) {
+            const __m512i au = A(u);
+            STORE(COL(i + u), LO(x, au, bi));
+            x = HI(LOAD(COL(i + u + 1)), au, bi);
+        }
+        STORE(COL(i + e + 1), x);
+        return;
+    }
+    const __m512i bi1 = LOAD(b + (i + 1) * LANES);
+    __m512i au1 = A(s);
+    STORE(COL(i + s), LO(LOAD(COL(i + s)), au1, bi));
+    __m512i x = HI(LOAD(COL(i + s + 1)), au1, bi);
+    for (int64_t u = s + 1; u <= e; u++) {
+        const __m512i au = A(u);
+        x = LO(LO(x, au, bi), au1, bi1);
+        STORE(COL(i + u), x);
+        x = HI(HI(LOAD(COL(i + u + 1)), au, bi), au1, bi1);
+        au1 = au;
+    }
+    STORE(COL(i + e + 1), LO(x, au1, bi1));
+    STORE(COL(i + e + 2), HI(LOAD(COL(i + e + 2)), au1, bi1));
+#undef COL
+#undef A
+}
+
+/* Carries of columns [0, count) into 52-bit digits; the carry out of the last is dropped. */
+IFMA static inline void normalize8(uint64_t *v, int64_t count)
+{
+    const __m512i mask = BCAST(MASK52);
+    __m512i carry = _mm512_setzero_si512();
+    for (int64_t k = 0; k < count; k++) {
+        __m512i x = _mm512_add_epi64(LOAD(v + k * LANES), carry);
+        STORE(v + k * LANES, _mm512_and_si512(x, mask));
+        carry = _mm512_srli_epi64(x, 52);
+    }
+}
+
 /* p[0 .. 2n) = a * b as 52-bit digits, no reduction; p: 2n + 1 vectors. Each column
  * collects at most 2n terms below 2^52, which MAX_DIGITS keeps below 2^63. */
 IFMA static inline void mul8(uint64_t *p, const uint64_t *a, const uint64_t *b, int64_t n)
 {
-    const __m512i zero = _mm512_setzero_si512();
-    const __m512i mask = BCAST(MASK52);
     for (int64_t k = 0; k < 2 * n + 1; k++)
-        STORE(p + k * LANES, zero);
-    for (int64_t i = 0; i < n; i++) {
-        uint64_t *col = p + i * LANES;
-        const __m512i bi = LOAD(b + i * LANES);
-        __m512i x = LOAD(col);
-        for (int64_t j = 0; j < n; j++) {
-            const __m512i aj = LOAD(a + j * LANES);
-            STORE(col + j * LANES, LO(x, aj, bi));
-            x = HI(LOAD(col + (j + 1) * LANES), aj, bi);
-        }
-        STORE(col + n * LANES, x);
-    }
-    __m512i carry = zero;
-    for (int64_t k = 0; k < 2 * n; k++) {
-        __m512i v = _mm512_add_epi64(LOAD(p + k * LANES), carry);
-        STORE(p + k * LANES, _mm512_and_si512(v, mask));
-        carry = _mm512_srli_epi64(v, 52);
-    }
+        STORE(p + k * LANES, _mm512_setzero_si512());
+    for (int64_t i = 0; i < n; i += 2)
+        product_rows(p, a, b, i, i + 1 < n, 0, n - 1);
+    normalize8(p, 2 * n);
 }
 
 /* v = v mod m for values below 2m, lane by lane; tmp: n vectors. */

@@ -11,44 +11,66 @@ typedef struct {
     const uint64_t *a, *b;
     int64_t b_step, rows;
     uint64_t *out;
-    uint64_t *b_v; /* broadcast factor in Montgomery form, or NULL */
-    int64_t split; /* per-row factors: bits of the product's low part, bit length of m - 1 */
+    uint64_t *b_v;  /* broadcast factor in Montgomery form, or NULL */
+    int64_t bits;   /* bit length k of m */
+    int64_t cutoff; /* columns of t mu below this one are left out of the quotient */
 } mul8_job;
 
-/* x = (p mod 2^k, p >> k) of a 2n-digit product p: low part into lo, high part into hi. */
-IFMA static inline void split8(uint64_t *hi, uint64_t *lo, const uint64_t *p, int64_t k,
-                               int64_t n)
+/* dst = src >> shift, n digits; src has 2n + 1 digit vectors (the last zero) and the shifted
+ * value fits n digits. */
+IFMA static inline void shr8(uint64_t *dst, const uint64_t *src, int64_t shift, int64_t n)
 {
-    const int64_t s = k / 52;
-    const int r = (int)(k % 52);
+    const int64_t s = shift / 52;
+    const int r = (int)(shift % 52);
     const __m512i mask = BCAST(MASK52);
     const __m128i right = _mm_cvtsi64_si128(r), left = _mm_cvtsi64_si128(52 - r);
     for (int64_t d = 0; d < n; d++) {
-        /* p has 2n + 1 digit vectors, the last one zero, and s + n < 2n */
-        __m512i v = _mm512_srl_epi64(LOAD(p + (s + d) * LANES), right);
-        v = _mm512_or_si512(v, _mm512_sll_epi64(LOAD(p + (s + d + 1) * LANES), left));
-        STORE(hi + d * LANES, _mm512_and_si512(v, mask));
-    }
-    const __m512i top = BCAST((1ull << r) - 1);
-    for (int64_t d = 0; d < n; d++) {
-        __m512i v = d < s ? LOAD(p + d * LANES)
-                          : d == s ? _mm512_and_si512(LOAD(p + d * LANES), top)
-                                   : _mm512_setzero_si512();
-        STORE(lo + d * LANES, v);
+        __m512i v = _mm512_srl_epi64(LOAD(src + (s + d) * LANES), right);
+        v = _mm512_or_si512(v, _mm512_sll_epi64(LOAD(src + (s + d + 1) * LANES), left));
+        STORE(dst + d * LANES, _mm512_and_si512(v, mask));
     }
 }
 
-/* x = x + y digit by digit with carries; the sum must fit n digits. */
-IFMA static inline void add8(uint64_t *x, const uint64_t *y, int64_t n)
+/* x = p mod m for a product p < m^2 of 2n digits (2n + 1 vectors), by Barrett reduction with
+ * mu = floor(2^2k / m): t = p >> (k - 1), q = (t mu) >> (k + 1), x = p - q m. Only the top
+ * columns of t mu (from job->cutoff) and the low n columns of q m are formed: half the
+ * products of a Montgomery multiplication. q falls short of floor(p / m) by at most 2
+ * (Barrett) plus 1 (the columns left out), so p - q m < 4m and three conditional
+ * subtractions finish. q, w: n and 2n + 1 vectors of scratch. */
+IFMA static void barrett8(uint64_t *x, const uint64_t *p, const mul8_job *job, uint64_t *q,
+                          uint64_t *w)
 {
+    const ifma_mod *c = &job->c;
+    const int64_t n = c->n;
+    const __m512i zero = _mm512_setzero_si512();
     const __m512i mask = BCAST(MASK52);
-    __m512i carry = _mm512_setzero_si512();
-    for (int64_t d = 0; d < n; d++) {
-        __m512i v = _mm512_add_epi64(_mm512_add_epi64(LOAD(x + d * LANES), LOAD(y + d * LANES)),
-                                     carry);
-        STORE(x + d * LANES, _mm512_and_si512(v, mask));
-        carry = _mm512_srli_epi64(v, 52);
+    const uint64_t *mu = c->fix_v;
+    shr8(q, p, job->bits - 1, n); /* t, held in q until the quotient replaces it */
+    for (int64_t k = 0; k < 2 * n + 1; k++)
+        STORE(w + k * LANES, zero);
+    /* rows in pairs from the first column either row needs; extra terms only help */
+    for (int64_t i = 0; i < n; i += 2) {
+        int64_t first = job->cutoff - 2 - i > 0 ? job->cutoff - 2 - i : 0;
+        if (first < n)
+            product_rows(w, mu, q, i, i + 1 < n, first, n - 1);
     }
+    normalize8(w, 2 * n);
+    shr8(q, w, job->bits + 1, n); /* the quotient */
+    /* q m mod 2^52n: row i needs columns below n only; what pairs add above is dropped */
+    for (int64_t k = 0; k < 2 * n + 1; k++)
+        STORE(w + k * LANES, zero);
+    for (int64_t i = 0; i < n; i += 2)
+        product_rows(w, c->mod_v, q, i, i + 1 < n, 0, n - 1 - i);
+    normalize8(w, n);
+    __m512i borrow = zero;
+    for (int64_t k = 0; k < n; k++) {
+        __m512i d = _mm512_sub_epi64(_mm512_sub_epi64(LOAD(p + k * LANES), LOAD(w + k * LANES)),
+                                     borrow);
+        borrow = _mm512_srli_epi64(d, 63);
+        STORE(x + k * LANES, _mm512_and_si512(d, mask));
+    }
+    for (int s = 0; s < 3; s++)
+        reduce8(x, c, w);
 }
 
 IFMA static int mul8_groups(void *arg, int64_t begin, int64_t end, mp_limb_t *scratch)
@@ -57,7 +79,7 @@ IFMA static int mul8_groups(void *arg, int64_t begin, int64_t end, mp_limb_t *sc
     const ifma_mod *c = &job->c;
     const int64_t n = c->n, L = c->limbs;
     const size_t vec = (size_t)n * LANES;
-    uint64_t *x = aligned_scratch(scratch), *y = x + vec, *t = y + vec;
+    uint64_t *x = aligned_scratch(scratch), *y = x + vec, *p = y + vec, *w = p + vec * 2 + LANES;
     for (int64_t g = begin; g < end; g++) {
         int64_t first = g * LANES;
         int lanes = job->rows - first < LANES ? (int)(job->rows - first) : LANES;
@@ -68,17 +90,11 @@ IFMA static int mul8_groups(void *arg, int64_t begin, int64_t end, mp_limb_t *sc
                 to_digits(y + l, LANES, job->b + row * job->b_step * L, L, n);
         }
         if (job->b_v) {
-            amm8(x, x, job->b_v, c, t); /* a * (b R) / R */
-            reduce8(x, c, t);
+            amm8(x, x, job->b_v, c, p); /* a * (b R) / R */
+            reduce8(x, c, p);
         } else {
-            /* a b = H 2^k + Lo with Lo < 2^k <= m and H < 2m: one full product and one
-             * Montgomery product by (2^k R mod m) instead of two Montgomery products. */
-            mul8(t, x, y, n);
-            split8(x, y, t, job->split, n);
-            amm8(x, x, c->fix_v, c, t); /* H 2^k mod m, below 2m */
-            add8(x, y, n);              /* below 3m */
-            reduce8(x, c, t);
-            reduce8(x, c, t);
+            mul8(p, x, y, n);
+            barrett8(x, p, job, y, w);
         }
         for (int l = 0; l < lanes; l++)
             from_digits(job->out + (first + l) * L, x, l, L, n);
@@ -86,31 +102,53 @@ IFMA static int mul8_groups(void *arg, int64_t begin, int64_t end, mp_limb_t *sc
     return PEC_OK;
 }
 
+/* mu = floor(2^2k / m) as 64-bit limbs (limbs + 1 of them: mu has k + 1 bits). */
+static void barrett_mu(uint64_t *out, int64_t limbs, const pec_modulus *m, int64_t k)
+{
+    mpz_t mod, r;
+    mpz_roinit_n(mod, (const mp_limb_t *)m->mod, (mp_size_t)m->limbs);
+    mpz_init(r);
+    mpz_setbit(r, (mp_bitcnt_t)(2 * k));
+    mpz_fdiv_q(r, r, mod);
+    memset(out, 0, (size_t)limbs * sizeof(uint64_t));
+    mpz_export(out, NULL, -1, sizeof(uint64_t), 0, 0, r);
+    mpz_clear(r);
+}
+
 int pec_ifma_mulmod(const pec_modulus *m, const uint64_t *a, const uint64_t *b, int64_t b_step,
                     uint64_t *out, int64_t rows, int threads)
 {
-    const int64_t split =
-        (int64_t)mpn_sizeinbase((const mp_limb_t *)m->mod, (mp_size_t)m->limbs, 2) - 1;
-    mul8_job job = {.a = a, .b = b, .b_step = b_step, .rows = rows, .out = out, .split = split};
-    /* fix_v: 2^split R mod m for per-row factors; for a broadcast one it is overwritten
-     * below with b R, made from b once for the whole batch. */
-    int rc = ifma_mod_init(&job.c, m, 1, split + 52 * digits_for(m));
+    const int64_t bits = (int64_t)mpn_sizeinbase((const mp_limb_t *)m->mod, (mp_size_t)m->limbs, 2);
+    mul8_job job = {.a = a, .b = b, .b_step = b_step, .rows = rows, .out = out, .bits = bits};
+    /* fix_v holds mu for per-row factors, or b R for a broadcast one */
+    int rc = ifma_mod_init(&job.c, m, 1, 0);
     if (rc != PEC_OK)
         return rc;
     const int64_t n = job.c.n;
-    size_t scratch = (4 * (size_t)n + 1) * LANES + 8;
-    if (!b_step) {
-        uint64_t *t = aligned_alloc(64, (2 * (size_t)n + 1) * LANES * sizeof(uint64_t));
-        if (!t) {
-            ifma_mod_free(&job.c);
-            return PEC_NO_MEMORY;
-        }
+    /* The columns left out of t mu hold at most 2n^2 < 2^17 terms below 2^(52 cutoff) each:
+     * together below 2^(k + 1), one unit of the quotient. */
+    job.cutoff = (bits + 1 - 17) / 52 > 0 ? (bits + 1 - 17) / 52 : 0;
+    size_t scratch = (6 * (size_t)n + 2) * LANES + 8;
+    uint64_t *t = aligned_alloc(64, (2 * (size_t)n + 1) * LANES * sizeof(uint64_t));
+    uint64_t *limbs = malloc(((size_t)m->limbs + 1) * sizeof(uint64_t));
+    if (!t || !limbs) {
+        free(t);
+        free(limbs);
+        ifma_mod_free(&job.c);
+        return PEC_NO_MEMORY;
+    }
+    if (b_step) {
+        barrett_mu(limbs, m->limbs + 1, m, bits);
+        for (int l = 0; l < LANES; l++)
+            to_digits(job.c.fix_v + l, LANES, limbs, m->limbs + 1, n);
+    } else {
         for (int l = 0; l < LANES; l++)
             to_digits(job.c.fix_v + l, LANES, b, m->limbs, n);
         amm8(job.c.fix_v, job.c.fix_v, job.c.r2_v, &job.c, t);
-        free(t);
         job.b_v = job.c.fix_v;
     }
+    free(t);
+    free(limbs);
     rc = pec_parallel_for((rows + LANES - 1) / LANES, 4, threads, scratch, mul8_groups, &job);
     ifma_mod_free(&job.c);
     return rc;

@@ -9,6 +9,7 @@ typedef unsigned int u32;
 #define KERNEL extern "C" __global__ void
 #define GLOBAL
 #define SHARED __shared__
+#define SHARED_PTR /* a plain pointer reaches shared memory in CUDA */
 #define DEVICE static __device__ __forceinline__
 #define MULHI(a, b) __umul64hi((a), (b))
 #define CLZ64(x) ((u32)__clzll((long long)(x)))
@@ -23,6 +24,7 @@ typedef uint u32;
 #define KERNEL __kernel void
 #define GLOBAL __global
 #define SHARED __local
+#define SHARED_PTR __local
 #define DEVICE static inline
 #define MULHI(a, b) mul_hi((a), (b))
 #define CLZ64(x) ((u32)clz(x))

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import gmpy2
 import numpy as np
 
 from accel.backends import router
@@ -406,18 +407,20 @@ class KernelBackend(Backend):
         return -(-k // chunks)
 
     def invmod(self, a: np.ndarray, modulus: int) -> np.ndarray:
-        # Inverses are rare (negative scalars, once per key) and an extended-gcd kernel would
-        # diverge on every element, so they are computed on the host.
+        # An extended-gcd kernel would diverge on every element, so inverses are computed on
+        # the host, by GMP: Python's own pow(x, -1, m) takes milliseconds at 4096 bits, which
+        # made every product with negative plaintexts wait seconds for its inverses.
         if not isinstance(modulus, int) or modulus <= 0:
             raise ValueError(f"modulus must be a positive int, got {modulus!r}")
         limbs = limbs_for(modulus)
         a = self._check_residues("a", a, limbs)
         with self._device_call("invmod"):
+            m = gmpy2.mpz(modulus)
             out = []
             for i, x in enumerate(limbs_to_ints(a) if a.shape[0] else []):
                 try:
-                    out.append(pow(x, -1, modulus))
-                except ValueError:
+                    out.append(int(gmpy2.invert(x, m)))
+                except ZeroDivisionError:
                     raise ValueError(f"element {i} has no inverse modulo the modulus") from None
             return ints_to_limbs(out, limbs)
 
@@ -437,8 +440,11 @@ class KernelBackend(Backend):
     def _ntt_program(self, n: int) -> tuple[Any, int, int]:
         """The NTT program for size ``n``, its chunk and its work-group size."""
         chunk = min(n, NTT_MAX_CHUNK)
-        threads = min(chunk // 2, self.max_group_size())
-        return self._program("ntt", NTT_CHUNK=chunk, NTT_THREADS=threads), chunk, threads
+        # a work-item keeps the 2^NTT_MAX_FUSED coefficients of a round in registers
+        threads = max(1, min(chunk >> NTT_MAX_FUSED, self.max_group_size()))
+        program = self._program("ntt", NTT_CHUNK=chunk, NTT_LOG_CHUNK=chunk.bit_length() - 1,
+                                NTT_THREADS=threads)
+        return program, chunk, threads
 
     @staticmethod
     def _ntt_batch(plan: Any, a: Any) -> np.ndarray:

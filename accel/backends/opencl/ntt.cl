@@ -17,15 +17,20 @@
 #ifndef NTT_CHUNK
 #define NTT_CHUNK 4096
 #endif
-#ifndef NTT_THREADS
-#if NTT_CHUNK / 2 > 1024
-#define NTT_THREADS 1024
-#else
-#define NTT_THREADS (NTT_CHUNK / 2)
-#endif
-#endif
-#define NTT_LOG_CHUNK (63 - CLZ64((u64)NTT_CHUNK))
 #define NTT_MAX_FUSED 4
+#ifndef NTT_THREADS
+#if NTT_CHUNK >> NTT_MAX_FUSED > 1024
+#define NTT_THREADS 1024
+#elif NTT_CHUNK >> NTT_MAX_FUSED > 0
+#define NTT_THREADS (NTT_CHUNK >> NTT_MAX_FUSED)
+#else
+#define NTT_THREADS 1
+#endif
+#endif
+/* log2(NTT_CHUNK); the host passes it as a literal so that the rounds unroll */
+#ifndef NTT_LOG_CHUNK
+#define NTT_LOG_CHUNK (63 - CLZ64((u64)NTT_CHUNK))
+#endif
 
 /* w * y mod q, lazily in [0, 2q), for a fixed twiddle w with companion floor(w 2^64 / q). */
 DEVICE u64 shoup(u64 y, u64 w, u64 w_shoup, u64 q)
@@ -126,6 +131,46 @@ FWD_STAGES_KERNEL(2)
 FWD_STAGES_KERNEL(3)
 FWD_STAGES_KERNEL(4)
 
+/* Local-memory slot of chunk coefficient i: its low four bits XORed with the next four. In a
+ * round's last stages the work-items of a warp own coefficients 16 apart, which would all
+ * fall into one memory bank; the swizzle spreads them over 16. It permutes every block of 16,
+ * so it uses no extra memory. */
+DEVICE u32 slot(u32 i)
+{
+    return i ^ ((i >> 4) & 15);
+}
+
+/* S forward stages (half-widths 2^log_t down to 2^(log_t + 1 - S)) on a chunk in local memory,
+ * indexed as in fwd_stages; blk0 is the chunk's first block of 2^(log_t + 1) in its row. */
+DEVICE void fwd_round(SHARED_PTR u64 *buf, GLOBAL const u64 *psi, GLOBAL const u64 *psi_shoup,
+                      u64 tw, u64 q, u32 log_n, u32 log_t, u32 blk0, u32 lid, const u32 S)
+{
+    const u32 log_tl = log_t + 1 - S;
+    for (u32 k = lid; k < (NTT_CHUNK >> S); k += NTT_THREADS) {
+        const u32 blk = k >> log_tl;
+        const u32 j0 = (blk << (log_t + 1)) + (k & ((1u << log_tl) - 1));
+        u64 x[1 << NTT_MAX_FUSED];
+#pragma unroll
+        for (u32 c = 0; c < (1u << S); c++)
+            x[c] = buf[slot(j0 + (c << log_tl))];
+#pragma unroll
+        for (u32 s = 0; s < S; s++) {
+            const u32 apart = 1u << (S - 1 - s);
+            const u32 m = (1u << (log_n - 1)) >> (log_t - s);
+#pragma unroll
+            for (u32 c = 0; c < (1u << S); c++) {
+                if (c & apart)
+                    continue;
+                const u32 idx = m + ((blk0 + blk) << s) + (c >> (S - s));
+                fwd_butterfly(&x[c], &x[c + apart], psi[tw + idx], psi_shoup[tw + idx], q);
+            }
+        }
+#pragma unroll
+        for (u32 c = 0; c < (1u << S); c++)
+            buf[slot(j0 + (c << log_tl))] = x[c];
+    }
+}
+
 /* The forward stages with 2t <= NTT_CHUNK, then the final reduction, one chunk per group. */
 /* (GROUP_SIZE: the compiler must fit a whole work-group of this size on one compute unit.) */
 KERNEL GROUP_SIZE(NTT_THREADS)
@@ -144,23 +189,49 @@ ntt_forward_tail(GLOBAL u64 *a, GLOBAL const u64 *psi, GLOBAL const u64 *psi_sho
     GLOBAL u64 *r = a + (row << log_n) + (u64)chunk * NTT_CHUNK;
 
     for (u32 e = lid; e < NTT_CHUNK; e += NTT_THREADS)
-        buf[e] = r[e];
+        buf[slot(e)] = r[e];
     BARRIER();
-    const u32 first = chunk * (NTT_CHUNK / 2); /* first butterfly of the chunk in the row */
-    for (int lt = NTT_LOG_CHUNK - 1; lt >= 0; lt--) {
-        const u32 m = (1u << (log_n - 1)) >> lt;
-        for (u32 b = lid; b < NTT_CHUNK / 2; b += NTT_THREADS) {
-            const u32 i = (first + b) >> lt;
-            const u32 j = ((b >> lt) << (lt + 1)) + (b & ((1u << lt) - 1));
-            u64 x = buf[j], y = buf[j + (1u << lt)];
-            fwd_butterfly(&x, &y, psi[tw + m + i], psi_shoup[tw + m + i], q);
-            buf[j] = x;
-            buf[j + (1u << lt)] = y;
-        }
+#pragma unroll
+    for (u32 done = 0; done < NTT_LOG_CHUNK; done += NTT_MAX_FUSED) {
+        const u32 top = NTT_LOG_CHUNK - 1 - done; /* log2 of the round's first half-width */
+        const u32 S = NTT_LOG_CHUNK - done < NTT_MAX_FUSED ? NTT_LOG_CHUNK - done : NTT_MAX_FUSED;
+        fwd_round(buf, psi, psi_shoup, tw, q, log_n, top, chunk << done, lid, S);
         BARRIER();
     }
     for (u32 e = lid; e < NTT_CHUNK; e += NTT_THREADS)
-        r[e] = reduce4(buf[e], q);
+        r[e] = reduce4(buf[slot(e)], q);
+}
+
+/* S inverse stages (half-widths 2^log_t up to 2^(log_t + S - 1)) on a chunk in local memory,
+ * indexed as in inv_stages; g0 is the chunk's first block of 2^(log_t + S) in its row. */
+DEVICE void inv_round(SHARED_PTR u64 *buf, GLOBAL const u64 *psi_inv,
+                      GLOBAL const u64 *psi_inv_shoup, u64 tw, u64 q, u32 log_n, u32 log_t,
+                      u32 g0, u32 lid, const u32 S)
+{
+    for (u32 k = lid; k < (NTT_CHUNK >> S); k += NTT_THREADS) {
+        const u32 g = k >> log_t;
+        const u32 j0 = (g << (log_t + S)) + (k & ((1u << log_t) - 1));
+        u64 x[1 << NTT_MAX_FUSED];
+#pragma unroll
+        for (u32 c = 0; c < (1u << S); c++)
+            x[c] = buf[slot(j0 + (c << log_t))];
+#pragma unroll
+        for (u32 s = 0; s < S; s++) {
+            const u32 span = 1u << s;
+            const u32 h = (1u << (log_n - 1)) >> (log_t + s);
+#pragma unroll
+            for (u32 c = 0; c < (1u << S); c++) {
+                if (c & span)
+                    continue;
+                const u32 idx = h + ((g0 + g) << (S - 1 - s)) + (c >> (s + 1));
+                inv_butterfly(&x[c], &x[c + span], psi_inv[tw + idx], psi_inv_shoup[tw + idx],
+                              q);
+            }
+        }
+#pragma unroll
+        for (u32 c = 0; c < (1u << S); c++)
+            buf[slot(j0 + (c << log_t))] = x[c];
+    }
 }
 
 /* The inverse stages with 2t <= NTT_CHUNK, one chunk per group; when they are all the stages
@@ -182,23 +253,17 @@ ntt_inverse_head(GLOBAL u64 *a, GLOBAL const u64 *psi_inv, GLOBAL const u64 *psi
     GLOBAL u64 *r = a + (row << log_n) + (u64)chunk * NTT_CHUNK;
 
     for (u32 e = lid; e < NTT_CHUNK; e += NTT_THREADS)
-        buf[e] = r[e];
+        buf[slot(e)] = r[e];
     BARRIER();
-    const u32 first = chunk * (NTT_CHUNK / 2);
-    for (int lt = 0; lt < NTT_LOG_CHUNK; lt++) {
-        const u32 h = (1u << (log_n - 1)) >> lt; /* m / 2 in docs/ntt.md */
-        for (u32 b = lid; b < NTT_CHUNK / 2; b += NTT_THREADS) {
-            const u32 i = (first + b) >> lt;
-            const u32 j = ((b >> lt) << (lt + 1)) + (b & ((1u << lt) - 1));
-            u64 x = buf[j], y = buf[j + (1u << lt)];
-            inv_butterfly(&x, &y, psi_inv[tw + h + i], psi_inv_shoup[tw + h + i], q);
-            buf[j] = x;
-            buf[j + (1u << lt)] = y;
-        }
+#pragma unroll
+    for (u32 low = 0; low < NTT_LOG_CHUNK; low += NTT_MAX_FUSED) {
+        const u32 S = NTT_LOG_CHUNK - low < NTT_MAX_FUSED ? NTT_LOG_CHUNK - low : NTT_MAX_FUSED;
+        inv_round(buf, psi_inv, psi_inv_shoup, tw, q, log_n, low,
+                  chunk << (NTT_LOG_CHUNK - low - S), lid, S);
         BARRIER();
     }
     for (u32 e = lid; e < NTT_CHUNK; e += NTT_THREADS) {
-        u64 v = buf[e];
+        u64 v = buf[slot(e)];
         if (finish)
             v = scale(v, n_inv[limb], n_inv_shoup[limb], q);
         r[e] = v;
