@@ -34,7 +34,10 @@ class Text(str):
     """A plain-text response body (``/metrics``)."""
 
 
-Handler = Callable[[Node, dict[str, str], Any, re.Match[str]], tuple[int, Any]]
+Query = dict[str, str]
+Match = re.Match[str]  # the route pattern's match: its groups are the path parameters
+Reply = tuple[int, Any]
+Handler = Callable[[Node, Query, Any, Match], Reply]
 ROUTES: list[tuple[str, re.Pattern[str], Handler]] = []
 
 
@@ -75,22 +78,22 @@ def _int_query(query: dict[str, str], key: str, default: int, lo: int, hi: int) 
 # node ------------------------------------------------------------------------------------
 
 @route("GET", "/v1/status")
-def get_status(node: Node, query, body, m) -> tuple[int, Any]:
+def get_status(node: Node, query: Query, body: Any, m: Match) -> Reply:
     return 200, node.status()
 
 
 @route("GET", "/v1/inventory")
-def get_inventory(node: Node, query, body, m) -> tuple[int, Any]:
+def get_inventory(node: Node, query: Query, body: Any, m: Match) -> Reply:
     return 200, node.inventory.to_dict()
 
 
 @route("GET", "/v1/profile")
-def get_profile(node: Node, query, body, m) -> tuple[int, Any]:
+def get_profile(node: Node, query: Query, body: Any, m: Match) -> Reply:
     return 200, node.profile_view()
 
 
 @route("PUT", "/v1/profile/override")
-def put_profile_override(node: Node, query, body, m) -> tuple[int, Any]:
+def put_profile_override(node: Node, query: Query, body: Any, m: Match) -> Reply:
     actor = _actor(body)
     if "profile" not in body:
         raise ApiError(400, "field 'profile' is required (a profile name, or null to clear)")
@@ -98,24 +101,24 @@ def put_profile_override(node: Node, query, body, m) -> tuple[int, Any]:
 
 
 @route("GET", "/v1/live")
-def get_live(node: Node, query, body, m) -> tuple[int, Any]:
+def get_live(node: Node, query: Query, body: Any, m: Match) -> Reply:
     return 200, node.live()
 
 
 @route("GET", "/metrics")
-def get_metrics(node: Node, query, body, m) -> tuple[int, Any]:
+def get_metrics(node: Node, query: Query, body: Any, m: Match) -> Reply:
     return 200, Text(metrics.render(node))
 
 
 @route("GET", "/v1/backends")
-def get_backends(node: Node, query, body, m) -> tuple[int, Any]:
+def get_backends(node: Node, query: Query, body: Any, m: Match) -> Reply:
     return 200, {"backends": node.backends_view()}
 
 
 # jobs ------------------------------------------------------------------------------------
 
 @route("GET", "/v1/job-kinds")
-def get_job_kinds(node: Node, query, body, m) -> tuple[int, Any]:
+def get_job_kinds(node: Node, query: Query, body: Any, m: Match) -> Reply:
     caps = node.profile.capabilities
     return 200, {"kinds": [
         {"kind": k.name, "description": k.description, "requires": k.requires,
@@ -125,7 +128,7 @@ def get_job_kinds(node: Node, query, body, m) -> tuple[int, Any]:
 
 
 @route("GET", "/v1/jobs")
-def list_jobs(node: Node, query, body, m) -> tuple[int, Any]:
+def list_jobs(node: Node, query: Query, body: Any, m: Match) -> Reply:
     jobs, total = node.runner.list(
         state=query.get("state") or None,
         kind=query.get("kind") or None,
@@ -136,7 +139,7 @@ def list_jobs(node: Node, query, body, m) -> tuple[int, Any]:
 
 
 @route("POST", "/v1/jobs")
-def submit_job(node: Node, query, body, m) -> tuple[int, Any]:
+def submit_job(node: Node, query: Query, body: Any, m: Match) -> Reply:
     actor = _actor(body)
     if "kind" not in body:
         raise ApiError(400, "field 'kind' is required")
@@ -144,41 +147,41 @@ def submit_job(node: Node, query, body, m) -> tuple[int, Any]:
 
 
 @route("GET", r"/v1/jobs/(?P<id>\d+)")
-def get_job(node: Node, query, body, m) -> tuple[int, Any]:
+def get_job(node: Node, query: Query, body: Any, m: Match) -> Reply:
     return 200, node.runner.get(int(m["id"]))
 
 
 @route("GET", r"/v1/jobs/(?P<id>\d+)/log")
-def get_job_log(node: Node, query, body, m) -> tuple[int, Any]:
+def get_job_log(node: Node, query: Query, body: Any, m: Match) -> Reply:
     return 200, {"lines": node.runner.log_lines(int(m["id"]))}
 
 
 @route("POST", r"/v1/jobs/(?P<id>\d+)/cancel")
-def cancel_job(node: Node, query, body, m) -> tuple[int, Any]:
+def cancel_job(node: Node, query: Query, body: Any, m: Match) -> Reply:
     return 200, node.runner.cancel(int(m["id"]), _actor(body))
 
 
 @route("POST", r"/v1/jobs/(?P<id>\d+)/resume")
-def resume_job(node: Node, query, body, m) -> tuple[int, Any]:
+def resume_job(node: Node, query: Query, body: Any, m: Match) -> Reply:
     return 200, node.runner.resume(int(m["id"]), _actor(body))
 
 
 # users and settings ----------------------------------------------------------------------
 
 @route("GET", "/v1/users")
-def list_users(node: Node, query, body, m) -> tuple[int, Any]:
+def list_users(node: Node, query: Query, body: Any, m: Match) -> Reply:
     return 200, {"users": node.users.list()}
 
 
 @route("POST", "/v1/users")
-def create_user(node: Node, query, body, m) -> tuple[int, Any]:
+def create_user(node: Node, query: Query, body: Any, m: Match) -> Reply:
     actor = _actor(body)
     return 201, node.users.create(body.get("username"), body.get("password"), body.get("role"),
                                   actor)
 
 
 @route("POST", "/v1/users/authenticate")
-def authenticate(node: Node, query, body, m) -> tuple[int, Any]:
+def authenticate(node: Node, query: Query, body: Any, m: Match) -> Reply:
     body = _obj(body)
     remote = body.get("remote", "")
     return 200, node.users.authenticate(body.get("username"), body.get("password"),
@@ -186,19 +189,19 @@ def authenticate(node: Node, query, body, m) -> tuple[int, Any]:
 
 
 @route("POST", r"/v1/users/(?P<name>[^/]+)/password")
-def change_password(node: Node, query, body, m) -> tuple[int, Any]:
+def change_password(node: Node, query: Query, body: Any, m: Match) -> Reply:
     actor = _actor(body)
     node.users.change_password(m["name"], body.get("old"), body.get("new"), actor)
     return 200, {"ok": True}
 
 
 @route("GET", "/v1/settings")
-def get_settings(node: Node, query, body, m) -> tuple[int, Any]:
+def get_settings(node: Node, query: Query, body: Any, m: Match) -> Reply:
     return 200, node.settings()
 
 
 @route("PUT", "/v1/settings")
-def put_settings(node: Node, query, body, m) -> tuple[int, Any]:
+def put_settings(node: Node, query: Query, body: Any, m: Match) -> Reply:
     actor = _actor(body)
     changes = {k: v for k, v in body.items() if k != "actor"}
     return 200, node.put_settings(changes, actor)
@@ -207,7 +210,7 @@ def put_settings(node: Node, query, body, m) -> tuple[int, Any]:
 # audit -----------------------------------------------------------------------------------
 
 @route("GET", "/v1/audit")
-def list_audit(node: Node, query, body, m) -> tuple[int, Any]:
+def list_audit(node: Node, query: Query, body: Any, m: Match) -> Reply:
     records, total = audit.records(
         offset=_int_query(query, "offset", 0, 0, 1 << 31),
         limit=_int_query(query, "limit", 50, 1, 500),
@@ -220,12 +223,12 @@ def list_audit(node: Node, query, body, m) -> tuple[int, Any]:
 
 
 @route("POST", "/v1/audit/verify")
-def verify_audit(node: Node, query, body, m) -> tuple[int, Any]:
+def verify_audit(node: Node, query: Query, body: Any, m: Match) -> Reply:
     return 200, audit.verify()
 
 
 @route("POST", "/v1/audit/record")
-def record_audit(node: Node, query, body, m) -> tuple[int, Any]:
+def record_audit(node: Node, query: Query, body: Any, m: Match) -> Reply:
     actor = _actor(body)
     for key in ("action", "object"):
         if not isinstance(body.get(key), str) or not body[key].strip():
@@ -236,12 +239,12 @@ def record_audit(node: Node, query, body, m) -> tuple[int, Any]:
 # trust root ------------------------------------------------------------------------------
 
 @route("GET", "/v1/keys")
-def get_keys(node: Node, query, body, m) -> tuple[int, Any]:
+def get_keys(node: Node, query: Query, body: Any, m: Match) -> Reply:
     return 200, trust_api.keys(node.need_trust())
 
 
 @route("POST", "/v1/keys/rotate-kek")
-def rotate_kek(node: Node, query, body, m) -> tuple[int, Any]:
+def rotate_kek(node: Node, query: Query, body: Any, m: Match) -> Reply:
     actor = _actor(body)
     try:
         result = trust_api.rotate_kek(node.need_trust(), body)
@@ -253,12 +256,12 @@ def rotate_kek(node: Node, query, body, m) -> tuple[int, Any]:
 
 
 @route("GET", "/v1/attestation/pcrs")
-def get_pcrs(node: Node, query, body, m) -> tuple[int, Any]:
+def get_pcrs(node: Node, query: Query, body: Any, m: Match) -> Reply:
     return 200, trust_api.pcrs(node.need_trust())
 
 
 @route("POST", "/v1/attestation/quote")
-def post_quote(node: Node, query, body, m) -> tuple[int, Any]:
+def post_quote(node: Node, query: Query, body: Any, m: Match) -> Reply:
     actor = _actor(body)
     bundle = trust_api.quote(node.need_trust(), body)
     audit.record(actor, "attestation.quote", f"node:{bundle['node_id']}",
@@ -267,7 +270,7 @@ def post_quote(node: Node, query, body, m) -> tuple[int, Any]:
 
 
 @route("POST", "/v1/attestation/verify")
-def post_verify(node: Node, query, body, m) -> tuple[int, Any]:
+def post_verify(node: Node, query: Query, body: Any, m: Match) -> Reply:
     body = _obj(body)
     # verifying needs no key; the actor is optional, the verdict is still recorded
     actor = _actor(body) if "actor" in body else "api"

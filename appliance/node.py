@@ -19,7 +19,7 @@ from appliance.inventory import Inventory, detect
 from appliance.job_kinds import KINDS
 from appliance.jobs import JobRunner
 from appliance.ledger import Ledger
-from appliance.profile import UNCLASSIFIED, ProfileError, ProfileMatch, load_profiles, match
+from appliance.profile import ProfileError, ProfileMatch, load_profiles, match, profile_names
 from appliance.statedir import StateDir
 from appliance.store import Store, utc_now
 from appliance.trust import TrustRoot
@@ -113,7 +113,7 @@ class Node:
             log.warning("the accel router refused policy %s: %s", policy, describe_error(exc))
 
     def set_override(self, profile: Any, actor: str) -> dict[str, Any]:
-        names = [p.name for p in self.profiles] + [UNCLASSIFIED]
+        names = profile_names(self.profiles)
         if profile is not None and profile not in names:
             raise ProfileError(f"profile must be one of {', '.join(names)} or null")
         before = self.profile.profile
@@ -197,7 +197,7 @@ class Node:
 
     def profile_view(self) -> dict[str, Any]:
         out = self.profile.to_dict()
-        out["profiles"] = [p.name for p in self.profiles] + [UNCLASSIFIED]
+        out["profiles"] = profile_names(self.profiles)
         out["matrix"] = {p.name: {"always": list(p.always), "choose_one": list(p.choose_one)}
                          for p in self.profiles}
         return out

@@ -31,7 +31,7 @@ from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11.mechanisms import GCMParams
 from pkcs11.util.ec import encode_named_curve_parameters
 
-from hsm.blob import NONCE_BYTES, SealedBlob
+from hsm.blob import MAX_CONTEXT, NONCE_BYTES, SealedBlob
 from hsm.blobstore import BlobStore
 from hsm.errors import (
     BlobContextMismatch,
@@ -349,6 +349,8 @@ class Keystore:
     def seal(self, data: bytes, context: bytes) -> bytes:
         """Encrypt `data` under the current KEK with AES-256-GCM; `context` is bound as AAD."""
         data, context = _as_bytes(data, "data"), _as_bytes(context, "context")
+        if len(context) > MAX_CONTEXT:
+            raise ValueError(f"context is {len(context)} bytes; a blob holds at most {MAX_CONTEXT}")
         return self._call(lambda: self._seal(data, context))
 
     def _seal(self, data: bytes, context: bytes, generation: int | None = None) -> bytes:

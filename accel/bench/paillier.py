@@ -67,7 +67,13 @@ def _sizes(quick: bool) -> dict[str, int]:
 
 def _cases(pk: PublicKey, sk: PrivateKey, sz: dict[str, int], rng: np.random.Generator
            ) -> list[Case]:
-    import phe
+    try:
+        import phe
+    except ImportError:
+        raise RuntimeError(
+            "the Paillier benchmark measures against python-paillier, which is not installed "
+            "(pip install phe==1.5.0)"
+        ) from None
 
     pub = phe.PaillierPublicKey(pk.n)
     priv = phe.PaillierPrivateKey(pub, sk.p, sk.q)

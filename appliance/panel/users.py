@@ -15,7 +15,6 @@ from appliance.panel.security import open_to_auditors
 
 bp = Blueprint("users", __name__, url_prefix="/users")
 
-PROFILES = ("mini", "standard", "jumbo", "unclassified")
 AUTOMATIC = "automatic"
 
 
@@ -30,13 +29,14 @@ def _new_password(form: Any, name: str) -> str:
 @bp.get("")
 def index() -> str:
     client = daemon()
+    profile = client.get("/v1/profile")
     return render_template(
         "users.html",
         users=client.get("/v1/users").get("users", []),
         settings=client.get("/v1/settings"),
-        profile=client.get("/v1/profile"),
+        profile=profile,
         roles=ROLES,
-        profiles=PROFILES,
+        profiles=profile["profiles"],
         automatic=AUTOMATIC,
         min_password=MIN_PASSWORD,
     )
@@ -86,9 +86,11 @@ def settings() -> Any:
 
 @bp.post("/profile-override")
 def profile_override() -> Any:
-    choice = choice_field(request.form, "profile", (*PROFILES, AUTOMATIC))
+    client = daemon()
+    names = client.get("/v1/profile")["profiles"]
+    choice = choice_field(request.form, "profile", (*names, AUTOMATIC))
     profile = None if choice == AUTOMATIC else choice
-    daemon().put("/v1/profile/override", {"profile": profile, "actor": current_user.username})
+    client.put("/v1/profile/override", {"profile": profile, "actor": current_user.username})
     flash(
         "Profile chosen by the hardware again." if profile is None
         else f"Profile overridden to {profile}.",

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import sys
+
+import pytest
 
 from accel.bench import __main__ as bench_cli
 from accel.bench import paillier as bench
@@ -21,6 +24,12 @@ def test_quick_run_reports_every_operation_with_progress():
     assert percents == sorted(percents) and percents[-1] == 100
     assert "logical CPUs" in result["machine"]
     assert "encrypt (private key holder)" in bench.format_table(result)
+
+
+def test_without_python_paillier_the_run_says_what_is_missing(monkeypatch):
+    monkeypatch.setitem(sys.modules, "phe", None)  # makes `import phe` fail
+    with pytest.raises(RuntimeError, match="python-paillier, which is not installed"):
+        bench.run(bits=512, backend="cpu", quick=True)
 
 
 def test_cli_prints_json(capsys):

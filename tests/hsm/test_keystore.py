@@ -70,11 +70,15 @@ def test_malformed_blob(keystore, data, match):
         keystore.unseal(data, context=b"ab")
 
 
-def test_seal_rejects_non_bytes(keystore):
+def test_seal_rejects_non_bytes_and_an_oversized_context(keystore):
     with pytest.raises(TypeError, match="data must be bytes"):
         keystore.seal("text", context=b"c")
     with pytest.raises(TypeError, match="context must be bytes"):
         keystore.seal(b"x", context="c")
+    with pytest.raises(ValueError, match="context is 65536 bytes; a blob holds at most 65535"):
+        keystore.seal(b"x", context=bytes(65536))
+    blob = keystore.seal(b"x", context=bytes(65535))
+    assert keystore.unseal(blob, context=bytes(65535)) == b"x"
 
 
 def test_sign_verify_der_p256(keystore):

@@ -173,6 +173,42 @@ IFMA static inline void amm8(uint64_t *r, const uint64_t *a, const uint64_t *b,
 #define HI(x, y, z) _mm512_madd52hi_epu64((x), (y), (z))
 #define BCAST(v) _mm512_set1_epi64((long long)(v))
 
+/* w[i + u] += a_u b_i and w[i + 1 + u] += a_u b_i+1 for u in [s, e] (low halves there, high
+ * halves one column up), b_i+1 only when `two`. Two rows at a time, as in asqr8: every column
+ * update is then a chain of two products, which keeps the multiplier busy. */
+IFMA static inline void product_rows(uint64_t *w, const uint64_t *a, const uint64_t *b,
+                                     int64_t i, int two, int64_t s, int64_t e)
+{
+#define COL(k) (w + (k) * LANES)
+#define A(k) LOAD(a + (k) * LANES)
+    const __m512i bi = LOAD(b + i * LANES);
+    if (!two) {
+        __m512i x = LOAD(COL(i + s));
+        for (int64_t u = s; u <= e; u++) {
+            const __m512i au = A(u);
+            STORE(COL(i + u), LO(x, au, bi));
+            x = HI(LOAD(COL(i + u + 1)), au, bi);
+        }
+        STORE(COL(i + e + 1), x);
+        return;
+    }
+    const __m512i bi1 = LOAD(b + (i + 1) * LANES);
+    __m512i au1 = A(s);
+    STORE(COL(i + s), LO(LOAD(COL(i + s)), au1, bi));
+    __m512i x = HI(LOAD(COL(i + s + 1)), au1, bi);
+    for (int64_t u = s + 1; u <= e; u++) {
+        const __m512i au = A(u);
+        x = LO(LO(x, au, bi), au1, bi1);
+        STORE(COL(i + u), x);
+        x = HI(HI(LOAD(COL(i + u + 1)), au, bi), au1, bi1);
+        au1 = au;
+    }
+    STORE(COL(i + e + 1), LO(x, au1, bi1));
+    STORE(COL(i + e + 2), HI(LOAD(COL(i + e + 2)), au1, bi1));
+#undef COL
+#undef A
+}
+
 /* r = a^2 / R. Cross products a_i a_j (i < j) once, doubled, plus the squares, then the
  * reduction: three quarters of amm8's multiplications. Rows go in pairs so that every
  * column update is a chain of two products per half, as in amm8; one row at a time would
@@ -189,26 +225,13 @@ IFMA static inline void asqr8(uint64_t *r, const uint64_t *a, const ifma_mod *c,
         STORE(acc + k * LANES, zero);
 #define COL(k) (acc + (k) * LANES)
 #define A(k) LOAD(a + (k) * LANES)
-    /* Rows i and i + 1: column i + u takes lo(a_i a_u) (u > i) and lo(a_i+1 a_u-1)
-     * (u - 1 > i + 1), and the high halves of the same products go one column up. */
+    /* Rows i and i + 1 take a_u for u > i + 1 together; a_i a_i+1 goes in on its own. */
     for (int64_t i = 0; i + 1 < n; i += 2) {
         const __m512i ai = A(i), ai1 = A(i + 1);
-        __m512i x = LOAD(COL(2 * i + 1));
-        for (int64_t u = i + 1; u <= n; u++) {
-            const int row0 = u < n, row1 = u >= i + 3 && u <= n;
-            __m512i au = row0 ? A(u) : zero, au1 = row1 ? A(u - 1) : zero;
-            if (row0)
-                x = LO(x, ai, au);
-            if (row1)
-                x = LO(x, ai1, au1);
-            STORE(COL(i + u), x);
-            x = LOAD(COL(i + u + 1));
-            if (row0)
-                x = HI(x, ai, au);
-            if (row1)
-                x = HI(x, ai1, au1);
-        }
-        STORE(COL(i + n + 1), x);
+        STORE(COL(2 * i + 1), LO(LOAD(COL(2 * i + 1)), ai, ai1));
+        STORE(COL(2 * i + 2), HI(LOAD(COL(2 * i + 2)), ai, ai1));
+        if (i + 2 < n)
+            product_rows(acc, a, a, i, 1, i + 2, n - 1);
     }
     for (int64_t i = 0; i < n; i++) {
         const __m512i ai = A(i);
@@ -264,42 +287,6 @@ IFMA static inline void asqr8(uint64_t *r, const uint64_t *a, const ifma_mod *c,
         STORE(r + k * LANES, _mm512_and_si512(v, mask));
         carry = _mm512_srli_epi64(v, 52);
     }
-#undef COL
-#undef A
-}
-
-/* w[i + u] += a_u b_i and w[i + 1 + u] += a_u b_i+1 for u in [s, e] (low halves there, high
- * halves one column up), b_i+1 only when `two`. Two rows at a time, as in asqr8: every column
- * update is then a chain of two products, which keeps the multiplier busy. */
-IFMA static inline void product_rows(uint64_t *w, const uint64_t *a, const uint64_t *b,
-                                     int64_t i, int two, int64_t s, int64_t e)
-{
-#define COL(k) (w + (k) * LANES)
-#define A(k) LOAD(a + (k) * LANES)
-    const __m512i bi = LOAD(b + i * LANES);
-    if (!two) {
-        __m512i x = LOAD(COL(i + s));
-        for (int64_t u = s; u <= e; u++) {
-            const __m512i au = A(u);
-            STORE(COL(i + u), LO(x, au, bi));
-            x = HI(LOAD(COL(i + u + 1)), au, bi);
-        }
-        STORE(COL(i + e + 1), x);
-        return;
-    }
-    const __m512i bi1 = LOAD(b + (i + 1) * LANES);
-    __m512i au1 = A(s);
-    STORE(COL(i + s), LO(LOAD(COL(i + s)), au1, bi));
-    __m512i x = HI(LOAD(COL(i + s + 1)), au1, bi);
-    for (int64_t u = s + 1; u <= e; u++) {
-        const __m512i au = A(u);
-        x = LO(LO(x, au, bi), au1, bi1);
-        STORE(COL(i + u), x);
-        x = HI(HI(LOAD(COL(i + u + 1)), au, bi), au1, bi1);
-        au1 = au;
-    }
-    STORE(COL(i + e + 1), LO(x, au1, bi1));
-    STORE(COL(i + e + 2), HI(LOAD(COL(i + e + 2)), au1, bi1));
 #undef COL
 #undef A
 }
