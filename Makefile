@@ -18,9 +18,7 @@ DEB_PACKAGES := build-essential pkg-config python3-dev python3-venv libgmp-dev \
 IMAGE_DEB_PACKAGES := mmdebstrap qemu-system-x86 ovmf dosfstools mtools fdisk e2fsprogs \
 	swtpm swtpm-tools
 
-.PHONY: all deps venv test lint run bench gpu-check clean
-
-.PHONY: image-deps image image-test
+.PHONY: all deps venv test lint run bench gpu-check clean image-deps image image-test
 
 all: test
 
