@@ -491,7 +491,9 @@ def check_manifest(diag: DiagPort, ctx: dict[str, Any]) -> str:
             f"{len(inside['debian_packages'])} Debian packages")
 
 
-STEPS: list[tuple[str, Callable[[DiagPort, dict[str, Any]], str]]] = [
+Step = Callable[[DiagPort, dict[str, Any]], str]
+
+STEPS: list[tuple[str, Step]] = [
     ("daemon answers", check_daemon),
     ("profile reported", check_profile),
     ("trust root healthy (HSM unlocked by the TPM)", check_trust_health),
@@ -504,7 +506,7 @@ STEPS: list[tuple[str, Callable[[DiagPort, dict[str, Any]], str]]] = [
 ]
 
 # After a clean power-off and a second boot of the same disk and TPM.
-REBOOT_STEPS: list[tuple[str, Callable[[DiagPort, dict[str, Any]], str]]] = [
+REBOOT_STEPS: list[tuple[str, Step]] = [
     ("second boot: first boot does not run again", check_firstboot_once),
     ("second boot: trust root unlocks with the same PCRs", check_trust_health),
     ("second boot: attestation verifies against the first boot's golden PCRs",
@@ -563,6 +565,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if not args.image.is_file():
         print(f"boot-test: no image at {args.image}: run 'make image' first", file=sys.stderr)
+        print("image-test: 0 passed, 1 failed")
         return 2
     args.work.mkdir(parents=True, exist_ok=True)
     accel = pick_accel(args.accel)
@@ -577,6 +580,16 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     current = "start the virtual machine"
     results: list[tuple[str, str, float]] = []
+
+    def run_steps(steps: list[tuple[str, Step]], diag: DiagPort) -> None:
+        nonlocal current
+        for name, check in steps:
+            current = name
+            t0 = time.monotonic()
+            detail = check(diag, ctx)
+            results.append((name, detail, time.monotonic() - t0))
+            print(f"PASS  {name} ({time.monotonic() - t0:.1f} s): {detail}", flush=True)
+
     try:
         with running(machine, password):
             try:
@@ -588,17 +601,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"PASS  {current} ({boot_s:.0f} s): {ctx['ready_line']}", flush=True)
                 if password is None:
                     current = "one-time setup code on the console"
+                    t0 = time.monotonic()
                     line = machine.wait_for_console(SETUP_CODE_MARK, 5)
                     ctx["password"] = line.split(SETUP_CODE_MARK, 1)[1].strip()
+                    results.append((current, "", time.monotonic() - t0))
                     print(f"PASS  {current}: {ctx['password'][:4]}-...", flush=True)
                 current = "connect to the diagnostics port"
                 diag = DiagPort(machine.diag_socket)
-                for name, check in STEPS:
-                    current = name
-                    t0 = time.monotonic()
-                    detail = check(diag, ctx)
-                    results.append((name, detail, time.monotonic() - t0))
-                    print(f"PASS  {name} ({time.monotonic() - t0:.1f} s): {detail}", flush=True)
+                run_steps(STEPS, diag)
                 current = "clean power-off"
                 diag.close()
                 diag = None
@@ -616,12 +626,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"PASS  {current} ({time.monotonic() - t0:.0f} s): {line}", flush=True)
                 current = "connect to the diagnostics port"
                 diag = DiagPort(machine.diag_socket)
-                for name, check in REBOOT_STEPS:
-                    current = name
-                    t0 = time.monotonic()
-                    detail = check(diag, ctx)
-                    results.append((name, detail, time.monotonic() - t0))
-                    print(f"PASS  {name} ({time.monotonic() - t0:.1f} s): {detail}", flush=True)
+                run_steps(REBOOT_STEPS, diag)
             except FAILURES as e:
                 # Evidence while the machine still runs: its diagnostics port answers.
                 print(f"FAIL  {current}: {e}", file=sys.stderr, flush=True)
@@ -634,10 +639,13 @@ def main(argv: list[str] | None = None) -> int:
         if current == "start the virtual machine":
             print(f"FAIL  {current}: {e}", file=sys.stderr)
         print(f"boot-test: FAILED at step '{current}' (work dir {machine.work})", file=sys.stderr)
+        sys.stderr.flush()
+        print(f"image-test: {len(results)} passed, 1 failed", flush=True)
+        print(f"boot-test: {time.monotonic() - started:.0f} s, accel {accel}")
         return 1
     total = time.monotonic() - started
-    print(f"boot-test: {len(results)} passed, 0 failed in {total:.0f} s "
-          f"(ready after {results[0][2]:.0f} s, accel {accel})")
+    print(f"image-test: {len(results)} passed, 0 failed", flush=True)
+    print(f"boot-test: {total:.0f} s (ready after {results[0][2]:.0f} s, accel {accel})")
     return 0
 
 

@@ -33,7 +33,8 @@ between host and device inside the timing):
   Paillier layer imports;
 - the router's calibration against the CPU backend, if that backend runs here.
 
-Every measured kernel's first results are checked against Python integers.
+Every measured kernel's first results are checked against Python integers. Their 2048-bit key
+comes from ``accel.paillier.primes``, which needs gmpy2 (from the wheels above).
 """
 
 from __future__ import annotations
@@ -120,35 +121,6 @@ def section(name: str, needs_s: float, run: Callable[..., Any], *args: Any,
 
 
 # -- helpers -------------------------------------------------------------------------------
-
-
-def is_probable_prime(n: int, rounds: int = 32) -> bool:
-    if n < 4:
-        return n in (2, 3)
-    for p in (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37):
-        if n % p == 0:
-            return n == p
-    d, s = n - 1, 0
-    while d % 2 == 0:
-        d, s = d // 2, s + 1
-    for _ in range(rounds):
-        x = pow(secrets.randbelow(n - 3) + 2, d, n)
-        if x in (1, n - 1):
-            continue
-        for _ in range(s - 1):
-            x = x * x % n
-            if x == n - 1:
-                break
-        else:
-            return False
-    return True
-
-
-def random_prime(bits: int) -> int:
-    while True:
-        c = secrets.randbits(bits) | (1 << (bits - 1)) | 1
-        if is_probable_prime(c):
-            return c
 
 
 def random_residues(rng: np.random.Generator, count: int, modulus: int) -> np.ndarray:
@@ -357,6 +329,7 @@ def backend_section(out: dict[str, Any]) -> Any:
 
 def paillier_kernels(out: dict[str, Any], cuda: Any, rng: np.random.Generator) -> None:
     from accel.backends.base import int_to_limbs, limbs_for, limbs_to_ints
+    from accel.paillier.primes import random_prime  # needs gmpy2: the wheels section ran first
 
     t0 = time.perf_counter()
     p, q = random_prime(KEY_BITS // 2), random_prime(KEY_BITS // 2)

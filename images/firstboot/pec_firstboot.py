@@ -27,12 +27,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from appliance.account_rules import MIN_PASSWORD
+
 STATE = Path("/var/lib/pec")
 RECORD_NAME = "firstboot.json"
 PROVISION_LABEL = "PECPROV"
 PROVISION_FILE = "pec-provision.json"
 PROVISION_KEYS = {"admin_password", "hostname"}
-MIN_PASSWORD = 12
 TPM_DEVICES = ("/dev/tpmrm0",)
 # Matches /etc/softhsm/softhsm2.conf in the image: tokens under the state directory.
 SOFTHSM_SUBDIR = "hsm"

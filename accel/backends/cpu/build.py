@@ -24,7 +24,9 @@ SOURCES = [
     "multiexp.c",
     "thread_pool.c",
 ]
-HEADERS = ["ifma.h", "ifma_arith.h", "montgomery.h", "pec_cpu.h", "thread_pool.h"]
+HEADERS = [
+    "ifma.h", "ifma_arith.h", "montgomery.h", "multiexp_windows.h", "pec_cpu.h", "thread_pool.h",
+]
 
 
 def _relative(name: str) -> str:

@@ -1,5 +1,6 @@
 /* Pippenger window sums of pec_multiexp on the IFMA lanes. */
 #include "ifma_arith.h"
+#include "multiexp_windows.h"
 #include "thread_pool.h"
 
 #if PEC_HAVE_IFMA
@@ -56,16 +57,9 @@ IFMA static int mexp8_sums(void *arg, int64_t begin, int64_t end, mp_limb_t *scr
         for (int l = 0; l < LANES; l++) {
             task[l] = g * LANES + l < job->tasks ? g * LANES + l : g * LANES;
             p[l] = task[l] / per_p;
-            int64_t slot = task[l] % per_p, lo = 0, hi = job->M;
-            while (hi - lo > 1) {
-                int64_t mid = (lo + hi) / 2;
-                if (job->first_window[mid] <= slot)
-                    lo = mid;
-                else
-                    hi = mid;
-            }
-            j[l] = lo;
-            bit[l] = (slot - job->first_window[lo]) * w;
+            int64_t slot = task[l] % per_p;
+            j[l] = window_column(job->first_window, job->M, slot);
+            bit[l] = (slot - job->first_window[j[l]]) * w;
         }
         for (unsigned d = 0; d <= top; d++)
             memcpy(buckets + d * vec, c->one_v, vec * sizeof(uint64_t));

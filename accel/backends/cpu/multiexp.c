@@ -6,6 +6,7 @@
 
 #include "ifma.h"
 #include "montgomery.h"
+#include "multiexp_windows.h"
 #include "thread_pool.h"
 
 /* 2^12 buckets of a 4096-bit modulus are 2 MiB per thread: more would leave the caches. */
@@ -44,15 +45,7 @@ static int window_sums(void *arg, int64_t begin, int64_t end, mp_limb_t *scratch
     mp_limb_t *buckets = running + n;
     for (int64_t task = begin; task < end; task++) {
         int64_t p = task / per_p, slot = task % per_p;
-        int64_t lo = 0, hi = job->M; /* column j: first_window[j] <= slot < first_window[j+1] */
-        while (hi - lo > 1) {
-            int64_t mid = (lo + hi) / 2;
-            if (job->first_window[mid] <= slot)
-                lo = mid;
-            else
-                hi = mid;
-        }
-        int64_t j = lo;
+        int64_t j = window_column(job->first_window, job->M, slot);
         int c = job->width[j];
         int64_t bit = (slot - job->first_window[j]) * c;
         unsigned top = (1u << c) - 1;
