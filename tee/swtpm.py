@@ -150,13 +150,7 @@ class Swtpm:
         if proc is None:
             return
         self._pid_file.unlink(missing_ok=True)
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)
         if proc.stderr:
             proc.stderr.close()
 
@@ -169,6 +163,18 @@ class Swtpm:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def stop_process(proc: subprocess.Popen, grace_s: float = 10) -> None:
+    """Ask a child to stop (SIGTERM), and kill it if it has not exited after ``grace_s``."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _free_port_pair(host: str) -> int:
