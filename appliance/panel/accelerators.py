@@ -16,6 +16,8 @@ from appliance.panel.jobs import FINISHED_STATES
 bp = Blueprint("accelerators", __name__, url_prefix="/accelerators")
 
 BENCHMARK_BITS = (512, 1024, 2048, 3072)
+# The key size deployments use; smaller ones are there for a quick look.
+DEFAULT_BENCHMARK_BITS = 2048
 HISTORY_LIMIT = 20
 
 
@@ -54,6 +56,7 @@ def index() -> str:
         job=shown,
         chart=benchmark_chart(shown.get("result")) if shown else None,
         bits_choices=BENCHMARK_BITS,
+        default_bits=DEFAULT_BENCHMARK_BITS,
         finished=FINISHED_STATES,
     )
 
