@@ -387,6 +387,34 @@ def test_simd_mulmod_per_row_factors_at_the_edges(m):
     assert limbs_to_ints(got) == [x * y % m for x, y in zip(xs, ys, strict=True)]
 
 
+@pytest.mark.parametrize(
+    "m",
+    [
+        (1 << 256) - 189,  # just below R: every REDC row carries out
+        (1 << 255) + 1,  # just above R / 2: the largest quotient digits
+        (1 << 512) - 1,
+        (1 << 4096) - 1,
+        (1 << 4095) + 1,
+        (1 << 4093) + 3,  # a top limb with spare bits
+        (1 << 320) - 1,  # five limbs: the limb count outside the unrolled reduction
+    ],
+    ids=["256-max", "256-min", "512-ones", "4096-ones", "4096-min", "4094", "320-ones"],
+)
+def test_portable_montgomery_at_the_edges(m):
+    """The portable reduction on operands that drive every carry chain to its limit:
+    broadcast products, squares and powers stay exact."""
+    portable = CpuBackend(threads=1, simd=False)
+    L = limbs_for(m)
+    xs = [m - 1, m - 2, 1, 0, (m + 1) // 2, *(_rng.randrange(m) for _ in range(11))]
+    a = ints_to_limbs(xs, L)
+    for y in (m - 1, (m - 1) // 2, 1):
+        got = portable.mulmod(a, ints_to_limbs([y], L), m)
+        assert limbs_to_ints(got) == [x * y % m for x in xs]
+    es = [(1 << 64) - 1, 2, 1, 0, 65537, *(_rng.getrandbits(64) for _ in range(11))]
+    got = portable.powmod(a, ints_to_limbs(es, 1), m)
+    assert limbs_to_ints(got) == [pow(x, e, m) for x, e in zip(xs, es, strict=True)]
+
+
 def test_many_small_threaded_calls_finish_and_agree():
     """Calls return once all their rows are done, not when helpers exit: a burst of small
     two-thread calls (helpers may start after the caller did all the work) stays exact."""
