@@ -16,6 +16,7 @@ from accel.backends.cuda.backend import (
     inline_includes,
     kernel_sources,
 )
+from tests.accel.gpu import cuda_backend, nvidia_gpu_present
 from tests.accel.test_opencl_kernels import KernelChecks
 
 
@@ -27,11 +28,6 @@ def nvcc() -> str:
     if found is None:
         pytest.fail("nvcc is not installed: the CUDA kernels must compile on every machine")
     return found
-
-
-def nvidia_gpu_present() -> bool:
-    gpus = Path("/proc/driver/nvidia/gpus")
-    return Path("/dev/nvidia0").exists() or (gpus.is_dir() and any(gpus.iterdir()))
 
 
 def compile_cuda(source: Path, out: Path, mode: str, limbs: int) -> None:
@@ -84,12 +80,6 @@ def test_cuda_backend_reports_why_it_cannot_run() -> None:
     else:
         assert entry["healthy"] is False
         assert entry["reason"]
-
-
-def cuda_backend() -> Backend:
-    if not nvidia_gpu_present():
-        pytest.skip("no NVIDIA GPU or driver on this machine: CUDA kernels are compile-tested only")
-    return backends.get("cuda")  # with a GPU present, failing to start is a failure
 
 
 @pytest.fixture(scope="module")

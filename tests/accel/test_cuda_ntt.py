@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from accel.backends.base import Backend
-from tests.accel.test_cuda_kernels import cuda_backend
+from tests.accel.gpu import cuda_backend
 from tests.accel.test_opencl_ntt import NttChecks
 
 
