@@ -16,9 +16,9 @@ DEB_PACKAGES := build-essential pkg-config python3-dev python3-venv libgmp-dev \
 # Debian packages the OS image build and its boot test need; only `make image` and
 # `make image-test` install them.
 IMAGE_DEB_PACKAGES := mmdebstrap qemu-system-x86 ovmf dosfstools mtools fdisk e2fsprogs \
-	swtpm swtpm-tools
+	swtpm swtpm-tools curl
 
-.PHONY: all deps venv test lint run bench gpu-check clean image-deps image image-test
+.PHONY: all deps venv lock test lint run bench gpu-check clean image-deps image image-test
 
 all: test
 
@@ -34,13 +34,34 @@ deps:
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y --no-install-recommends $$missing; \
 	fi
 
-$(VENV)/.installed: pyproject.toml setup.py $(wildcard accel/backends/cpu/*.c accel/backends/cpu/*.h accel/backends/cpu/build.py) | deps
+# The venv is installed against requirements.lock, the one source of Python pins for the venv
+# and the image. PIP_CONSTRAINT (unlike -c) also reaches the isolated environments in which pip
+# builds source distributions (tpm2-pytss needs setuptools-scm and pkgconfig there), so every
+# build back end is pinned too. The check at the end fails on any drift from the lock.
+LOCK := $(CURDIR)/requirements.lock
+PIP_LOCKED = PIP_CONSTRAINT=$(LOCK) $(1) -m pip install -q --disable-pip-version-check
+BUILD_TOOLS := pip setuptools wheel cffi setuptools-scm pkgconfig
+
+$(VENV)/.installed: pyproject.toml setup.py requirements.lock $(wildcard accel/backends/cpu/*.c accel/backends/cpu/*.h accel/backends/cpu/build.py) | deps
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip setuptools wheel cffi
-	$(PY) -m pip install -q --no-build-isolation -e '.[test]'
+	$(call PIP_LOCKED,$(PY)) $(BUILD_TOOLS)
+	$(call PIP_LOCKED,$(PY)) -e '.[test]'
+	$(PY) scripts/lock_requirements.py --check
 	touch $@
 
 venv: $(VENV)/.installed
+
+# Refresh the lock on purpose: resolve the newest releases in a throwaway venv, rewrite
+# requirements.lock, show what moved. Review the diff, run make test, commit.
+LOCK_VENV := build/lock-venv
+lock: deps
+	rm -rf $(LOCK_VENV) && $(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install -q --disable-pip-version-check --upgrade $(BUILD_TOOLS)
+	$(LOCK_VENV)/bin/python -m pip install -q --disable-pip-version-check '.[test]'
+	$(LOCK_VENV)/bin/python scripts/lock_requirements.py > requirements.lock.new
+	mv requirements.lock.new requirements.lock
+	rm -rf $(LOCK_VENV)
+	git diff --stat -- requirements.lock || true
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -2,17 +2,20 @@
 # Build the appliance's installer disk image: Debian 12, UEFI (systemd-boot), GPT with an EFI
 # system partition and an ext4 root, the appliance wheel in /opt/pec/venv, units enabled.
 #
-#   images/build-image.sh [--out DIR] [--refresh-lock]
+#   images/build-image.sh [--out DIR] [--refresh-lock] [--exact]
 #
 # Two stages, so that a new wheel does not re-download Debian:
-#   1. base: mmdebstrap installs the pinned Debian packages -> cached tarball, keyed by the
-#      package list, the lock and the mirrors (build/image-cache/base-<key>.tar).
+#   1. base: mmdebstrap installs images/packages.list from bookworm, -updates and -security
+#      -> cached tarball, keyed by the list, the mirrors and the mirrors' release files (a
+#      security update makes a new base). images/check_packages.py then holds the result to
+#      images/packages.lock: the same package set, no version older than locked; newer ones
+#      (security updates) are taken and written into the manifest. --exact pins every version.
 #   2. appliance: the base plus the wheel, its pinned Python dependencies, units, first-boot
 #      and manifest -> root tree -> raw GPT disk image assembled without loop devices.
 #
 # Environment: PEC_IMAGE_MIRROR, PEC_IMAGE_SECURITY_MIRROR (Debian mirrors), PEC_IMAGE_SIZE
 # (disk size, default 4G), PEC_IMAGE_CACHE (default build/image-cache), PYTHON (a Python with
-# pip and the build requirements, default .venv/bin/python).
+# pip and the build requirements, default .venv/bin/python), PEC_IMAGE_EXACT=1 (as --exact).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -25,6 +28,7 @@ SECURITY_MIRROR=${PEC_IMAGE_SECURITY_MIRROR:-http://deb.debian.org/debian-securi
 SIZE=${PEC_IMAGE_SIZE:-4G}
 SUITE=bookworm
 REFRESH_LOCK=0
+EXACT=${PEC_IMAGE_EXACT:-0}
 
 # Fixed GPT identifiers: the boot entry and fstab name the root by PARTUUID, so the image is
 # the same from build to build. An installed disk keeps them.
@@ -41,7 +45,8 @@ while [ $# -gt 0 ]; do
 	case $1 in
 	--out) OUT=$(realpath -m "$2"); shift 2 ;;
 	--refresh-lock) REFRESH_LOCK=1; shift ;;
-	-h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+	--exact) EXACT=1; shift ;;
+	-h|--help) sed -n '2,22p' "$0"; exit 0 ;;
 	*) die "unknown argument '$1' (try --help)" ;;
 	esac
 done
@@ -77,9 +82,11 @@ if [ $REFRESH_LOCK = 0 ] && [ -z "$(lock_entries)" ]; then
 	die "images/packages.lock is missing or empty: run with --refresh-lock once"
 fi
 
+# Exact pins only on request (reproducing an old build from a snapshot mirror): by default the
+# lock is a floor and today's security updates go in.
 PINS=$OUT/pins.pref
 : >"$PINS"
-if [ $REFRESH_LOCK = 0 ]; then
+if [ $REFRESH_LOCK = 0 ] && [ "$EXACT" = 1 ]; then
 	lock_entries | while IFS='=' read -r name version; do
 		printf 'Package: %s\nPin: version %s\nPin-Priority: 1001\n\n' "$name" "$version"
 	done >"$PINS"
@@ -107,8 +114,20 @@ build_base() {
 		"deb $SECURITY_MIRROR $SUITE-security main"
 }
 
-# Keyed by what makes the base: the list, the pins, the mirrors and the recipe above.
-BASE_KEY=$(cat "$IMAGES/packages.list" "$PINS" <(echo "$MIRROR $SECURITY_MIRROR") \
+# The mirrors' signed release files change whenever a suite does (a point release, a security
+# update): their dates go into the cache key, so a cached base never hides an update.
+mirror_state() {
+	local url
+	for url in "$MIRROR/dists/$SUITE/InRelease" "$MIRROR/dists/$SUITE-updates/InRelease" \
+		"$SECURITY_MIRROR/dists/$SUITE-security/InRelease"; do
+		curl -fsS --retry 3 --max-time 60 "$url" | grep -m1 '^Date:' ||
+			die "cannot read $url: is the mirror reachable?"
+	done
+}
+
+# Keyed by what makes the base: the list, the pins, the mirrors, their state and the recipe.
+MIRROR_STATE=$(mirror_state) || exit 1
+BASE_KEY=$(cat "$IMAGES/packages.list" "$PINS" <(echo "$MIRROR $SECURITY_MIRROR $MIRROR_STATE") \
 	<(declare -f build_base) | sha256sum | cut -c1-16)
 BASE=$CACHE/base-$BASE_KEY.tar
 if [ $REFRESH_LOCK = 1 ] || [ ! -s "$BASE" ]; then
@@ -117,7 +136,7 @@ if [ $REFRESH_LOCK = 1 ] || [ ! -s "$BASE" ]; then
 	mv "$BASE.part" "$BASE"
 fi
 
-step "checking installed package versions against images/packages.lock"
+step "checking the installed packages against images/packages.lock"
 INSTALLED=$OUT/packages.installed
 tar -xOf "$BASE" ./var/lib/dpkg/status |
 	awk '/^Package: /{p=$2} /^Status: .* installed$/{i=1} /^Version: /{v=$2}
@@ -125,17 +144,21 @@ tar -xOf "$BASE" ./var/lib/dpkg/status |
 	     END{if (i && p) print p "=" v}' | sort >"$INSTALLED"
 if [ $REFRESH_LOCK = 1 ]; then
 	{
-		echo "# Exact Debian package versions in the appliance image (generated; do not edit)."
+		echo "# The appliance image's Debian package set and the oldest version of each it takes"
+		echo "# (generated; do not edit). Newer versions from -updates and -security are taken"
+		echo "# and recorded in the image manifest; see images/check_packages.py."
 		echo "# Refresh: images/build-image.sh --refresh-lock (see images/README.md)."
 		echo "# Resolved $(date -u +%Y-%m-%dT%H:%M:%SZ) from $MIRROR $SUITE, -updates, -security;"
 		echo "# the same set is on snapshot.debian.org/archive/debian/$(date -u +%Y%m%dT000000Z)."
 		cat "$INSTALLED"
 	} >"$IMAGES/packages.lock"
 	step "wrote images/packages.lock ($(wc -l <"$INSTALLED") packages)"
-elif ! diff -u <(lock_entries | sort) "$INSTALLED" >"$OUT/packages.diff"; then
-	cat "$OUT/packages.diff" >&2
-	die "installed packages differ from images/packages.lock (above: - lock, + installed);" \
-		"a pinned version left the mirror or the list changed: see images/README.md"
+	echo "[]" >"$OUT/packages.updates.json"
+else
+	"$PYTHON" "$IMAGES/check_packages.py" "$IMAGES/packages.lock" "$INSTALLED" \
+		--updates "$OUT/packages.updates.json" $([ "$EXACT" = 1 ] && echo --exact) ||
+		die "the Debian base breaks images/packages.lock (above); if the package set changed" \
+			"on purpose, refresh the lock: see images/README.md"
 fi
 
 # ---------------------------------------------------------------- 2. the appliance layer
@@ -147,9 +170,14 @@ mkdir -p "$WHEELHOUSE"
 	-w "$WHEELHOUSE" .) || die "building the appliance wheel failed"
 WHEEL=$(ls "$WHEELHOUSE"/pec_appliance-*.whl 2>/dev/null | head -1)
 [ -n "$WHEEL" ] || die "pip wheel produced no pec_appliance wheel in $WHEELHOUSE"
-nice -n 19 "$PYTHON" -m pip wheel -q --no-deps -r "$IMAGES/requirements.lock" \
-	-w "$CACHE/wheels" || die "fetching the wheels of images/requirements.lock failed"
-grep -v -e '^#' -e '^$' "$IMAGES/requirements.lock" | while IFS='=' read -r name _ version; do
+# The runtime lines of requirements.lock (the same pins the venv and the tests use); source
+# distributions among them build under the same lock (PIP_CONSTRAINT reaches build isolation).
+RUNTIME_REQS=$OUT/requirements.runtime.txt
+"$PYTHON" "$REPO/scripts/lock_requirements.py" --runtime >"$RUNTIME_REQS" ||
+	die "reading the runtime pins of requirements.lock failed"
+PIP_CONSTRAINT=$REPO/requirements.lock nice -n 19 "$PYTHON" -m pip wheel -q --no-deps \
+	-r "$RUNTIME_REQS" -w "$CACHE/wheels" || die "fetching the wheels of requirements.lock failed"
+grep -v -e '^#' -e '^$' "$RUNTIME_REQS" | while IFS='=' read -r name _ version; do
 	norm=$(echo "$name" | tr 'A-Z-.' 'a-z__')
 	found=$(ls "$CACHE/wheels" | tr 'A-Z-.' 'a-z__' | grep -n "^${norm}_${version//./_}_" |
 		cut -d: -f1 | head -1)
@@ -164,6 +192,7 @@ GIT_COMMIT=$(git -C "$REPO" rev-parse HEAD 2>/dev/null || echo unknown)
 step "appliance root tree -> $ROOTFS"
 remove_tree "$ROOTFS"
 export PEC_REPO=$REPO PEC_WHEELHOUSE=$WHEELHOUSE PEC_WHEEL=$WHEEL PEC_BUILD_TIME=$BUILD_TIME \
+	PEC_RUNTIME_REQS=$RUNTIME_REQS PEC_DEBIAN_UPDATES=$OUT/packages.updates.json \
 	PEC_GIT_COMMIT=$GIT_COMMIT PEC_ROOT_PARTUUID=$ROOT_PARTUUID PEC_ESP_PARTUUID=$ESP_PARTUUID
 nice -n 19 mmdebstrap --mode=root --variant=custom --skip=update \
 	--setup-hook="tar-in $BASE /" \

@@ -7,6 +7,7 @@ set -euo pipefail
 ROOT=${1:?usage: customize-rootfs.sh ROOTDIR}
 : "${PEC_REPO:?}" "${PEC_WHEELHOUSE:?}" "${PEC_WHEEL:?}" "${PEC_BUILD_TIME:?}"
 : "${PEC_GIT_COMMIT:?}" "${PEC_ROOT_PARTUUID:?}" "${PEC_ESP_PARTUUID:?}"
+: "${PEC_RUNTIME_REQS:?}" "${PEC_DEBIAN_UPDATES:?}"
 IMAGES=$PEC_REPO/images
 VENV=/opt/pec/venv
 
@@ -34,7 +35,8 @@ install -D -m 0644 "$IMAGES/rootfs/80-pec-management.network" \
 
 echo "customize-rootfs: virtual environment $VENV"
 mkdir -p "$ROOT/tmp/pec-wheels"
-cp "$PEC_WHEELHOUSE"/*.whl "$IMAGES/requirements.lock" "$ROOT/tmp/pec-wheels/"
+cp "$PEC_WHEELHOUSE"/*.whl "$ROOT/tmp/pec-wheels/"
+cp "$PEC_RUNTIME_REQS" "$ROOT/tmp/pec-wheels/requirements.lock"
 in_root python3 -m venv "$VENV"
 in_root "$VENV/bin/pip" install -q --no-index --no-cache-dir --disable-pip-version-check \
 	--find-links /tmp/pec-wheels -r /tmp/pec-wheels/requirements.lock \
@@ -75,6 +77,7 @@ mkdir -p "$ROOT/var/log/journal"
 
 echo "customize-rootfs: manifest"
 mkdir -p "$ROOT/usr/share/pec"
+cp "$PEC_DEBIAN_UPDATES" "$ROOT/usr/share/pec/debian-updates.json"
 WHEEL_SHA=$(sha256sum "$PEC_WHEEL" | cut -d' ' -f1)
 dpkg-query --admindir="$ROOT/var/lib/dpkg" -W -f '${Package}=${Version}\n' |
 	sort >"$ROOT/usr/share/pec/packages.txt"
@@ -87,6 +90,9 @@ import sys
 wheel, sha256, build_time, commit = sys.argv[1:5]
 with open("/usr/share/pec/packages.txt") as f:
     debs = dict(line.strip().split("=", 1) for line in f if line.strip())
+# Security updates taken past images/packages.lock at build time (the lock is a floor).
+with open("/usr/share/pec/debian-updates.json") as f:
+    updates = json.load(f)
 python = {d.metadata["Name"].lower(): d.version for d in md.distributions()}
 json.dump(
     {
@@ -97,6 +103,7 @@ json.dump(
         "wheel": {"file": wheel, "sha256": sha256},
         "python": python,
         "debian_packages": debs,
+        "debian_updates_since_lock": updates,
     },
     sys.stdout,
     indent=1,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.metadata as metadata
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -30,19 +31,57 @@ def load(path: Path, name: str) -> ModuleType:
     return module
 
 
-lock = load(IMAGES / "lock_requirements.py", "image_lock_requirements")
+lock = load(REPO / "scripts" / "lock_requirements.py", "lock_requirements")
+packages = load(IMAGES / "check_packages.py", "image_check_packages")
 firstboot = load(IMAGES / "firstboot" / "pec_firstboot.py", "image_firstboot")
 diag = load(IMAGES / "rootfs" / "pec_diag.py", "image_diag")
 
 
 # ------------------------------------------------------------------ requirements lock
-def test_requirements_lock_matches_the_environment() -> None:
-    expected = lock.render(lock.closure(lock.project_requirements(REPO / "pyproject.toml")))
-    actual = (IMAGES / "requirements.lock").read_text()
-    assert actual == expected, (
-        "images/requirements.lock is stale: refresh it with "
-        "`.venv/bin/python images/lock_requirements.py > images/requirements.lock`"
+def test_venv_matches_the_lock() -> None:
+    problems = lock.check((REPO / "requirements.lock").read_text(), REPO / "pyproject.toml")
+    assert problems == [], (
+        "the venv differs from requirements.lock: rebuild it (rm -r .venv; make venv) or "
+        f"refresh the lock on purpose (make lock): {problems}"
     )
+
+
+def test_lock_is_what_the_environment_resolves() -> None:
+    expected = lock.render(lock.resolve(REPO / "pyproject.toml"))
+    assert (REPO / "requirements.lock").read_text() == expected, "stale lock: run make lock"
+
+
+def test_lock_holds_every_group_and_the_build_back_ends() -> None:
+    pins = lock.parse((REPO / "requirements.lock").read_text())
+    groups = {group for _, group in pins.values()}
+    assert groups == {"runtime", "test", "build"}
+    # what tpm2-pytss's source build needs: without them pinned its wheel came out as 0.0.0
+    assert pins["setuptools-scm"][1] == pins["pkgconfig"][1] == "build"
+    assert pins["tpm2-pytss"][1] == pins["cryptography"][1] == "runtime"
+    assert pins["pytest"][1] == "test"
+    runtime = lock.runtime_lines((REPO / "requirements.lock").read_text())
+    assert "pytest" not in runtime and "tpm2-pytss==" in runtime
+
+
+def test_lock_check_names_a_drifted_version(tmp_path: Path) -> None:
+    text = (REPO / "requirements.lock").read_text()
+    version = metadata.version("cryptography")
+    drifted = text.replace(f"cryptography=={version}", "cryptography==0.0.1")
+    assert lock.check(drifted, REPO / "pyproject.toml") == [
+        f"cryptography: locked 0.0.1, installed {version}"
+    ]
+    dropped = "".join(line for line in text.splitlines(True) if not line.startswith("flask=="))
+    assert "flask: needed (runtime) but not in the lock" in lock.check(
+        dropped, REPO / "pyproject.toml"
+    )
+
+
+@pytest.mark.parametrize(
+    "line", ["flask==3.1.3", "flask>=3  # runtime", "flask==3.1.3  # dev", "flask=3  # runtime"]
+)
+def test_lock_refuses_a_malformed_line(line: str) -> None:
+    with pytest.raises(lock.LockError, match="line 2"):
+        lock.parse(f"# head\n{line}\n")
 
 
 def test_closure_follows_dependencies_with_installed_versions() -> None:
@@ -58,6 +97,71 @@ def test_closure_refuses_a_missing_or_unsatisfied_requirement() -> None:
         lock.closure([Requirement("not-a-real-distribution-xyz>=1")])
     with pytest.raises(lock.LockError, match="does not satisfy"):
         lock.closure([Requirement("flask<0.1")])
+
+
+# ------------------------------------------------------------------ Debian packages lock
+LOCKED = {"linux-image-6.1.0-56-amd64": "6.1.192-2", "linux-image-amd64": "6.1.192-2",
+          "openssl": "3.0.17-1~deb12u3", "bash": "5.2.15-2+b13"}
+
+
+def test_a_security_update_is_taken_and_recorded() -> None:
+    # the day the mirror served linux-image-amd64 6.1.192-3, exact pins stopped every build
+    installed = {**LOCKED, "linux-image-6.1.0-56-amd64": "6.1.192-3",
+                 "linux-image-amd64": "6.1.192-3", "openssl": "3.0.18-1~deb12u1"}
+    updates = packages.compare(LOCKED, installed)
+    assert [u["package"] for u in updates] == [
+        "linux-image-6.1.0-56-amd64", "linux-image-amd64", "openssl"]
+    assert updates[1] == {"package": "linux-image-amd64", "locked": "linux-image-amd64=6.1.192-2",
+                          "installed": "6.1.192-3"}
+
+
+def test_a_kernel_abi_bump_is_an_update_not_a_new_package() -> None:
+    installed = {**LOCKED, "linux-image-amd64": "6.1.200-1"}
+    del installed["linux-image-6.1.0-56-amd64"]
+    installed["linux-image-6.1.0-57-amd64"] = "6.1.200-1"
+    updates = packages.compare(LOCKED, installed)
+    assert {"package": "linux-image-6.1.0-57-amd64",
+            "locked": "linux-image-6.1.0-56-amd64=6.1.192-2", "installed": "6.1.200-1"} in updates
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"bash": "5.1-1"}, "bash: installed 5.1-1 is older than the lock's 5.2.15-2+b13"),
+        ({"curl": "7.88.1-10"}, "curl: installed, not in the lock"),
+        ({"openssl": None}, "openssl: in the lock, not installed"),
+    ],
+)
+def test_the_package_set_and_the_floor_hold(change: dict, message: str) -> None:
+    installed = {**LOCKED, **change}
+    installed = {k: v for k, v in installed.items() if v is not None}
+    with pytest.raises(packages.PackageDrift, match=re.escape(message)):
+        packages.compare(LOCKED, installed)
+
+
+def test_exact_mode_refuses_any_update() -> None:
+    installed = {**LOCKED, "openssl": "3.0.18-1~deb12u1"}
+    pinned = re.escape("the lock pins openssl 3.0.17-1~deb12u3")
+    with pytest.raises(packages.PackageDrift, match=pinned):
+        packages.compare(LOCKED, installed, exact=True)
+    assert packages.compare(LOCKED, dict(LOCKED), exact=True) == []
+
+
+def test_check_packages_cli_writes_the_updates(tmp_path: Path) -> None:
+    (tmp_path / "lock").write_text("# head\n" + "".join(f"{k}={v}\n" for k, v in LOCKED.items()))
+    (tmp_path / "inst").write_text(
+        "".join(f"{k}={v}\n" for k, v in {**LOCKED, "bash": "5.2.15-2+b14"}.items()))
+    run = subprocess.run(
+        [sys.executable, str(IMAGES / "check_packages.py"), str(tmp_path / "lock"),
+         str(tmp_path / "inst"), "--updates", str(tmp_path / "u.json")],
+        capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert json.loads((tmp_path / "u.json").read_text())[0]["installed"] == "5.2.15-2+b14"
+    (tmp_path / "inst").write_text("bash=5.2.15-2+b14\n")
+    run = subprocess.run(
+        [sys.executable, str(IMAGES / "check_packages.py"), str(tmp_path / "lock"),
+         str(tmp_path / "inst")], capture_output=True, text=True)
+    assert run.returncode == 1 and "openssl: in the lock, not installed" in run.stderr
 
 
 def test_packages_lock_pins_every_listed_package() -> None:
