@@ -70,12 +70,13 @@ test: deps venv lint
 	$(PY) -m pytest -q
 
 # A development node: state in ./state (SoftHSM2 token and swtpm inside it), the daemon in the
-# background, the panel in the foreground; Ctrl-C stops both.
+# background, the panel in the foreground; Ctrl-C stops both. --dev overrides the profile with
+# 'development' (every capability on), so a laptop that meets no profile can run keygen and jobs.
 PANEL_LISTEN ?= 127.0.0.1:8080
 run: deps venv
 	@mkdir -p $(STATE)
 	@test -s $(STATE)/admin-password || { umask 077; $(PY) -c 'import secrets; print(secrets.token_urlsafe(18))' > $(STATE)/admin-password; }
-	$(PY) -m appliance.cli init --state-dir $(STATE) --admin-password-file $(STATE)/admin-password
+	$(PY) -m appliance.cli init --dev --state-dir $(STATE) --admin-password-file $(STATE)/admin-password
 	@$(PY) -m appliance.cli serve --state-dir $(STATE) & daemon=$$!; \
 	trap 'kill $$daemon 2>/dev/null; wait $$daemon' EXIT INT TERM; \
 	for i in $$(seq 150); do [ -S $(STATE)/run/noded.sock ] && break; sleep 0.2; done; \

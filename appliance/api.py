@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 from appliance import audit, metrics
-from appliance.audit import AuditError
+from appliance.account_rules import USERNAME
+from appliance.audit import AuditBroken, AuditError
+from appliance.client import PANEL_USER_HEADER
 from appliance.jobs import CapabilityMissing, JobError
+from appliance.ledger import Head
 from appliance.node import Node, SettingsError
 from appliance.profile import ProfileError
 from appliance.trust import TrustError
@@ -54,12 +59,54 @@ def _obj(body: Any) -> dict[str, Any]:
     return body
 
 
+@dataclass(frozen=True)
+class Caller:
+    """Who sent a request: the Unix socket's peer credentials (SO_PEERCRED, read by the
+    kernel, not claimed by the client) and, only from the panel's service account, the panel
+    user it acts for."""
+
+    pid: int
+    uid: int
+    gid: int
+    user: str  # the uid's login name, or "uid N" where the passwd database has none
+    panel_user: str | None = None
+
+    @property
+    def actor(self) -> str:
+        """The name audit records carry."""
+        if self.panel_user is not None:
+            return f"panel:{self.panel_user} via uid {self.uid}"
+        return f"unix:{self.user}"
+
+
+def caller_from(pid: int, uid: int, gid: int, user: str, panel_user: str | None,
+                service_uid: int) -> Caller:
+    """The caller of one connection; a panel user is accepted only from ``service_uid`` (the
+    daemon's own account, which the panel's unit shares): anyone else who may open the socket
+    is named by their own Unix user and cannot vouch for another."""
+    if panel_user is not None:
+        if uid != service_uid:
+            raise ApiError(403, f"header {PANEL_USER_HEADER} is accepted only from the panel's "
+                                f"service account (uid {service_uid}); uid {uid} acts as itself")
+        if len(panel_user) > MAX_ACTOR or not USERNAME.fullmatch(panel_user):
+            raise ApiError(400, f"header {PANEL_USER_HEADER} must be a panel username")
+    return Caller(pid, uid, gid, user, panel_user)
+
+
+# Set by the daemon for the request it is serving (one thread per connection).
+current_caller: ContextVar[Caller | None] = ContextVar("pec_api_caller", default=None)
+
+
 def _actor(body: Any) -> str:
-    actor = _obj(body).get("actor")
-    if not isinstance(actor, str) or not actor.strip() or len(actor) > MAX_ACTOR:
-        raise ApiError(400, f"field 'actor' must be a non-empty string of at most {MAX_ACTOR} "
-                            "characters")
-    return actor
+    """The authenticated caller's name for the audit trail; never taken from the body."""
+    if "actor" in _obj(body):
+        raise ApiError(400, "field 'actor' is not accepted: the daemon records the caller it "
+                            "authenticates (the Unix user on its socket, or the panel user "
+                            "the panel vouches for)")
+    caller = current_caller.get()
+    if caller is None:
+        raise ApiError(403, "the caller is unknown (no peer credentials on this connection)")
+    return caller.actor
 
 
 def _int_query(query: dict[str, str], key: str, default: int, lo: int, hi: int) -> int:
@@ -195,6 +242,24 @@ def change_password(node: Node, query: Query, body: Any, m: Match) -> Reply:
     return 200, {"ok": True}
 
 
+@route("POST", r"/v1/users/(?P<name>[^/]+)/unlock")
+def unlock_user(node: Node, query: Query, body: Any, m: Match) -> Reply:
+    return 200, node.users.unlock(m["name"], _actor(body))
+
+
+@route("PUT", r"/v1/users/(?P<name>[^/]+)")
+def update_user(node: Node, query: Query, body: Any, m: Match) -> Reply:
+    actor = _actor(body)
+    return 200, node.users.update(m["name"], actor, role=body.get("role"),
+                                  disabled=body.get("disabled"))
+
+
+@route("DELETE", r"/v1/users/(?P<name>[^/]+)")
+def delete_user(node: Node, query: Query, body: Any, m: Match) -> Reply:
+    node.users.delete(m["name"], _actor(body))
+    return 200, {"ok": True}
+
+
 @route("GET", "/v1/settings")
 def get_settings(node: Node, query: Query, body: Any, m: Match) -> Reply:
     return 200, node.settings()
@@ -224,7 +289,24 @@ def list_audit(node: Node, query: Query, body: Any, m: Match) -> Reply:
 
 @route("POST", "/v1/audit/verify")
 def verify_audit(node: Node, query: Query, body: Any, m: Match) -> Reply:
-    return 200, audit.verify()
+    body = {} if body is None else _obj(body)
+    head = body.get("expect_head")
+    if head is not None:
+        try:
+            head = Head.parse(head) if isinstance(head, str) else Head(
+                int(head["seq"]), str(head["hash"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ApiError(400, f"field 'expect_head': {exc}") from None
+    trust = node.trust
+    # anchored in the HSM token, not in trust.json (which a writer of the state dir can swap)
+    key = trust.ledger_key() if trust is not None and trust.provisioned else None
+    return 200, audit.verify(key, head)
+
+
+@route("POST", "/v1/audit/acknowledge-break")
+def acknowledge_audit_break(node: Node, query: Query, body: Any, m: Match) -> Reply:
+    actor = _actor(body)
+    return 201, audit.acknowledge_break(actor, body.get("reason"))
 
 
 @route("POST", "/v1/audit/record")
@@ -272,8 +354,7 @@ def post_quote(node: Node, query: Query, body: Any, m: Match) -> Reply:
 @route("POST", "/v1/attestation/verify")
 def post_verify(node: Node, query: Query, body: Any, m: Match) -> Reply:
     body = _obj(body)
-    # verifying needs no key; the actor is optional, the verdict is still recorded
-    actor = _actor(body) if "actor" in body else "api"
+    actor = _actor(body)
     verdict = trust_api.verify(body)
     bundle = body["bundle"]
     audit.record(actor, "attestation.verify", f"node:{bundle.get('node_id', '?')}",
@@ -284,6 +365,10 @@ def post_verify(node: Node, query: Query, body: Any, m: Match) -> Reply:
 
 
 # dispatch --------------------------------------------------------------------------------
+
+# what an administrator needs while an audit chain is broken and not yet acknowledged
+_OPEN_WHILE_BROKEN = frozenset({"/v1/audit/verify", "/v1/audit/acknowledge-break"})
+
 
 def dispatch(node: Node, method: str, path: str, query: dict[str, str],
              body: Any) -> tuple[int, Any]:
@@ -296,8 +381,14 @@ def dispatch(node: Node, method: str, path: str, query: dict[str, str],
         if route_method != method:
             allowed.append(route_method)
             continue
+        refusal = audit.refusing()
+        if refusal and method != "GET" and path not in _OPEN_WHILE_BROKEN:
+            # refused before the act, so that nothing happens that the trail cannot record
+            return 409, {"error": refusal}
         try:
             return handler(node, query, body, match)
+        except AuditBroken as exc:
+            return 409, {"error": str(exc)}
         except ApiError as exc:
             return exc.status, {"error": str(exc)}
         except TrustError as exc:

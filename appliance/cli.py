@@ -13,8 +13,10 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
+from appliance import audit
 from appliance.client import DaemonClient, DaemonError
 from appliance.panel import cli as panel_cli
 from appliance.statedir import StateDir, default_state_dir
@@ -69,23 +71,63 @@ def cmd_inventory(args: argparse.Namespace) -> int:
     print(f"tpm:          {data['tpm']['path'] or 'none'}")
     print(f"tee:          {', '.join(k for k, v in data['tee'].items() if v) or 'none'}")
     for b in inv.backends:
-        state = "healthy" if b.healthy else (
-            f"{'unhealthy' if b.loaded else 'not available'} ({b.reason})")
-        print(f"accel:        {b.name} {state}: {', '.join(b.devices) or 'no device'}")
+        state = "healthy" if b["healthy"] else (
+            f"{'unhealthy' if b['loaded'] else 'not available'} ({b['reason']})")
+        print(f"accel:        {b['name']} {state}: {', '.join(b['devices']) or 'no device'}")
     return 0
 
 
-def cmd_profile(args: argparse.Namespace) -> int:
-    from appliance.inventory import detect
-    from appliance.profile import load_profiles, match
+def _daemon_or_offline(args: argparse.Namespace, ask: Callable[[DaemonClient], Any],
+                       offline: Callable[[Any], Any]) -> Any:
+    """``ask`` the running daemon; with none running, do ``offline`` on its store directly
+    (the state lock keeps a daemon from starting meanwhile)."""
+    state_dir = args.state_dir or default_state_dir()
+    try:
+        return ask(DaemonClient(state_dir))
+    except DaemonError as exc:
+        if exc.status != 0:
+            raise
+    from appliance.node import offline_node  # the daemon's modules: only when needed
 
-    profiles = load_profiles(args.profiles_dir)
-    result = match(detect(args.root, survey=False), profiles, choice=args.mini_capability)
-    data = result.to_dict()
+    with offline_node(StateDir(state_dir)) as node:
+        return offline(node)
+
+
+def _profile_line(view: dict[str, Any]) -> str:
+    """The profile and where it comes from: ``profile`` and ``status`` say it the same way."""
+    text = str(view["profile"])
+    override = view.get("override")
+    if override:
+        text += (f" (override set by {override.get('by', '?')} at {override.get('at', '?')}; "
+                 f"the hardware alone gives {view.get('hardware_profile', '?')})")
+    return text
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    state_dir = args.state_dir or default_state_dir()
+    local = args.root is not None or args.profiles_dir is not None \
+        or args.mini_capability is not None
+    if args.clear_override or args.override is not None:
+        profile = None if args.clear_override else args.override
+        data = _daemon_or_offline(
+            args,
+            lambda client: client.put("/v1/profile/override", {"profile": profile}),
+            lambda node: node.set_override(profile, audit.local_actor(), apply=False))
+    elif local or not StateDir(state_dir).config_path.is_file():
+        # what the hardware alone gives (no node here, or a hypothetical root asked for)
+        from appliance.inventory import detect
+        from appliance.profile import load_profiles, match
+
+        profiles = load_profiles(args.profiles_dir)
+        data = match(detect(args.root or "/", survey=False), profiles,
+                     choice=args.mini_capability).to_dict()
+    else:
+        data = _daemon_or_offline(args, lambda client: client.get("/v1/profile"),
+                                  lambda node: node.profile_view())
     if args.json:
         _print_json(data)
         return 0
-    print(f"profile:      {data['profile']}")
+    print(f"profile:      {_profile_line(data)}")
     print(f"capabilities: {', '.join(data['capabilities']) or 'none'}")
     print(f"router:       {data['router_policy']}")
     for c in data["criteria"]:
@@ -93,6 +135,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
         print(f"  {mark} {c['name']:<12} required {c['required']}; found {c['found']}")
     for note in data["notes"]:
         print(f"note: {note}")
+    if data.get("override_error"):
+        print(f"WARNING: {data['override_error']}")
     return 0
 
 
@@ -117,9 +161,9 @@ def cmd_init(args: argparse.Namespace) -> int:
         root=args.root, admin_password=password, force=args.force,
         mini_capability=args.mini_capability, trust=args.trust, hsm_pin=hsm_pin,
     )
-    if args.json:
-        _print_json(result)
-    else:
+    if args.dev:
+        result["development_override"] = _ensure_development(args)
+    if not args.json:
         print(f"state directory {result['state_dir']} ready (node {result['node_id']})")
         if result["admin_set"]:
             print("administrator 'admin' set")
@@ -132,7 +176,28 @@ def cmd_init(args: argparse.Namespace) -> int:
                   f"golden PCRs in {trust['golden_pcrs']}")
         else:
             print(f"trust root: {trust['reason']}")
+        if args.dev:
+            print("profile: development override "
+                  + ("set (every capability on; audited)" if result["development_override"]
+                     else "kept"))
+    else:
+        _print_json(result)
     return 0
+
+
+def _ensure_development(args: argparse.Namespace) -> bool:
+    """Override the profile with ``development`` unless it already is; True when set now."""
+    from appliance.profile import DEVELOPMENT
+
+    view = _daemon_or_offline(args, lambda client: client.get("/v1/profile"),
+                              lambda node: node.profile_view())
+    if (view.get("override") or {}).get("profile") == DEVELOPMENT:
+        return False
+    _daemon_or_offline(
+        args,
+        lambda client: client.put("/v1/profile/override", {"profile": DEVELOPMENT}),
+        lambda node: node.set_override(DEVELOPMENT, audit.local_actor(), apply=False))
+    return True
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -151,15 +216,21 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     print(f"node:         {status['node_id']} (version {status['version']}, "
           f"up {status['uptime_s']:.0f} s)")
-    print(f"profile:      {status['profile']}; capabilities: "
+    print(f"profile:      {_profile_line(status)}; capabilities: "
           f"{', '.join(status['capabilities']) or 'none'}; router {status['router_policy']}")
     for name in ("hsm", "tpm"):
         h = status["health"][name]
         state = {True: "ok", False: "FAILED", None: "not configured"}[h["ok"]]
         print(f"{name + ':':<14}{state} ({h['detail']})")
     for b in status["health"]["backends"]:
-        print(f"backend:      {b['name']} {'healthy' if b['healthy'] else 'UNHEALTHY'}"
-              f" {', '.join(b['devices'])}")
+        if b["healthy"]:
+            state = "healthy"
+        elif b.get("loaded") is False:  # no runtime for it on this box: expected, not a fault
+            state = f"not available ({b.get('reason') or 'no reason given'})"
+        else:
+            state = f"UNHEALTHY ({b.get('reason') or 'no reason given'})"
+        devices = f" {', '.join(b['devices'])}" if b["devices"] else ""
+        print(f"backend:      {b['name']} {state}{devices}")
     if status["degraded"]:
         print("DEGRADED:")
         for reason in status["degraded_reasons"]:
@@ -224,7 +295,7 @@ def cmd_jobs_submit(args: argparse.Namespace) -> int:
     if args.quick:
         params["quick"] = True
     client = _client(args)
-    job = client.post("/v1/jobs", {"kind": args.kind, "params": params, "actor": args.actor})
+    job = client.post("/v1/jobs", {"kind": args.kind, "params": params})
     if args.wait:
         job = _watch(client, job["id"], quiet=args.json)
         return _job_outcome(job, args.json)
@@ -268,7 +339,7 @@ def cmd_jobs_list(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs_cancel(args: argparse.Namespace) -> int:
-    job = _client(args).post(f"/v1/jobs/{args.id}/cancel", {"actor": args.actor})
+    job = _client(args).post(f"/v1/jobs/{args.id}/cancel", {})
     if args.json:
         _print_json(job)
     else:
@@ -277,7 +348,7 @@ def cmd_jobs_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs_resume(args: argparse.Namespace) -> int:
-    job = _client(args).post(f"/v1/jobs/{args.id}/resume", {"actor": args.actor})
+    job = _client(args).post(f"/v1/jobs/{args.id}/resume", {})
     if args.json:
         _print_json(job)
     else:
@@ -312,11 +383,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-accel", action="store_true", help="do not ask the accel backends")
     p.set_defaults(func=cmd_inventory)
 
-    p = sub.add_parser("profile", help="show which profile this box meets, and why")
-    p.add_argument("--root", default="/", help="read /proc, /sys and /dev under this directory")
+    p = sub.add_parser(
+        "profile", help="show this node's profile and why (with its override), or set one",
+        description="Without options: the node's profile as its daemon decides it, override "
+                    "included (read from the store when the daemon is stopped). With --root, "
+                    "--profiles-dir or --mini-capability, or without an initialised state "
+                    "directory: what that hardware alone gives.")
+    _state_arg(p)
+    p.add_argument("--root", default=None,
+                   help="evaluate the hardware under this directory (/proc, /sys, /dev) alone")
     p.add_argument("--json", action="store_true")
     p.add_argument("--profiles-dir", default=None, help="profile files (default: shipped ones)")
     p.add_argument("--mini-capability", choices=("mpc", "fl"), default=None)
+    change = p.add_mutually_exclusive_group()
+    change.add_argument("--override", default=None, metavar="PROFILE",
+                        help="override the hardware's profile (audited); works with the "
+                             "daemon stopped too")
+    change.add_argument("--clear-override", action="store_true",
+                        help="let the hardware decide again, also when the stored override is "
+                             "corrupt and the daemon is stopped (audited)")
     p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser("init", help="create or complete a state directory")
@@ -331,6 +416,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "directory; default except for /var/lib/pec) or hardware")
     p.add_argument("--hsm-pin-file", default=None,
                    help="hardware trust root: file whose first line is the token's user PIN")
+    p.add_argument("--dev", action="store_true",
+                   help="development machine: override the profile with 'development' (every "
+                        "capability the hardware can carry is on; audited)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_init)
 
@@ -372,7 +460,6 @@ def build_parser() -> argparse.ArgumentParser:
     for action in jsub.choices.values():
         _state_arg(action)
         action.add_argument("--json", action="store_true")
-        action.add_argument("--actor", default="cli", help="name recorded in the audit trail")
 
     p = sub.add_parser("bench", help="run the accel Paillier benchmark here, in this process")
     p.add_argument("--bits", type=int, default=2048, help="key size (default 2048)")

@@ -4,7 +4,7 @@ The CLI and the panel both use it::
 
     client = DaemonClient("/var/lib/pec")
     client.get("/v1/jobs", state="running")
-    client.post("/v1/jobs", {"kind": "selftest", "actor": "cli"})
+    client.post("/v1/jobs", {"kind": "selftest"})   # recorded as the calling Unix user
 """
 
 from __future__ import annotations
@@ -45,10 +45,23 @@ class _UnixConnection(http.client.HTTPConnection):
 SOCKET_PATH = Path("run", "noded.sock")
 
 
+# Sent by the panel to name the logged-in user it acts for. The daemon names every caller by
+# the socket's peer credentials and believes this header only from the panel's own account.
+PANEL_USER_HEADER = "X-Pec-Panel-User"
+
+
 class DaemonClient:
-    def __init__(self, state_dir: str | Path, timeout: float = 30.0) -> None:
-        self.socket_path = Path(state_dir) / SOCKET_PATH
+    def __init__(self, state_dir: str | Path, timeout: float = 30.0,
+                 panel_user: str | None = None) -> None:
+        self.state_dir = Path(state_dir)
+        self.socket_path = self.state_dir / SOCKET_PATH
         self.timeout = timeout
+        self.panel_user = panel_user
+
+    def on_behalf_of(self, panel_user: str) -> DaemonClient:
+        """A client whose requests the daemon records as done by ``panel_user`` (the panel's
+        logged-in user), through this process's Unix account."""
+        return DaemonClient(self.state_dir, self.timeout, panel_user)
 
     def get(self, path: str, **query: Any) -> Any:
         params = {k: v for k, v in query.items() if v is not None}
@@ -60,11 +73,16 @@ class DaemonClient:
     def put(self, path: str, body: dict[str, Any]) -> Any:
         return self.request("PUT", path, body)
 
+    def delete(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        return self.request("DELETE", path, {} if body is None else body)
+
     def request(self, method: str, path: str, body: Any = None) -> Any:
         """One request; the parsed JSON answer (text for ``/metrics``) or ``DaemonError``."""
         conn = _UnixConnection(str(self.socket_path), self.timeout)
         data = None if body is None else json.dumps(body).encode()
         headers = {"Content-Type": "application/json"} if data is not None else {}
+        if self.panel_user is not None:
+            headers[PANEL_USER_HEADER] = self.panel_user
         try:
             conn.request(method, path, body=data, headers=headers)
             response = conn.getresponse()

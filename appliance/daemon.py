@@ -13,9 +13,11 @@ import fcntl
 import json
 import logging
 import os
+import pwd
 import signal
 import socket
 import socketserver
+import struct
 import sys
 import threading
 import time
@@ -84,15 +86,32 @@ class RequestHandler(BaseHTTPRequestHandler):
         query = dict(parse_qsl(url.query, keep_blank_values=True))
         try:
             body = self._read_body()
+            caller = self._caller()
         except api.ApiError as exc:
             self._send(exc.status, {"error": str(exc)})
             return
+        token = api.current_caller.set(caller)
         try:
             status, payload = api.dispatch(self.server.node, method, url.path, query, body)
         except Exception as exc:  # a bug in one handler answers 500, never kills the daemon
             log.error("%s %s failed:\n%s", method, url.path, traceback.format_exc())
             status, payload = 500, {"error": f"internal error: {type(exc).__name__}: {exc}"}
+        finally:
+            api.current_caller.reset(token)
         self._send(status, payload)
+
+    def _caller(self) -> api.Caller:
+        """Who is on the other end: the kernel's record of the connecting process, which the
+        client cannot forge (unlike anything in the request)."""
+        creds = self.connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                           struct.calcsize("3i"))
+        pid, uid, gid = struct.unpack("3i", creds)
+        try:
+            user = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            user = f"uid {uid}"
+        return api.caller_from(pid, uid, gid, user, self.headers.get(api.PANEL_USER_HEADER),
+                               service_uid=os.geteuid())
 
     def _read_body(self) -> Any:
         length = self.headers.get("Content-Length")

@@ -1,8 +1,8 @@
 """What hardware this node has: CPU, memory, disks, NICs, accelerators, TPM, TEE.
 
 All reads go through a root prefix (``HostFS``). Accelerator devices that the ``accel`` router
-drives come from ``appliance.backend_survey`` and are optional: a detector run on a fake root
-passes ``survey=False``.
+drives come from the router's own survey (``accel.backends.available``) and are optional: a
+detector run on a fake root passes ``survey=False``.
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import accel.backends
 import tee
-from appliance.backend_survey import BackendReport, survey_backends
+from accel.backends import BackendStatus
 from appliance.hostfs import HostFS
 from appliance.pci import VENDORS, PciFunction, accelerator_kind, parse_hex
 
@@ -65,7 +66,7 @@ class Inventory:
     tpm: dict[str, Any]
     tee: dict[str, bool]
     accel_devices: list[dict[str, Any]] = field(default_factory=list)
-    backends: list[BackendReport] = field(default_factory=list)
+    backends: list[BackendStatus] = field(default_factory=list)
 
     @property
     def disk_bytes(self) -> int:
@@ -212,7 +213,8 @@ def detect(root: str = "/", *, survey: bool = True) -> Inventory:
     """
     fs = HostFS(root)
     cpu = read_cpu(fs)
-    backends = survey_backends() if survey else []
+    # refresh: each backend's health probe runs, and the router routes by what it finds
+    backends = accel.backends.available(refresh=True) if survey else []
     return Inventory(
         cpu=cpu,
         memory_bytes=read_memory_bytes(fs),
@@ -222,7 +224,7 @@ def detect(root: str = "/", *, survey: bool = True) -> Inventory:
         tpm=read_tpm(fs),
         tee=tee.features(fs.root),
         accel_devices=[
-            {"backend": b.name, "device": d} for b in backends for d in b.devices
+            {"backend": b["name"], "device": d} for b in backends for d in b["devices"]
         ],
         backends=backends,
     )

@@ -10,13 +10,12 @@ import secrets
 import time
 from typing import Any
 
-import numpy as np
-
 import accel.backends
 from accel.backends.base import Backend, int_to_limbs, ints_to_limbs, limbs_for, limbs_to_ints
+from accel.backends.calibrator import QUICK_SIZES as CALIBRATION_QUICK_SIZES
+from accel.backends.calibrator import SIZES as CALIBRATION_SIZES
 from appliance import audit
-from appliance.backend_survey import describe_error
-from appliance.jobs import JobContext, JobKind
+from appliance.jobs import JobContext, JobKind, describe_error
 
 # a prime modulus: a ** (p - 1) == 1 (mod p) for every a, a self-checking workload
 MERSENNE_521 = (1 << 521) - 1
@@ -93,11 +92,32 @@ def run_benchmark(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
     ctx.log(f"Paillier benchmark, {params['bits']} bits, quick={params['quick']}")
     kwargs: dict[str, Any] = {"bits": params["bits"], "quick": params["quick"],
                               "progress": ctx.progress}
-    if params.get("backend"):
-        kwargs["backend"] = params["backend"]
+    wanted = params.get("backend")
+    if wanted:
+        kwargs["backend"] = wanted
+    if wanted and wanted != "all":
+        # refuse before the key generation: a run that can measure nothing must not end "done"
+        _require_backend(ctx, wanted)
     result = bench.run(**kwargs)
+    if not result.get("backends"):
+        skipped = "; ".join(f"{name}: {why}" for name, why in
+                            (result.get("skipped") or {}).items())
+        raise RuntimeError("the benchmark measured nothing: no backend could run"
+                           + (f" ({skipped})" if skipped else ""))
     ctx.log("benchmark finished")
     return result
+
+
+def _require_backend(ctx: JobContext, name: str) -> None:
+    """Fail with the reason and the alternatives when backend ``name`` cannot run here."""
+    statuses = {status["name"]: status for status in accel.backends.available(refresh=True)}
+    if statuses.get(name, {}).get("healthy"):
+        return
+    healthy = [n for n, status in statuses.items() if status["healthy"]]
+    why = statuses[name]["reason"] if name in statuses else "not a registered backend"
+    ctx.log(f"{name}: not available: {why}")
+    raise RuntimeError(f"backend {name} is not available on this node ({why}): available are "
+                       f"{', '.join(healthy) or 'none'}")
 
 
 # selftest -------------------------------------------------------------------------------
@@ -150,73 +170,31 @@ def run_selftest(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
 # calibrate ------------------------------------------------------------------------------
 
 def validate_calibrate(params: dict[str, Any]) -> dict[str, Any]:
-    p = Params(params, {"max_batch", "bits"})
-    return {"max_batch": p.int("max_batch", 1024, 16, 65536),
-            "bits": p.int("bits", 2048, 512, 8192)}
-
-
-def _throughput(fn: Any, count: int) -> float:
-    start = time.perf_counter()
-    fn()
-    return count / max(time.perf_counter() - start, 1e-9)
+    p = Params(params, {"max_batch", "bits", "quick"})
+    return {"max_batch": p.int("max_batch", max(CALIBRATION_SIZES), 16, 65536),
+            "bits": p.int("bits", 2048, 512, 8192), "quick": p.bool("quick", False)}
 
 
 def run_calibrate(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
-    """Throughput of each healthy backend per op and batch size, and where each beats the CPU.
-
-    The crossover (the smallest measured batch at which a backend is faster than "cpu") is
-    what the router needs to keep small batches on the CPU.
-    """
-    loaded, missing = _loaded_backends(ctx)
-    healthy = [b for b in loaded if b.health_probe()]
-    if not healthy:
-        raise RuntimeError("calibrate: no healthy backend to measure")
-    modulus = secrets.randbits(params["bits"]) | (1 << (params["bits"] - 1)) | 1
-    limbs = limbs_for(modulus)
-    sizes = [s for s in (16, 64, 256, 1024, 4096, 16384, 65536) if s <= params["max_batch"]]
-    measured: dict[str, dict[str, dict[str, float]]] = {}
-    steps, done = len(healthy) * len(sizes), 0
-    for backend in healthy:
-        per_op: dict[str, dict[str, float]] = {"mulmod": {}, "powmod": {}}
-        for size in sizes:
-            ctx.progress(100 * done / steps, f"{backend.name}: batch {size}")
-            a = ints_to_limbs(_random_batch(size, modulus), limbs)
-            e = np.tile(int_to_limbs(secrets.randbits(256), 4), (size, 1))
-            per_op["mulmod"][str(size)] = _throughput(
-                lambda b=backend, a=a: b.mulmod(a, a, modulus), size)
-            per_op["powmod"][str(size)] = _throughput(
-                lambda b=backend, a=a, e=e: b.powmod(a, e, modulus), size)
-            done += 1
-        measured[backend.name] = per_op
-        ctx.log(f"{backend.name}: measured {len(sizes)} batch sizes")
-    crossover: dict[str, dict[str, int | None]] = {}
-    cpu = measured.get("cpu")
-    for name, per_op in measured.items():
-        crossover[name] = {}
-        for op, by_size in per_op.items():
-            if name == "cpu" or cpu is None:
-                crossover[name][op] = 0 if name == "cpu" else None
-                continue
-            wins = [int(s) for s, rate in by_size.items() if rate > cpu[op][s]]
-            crossover[name][op] = min(wins) if wins else None
-    calibration = {"bits": params["bits"], "sizes": sizes, "ops_per_s": measured,
-                   "crossover": crossover, "unavailable": missing,
-                   "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    ctx.store.set_setting("calibration", calibration)
-    # the router's table: per device backend and op, the batch size from which it wins
-    thresholds = {
-        name: {op: size for op, size in ops.items() if size is not None}
-        for name, ops in crossover.items() if name != "cpu"
-    }
-    calibration["thresholds"] = {name: ops for name, ops in thresholds.items() if ops}
-    try:
-        accel.backends.set_calibration(calibration["thresholds"])
-        calibration["applied"] = True
-    except Exception as exc:  # the table is still stored and shown
-        calibration["applied"] = False
-        ctx.log(f"the router did not take the calibration: {describe_error(exc)}")
-    ctx.store.set_setting("calibration", calibration)
-    return calibration
+    """The router's calibration (accel.backends.calibrate: every routed op, encryption and
+    decryption included, on each healthy accelerator against the CPU), installed in the router
+    and saved where the router reads it back at the next start: the state directory."""
+    grid = CALIBRATION_QUICK_SIZES if params["quick"] else CALIBRATION_SIZES
+    sizes = [s for s in grid if s <= params["max_batch"]]
+    ctx.log(f"calibrating every routed op, {params['bits']}-bit keys, batches {sizes}")
+    calibration = accel.backends.calibrate(bits=params["bits"], sizes=sizes,
+                                           quick=params["quick"], progress=ctx.progress)
+    for name, why in calibration.skipped.items():
+        ctx.log(f"{name}: not measured: {why}")
+    if not calibration.thresholds:
+        ctx.log("no accelerator to measure: every op stays on the CPU")
+    path = accel.backends.set_calibration(calibration)
+    for name, ops in calibration.thresholds.items():
+        wins = {op: size for op, size in ops.items() if size is not None}
+        ctx.log(f"{name}: beats the CPU from batch {wins}" if wins
+                else f"{name}: never beats the CPU here")
+    ctx.log(f"the router routes by it now; saved to {path}")
+    return {**calibration.to_dict(), "path": str(path)}
 
 
 # burnin ---------------------------------------------------------------------------------

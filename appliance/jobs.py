@@ -15,11 +15,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from appliance import audit
-from appliance.backend_survey import describe_error
 from appliance.job_states import FINAL, RESUMABLE, STATES
 from appliance.store import Store, utc_now
 
 log = logging.getLogger("pec.jobs")
+
+
+def describe_error(exc: BaseException) -> str:
+    """``Type: first line``: what a failed job, log line or degraded reason shows."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 

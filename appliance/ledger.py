@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sqlite3
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -72,12 +74,16 @@ class Verification:
     first_bad: int | None
     reason: str | None
     records: int
+    head: Head | None = None  # the last record the walk accepted (None: empty or bad at 1)
 
     def to_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, "first_bad": self.first_bad, "reason": self.reason}
+        return {"ok": self.ok, "first_bad": self.first_bad, "reason": self.reason,
+                "records": self.records,
+                "head": None if self.head is None else self.head.to_json()}
 
 
 def canonical_details(details: Any) -> str:
+    """The one serialisation the ledger stores and hashes: sorted keys, no whitespace, UTF-8."""
     try:
         return json.dumps(details, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                           allow_nan=False)
@@ -85,14 +91,95 @@ def canonical_details(details: Any) -> str:
         raise LedgerError(f"details must be JSON-serialisable: {exc}") from exc
 
 
+class NonCanonical(ValueError):
+    """Stored JSON that is not the canonical serialisation of what it parses to."""
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            # json.loads would keep the last value silently: two readers could disagree on
+            # what the record says while its bytes hash the same
+            raise NonCanonical(f"duplicate key {key!r}")
+        seen[key] = value
+    return seen
+
+
+def parse_stored(text: str, legacy: Callable[[Any], str] | None = None) -> Any:
+    """Parse stored JSON, refusing duplicate keys and any form other than the canonical one
+    (or, for rows an older writer made, exactly ``legacy(value)``); raises NonCanonical."""
+    if not isinstance(text, str):
+        raise NonCanonical(f"stored as {type(text).__name__}, not text")
+    try:
+        value = json.loads(text, object_pairs_hook=_no_duplicates,
+                           parse_constant=_refuse_constant)
+    except json.JSONDecodeError as exc:
+        raise NonCanonical(f"not JSON: {exc}") from None
+    if canonical_details(value) != text and (legacy is None or legacy(value) != text):
+        raise NonCanonical("not in canonical form (sorted keys, no whitespace)")
+    return value
+
+
+def _refuse_constant(name: str) -> Any:
+    raise NonCanonical(f"{name} is not JSON")
+
+
 def record_hash(seq: int, time: str, actor: str, action: str, obj: str, details_json: str,
                 prev_hash: str) -> str:
-    """SHA-256 (hex) over the canonical JSON array of a record's fields."""
-    message = json.dumps(
-        [seq, time, actor, action, obj, json.loads(details_json), prev_hash],
-        sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-    )
+    """SHA-256 (hex) over the record as the canonical JSON array
+    ``[seq, time, actor, action, object, details, prev_hash]``, with the stored details bytes
+    spliced in as they are: the hash covers exactly what is stored, never a re-parse of it.
+
+    For canonical details this is byte for byte what earlier versions hashed (they re-parsed
+    and re-serialised canonically), so their records keep verifying."""
+    def enc(value: Any) -> str:
+        return json.dumps(value, ensure_ascii=False)
+
+    message = (f"[{enc(seq)},{enc(time)},{enc(actor)},{enc(action)},{enc(obj)},"
+               f"{details_json},{enc(prev_hash)}]")
     return hashlib.sha256(message.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Head:
+    """Where a chain ends: what a verifier keeps to detect records cut from the end later."""
+
+    seq: int
+    hash: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"seq": self.seq, "hash": self.hash}
+
+    def __str__(self) -> str:
+        return f"{self.seq}:{self.hash}"
+
+    @classmethod
+    def parse(cls, text: str) -> Head:
+        """``SEQ:HASH`` (as ``str(head)`` writes it) -> Head; ValueError saying what is wrong."""
+        seq, sep, digest = str(text).strip().partition(":")
+        if not sep or not seq.isdigit() or not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise ValueError(f"a ledger head is SEQ:HASH (a record number and 64 lowercase hex "
+                             f"digits), not {text!r}")
+        return cls(int(seq), digest)
+
+
+EMPTY_HEAD = Head(0, GENESIS_HASH)
+
+
+def read_head(db_path: str | Path) -> Head:
+    """The signed ledger's last record, read-only (an absent database or table: EMPTY_HEAD)."""
+    path = Path(db_path)
+    if not path.is_file():
+        return EMPTY_HEAD
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    try:
+        row = db.execute(f"SELECT seq, hash FROM {TABLE} ORDER BY seq DESC LIMIT 1").fetchone()
+    except sqlite3.OperationalError:  # no ledger table yet: nothing was ever signed
+        return EMPTY_HEAD
+    finally:
+        db.close()
+    return EMPTY_HEAD if row is None else Head(int(row[0]), str(row[1]))
 
 
 class Ledger:
@@ -182,8 +269,13 @@ class Ledger:
         records, _ = self.list(offset=0, limit=1, newest_first=True)
         return records[0] if records else None
 
-    def verify(self, public_key_pem: str | bytes) -> Verification:
-        """Walk the chain from the first record; report the first sequence number that fails."""
+    def verify(self, public_key_pem: str | bytes,
+               expect_head: Head | None = None) -> Verification:
+        """Walk the chain from the first record; report the first sequence number that fails.
+
+        ``expect_head``: a head the verifier kept from earlier (an attestation bundle, a
+        peer's node card, an earlier verify); the ledger must still hold that record with that
+        hash, so records cut from the end since then are found."""
         pem = public_key_pem.encode() if isinstance(public_key_pem, str) else public_key_pem
         try:
             key = serialization.load_pem_public_key(pem)
@@ -193,9 +285,10 @@ class Ledger:
             raise LedgerError("the ledger is verified with an EC public key")
         with self._lock:
             rows = self._db.execute(f"SELECT * FROM {TABLE} ORDER BY seq ASC").fetchall()
+        head: Head | None = None
 
         def bad(at: int, reason: str) -> Verification:
-            return Verification(False, at, reason, len(rows))
+            return Verification(False, at, reason, len(rows), head)
 
         expected_seq, prev = 1, GENESIS_HASH
         for row in rows:
@@ -207,6 +300,10 @@ class Ledger:
                 return bad(seq, f"record {seq} does not chain to record {seq - 1} (deleted, "
                            "reordered or rewritten)")
             try:
+                parse_stored(details_json)
+            except NonCanonical as exc:
+                return bad(seq, f"record {seq} has details that are not canonical JSON: {exc}")
+            try:
                 recomputed = record_hash(seq, time, actor, action, obj, details_json, prev_hash)
             except (TypeError, ValueError):
                 return bad(seq, f"record {seq} has malformed fields")
@@ -214,10 +311,20 @@ class Ledger:
                 return bad(seq, f"record {seq} was changed after it was written (hash mismatch)")
             try:
                 key.verify(bytes(signature), bytes.fromhex(digest), ec.ECDSA(hashes.SHA256()))
-            except (InvalidSignature, ValueError):
+            except (InvalidSignature, ValueError, TypeError):
                 return bad(seq, f"record {seq} is not signed by the appliance key")
-            expected_seq, prev = seq + 1, digest
-        return Verification(True, None, None, len(rows))
+            expected_seq, prev, head = seq + 1, digest, Head(seq, digest)
+        if expect_head is not None and expect_head.seq > 0:
+            held = {r[0]: r[7] for r in rows}
+            if expect_head.seq not in held:
+                return bad(expect_head.seq, f"records cut from the end: the ledger ends at "
+                           f"record {len(rows)}, but record {expect_head.seq} was seen before "
+                           f"(head {expect_head})")
+            if held[expect_head.seq] != expect_head.hash:
+                return bad(expect_head.seq, f"record {expect_head.seq} is not the one seen "
+                           f"before (head {expect_head}): the ledger was rewritten from there "
+                           "on")
+        return Verification(True, None, None, len(rows), head)
 
 
 def _record(row: tuple[Any, ...]) -> Record:

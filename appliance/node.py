@@ -7,22 +7,34 @@ own single thread (the keystore's owner thread, the trust root's TPM thread).
 
 from __future__ import annotations
 
+import fcntl
+import json
 import logging
+import os
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import accel.backends
 from appliance import __version__, audit, live
-from appliance.backend_survey import BackendReport, describe_error
 from appliance.inventory import Inventory, detect
 from appliance.job_kinds import KINDS
-from appliance.jobs import JobRunner
+from appliance.jobs import JobRunner, describe_error
 from appliance.ledger import Ledger
-from appliance.profile import ProfileError, ProfileMatch, load_profiles, match, profile_names
+from appliance.profile import (
+    ProfileError,
+    ProfileMatch,
+    load_profiles,
+    match,
+    parse_override,
+    profile_names,
+)
 from appliance.statedir import StateDir
 from appliance.store import Store, utc_now
 from appliance.trust import TrustRoot
+from appliance.trust.layout import TrustLayout
 from appliance.users import Users
 
 log = logging.getLogger("pec.node")
@@ -35,10 +47,36 @@ class SettingsError(ValueError):
     """A settings change names an unknown setting or a value out of range."""
 
 
+class StateBusy(RuntimeError):
+    """The state directory is locked by a daemon, so it cannot be changed from outside."""
+
+
+def node_identity(state: StateDir, configured: str) -> tuple[str, str | None]:
+    """The node's id and, when config.toml disagrees with it, a warning.
+
+    The id the trust root was provisioned with wins: it is in every attestation bundle and the
+    ledger, and peers pin it; config.toml's copy is only a copy an edit can change.
+    """
+    path = TrustLayout(state.path).trust_json
+    try:
+        provisioned = json.loads(path.read_text()).get("node_id")
+    except FileNotFoundError:
+        return configured, None
+    except (OSError, ValueError, AttributeError) as exc:
+        return configured, f"cannot read the provisioned node id from {path}: {exc}"
+    if not isinstance(provisioned, str) or not provisioned or provisioned == configured:
+        return configured, None
+    return provisioned, (
+        f"config.toml says node_id {configured!r} but the trust root was provisioned as "
+        f"{provisioned!r}, the id attestation carries: this node is {provisioned!r}; put it "
+        "back in config.toml")
+
+
 class Node:
     def __init__(self, state: StateDir) -> None:
         self.state = state
         self.config = state.config()
+        self.node_id, self.identity_warning = node_identity(state, self.config.node_id)
         self.profiles = load_profiles(self.config.profiles_dir)
         self.store = Store(state.db_path)
         audit.bind(self.store)
@@ -49,7 +87,7 @@ class Node:
         self.started = time.monotonic()
         self._lock = threading.Lock()
         self.inventory: Inventory = detect(self.config.root, survey=False)
-        self.backends: list[BackendReport] = []
+        self.backends: list[accel.backends.BackendStatus] = []
         self.profile: ProfileMatch = self._decide()
 
     # lifecycle
@@ -58,6 +96,9 @@ class Node:
         the job worker."""
         live.prime()
         self.open_trust()
+        # route by the table the last calibrate job stored (PEC_ACCEL_CACHE, which the daemon
+        # points into its state directory), not by whatever this process held before
+        accel.backends.reload_calibration()
         self.refresh()
         interrupted = self.runner.recover()
         self.runner.start()
@@ -100,9 +141,18 @@ class Node:
 
     # profile
     def _decide(self) -> ProfileMatch:
-        override = self.store.get_setting("profile_override")
-        return match(self.inventory, self.profiles, choice=self.config.mini_capability,
-                     override=override)
+        # read raw: a corrupt row is ignored with a reason, never a crash at start
+        rows = self.store.query("SELECT value FROM settings WHERE key='profile_override'")
+        override, error = parse_override(rows[0][0] if rows else None,
+                                         profile_names(self.profiles))
+        if error:
+            error += (": ignored, the hardware decides; clear it with: pec-appliance profile "
+                      f"--clear-override --state-dir {self.state.path}")
+            log.error("%s", error)
+        decided = match(self.inventory, self.profiles, choice=self.config.mini_capability,
+                        override=override)
+        decided.override_error = error
+        return decided
 
     def _apply_router_policy(self) -> None:
         policy = self.profile.router_policy
@@ -112,7 +162,11 @@ class Node:
         except Exception as exc:  # the daemon still runs, on the policy the router keeps
             log.warning("the accel router refused policy %s: %s", policy, describe_error(exc))
 
-    def set_override(self, profile: Any, actor: str) -> dict[str, Any]:
+    def set_override(self, profile: Any, actor: str, *, apply: bool = True) -> dict[str, Any]:
+        """Override the hardware's profile (None: let the hardware decide again), audited.
+
+        ``apply=False`` leaves the accel router alone: for a change made with the daemon
+        stopped, which applies it at its next start."""
         names = profile_names(self.profiles)
         if profile is not None and profile not in names:
             raise ProfileError(f"profile must be one of {', '.join(names)} or null")
@@ -120,8 +174,9 @@ class Node:
         override = None if profile is None else {"profile": profile, "by": actor, "at": utc_now()}
         self.store.set_setting("profile_override", override)
         self.profile = self._decide()
-        self._apply_router_policy()
-        audit.record(actor, "profile.override", f"node:{self.config.node_id}",
+        if apply:
+            self._apply_router_policy()
+        audit.record(actor, "profile.override", f"node:{self.node_id}",
                      {"from": before, "to": self.profile.profile, "override": profile})
         return self.profile_view()
 
@@ -130,16 +185,21 @@ class Node:
         # a backend whose runtime is absent (no CUDA on a box without NVIDIA) is expected;
         # one that loads and computes wrong, a missing CPU path, or accelerator hardware that
         # no backend drives is not
-        reasons = [f"backend {b.name} unhealthy: {b.reason}" for b in self.backends
-                   if not b.healthy and (b.loaded or b.name == "cpu")]
-        device_backends = [b for b in self.backends if b.name != "cpu" and b.healthy]
+        reasons = [f"backend {b['name']} unhealthy: {b['reason']}" for b in self.backends
+                   if not b["healthy"] and (b["loaded"] or b["name"] == "cpu")]
+        device_backends = [b for b in self.backends if b["name"] != "cpu" and b["healthy"]]
         if self.inventory.accelerators and self.backends and not device_backends:
             kinds = sorted({a.kind for a in self.inventory.accelerators})
             reasons.append(f"accelerator hardware ({', '.join(kinds)}) present but no healthy "
                            "device backend drives it")
         reasons += [f"network port {n.name} link down" for n in self.inventory.nics if not n.up]
         reasons += self.profile.notes
+        if self.profile.override_error:
+            reasons.append(self.profile.override_error)
+        if self.identity_warning:
+            reasons.append(self.identity_warning)
         reasons += self._trust_reasons()
+        reasons += audit.problems()  # a broken audit chain found at start
         return reasons
 
     def _trust_reasons(self) -> list[str]:
@@ -160,16 +220,16 @@ class Node:
         return reasons
 
     def backends_view(self) -> list[dict[str, Any]]:
-        calibration = self.store.get_setting("calibration")
+        # the calibration the router routes by (installed by the last calibrate job)
+        calibration = accel.backends.calibration()
         out = []
         for b in self.backends:
-            entry = {"name": b.name, "healthy": b.healthy, "devices": b.devices,
-                     "reason": b.reason, "calibration": None}
-            if calibration and b.name in calibration.get("ops_per_s", {}):
+            entry: dict[str, Any] = {**b, "calibration": None}
+            if b["name"] in calibration.timings:
                 entry["calibration"] = {
-                    "ops_per_s": calibration["ops_per_s"][b.name],
-                    "crossover": calibration.get("crossover", {}).get(b.name),
-                    "time": calibration.get("time"),
+                    "ops_per_s": calibration.ops_per_s(b["name"]),
+                    "crossover": calibration.thresholds.get(b["name"], {}),
+                    "time": calibration.measured_at,
                 }
             out.append(entry)
         return out
@@ -177,10 +237,12 @@ class Node:
     def status(self) -> dict[str, Any]:
         reasons = self.degraded_reasons()
         return {
-            "node_id": self.config.node_id,
+            "node_id": self.node_id,
             "version": __version__,
             "uptime_s": round(time.monotonic() - self.started, 1),
             "profile": self.profile.profile,
+            "hardware_profile": self.profile.hardware_profile,
+            "override": self.profile.override,
             "capabilities": self.profile.capabilities,
             "router_policy": self.profile.router_policy,
             "degraded": bool(reasons),
@@ -189,9 +251,11 @@ class Node:
                 **(self.trust.health() if self.trust is not None else {
                     "hsm": {"ok": None, "detail": "not configured"},
                     "tpm": {"ok": None, "detail": "not configured"}}),
-                "backends": [{"name": b.name, "healthy": b.healthy, "devices": b.devices}
-                             for b in self.backends],
+                "backends": [dict(b) for b in self.backends],
             },
+            # what the ledger does, whatever the profile offers: records are signed whenever
+            # the trust root's signing key is unlocked
+            "ledger_signed": audit.signing(),
             "jobs": {state: n for (_, state), n in self.runner.counts().items()},
         }
 
@@ -235,3 +299,30 @@ class Node:
     def submit_job(self, kind: Any, params: Any, actor: str) -> dict[str, Any]:
         return self.runner.submit(kind, params, actor, self.profile.capabilities,
                                   self.profile.profile)
+
+
+@contextmanager
+def offline_node(state: StateDir) -> Iterator[Node]:
+    """The node of a stopped daemon, to read or repair its store (no trust root, no jobs).
+
+    Holds the daemon's state lock meanwhile, so a daemon cannot start and write beside it;
+    audit records go to the unsigned trail and are signed into the ledger at the next start.
+    """
+    state.check()
+    state.run_dir.mkdir(exist_ok=True)
+    path = state.run_dir / "noded.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StateBusy(
+                f"a daemon holds {path} but does not answer on its socket; wait until it is "
+                "ready, or stop it first") from None
+        node = Node(state)
+        try:
+            yield node
+        finally:
+            node.stop()
+    finally:
+        os.close(fd)

@@ -1,14 +1,19 @@
 """Mini, Standard and Jumbo: which profile a box meets, and what it may do.
 
-Each profile is a TOML file (``profiles/`` in the source tree, ``appliance/profiles`` in the
-wheel) with its minimums and capabilities. Matching picks the largest profile whose every
-minimum the box meets, explaining each criterion; a box below the smallest profile is
+Each profile is a TOML file (package data of ``appliance.profiles``, linked from ``profiles/``
+in the source tree) with its minimums and capabilities. Matching picks the largest profile
+whose every minimum the box meets, explaining each criterion; a box below the smallest profile is
 ``unclassified`` and carries no privacy-computing capability.
+
+An administrator may override the hardware's choice with any profile, ``unclassified``, or
+``development``: a built-in profile for a developer's machine that carries every capability
+the hardware can (a laptop meets no profile, yet must run keygen and jobs to be of any use).
 """
 
 from __future__ import annotations
 
 import importlib.resources
+import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +25,7 @@ CAPABILITIES = ("mpc", "fl", "ledger", "tee")
 ROUTER_POLICIES = ("cpu-only", "fastest-healthy")
 ACCELERATOR_KINDS = ("dcu", "gpu", "fpga")
 UNCLASSIFIED = "unclassified"
+DEVELOPMENT = "development"
 GIB = 1 << 30
 TB = 10**12
 
@@ -79,6 +85,25 @@ UNCLASSIFIED_PROFILE = Profile(
     always=(),
 )
 
+# Never matched from hardware (rank 0, like unclassified): only an override chooses it.
+DEVELOPMENT_PROFILE = Profile(
+    name=DEVELOPMENT,
+    rank=0,
+    description="development machine: every capability the hardware can carry, whatever its "
+                "size; not for production",
+    router_policy="fastest-healthy",
+    cores=0,
+    memory_gb=0,
+    disk_tb=0,
+    nic_ports=0,
+    nic_speed_mbps=0,
+    accelerators=0,
+    accelerator_kinds=ACCELERATOR_KINDS,
+    memory_tolerance=0,
+    disk_tolerance=0,
+    always=CAPABILITIES,
+)
+
 
 @dataclass(frozen=True)
 class Criterion:
@@ -97,10 +122,16 @@ class ProfileMatch:
     considered: list[dict[str, Any]] = field(default_factory=list)
     override: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    #: what the hardware alone gives, whatever the override says
+    hardware_profile: str = UNCLASSIFIED
+    #: why a stored override was ignored (unreadable or naming no profile), else None
+    override_error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "profile": self.profile,
+            "hardware_profile": self.hardware_profile,
+            "override_error": self.override_error,
             "capabilities": self.capabilities,
             "router_policy": self.router_policy,
             "criteria": [asdict(c) for c in self.criteria],
@@ -149,7 +180,7 @@ def load_profile(path: str | Path) -> Profile:
     doc.check_keys(caps, {"always", "choose_one", "default_choice"}, "capabilities.")
 
     name = doc.get(head, "name", str, "profile.")
-    if name == UNCLASSIFIED or not name.isidentifier():
+    if name in (UNCLASSIFIED, DEVELOPMENT) or not name.isidentifier():
         raise doc.error("profile.name", f"{name!r} is not a usable profile name")
     policy = doc.get(head, "router_policy", str, "profile.")
     if policy not in ROUTER_POLICIES:
@@ -190,8 +221,8 @@ def load_profile(path: str | Path) -> Profile:
 
 
 def default_profiles_dir() -> Path:
-    """Where the shipped profiles are: the package data of ``appliance.profiles`` (in the
-    source tree, a link to the repository's ``profiles/``)."""
+    """Where the shipped profiles are: the package data of ``appliance.profiles`` (the
+    repository's ``profiles/`` links there)."""
     try:
         return Path(str(importlib.resources.files("appliance.profiles").joinpath("mini.toml"))
                     ).parent
@@ -306,10 +337,13 @@ def match(
     for p, crit in evaluated:
         if all(c.met for c in crit):
             chosen, criteria = p, crit
+    hardware = chosen.name
     if override is not None:
         name = override.get("profile")
         if name == UNCLASSIFIED:
             chosen = UNCLASSIFIED_PROFILE
+        elif name == DEVELOPMENT:
+            chosen = DEVELOPMENT_PROFILE  # the hardware's criteria stay shown
         elif name in by_name:
             chosen = by_name[name]
             criteria = next(crit for p, crit in evaluated if p.name == name)
@@ -319,7 +353,9 @@ def match(
     caps = chosen.capabilities(choice)
     if "tee" in caps and not any(inv.tee.values()):
         caps.remove("tee")
-        notes.append("capability tee is off: the CPU offers no SGX, SEV-SNP or TDX")
+        # a development machine without a TEE is expected, not a fault worth a note
+        if chosen is not DEVELOPMENT_PROFILE:
+            notes.append("capability tee is off: the CPU offers no SGX, SEV-SNP or TDX")
     return ProfileMatch(
         profile=chosen.name,
         capabilities=caps,
@@ -328,15 +364,43 @@ def match(
         considered=considered,
         override=override,
         notes=notes,
+        hardware_profile=hardware,
     )
 
 
 def profile_names(profiles: list[Profile]) -> list[str]:
-    return [p.name for p in profiles] + [UNCLASSIFIED]
+    """Every name an override may give: the loaded profiles, unclassified and development."""
+    return [p.name for p in profiles] + [UNCLASSIFIED, DEVELOPMENT]
+
+
+def parse_override(raw: str | None, names: list[str]) -> tuple[dict[str, Any] | None, str | None]:
+    """The stored ``settings.profile_override`` text as (override, None), or (None, why) when
+    it cannot be used.
+
+    The row is written by the daemon, but a restored backup or a hand edit can leave anything
+    there; a bad row must never keep the daemon from starting, so it is ignored with a reason.
+    """
+    if raw is None:
+        return None, None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None, f"settings.profile_override is not valid JSON ({raw[:40]!r})"
+    if value is None:
+        return None, None
+    if not isinstance(value, dict):
+        return None, (f"settings.profile_override must be an object with a 'profile' name, "
+                      f"got {type(value).__name__} {raw[:40]!r}")
+    name = value.get("profile")
+    if not isinstance(name, str) or name not in names:
+        return None, (f"settings.profile_override names {name!r}, not a profile: must be one "
+                      f"of {', '.join(names)}")
+    return value, None
 
 
 __all__ = [
     "CAPABILITIES",
+    "DEVELOPMENT",
     "UNCLASSIFIED",
     "Criterion",
     "Profile",
@@ -347,4 +411,6 @@ __all__ = [
     "load_profile",
     "load_profiles",
     "match",
+    "parse_override",
+    "profile_names",
 ]

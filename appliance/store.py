@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA_V1 = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -64,8 +64,13 @@ CREATE TABLE users (
 CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
+# v2: an administrator can disable an account without deleting it (and its audit history)
+_SCHEMA_V2 = """
+ALTER TABLE users ADD COLUMN disabled INTEGER NOT NULL DEFAULT 0;
+"""
+
 # index = version reached after running it; a new schema version appends one entry
-_MIGRATIONS = {1: _SCHEMA_V1}
+_MIGRATIONS = {1: _SCHEMA_V1, 2: _SCHEMA_V2}
 
 
 class StoreError(RuntimeError):

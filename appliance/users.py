@@ -1,8 +1,10 @@
-"""Administrator accounts: argon2 password hashes, roles, per-account lockout.
+"""Administrator accounts: argon2 password hashes, roles, per-account lockout, disabling.
 
 Every authentication attempt is audited. An account is locked for ``LOCKOUT`` after
-``MAX_FAILURES`` consecutive failures; an unknown user name costs the same hash verification
-as a known one so that timing does not tell which names exist.
+``MAX_FAILURES`` consecutive failures. A refusal tells the caller nothing but
+``REFUSED``, and every attempt costs one hash verification, whether the name is unknown, the
+account locked or disabled, or the password wrong: neither the answer nor its time tells which
+names exist. Why an attempt was refused goes to the audit trail only.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from appliance import audit
-from appliance.account_rules import MAX_PASSWORD, MIN_PASSWORD, ROLES, USERNAME
+from appliance.account_rules import MAX_PASSWORD, MIN_PASSWORD, ROLES, USERNAME, USERNAME_RULE
 from appliance.store import Store, parse_time, utc_now
 
 MAX_FAILURES = 5
 LOCKOUT = timedelta(minutes=5)
+REFUSED = "invalid username or password"
 _hasher = PasswordHasher()
 
 
@@ -45,16 +48,19 @@ def check_password(password: Any) -> str:
 
 def check_username(username: Any) -> str:
     if not isinstance(username, str) or not USERNAME.fullmatch(username):
-        raise UserError(
-            "username must be 1-32 characters: lower-case letters, digits, '_', '.', '-', "
-            "starting with a letter or '_'"
-        )
+        raise UserError(f"username must be {USERNAME_RULE}")
     return username
 
 
+def _locked(row: Any, now: datetime) -> bool:
+    return bool(row["locked_until"]) and parse_time(row["locked_until"]) > now
+
+
 def _public(row: Any) -> dict[str, Any]:
+    locked = _locked(row, datetime.now(UTC))
     return {"username": row["username"], "role": row["role"],
-            "locked_until": row["locked_until"], "created": row["created"]}
+            "locked_until": row["locked_until"] if locked else None,
+            "disabled": bool(row["disabled"]), "created": row["created"]}
 
 
 class Users:
@@ -98,19 +104,26 @@ class Users:
         name = username if isinstance(username, str) else ""
         password = password if isinstance(password, str) else ""
         details = {"remote": remote} if remote else {}
+        refused = {"ok": False, "role": None, "reason": REFUSED}
         rows = self.store.query("SELECT * FROM users WHERE username=?", (name,))
         now = datetime.now(UTC)
         if not rows:
             self._verify(_dummy_hash(), password)
             audit.record(name or "-", "auth.failed", f"user:{name or '-'}",
                          {**details, "why": "unknown user"})
-            return {"ok": False, "role": None, "reason": "invalid username or password"}
+            return refused
         row = rows[0]
-        if row["locked_until"] and parse_time(row["locked_until"]) > now:
-            audit.record(name, "auth.refused", f"user:{name}", {**details, "why": "locked"})
-            return {"ok": False, "role": None,
-                    "reason": f"account locked until {row['locked_until']}"}
-        if self._verify(row["password_hash"], password):
+        # verified before any refusal, so a locked or disabled account costs what any other
+        # attempt costs
+        matches = self._verify(row["password_hash"], password)
+        if row["disabled"]:
+            audit.record(name, "auth.refused", f"user:{name}", {**details, "why": "disabled"})
+            return refused
+        if _locked(row, now):
+            audit.record(name, "auth.refused", f"user:{name}",
+                         {**details, "why": "locked", "locked_until": row["locked_until"]})
+            return refused
+        if matches:
             with self.store.transaction() as db:
                 db.execute(
                     "UPDATE users SET failed_count=0, locked_until=NULL WHERE username=?",
@@ -130,10 +143,71 @@ class Users:
             )
         audit.record(name, "auth.failed", f"user:{name}",
                      {**details, "why": "wrong password", "locked_until": locked_until})
-        reason = "invalid username or password"
-        if locked_until:
-            reason = f"too many failures: account locked until {locked_until}"
-        return {"ok": False, "role": None, "reason": reason}
+        return refused
+
+    # administration: each change audited; the node always keeps one enabled admin
+    def _row(self, db: Any, username: Any) -> Any:
+        row = db.execute("SELECT * FROM users WHERE username=?", (username,)).fetchone()
+        if row is None:
+            raise LookupError(f"no user {username!r}")
+        return row
+
+    @staticmethod
+    def _keep_an_admin(db: Any, username: str, what: str) -> None:
+        others = db.execute(
+            "SELECT COUNT(*) FROM users WHERE role='admin' AND disabled=0 AND username!=?",
+            (username,),
+        ).fetchone()[0]
+        if not others:
+            raise UserError(f"cannot {what} {username!r}: it is the last enabled admin; make "
+                            "another account admin first")
+
+    def unlock(self, username: str, actor: str) -> dict[str, Any]:
+        """End a lockout now and reset the failure count."""
+        with self.store.transaction() as db:
+            row = self._row(db, username)
+            db.execute("UPDATE users SET failed_count=0, locked_until=NULL WHERE username=?",
+                       (username,))
+        audit.record(actor, "user.unlock", f"user:{username}",
+                     {"was_locked_until": row["locked_until"]})
+        return self.get(username)  # type: ignore[return-value]
+
+    def update(self, username: str, actor: str, *, role: Any = None,
+               disabled: Any = None) -> dict[str, Any]:
+        """Change an account's role and/or whether it is disabled (None: unchanged)."""
+        if role is not None and role not in ROLES:
+            raise UserError(f"role must be one of {', '.join(ROLES)}")
+        if disabled is not None and not isinstance(disabled, bool):
+            raise UserError("disabled must be true or false")
+        if role is None and disabled is None:
+            raise UserError("nothing to change: give 'role' and/or 'disabled'")
+        with self.store.transaction() as db:
+            row = self._row(db, username)
+            if row["role"] == "admin" and not row["disabled"]:
+                if role is not None and role != "admin":
+                    self._keep_an_admin(db, username, "demote")
+                if disabled:
+                    self._keep_an_admin(db, username, "disable")
+            new_role = row["role"] if role is None else role
+            new_disabled = bool(row["disabled"]) if disabled is None else disabled
+            db.execute("UPDATE users SET role=?, disabled=? WHERE username=?",
+                       (new_role, int(new_disabled), username))
+        changes: dict[str, Any] = {}
+        if new_role != row["role"]:
+            changes["role"] = {"from": row["role"], "to": new_role}
+        if new_disabled != bool(row["disabled"]):
+            changes["disabled"] = new_disabled
+        if changes:
+            audit.record(actor, "user.update", f"user:{username}", changes)
+        return self.get(username)  # type: ignore[return-value]
+
+    def delete(self, username: str, actor: str) -> None:
+        with self.store.transaction() as db:
+            row = self._row(db, username)
+            if row["role"] == "admin" and not row["disabled"]:
+                self._keep_an_admin(db, username, "delete")
+            db.execute("DELETE FROM users WHERE username=?", (username,))
+        audit.record(actor, "user.delete", f"user:{username}", {"role": row["role"]})
 
     def change_password(self, username: str, old: Any, new: Any, actor: str) -> None:
         rows = self.store.query("SELECT * FROM users WHERE username=?", (username,))

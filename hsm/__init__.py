@@ -15,7 +15,7 @@ from hsm.errors import (
     PinLocked,
     TokenNotFound,
 )
-from hsm.keystore import KeyInfo, Keystore
+from hsm.keystore import KeyInfo, Keystore, signing_public_key_pem
 from hsm.softhsm import SOFTHSM2_MODULE, create_softhsm_token, softhsm_config
 
 __all__ = [
@@ -37,5 +37,6 @@ __all__ = [
     "PinLocked",
     "TokenNotFound",
     "create_softhsm_token",
+    "signing_public_key_pem",
     "softhsm_config",
 ]

@@ -485,6 +485,42 @@ class Keystore:
         return out
 
 
+def signing_public_key_pem(module: str, token_label: str,
+                           config: str | os.PathLike[str] | None = None) -> str:
+    """The signing key's public half as the token itself holds it, read without logging in.
+
+    A public key object needs no PIN, so a verifier learns the key from the hardware rather
+    than from a file someone with write access to the state directory could replace. Raises
+    the same errors as ``Keystore.open`` for a missing module or token, KeyMissing without the
+    key.
+    """
+    if not os.path.exists(module):
+        raise ModuleNotFound(f"PKCS#11 module {module} does not exist")
+    if config is not None and not os.path.isfile(config):
+        raise HsmError(f"SoftHSM2 configuration {config} does not exist")
+    lib = _modules.acquire(module, None if config is None else str(config))
+    try:
+        try:
+            token = lib.get_token(token_label=token_label)
+        except p11err.NoSuchToken as exc:
+            raise TokenNotFound(f"no PKCS#11 token labelled {token_label!r}") from exc
+        except p11err.MultipleTokensReturned as exc:
+            raise TokenNotFound(f"more than one token labelled {token_label!r}") from exc
+        try:
+            with token.open() as session:
+                found = list(session.get_objects(
+                    {Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.LABEL: SIGNING_LABEL}))
+                point = bytes(found[0][Attribute.EC_POINT]) if found else None
+        except p11err.PKCS11Error as exc:
+            raise HsmError(f"cannot read token {token_label!r}: {exc!r}") from exc
+    finally:
+        _modules.release(module)
+    if point is None:
+        raise KeyMissing(f"token {token_label!r} holds no public signing key {SIGNING_LABEL!r}")
+    return _public_key_from_point(point).public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+
 def _as_bytes(value: Any, name: str) -> bytes:
     if not isinstance(value, bytes | bytearray | memoryview):
         raise TypeError(f"{name} must be bytes, got {type(value).__name__}")

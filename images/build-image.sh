@@ -117,11 +117,12 @@ build_base() {
 # The mirrors' signed release files change whenever a suite does (a point release, a security
 # update): their dates go into the cache key, so a cached base never hides an update.
 mirror_state() {
-	local url
+	local url release
 	for url in "$MIRROR/dists/$SUITE/InRelease" "$MIRROR/dists/$SUITE-updates/InRelease" \
 		"$SECURITY_MIRROR/dists/$SUITE-security/InRelease"; do
-		curl -fsS --retry 3 --max-time 60 "$url" | grep -m1 '^Date:' ||
+		release=$(curl -fsS --retry 3 --max-time 60 "$url") ||
 			die "cannot read $url: is the mirror reachable?"
+		grep -m1 '^Date:' <<<"$release" || die "$url has no Date: line"
 	done
 }
 

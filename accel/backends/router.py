@@ -25,28 +25,28 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import importlib
-import json
 import logging
 import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
 from accel.backends.base import Backend, BackendError, FixedBaseTable
+from accel.backends.calibration import Calibration
 
 log = logging.getLogger("accel.backends")
 
 FALLBACK = "cpu"
 POLICIES = ("cpu-only", "fastest-healthy")
 # Operations a device backend can be made to fail in (``ntt`` covers both directions).
-# Calibration and ``resolve`` take any op name: callers route whole operations too
-# ("encrypt", "decrypt").
+# ``resolve`` takes any op name: callers route whole operations too ("encrypt", "decrypt");
+# calibration.ROUTED_OPS lists the ones the accel code uses.
 FAULT_OPS = (
     "mulmod", "powmod", "fixed_base_table", "powmod_fixed", "multiexp", "invmod", "ntt",
 )
@@ -77,7 +77,7 @@ class Health:
 
 _HEALTH: dict[str, Health] = {}
 _POLICY = "fastest-healthy"
-_CALIBRATION: dict[str, dict[str, int]] | None = None  # loaded from disk on first need
+_CALIBRATION: Calibration | None = None  # loaded from disk on first need
 _PROBE_INTERVAL: float | None = None
 _FAULTS: list[tuple[str, str, str]] = []
 
@@ -138,19 +138,45 @@ def get(name: str) -> Backend:
         return instance
 
 
-def available() -> list[dict[str, Any]]:
-    """Every registered backend: ``{name, devices, healthy, reason}``."""
-    out = []
+class BackendStatus(TypedDict):
+    """One backend as :func:`available` reports it (JSON-ready: the daemon serves it as is)."""
+
+    name: str
+    devices: list[str]
+    healthy: bool
+    #: why it is unhealthy or absent; "" when healthy
+    reason: str
+    #: False when its runtime, driver or device is absent here (no pycuda/CuPy, no NVIDIA
+    #: driver, no OpenCL platform): expected on many hosts, unlike a device that loads and
+    #: then computes wrong
+    loaded: bool
+
+
+def available(*, refresh: bool = False) -> list[BackendStatus]:
+    """Every registered backend, with its devices and health: the one survey of this host.
+
+    With ``refresh`` each backend's health probe runs first (a backend that failed to start
+    is tried again), and what it finds is what the router routes by from then on; without it
+    the health recorded so far (by probes and device faults) is reported.
+    """
+    if refresh:
+        probe()
+    out: list[BackendStatus] = []
     for name in names():
         try:
             devices = get(name).devices()
-        except Exception as exc:
-            out.append({"name": name, "devices": [], "healthy": False, "reason": str(exc)})
+        except BackendError:
+            reason = _UNAVAILABLE.get(name, "failed to start")
+            out.append(BackendStatus(name=name, devices=[], healthy=False, reason=reason,
+                                     loaded=False))
+            continue
+        except Exception as exc:  # a runtime that loads but cannot list its devices
+            out.append(BackendStatus(name=name, devices=[], healthy=False,
+                                     reason=f"{type(exc).__name__}: {exc}", loaded=True))
             continue
         health = _HEALTH.get(name, Health())
-        out.append(
-            {"name": name, "devices": devices, "healthy": health.healthy, "reason": health.reason}
-        )
+        out.append(BackendStatus(name=name, devices=list(devices), healthy=health.healthy,
+                                 reason=health.reason, loaded=True))
     return out
 
 
@@ -186,62 +212,39 @@ def calibration_path() -> Path:
     return Path(root) / CALIBRATION_FILE
 
 
-def _checked_calibration(table: Any) -> dict[str, dict[str, int]]:
-    if not isinstance(table, dict):
-        raise ValueError("calibration must map backend name -> {op: batch size}")
-    out: dict[str, dict[str, int]] = {}
-    for backend, ops in table.items():
-        if not isinstance(backend, str) or not isinstance(ops, dict):
-            raise ValueError(f"calibration entry for {backend!r} must map op -> batch size")
-        for op, threshold in ops.items():
-            if not isinstance(op, str) or not op:
-                raise ValueError(f"calibration op names must be non-empty strings, got {op!r}")
-            if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 0:
-                raise ValueError(
-                    f"calibration threshold for {backend}/{op} must be an int >= 0, "
-                    f"got {threshold!r}"
-                )
-        out[backend] = dict(ops)
-    return out
-
-
-def set_calibration(table: dict[str, dict[str, int]], *, save: bool = True) -> Path | None:
-    """Set, per backend and op, the batch size from which that backend beats the CPU.
+def set_calibration(
+    table: Calibration | Mapping[str, Mapping[str, int | None]], *, save: bool = True
+) -> Path | None:
+    """Route by ``table`` from now on: a :class:`Calibration` (what ``calibrate`` returns) or,
+    set by hand, ``{backend: {op: batch size from which it beats the CPU}}``.
 
     With ``save`` the table is written atomically to :func:`calibration_path` so that the next
-    process starts with it; returns the path written.
+    process (the daemon after a restart) starts with it; returns the path written.
     """
     global _CALIBRATION
-    checked = _checked_calibration(table)
+    checked = table if isinstance(table, Calibration) else Calibration(thresholds=dict(table))
     _CALIBRATION = checked
-    if not save:
-        return None
-    path = calibration_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"version": 1, "thresholds": checked}, indent=2, sort_keys=True))
-    os.replace(tmp, path)
-    return path
+    return checked.save(calibration_path()) if save else None
 
 
-def calibration() -> dict[str, dict[str, int]]:
+def calibration() -> Calibration:
     """The calibration in force, read from disk the first time (empty when there is none)."""
     global _CALIBRATION
     if _CALIBRATION is None:
         path = calibration_path()
         try:
-            doc = json.loads(path.read_text())
-            _CALIBRATION = _checked_calibration(doc.get("thresholds", {}))
+            _CALIBRATION = Calibration.load(path)
         except FileNotFoundError:
-            _CALIBRATION = {}
-        except (ValueError, AttributeError, OSError) as exc:
+            _CALIBRATION = Calibration()
+        except (ValueError, OSError) as exc:
             log.warning("ignoring unreadable calibration %s: %s", path, exc)
-            _CALIBRATION = {}
+            _CALIBRATION = Calibration()
     return _CALIBRATION
 
 
-def reload_calibration() -> dict[str, dict[str, int]]:
-    """Forget the in-memory calibration and read the file again."""
+def reload_calibration() -> Calibration:
+    """Forget the in-memory calibration and read :func:`calibration_path` again (the daemon
+    does this at start, so that it routes by the table its last calibration stored)."""
     global _CALIBRATION
     _CALIBRATION = None
     return calibration()
@@ -280,6 +283,9 @@ def probe(names_: list[str] | None = None) -> dict[str, bool]:
             _HEALTH[name] = Health(ok, reason, time.monotonic())
         if ok:
             log.info("backend %s is healthy", name)
+        elif name in _UNAVAILABLE:
+            # an absent runtime (CUDA on a box without NVIDIA) is expected, not a warning
+            log.info("backend %s is not available: %s", name, _UNAVAILABLE[name])
         else:
             log.warning("backend %s is unhealthy: %s", name, reason)
         results[name] = ok
@@ -305,7 +311,7 @@ def _choose(op: str, size: int) -> str:
     if _POLICY == "cpu-only" or not op:
         return FALLBACK
     candidates = []
-    for name, ops in calibration().items():
+    for name, ops in calibration().thresholds.items():
         threshold = ops.get(op)
         if name in _REGISTRY and name != FALLBACK and threshold is not None and size >= threshold:
             candidates.append((threshold, name))
@@ -327,107 +333,6 @@ def resolve(backend: str | Backend | None = None, *, op: str = "", size: int = 0
         if name != FALLBACK and not _usable(name):
             name = FALLBACK
     return RoutedBackend(name)
-
-
-# -- measuring the calibration --------------------------------------------------------------
-
-# Which timed protocol operation stands for each routed op (the Paillier layer routes whole
-# operations: an encryption is a fixed-base exponentiation, a decryption two exponentiations
-# with one shared exponent).
-CALIBRATED_OPS = {
-    "mulmod": "mulmod",
-    "prodmod": "mulmod",
-    "powmod": "powmod",
-    "multiexp": "powmod",
-    "decrypt": "powmod",
-    "powmod_fixed": "powmod_fixed",
-    "encrypt": "powmod_fixed",
-}
-
-
-def _timed_cases(backend: Backend, bits: int, seed: int) -> dict[str, Callable[[int], Any]]:
-    from accel.backends.base import limbs_for
-
-    rng = np.random.default_rng(seed)
-    modulus = (1 << (2 * bits - 1)) | int(rng.integers(1, 2**62)) << 2 | 1  # n^2-sized, odd
-    limbs = limbs_for(modulus)
-    exp_bits = bits // 2 + 128
-    table = backend.fixed_base_table(3, modulus, exp_bits)
-
-    def residues(count: int) -> np.ndarray:
-        rows = rng.integers(0, 2**64, size=(count, limbs), dtype=np.uint64)
-        rows[:, -1] = 0  # below the modulus, whose top limb is non-zero
-        return rows
-
-    def exponents(count: int, ebits: int) -> np.ndarray:
-        rows = rng.integers(0, 2**64, size=(count, -(-ebits // 64)), dtype=np.uint64)
-        rows[:, -1] >>= np.uint64(-ebits % 64)
-        return rows
-
-    return {
-        "mulmod": lambda k: backend.mulmod(residues(k), residues(k), modulus),
-        "powmod": lambda k: backend.powmod(residues(k), exponents(1, bits // 2), modulus),
-        "powmod_fixed": lambda k: backend.powmod_fixed(table, exponents(k, exp_bits)),
-    }
-
-
-def crossover(points: list[tuple[int, float, float]]) -> int | None:
-    """The smallest batch size from which the device is faster at every larger measured size,
-    given ``(size, device seconds, cpu seconds)`` in increasing size; None if it never is."""
-    best = None
-    for size, device_s, cpu_s in reversed(points):
-        if device_s >= cpu_s:
-            break
-        best = size
-    return best
-
-
-def calibrate(
-    names_: list[str] | None = None,
-    *,
-    bits: int = 2048,
-    sizes: tuple[int, ...] = (16, 64, 256, 1024, 4096, 16384),
-    max_seconds_per_point: float = 2.0,
-    save: bool = True,
-) -> dict[str, dict[str, int]]:
-    """Time each accelerator against the CPU at growing batch sizes and set, per backend and
-    op, the smallest measured size from which the accelerator is faster at every larger
-    measured size (no entry when it never is). Sizes stop growing once the slower side takes
-    ``max_seconds_per_point``. Returns the table (also saved when ``save``)."""
-    import time as _time
-
-    def seconds(run: Callable[[int], Any], count: int) -> float:
-        t0 = _time.perf_counter()
-        run(count)
-        return _time.perf_counter() - t0
-
-    cpu_cases = _timed_cases(get(FALLBACK), bits, seed=1)
-    table: dict[str, dict[str, int]] = {}
-    for name in names_ if names_ is not None else [n for n in names() if n != FALLBACK]:
-        if name == FALLBACK or not _usable(name):
-            continue
-        cases = _timed_cases(get(name), bits, seed=1)
-        thresholds: dict[str, int] = {}
-        for timed, run in cases.items():
-            run(sizes[0])  # compile kernels, upload tables
-            cpu_cases[timed](sizes[0])
-            points: list[tuple[int, float, float]] = []
-            for size in sizes:
-                device_s, cpu_s = seconds(run, size), seconds(cpu_cases[timed], size)
-                points.append((size, device_s, cpu_s))
-                if max(device_s, cpu_s) > max_seconds_per_point:
-                    break
-            threshold = crossover(points)
-            if threshold is not None:
-                thresholds[timed] = threshold
-        table[name] = {op: thresholds[timed] for op, timed in CALIBRATED_OPS.items()
-                       if timed in thresholds}
-        log.info("calibration of %s against %s: %s", name, FALLBACK, table[name])
-    if save:
-        set_calibration(table)
-    else:
-        _checked_calibration(table)
-    return table
 
 
 # -- fallback ------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ def encrypt(
                            private_key=private_key)
         gm = be.mulmod(gm, noise, pk.nsquare)
     return EncryptedArray(pk, gm.reshape((*enc.shape, pk.limbs)), enc.scale, enc.dtype,
-                          backend=backend, obfuscated=True)
+                          backend=backend, obfuscated=True, bound=enc.peak)
 
 
 def decrypt(sk: PrivateKey, array: EncryptedArray, *, backend: str | Backend | None = None
@@ -62,7 +62,7 @@ def decrypt(sk: PrivateKey, array: EncryptedArray, *, backend: str | Backend | N
                    exp_p, sk.psquare)
     xq = be.powmod(_mpz_to_limbs([c % sk.qsquare for c in cts], limbs_for(sk.qsquare)),
                    exp_q, sk.qsquare)
-    n, max_int = pk.n, pk.max_int
+    n, max_int, bound = pk.n, pk.max_int, array.bound
     hp, hq, p_inv = mpz(sk.hp), mpz(sk.hq), mpz(sk.p_inverse)
     mantissas = []
     for i, (a, b) in enumerate(zip(_mpz_rows(xp), _mpz_rows(xq), strict=True)):
@@ -76,6 +76,16 @@ def decrypt(sk: PrivateKey, array: EncryptedArray, *, backend: str | Backend | N
                     "Paillier can represent, so it cannot be decrypted correctly"
                 )
             m -= n
+        if abs(m) > bound:
+            # the bound is sound for every array this library computes, so a value past it
+            # is a wrapped value that happened to land in the band, or altered ciphertexts
+            # or metadata: either way the number would be wrong
+            raise OverflowError(
+                f"element {i} decrypted outside the array's magnitude bound "
+                f"({abs(m).bit_length()} bits, bound {bound.bit_length()} bits): the "
+                "ciphertexts or their scale/bound were altered or computed elsewhere without "
+                "bounds, so the value cannot be trusted"
+            )
         mantissas.append(m)
     return decode(mantissas, array.scale, array.dtype.kind == "f", array.shape)
 

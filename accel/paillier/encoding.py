@@ -8,11 +8,21 @@ work, small.
 
 A mantissa travels as its magnitude in uint64 limbs plus a sign flag; a negative mantissa is
 encoded modulo n as ``n - |m|``, as python-paillier does, so integers interoperate with it.
+
+Plaintext *multipliers* (``ea * w``, ``ea @ W``, ...) are encoded with the operand precision:
+``precision(bits)`` (a context manager) or ``set_precision(bits)`` (process-wide) lower it from
+53 bits. Each multiplication by a float adds the multiplier's scale to the array's scale, and a
+ciphertext's scale can never be lowered without the private key, so fewer bits per product is
+what lets an iterative computation run longer between refreshes (``PrivateKey.refresh``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -21,6 +31,41 @@ from accel.paillier import limbs as lm
 
 DEFAULT_PRECISION = 53
 MAX_PRECISION = 62  # mantissas are rounded in int64
+
+_global_precision = DEFAULT_PRECISION
+_scoped_precision: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "paillier_operand_precision", default=None)
+
+
+def _checked_precision(bits: int) -> int:
+    if isinstance(bits, bool) or not isinstance(bits, int | np.integer):
+        raise TypeError("precision must be an int number of bits")
+    if not 1 <= bits <= MAX_PRECISION:
+        raise ValueError(f"precision must be between 1 and {MAX_PRECISION} bits")
+    return int(bits)
+
+
+def operand_precision() -> int:
+    """Bits kept of a plaintext float multiplier's largest magnitude (53 unless changed)."""
+    scoped = _scoped_precision.get()
+    return _global_precision if scoped is None else scoped
+
+
+def set_precision(bits: int) -> None:
+    """Set the operand precision for the whole process (threads included)."""
+    global _global_precision
+    _global_precision = _checked_precision(bits)
+
+
+@contextlib.contextmanager
+def precision(bits: int) -> Iterator[None]:
+    """``with precision(20): ea * w`` encodes plaintext float multipliers with ``bits`` bits
+    of their largest magnitude inside the block (this thread or task only)."""
+    token = _scoped_precision.set(_checked_precision(bits))
+    try:
+        yield
+    finally:
+        _scoped_precision.reset(token)
 
 
 @dataclass(frozen=True)
@@ -36,6 +81,34 @@ class Encoded:
     @property
     def dtype(self) -> np.dtype:
         return np.dtype(np.float64 if self.is_float else np.int64)
+
+    @cached_property
+    def peak(self) -> int:
+        """The largest ``|mantissa|``, exactly (vectorised: one lexicographic sort of rows
+        only when mantissas span several limbs)."""
+        mag = self.magnitude
+        if mag.shape[0] == 0:
+            return 0
+        if mag.shape[1] == 1:
+            return int(mag[:, 0].max())
+        top = np.lexsort(mag.T)[-1]  # lexsort's last key (the top limb) is the primary one
+        return limbs_to_ints(mag[top : top + 1])[0]
+
+    def column_l1_peak(self, rows: int, cols: int) -> int:
+        """An upper bound of ``max_j sum_i |m[i, j]|`` for the mantissas seen as a
+        ``(rows, cols)`` matrix: the growth factor of a matrix product's magnitude bound.
+
+        One-limb mantissas are summed exactly in two 32-bit halves (no uint64 overflow for
+        fewer than 2**32 rows); wider ones fall back to ``rows * peak``.
+        """
+        if rows == 0 or cols == 0:
+            return 0
+        if self.magnitude.shape[1] != 1:
+            return rows * self.peak
+        mag = self.magnitude[:, 0].reshape(rows, cols)
+        low = (mag & np.uint64(0xFFFFFFFF)).sum(axis=0, dtype=np.uint64)
+        high = (mag >> np.uint64(32)).sum(axis=0, dtype=np.uint64)
+        return (int(high.max()) << 32) + int(low.max())
 
     def negated(self) -> Encoded:
         nonzero = self.magnitude.any(axis=1)

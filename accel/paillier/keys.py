@@ -223,6 +223,31 @@ class PrivateKey:
 
         return decrypt(self, array, backend=backend)
 
+    def refresh(
+        self,
+        array: EncryptedArray,
+        *,
+        precision: int = 53,
+        backend: str | Backend | None = None,
+    ) -> EncryptedArray:
+        """A fresh encryption of ``array``'s values at the default (smallest) scale.
+
+        Products by floats grow an array's scale and magnitude bound until no further
+        product fits the plaintext band; only the key holder can bring them down. This
+        decrypts, rounds to float64 (integer arrays stay exact) and encrypts again with
+        ``precision`` bits of the largest magnitude, like ``encrypt``: same shape, dtype and
+        backend pin, fresh randomness, a small scale and a bound of the actual values.
+
+        It reveals the values to the key holder, who could decrypt the array anyway. In a
+        protocol where the key holder must not learn them, the data holder masks first and
+        unmasks after: ``r`` random, ``sk.refresh(ea + r) - r``.
+        """
+        from accel.paillier.cipher import decrypt, encrypt
+
+        values = decrypt(self, array, backend=backend)
+        return encrypt(self.public_key, values, backend=array.backend, precision=precision,
+                       private_key=self)
+
     def __repr__(self) -> str:
         return f"PrivateKey(for {self.public_key!r})"
 

@@ -6,7 +6,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Blueprint, redirect, render_template, request, url_for
-from flask_login import current_user
 
 from appliance.panel.charts import benchmark_chart
 from appliance.panel.daemon import daemon
@@ -48,7 +47,12 @@ def index() -> str:
     if request.args.get("job", "").isdigit():
         shown = client.get(f"/v1/jobs/{int(request.args['job'])}")
     elif history:
-        shown = next((job for job in history if job["state"] == "done"), history[0])
+        # the latest result worth a chart: a run that measured nothing (or failed) must not
+        # hide the last real figures
+        shown = next((job for job in history
+                      if job["state"] == "done" and benchmark_chart(job.get("result"))),
+                     history[0])
+    params = (shown or {}).get("params") or {}
     return render_template(
         "accelerators.html",
         backends=backends,
@@ -56,7 +60,10 @@ def index() -> str:
         job=shown,
         chart=benchmark_chart(shown.get("result")) if shown else None,
         bits_choices=BENCHMARK_BITS,
-        default_bits=DEFAULT_BENCHMARK_BITS,
+        # the form offers again what the shown run used, so "run it again" is one click
+        default_bits=params["bits"] if params.get("bits") in BENCHMARK_BITS
+        else DEFAULT_BENCHMARK_BITS,
+        quick=bool(params.get("quick", True)),
         finished=FINISHED_STATES,
     )
 
@@ -68,7 +75,6 @@ def start_benchmark() -> Any:
     quick = flag_field(request.form, "quick")
     job = daemon().post(
         "/v1/jobs",
-        {"kind": "benchmark", "params": {"bits": bits, "quick": quick},
-         "actor": current_user.username},
+        {"kind": "benchmark", "params": {"bits": bits, "quick": quick}},
     )
     return redirect(url_for("accelerators.index", job=job["id"]))

@@ -109,7 +109,7 @@ def index() -> str:
 def quote() -> Any:
     nonce = secrets.token_hex(NONCE_BYTES)
     bundle = daemon().post(
-        "/v1/attestation/quote", {"nonce": nonce, "actor": current_user.username}
+        "/v1/attestation/quote", {"nonce": nonce}
     )
     token = _shelf().put(current_user.username, bundle)
     flash(f"Quote made over nonce {nonce}.", "info")

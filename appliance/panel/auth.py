@@ -20,7 +20,8 @@ from flask import (
 )
 from flask_login import LoginManager, UserMixin, current_user, login_user, logout_user
 
-from appliance.account_rules import ROLES
+from appliance.account_rules import MAX_PASSWORD, MAX_USERNAME, ROLES
+from appliance.client import DaemonClient
 from appliance.panel.daemon import DaemonError, daemon, error_message
 from appliance.panel.forms import FormError, text_field
 from appliance.panel.security import csrf_token, open_to_auditors, public, wants_json
@@ -83,14 +84,20 @@ def _safe_next(target: str | None) -> str:
     return url_for("overview.index")
 
 
-def _record(actor: str, action: str, details: dict[str, Any]) -> None:
+def _record(username: str, action: str, details: dict[str, Any], *,
+            authenticated: bool) -> None:
+    """Record a session event. The daemon names the actor: the panel user only when that user
+    proved who they are (logged in, logging out); otherwise the panel itself, with the name
+    that was tried in the details."""
+    client: DaemonClient = current_app.extensions["pec.daemon"]
+    if authenticated:
+        client = client.on_behalf_of(username)
+    else:
+        details = {**details, "username": username}
     try:
-        daemon().post(
-            "/v1/audit/record",
-            {"actor": actor, "action": action, "object": "panel", "details": details},
-        )
+        client.post("/v1/audit/record", {"action": action, "object": "panel", "details": details})
     except DaemonError as error:
-        current_app.logger.error("could not record %s for %s: %s", action, actor, error)
+        current_app.logger.error("could not record %s for %s: %s", action, username, error)
 
 
 def expire_idle_session() -> Any:
@@ -104,7 +111,8 @@ def expire_idle_session() -> Any:
         username = current_user.username
         logout_user()
         session.clear()
-        _record(username, "panel.session_expired", {"remote": request.remote_addr})
+        _record(username, "panel.session_expired", {"remote": request.remote_addr},
+                authenticated=False)
         flash(f"Your session ended after {timeout // 60 or 1} min without activity.", "info")
         return _unauthorized()
     # Background polling must not keep an unattended session alive.
@@ -125,8 +133,8 @@ def login() -> Any:
         flash("Too many login attempts from your address; wait a minute and try again.", "error")
         return render_template("login.html", next=request.form.get("next", "")), 429
     try:
-        username = text_field(request.form, "username", max_len=64)
-        password = text_field(request.form, "password", max_len=1024, strip=False)
+        username = text_field(request.form, "username", max_len=MAX_USERNAME)
+        password = text_field(request.form, "password", max_len=MAX_PASSWORD, strip=False)
     except FormError as error:
         flash(str(error), "error")
         return render_template("login.html", next=request.form.get("next", "")), 400
@@ -140,7 +148,8 @@ def login() -> Any:
         return render_template("login.html", next=request.form.get("next", "")), 503
     if not verdict.get("ok") or verdict.get("role") not in ROLES:
         reason = verdict.get("reason") or "invalid username or password"
-        _record(username, "panel.login_failed", {"remote": remote, "reason": reason})
+        _record(username, "panel.login_failed", {"remote": remote, "reason": reason},
+                authenticated=False)
         flash(f"Login refused: {reason}", "error")
         return render_template("login.html", next=request.form.get("next", "")), 401
     # A fresh session on login, so a token planted before it is worth nothing after it.
@@ -149,7 +158,7 @@ def login() -> Any:
     session["role"] = verdict["role"]
     session["last_seen"] = time.time()
     csrf_token()
-    _record(username, "panel.login", {"remote": remote})
+    _record(username, "panel.login", {"remote": remote}, authenticated=True)
     return redirect(_safe_next(request.form.get("next")))
 
 
@@ -159,7 +168,7 @@ def logout() -> Any:
     username = current_user.username
     logout_user()
     session.clear()
-    _record(username, "panel.logout", {"remote": request.remote_addr})
+    _record(username, "panel.logout", {"remote": request.remote_addr}, authenticated=True)
     flash("You are logged out.", "info")
     return redirect(url_for("auth.login"))
 
@@ -175,6 +184,8 @@ def install(app: Flask) -> None:
         return PanelUser(user_id, role) if role in ROLES else None
 
     manager.init_app(app)
+    # the forms' maxlength and the checks here and in the daemon are one rule
+    app.jinja_env.globals["max_username"] = MAX_USERNAME
     app.extensions["pec.session_timeout"] = SessionTimeout()
     app.before_request(expire_idle_session)
     app.register_blueprint(bp)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import current_app
+from flask import current_app, has_request_context
+from flask_login import current_user
 
 from appliance.client import DaemonClient, DaemonError
 
@@ -13,7 +14,12 @@ UNAVAILABLE_STATUSES = frozenset({404, 501, 503})
 
 
 def daemon() -> DaemonClient:
-    return current_app.extensions["pec.daemon"]
+    """The daemon's client; inside a logged-in user's request it names that user, so the
+    daemon records them (as "panel:USER via uid N") for whatever this request does."""
+    client: DaemonClient = current_app.extensions["pec.daemon"]
+    if has_request_context() and current_user and current_user.is_authenticated:
+        return client.on_behalf_of(current_user.username)
+    return client
 
 
 def error_message(error: DaemonError) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, flash, redirect, render_template, request, url_for
-from flask_login import current_user
 
 from appliance.panel.daemon import daemon, fetch_optional
 from appliance.panel.forms import int_field
@@ -36,7 +35,7 @@ def generate() -> Any:
                      choices=KEY_BITS)
     job = daemon().post(
         "/v1/jobs",
-        {"kind": "keygen", "params": {"bits": bits}, "actor": current_user.username},
+        {"kind": "keygen", "params": {"bits": bits}},
     )
     flash(f"Key generation started as job {job['id']} ({bits} bits).", "info")
     return redirect(url_for("jobs.detail", job_id=job["id"]))
@@ -44,6 +43,6 @@ def generate() -> Any:
 
 @bp.post("/rotate-kek")
 def rotate_kek() -> Any:
-    outcome = daemon().post("/v1/keys/rotate-kek", {"actor": current_user.username})
+    outcome = daemon().post("/v1/keys/rotate-kek", {})
     flash(f"Key-encryption key rotated; {outcome.get('resealed', 0)} secrets resealed.", "info")
     return redirect(url_for("keys.index"))

@@ -18,17 +18,23 @@ KNOWN_CAPABILITIES = {
     "ledger": "Signed audit ledger",
     "tee": "Trusted execution environment",
 }
+# The daemon's built-in profile for developers' machines (appliance.profile.DEVELOPMENT; the
+# panel does not import the daemon's modules).
+DEVELOPMENT = "development"
 
 
 def capability_matrix(
-    enabled: list[str], matrix: Mapping[str, Any] | None, current: str | None = None
+    enabled: list[str], matrix: Mapping[str, Any] | None, current: str | None = None,
+    *, in_effect: Mapping[str, bool] | None = None,
 ) -> dict[str, Any]:
     """Rows of capabilities against each profile's offer and this node's state.
 
     ``matrix`` is the daemon's ``{profile: {"always": [...], "choose_one": [...]}}``; without it
     only this node's column is shown. ``current`` is this node's profile, whose column is
-    marked.
+    marked. ``in_effect`` says what the node does whatever its profile offers (the ledger is
+    signed whenever the signing key is unlocked): the node's column shows what is true.
     """
+    in_effect = in_effect or {}
     offers = {
         name: (set(offer.get("always") or ()), set(offer.get("choose_one") or ()))
         for name, offer in (matrix or {}).items()
@@ -44,7 +50,7 @@ def capability_matrix(
             offer = "yes" if name in always else "one of" if name in one_of else "no"
             cells.append({"offer": offer, "current": profile == current})
         rows.append({"name": name, "label": KNOWN_CAPABILITIES.get(name, name),
-                     "cells": cells, "enabled": name in enabled})
+                     "cells": cells, "enabled": in_effect.get(name, name in enabled)})
     profiles = [{"name": name, "current": name == current} for name in offers]
     return {"profiles": profiles, "rows": rows}
 
@@ -61,9 +67,11 @@ def index() -> str:
         profile=profile,
         inventory=inventory,
         live=client.get("/v1/live"),
+        development=profile.get("profile") == DEVELOPMENT,
         capabilities=capability_matrix(
             list(profile.get("capabilities") or []), profile.get("matrix"),
             current=profile.get("profile"),
+            in_effect={"ledger": bool(status.get("ledger_signed"))},
         ),
     )
 

@@ -1,7 +1,9 @@
 """Attestation bundles: what `pec-appliance attest` prints and any peer verifies offline.
 
 A bundle carries the TPM quote with the attestation key that signed it, the PCR values, the
-node id and nonce, and the node's HSM public key with its signature over all of that. The
+node id and nonce, the head of the node's audit ledger (``ledger_head``: last sequence number
+and hash, so whoever keeps the bundle can later detect records cut from the end), and the
+node's HSM public key with its signature over all of that. The
 verifier needs neither a TPM nor an HSM: only `cryptography` and the golden policy.
 """
 
@@ -20,7 +22,7 @@ from tee.quote import Quote, verify_quote
 
 BUNDLE_FORMAT = "pec-attestation/1"
 _FIELDS = ("format", "node_id", "time", "nonce", "ak_public_pem", "quote", "pcrs",
-           "node_public_pem", "signature")
+           "node_public_pem", "ledger_head", "signature")
 
 
 def signed_part(bundle: Mapping[str, Any]) -> bytes:
@@ -95,8 +97,14 @@ def verify_bundle(bundle: Mapping[str, Any], policy: Mapping[str, Any] | None,
         return fail("nonce", "bundle answers another nonce than the one asked")
     if {str(k): v for k, v in quote.to_json()["pcrs"].items()} != dict(bundle["pcrs"]):
         return fail("pcr_digest", "bundle PCR values differ from the quote's")
+    head = bundle["ledger_head"]
+    if not (isinstance(head, Mapping) and isinstance(head.get("seq"), int)
+            and isinstance(head.get("hash"), str) and len(head["hash"]) == 64):
+        return fail("format", "ledger_head must be {\"seq\": int, \"hash\": 64 hex digits}")
     verdict = verify_quote(bundle["ak_public_pem"], quote, bundle_nonce, pinned["pcrs"])
-    return {"ok": verdict.ok, "reason": verdict.reason, "failed_check": verdict.failed_check}
+    # the head is reported even on failure: it is signed, so it is the node's own word
+    return {"ok": verdict.ok, "reason": verdict.reason, "failed_check": verdict.failed_check,
+            "ledger_head": {"seq": head["seq"], "hash": head["hash"]}}
 
 
 def _pem_der(pem: str) -> bytes | None:

@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from appliance.ledger import Ledger, LedgerError
+from appliance.atomicfile import write_atomic
+from appliance.ledger import Head, Ledger, LedgerError
 from appliance.statedir import default_state_dir
 from appliance.trust.bundle import verify_bundle
 from appliance.trust.errors import TrustError
@@ -32,7 +33,12 @@ def _state_dir(args: argparse.Namespace) -> str:
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("attest", help="print a signed TPM attestation bundle (JSON)")
-    p.add_argument("--nonce", required=True, help="the verifier's challenge, 8..64 bytes in hex")
+    p.add_argument("--nonce", required=True,
+                   help="the verifier's challenge, 8..64 bytes in hex (16..128 hex digits), "
+                        "e.g. $(openssl rand -hex 16)")
+    p.add_argument("--out", "-o", default=None, metavar="FILE",
+                   help="write the bundle to FILE (atomically, only on success) instead of "
+                        "standard output")
     p.add_argument("--state-dir", default=argparse.SUPPRESS, help=_STATE_HELP)
     p.set_defaults(func=cmd_attest)
 
@@ -46,10 +52,26 @@ def register(subparsers: Any) -> None:
 
     audit = subparsers.add_parser("audit", help="audit ledger")
     sub = audit.add_subparsers(dest="audit_command", required=True)
-    p = sub.add_parser("verify", help="check the ledger's chain and signatures")
+    p = sub.add_parser("verify", help="check both audit trails: the signed ledger (chain, "
+                       "signatures, key) and the unsigned trail (chain)")
     p.add_argument("--state-dir", default=argparse.SUPPRESS, help=_STATE_HELP)
-    p.add_argument("--json", action="store_true", help='print {"ok", "first_bad"} as JSON')
+    p.add_argument("--json", action="store_true",
+                   help='print {"ok", "first_bad", "reason", "signed", "unsigned"} as JSON')
+    p.add_argument("--pubkey", default=None, metavar="FILE",
+                   help="verify with this PEM public key (e.g. the node_public_pem of an "
+                        "attestation bundle you pinned) instead of the HSM token's key")
+    p.add_argument("--expect-fingerprint", default=None, metavar="sha256:HEX",
+                   help="fail unless the verification key has this fingerprint")
+    p.add_argument("--expect-head", default=None, metavar="SEQ:HASH",
+                   help="a ledger head seen earlier (an attestation bundle's ledger_head, an "
+                        "earlier verify): fail if that record is gone or differs")
     p.set_defaults(func=cmd_audit_verify)
+    p = sub.add_parser("acknowledge-break",
+                       help="accept a broken audit chain so the daemon records changes again")
+    p.add_argument("--state-dir", default=argparse.SUPPRESS, help=_STATE_HELP)
+    p.add_argument("--reason", required=True,
+                   help="what happened and who checked it (recorded in the ledger)")
+    p.set_defaults(func=cmd_audit_acknowledge_break)
 
 
 def _fail(message: str) -> int:
@@ -65,16 +87,25 @@ def _hex(value: str, what: str) -> bytes:
 
 
 def cmd_attest(args: argparse.Namespace) -> int:
+    from appliance.trust.root import NONCE_MAX, NONCE_MIN
+
     state_dir = _state_dir(args)
     layout = TrustLayout(state_dir)
     try:
         nonce = _hex(args.nonce, "--nonce")
+        if not NONCE_MIN <= len(nonce) <= NONCE_MAX:
+            # checked here too, so that the message names the option and says the minimum
+            # before any daemon or TPM is asked
+            raise TrustError(
+                f"--nonce must be {NONCE_MIN} to {NONCE_MAX} bytes, that is {2 * NONCE_MIN} to "
+                f"{2 * NONCE_MAX} hex digits; got {len(nonce)} bytes ({len(args.nonce)} hex "
+                f"digits). Make one with: openssl rand -hex {2 * NONCE_MIN}")
         if layout.socket_path.exists():
             from appliance.client import DaemonClient, DaemonError
 
             try:
                 bundle = DaemonClient(state_dir).post(
-                    "/v1/attestation/quote", {"nonce": nonce.hex(), "actor": "cli"})
+                    "/v1/attestation/quote", {"nonce": nonce.hex()})
             except DaemonError as exc:
                 return _fail(f"daemon: {exc}")
         else:
@@ -84,7 +115,15 @@ def cmd_attest(args: argparse.Namespace) -> int:
                 bundle = root.attest(nonce)
     except TrustError as exc:
         return _fail(str(exc))
-    print(json.dumps(bundle, indent=2, sort_keys=True))
+    text = json.dumps(bundle, indent=2, sort_keys=True) + "\n"
+    if args.out is None:
+        sys.stdout.write(text)
+        return 0
+    try:
+        # a bundle is public (it carries no secret): readable like any exported file
+        write_atomic(Path(args.out), text.encode(), mode=0o644)
+    except OSError as exc:
+        return _fail(f"cannot write {args.out}: {exc.strerror}")
     return 0
 
 
@@ -111,22 +150,83 @@ def cmd_verify_attestation(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from appliance import audit
+    from appliance.store import Store
+    from appliance.trust.anchor import choose_key
+
     layout = TrustLayout(_state_dir(args))
-    if not layout.trust_json.is_file():
-        return _fail(f"{layout.path} has no trust root (no trust.json): nothing signs its ledger")
     if not layout.db_path.is_file():
         return _fail(f"{layout.path} has no database {layout.db_path.name}")
-    public_pem = json.loads(layout.trust_json.read_text())["signing_public_pem"]
     try:
-        with Ledger(layout.db_path) as ledger:
-            result = ledger.verify(public_pem)
-    except LedgerError as exc:
+        head = None if args.expect_head is None else Head.parse(args.expect_head)
+        pubkey = None
+        if args.pubkey is not None:
+            pubkey = Path(args.pubkey).read_text()
+    except ValueError as exc:
+        return _fail(f"--expect-head: {exc}")
+    except OSError as exc:
+        return _fail(f"cannot read --pubkey {args.pubkey}: {exc.strerror}")
+    has_ledger = layout.trust_json.is_file() or pubkey is not None
+    key = choose_key(layout, pubkey_pem=pubkey, pubkey_source=f"--pubkey {args.pubkey}",
+                     expect_fingerprint=args.expect_fingerprint) if has_ledger else None
+    try:
+        store = Store(layout.db_path)
+        try:
+            if has_ledger:
+                with Ledger(layout.db_path) as ledger:
+                    result = audit.check(store, ledger, key, head)
+            else:
+                result = audit.check(store, None)
+        finally:
+            store.close()
+    except (LedgerError, audit.AuditError, ValueError) as exc:
         return _fail(str(exc))
     if args.json:
-        print(json.dumps({"ok": result.ok, "first_bad": result.first_bad,
-                          "reason": result.reason}))
-    elif result.ok:
-        print(f"audit ledger OK: {result.records} records, chain and signatures hold")
+        print(json.dumps(result))
     else:
-        print(f"audit ledger BROKEN at record {result.first_bad}: {result.reason}")
-    return 0 if result.ok else 1
+        _print_verdict(result)
+    return 0 if result["ok"] else 1
+
+
+def _print_verdict(result: dict[str, Any]) -> None:
+    signed, unsigned = result["signed"], result["unsigned"]
+    if signed is None:
+        print("signed ledger: none (no trust root provisioned: nothing signs records)")
+    else:
+        key = signed["key"]
+        print(f"verification key: {key['fingerprint'] or 'none'} from {key['source']}"
+              + ("" if key["anchored"] else " (NOT anchored: trust.json can be rewritten by "
+                 "whoever writes the state directory; pass --pubkey or --expect-fingerprint)"))
+        if key.get("note"):
+            print(f"  note: {key['note']}")
+        if signed["ok"]:
+            head = signed["head"]
+            tail = f"head {head['seq']}:{head['hash']}" if head else "no records yet"
+            print(f"signed ledger OK: {signed['records']} records, chain and signatures hold; "
+                  f"{tail}")
+        else:
+            where = f" at record {signed['first_bad']}" if signed["first_bad"] else ""
+            print(f"signed ledger BROKEN{where}: {signed['reason']}")
+    pending = unsigned.get("pending")
+    waiting = f", {pending} waiting to be signed in" if pending else ""
+    if unsigned["ok"]:
+        print(f"unsigned trail OK: {unsigned['records']} records, chain holds (unsigned: it "
+              f"shows edits only by someone who cannot recompute SHA-256){waiting}")
+    else:
+        print(f"unsigned trail BROKEN at record {unsigned['first_bad']}: {unsigned['reason']}")
+    print("audit trails OK" if result["ok"] else f"audit trails BROKEN: {result['reason']}")
+
+
+def cmd_audit_acknowledge_break(args: argparse.Namespace) -> int:
+    from appliance.client import DaemonClient, DaemonError
+
+    # Through the daemon only: it is the one writer of both trails, and it names the caller
+    # from the socket's peer credentials.
+    try:
+        rec = DaemonClient(_state_dir(args)).post("/v1/audit/acknowledge-break",
+                                                   {"reason": args.reason})
+    except DaemonError as exc:
+        return _fail(f"daemon: {exc}")
+    print(f"break acknowledged in record {rec['seq']} by {rec['actor']}; the daemon records "
+          "changes again (verification keeps reporting the break)")
+    return 0

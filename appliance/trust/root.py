@@ -18,9 +18,9 @@ from datetime import UTC, datetime
 from hashlib import sha256
 from typing import Any, TypeVar
 
-from cryptography.hazmat.primitives import serialization
-
 from appliance.atomicfile import write_atomic, write_json
+from appliance.ledger import read_head
+from appliance.trust.anchor import LedgerKey, choose_key, fingerprint_pem
 from appliance.trust.bundle import BUNDLE_FORMAT, signed_part, verify_bundle
 from appliance.trust.errors import TrustError, TrustLocked, TrustNotProvisioned
 from appliance.trust.layout import (
@@ -44,16 +44,15 @@ from tee import Swtpm, TeeError, Tpm, UnsealRefused
 T = TypeVar("T")
 DEVICE_TCTI = "device:/dev/tpmrm0"
 _KEY_ID_PREFIX = "paillier-"
+# a quote's nonce: at least 8 bytes so it cannot be guessed, at most what TPM2B_DATA holds
+NONCE_MIN, NONCE_MAX = 8, 64
 
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def _fingerprint_pem(pem: str) -> str:
-    der = serialization.load_pem_public_key(pem.encode()).public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return "sha256:" + sha256(der).hexdigest()
+_fingerprint_pem = fingerprint_pem
 
 
 def _paillier_fingerprint(n: int) -> str:
@@ -280,6 +279,13 @@ class TrustRoot:
     def signing_public_pem(self) -> str | None:
         return None if self.info is None else self.info["signing_public_pem"]
 
+    def ledger_key(self) -> LedgerKey:
+        """The key that verifies the audit ledger, anchored in the token: its open session's
+        key when unlocked, else its public key object read without the PIN; any disagreement
+        with trust.json is the LedgerKey's ``problem``."""
+        token_pem = None if self.keystore is None else self.keystore.public_key_pem()
+        return choose_key(self.layout, token_pem=token_pem, read_token=self.keystore is None)
+
     def health(self) -> dict[str, dict[str, Any]]:
         return {"hsm": dict(self._hsm_health), "tpm": dict(self._tpm_health)}
 
@@ -400,8 +406,11 @@ class TrustRoot:
     def attest(self, nonce: bytes) -> dict[str, Any]:
         """A signed attestation bundle answering `nonce` (8..64 bytes)."""
         nonce = bytes(nonce)
-        if not 8 <= len(nonce) <= 64:
-            raise TrustError(f"nonce must be 8..64 bytes, got {len(nonce)}")
+        if not NONCE_MIN <= len(nonce) <= NONCE_MAX:
+            raise TrustError(
+                f"nonce must be {NONCE_MIN} to {NONCE_MAX} bytes ({2 * NONCE_MIN} to "
+                f"{2 * NONCE_MAX} hex digits), got {len(nonce)} bytes; e.g. "
+                f"$(openssl rand -hex {2 * NONCE_MIN})")
         tpm = self._need_tpm()
         ks = self._need_keystore()
         assert self.info is not None
@@ -416,6 +425,9 @@ class TrustRoot:
             "quote": qj,
             "pcrs": qj["pcrs"],
             "node_public_pem": ks.public_key_pem(),
+            # signed with the rest: a verifier keeping it can later prove records were cut
+            # from the end of the ledger (audit verify --expect-head)
+            "ledger_head": read_head(self.layout.db_path).to_json(),
         }
         bundle["signature"] = ks.sign(signed_part(bundle)).hex()
         return bundle

@@ -217,8 +217,8 @@ def record_in_ledger(state: Path, timeout: float = 120) -> dict[str, Any]:
         try:
             entry = DaemonClient(state).post(
                 "/v1/audit/record",
-                {"actor": "firstboot", "action": "firstboot.complete", "object": "node",
-                 "details": details},
+                # the daemon names the actor: this script's Unix user (root, from systemd)
+                {"action": "firstboot.complete", "object": "node", "details": details},
             )
             break
         except (OSError, DaemonError) as e:

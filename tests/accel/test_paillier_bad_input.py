@@ -168,7 +168,7 @@ def test_version_and_dtype_fields_are_checked():
     # an empty array: changing its limb count keeps the announced length right
     body = bytearray(PK.encrypt(np.zeros(0)).to_bytes()[:-32])
     fields = list(header.unpack_from(body))
-    for index, value, message in [(1, 2, "version"), (2, 9, "dtype"), (5, 3, "limb count")]:
+    for index, value, message in [(1, 3, "version"), (2, 9, "dtype"), (5, 3, "limb count")]:
         changed = list(fields)
         changed[index] = value
         patched = bytearray(body)

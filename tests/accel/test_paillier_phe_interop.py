@@ -63,7 +63,7 @@ def test_homomorphic_results_agree_across_libraries():
         [PHE_PRIV.decrypt(e) for e in expect]
     # a sum mixing ciphertexts made by both libraries
     mixed = paillier.EncryptedArray.from_raw(
-        PK, [int(ea.raw()[0]), PHE_PUB.encrypt(100).ciphertext()])
+        PK, [int(ea.raw()[0]), PHE_PUB.encrypt(100).ciphertext()], bound=2**63)
     assert SK.decrypt(mixed.sum()) == 105
 
 

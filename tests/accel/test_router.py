@@ -13,7 +13,7 @@ import pytest
 
 import accel
 from accel import backends
-from accel.backends import BackendError, router
+from accel.backends import ROUTED_OPS, BackendError, Calibration, calibrator, router
 from accel.backends.base import ints_to_limbs, limbs_to_ints
 from tests.accel.reference_backend import ReferenceBackend
 
@@ -56,8 +56,10 @@ def test_available_lists_every_backend_with_health() -> None:
     listed = {entry["name"]: entry for entry in backends.available()}
     assert {"cpu", "opencl", "cuda"} <= set(listed)
     for entry in listed.values():
-        assert set(entry) == {"name", "devices", "healthy", "reason"}
+        assert set(entry) == {"name", "devices", "healthy", "reason", "loaded"}
+        assert entry["healthy"] or entry["reason"]  # an unhealthy backend always says why
     assert listed["opencl"]["healthy"] is True and listed["opencl"]["devices"]
+    assert listed["opencl"]["loaded"] is True and listed["opencl"]["reason"] == ""
     assert listed["cpu"]["healthy"] is True
 
 
@@ -92,7 +94,7 @@ def test_policy_and_calibration_decide(isolated_router: Path) -> None:
     backends.set_policy("fastest-healthy")
     # A new process reads the file back.
     router._CALIBRATION = None
-    assert backends.calibration() == {"opencl": {"mulmod": 100}}
+    assert backends.calibration().thresholds == {"opencl": {"mulmod": 100}}
     assert backends.resolve(op="mulmod", size=100).name == "opencl"
 
 
@@ -106,7 +108,7 @@ def test_bad_calibration_is_rejected_and_a_corrupt_file_ignored(
     isolated_router.mkdir(parents=True)
     (isolated_router / router.CALIBRATION_FILE).write_text("{not json")
     with caplog.at_level(logging.WARNING, logger="accel.backends"):
-        assert backends.reload_calibration() == {}
+        assert backends.reload_calibration() == Calibration()
     assert "unreadable calibration" in caplog.text
 
 
@@ -199,24 +201,124 @@ def test_fault_injection_arguments_are_checked() -> None:
 
 
 def test_crossover_is_where_the_device_wins_from_then_on() -> None:
-    assert router.crossover([(16, 2.0, 1.0), (64, 0.9, 1.0), (256, 1.0, 2.0)]) == 64
-    assert router.crossover([(16, 0.5, 1.0), (64, 2.0, 1.0), (256, 1.0, 2.0)]) == 256
-    assert router.crossover([(16, 0.5, 1.0), (64, 0.5, 1.0)]) == 16
-    assert router.crossover([(16, 2.0, 1.0), (64, 2.0, 1.0)]) is None
-    assert router.crossover([]) is None
+    assert calibrator.crossover([(16, 2.0, 1.0), (64, 0.9, 1.0), (256, 1.0, 2.0)]) == 64
+    assert calibrator.crossover([(16, 0.5, 1.0), (64, 2.0, 1.0), (256, 1.0, 2.0)]) == 256
+    assert calibrator.crossover([(16, 0.5, 1.0), (64, 0.5, 1.0)]) == 16
+    assert calibrator.crossover([(16, 2.0, 1.0), (64, 2.0, 1.0)]) is None
+    assert calibrator.crossover([]) is None
 
 
-def test_calibrate_measures_and_saves_a_table_the_router_uses(isolated_router: Path) -> None:
+def test_calibrate_measures_every_routed_op_and_set_calibration_saves_it(
+    isolated_router: Path,
+) -> None:
     sizes = (2, 8)
-    table = backends.calibrate(["opencl"], bits=128, sizes=sizes)
-    assert set(table) == {"opencl"}
-    assert set(table["opencl"]) <= set(router.CALIBRATED_OPS)
-    assert all(v in sizes for v in table["opencl"].values())
-    saved = json.loads((isolated_router / router.CALIBRATION_FILE).read_text())
-    assert saved["thresholds"] == table
-    for op, threshold in table["opencl"].items():
-        assert backends.resolve(op=op, size=threshold).name == "opencl"
-    assert backends.resolve(op="invmod", size=10**6).name == "cpu"  # never calibrated
+    cal = backends.calibrate(backends=["opencl"], bits=128, sizes=sizes, quick=True)
+    # every routed op has an entry: a threshold, or None where the CPU always won
+    assert set(cal.thresholds) == {"opencl"}
+    assert set(cal.thresholds["opencl"]) == set(ROUTED_OPS)
+    assert {"encrypt", "decrypt"} <= cal.ops("opencl")
+    for op, threshold in cal.thresholds["opencl"].items():
+        unit = calibrator.UNITS.get(ROUTED_OPS[op], 1)
+        assert threshold is None or threshold in {size * unit for size in sizes}, op
+    assert set(cal.timings) == {"cpu", "opencl"}
+    assert set(cal.timings["opencl"]) == set(ROUTED_OPS.values())
+    assert cal.bits == 128 and cal.quick and cal.measured_at
+    assert not (isolated_router / router.CALIBRATION_FILE).exists()  # measuring installs nothing
+    path = backends.set_calibration(cal)
+    assert path == isolated_router / router.CALIBRATION_FILE
+    assert Calibration.load(path) == cal == backends.calibration()
+    for op, threshold in cal.thresholds["opencl"].items():
+        if threshold is not None:
+            assert backends.resolve(op=op, size=threshold).name == "opencl"
+    with pytest.raises(ValueError, match="cannot calibrate sort"):
+        backends.calibrate(["sort"])
+
+
+def test_calibration_documents_round_trip(tmp_path: Path) -> None:
+    cal = Calibration(thresholds={"opencl": {"encrypt": 64, "decrypt": None}},
+                      timings={"cpu": {"encrypt": {16: 0.5}}, "opencl": {"encrypt": {16: 0.25}}},
+                      bits=512, quick=True, measured_at="2025-01-01T00:00:00Z",
+                      skipped={"cuda": "no NVIDIA driver"})
+    assert Calibration.from_dict(json.loads(json.dumps(cal.to_dict()))) == cal
+    assert Calibration.load(cal.save(tmp_path / "c.json")) == cal
+    assert cal.ops_per_s("opencl") == {"encrypt": {"16": 64.0}}
+    # a version 1 file (thresholds only) still reads
+    (tmp_path / "v1.json").write_text('{"version": 1, "thresholds": {"cuda": {"encrypt": 256}}}')
+    assert Calibration.load(tmp_path / "v1.json").thresholds == {"cuda": {"encrypt": 256}}
+    with pytest.raises(ValueError, match="unknown calibration version"):
+        Calibration.from_dict({"version": 9})
+
+
+def test_every_op_the_accel_code_routes_is_calibrated(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Encryption, decryption, the arithmetic and the NTT ask the router only for ops that
+    the calibration measures: otherwise they could never leave the CPU."""
+    from accel.ntt import Plan
+    from accel.ntt.primes import primes
+    from accel.paillier import keygen
+
+    seen: set[str] = set()
+    choose = router._choose
+
+    def spy(op: str, size: int) -> str:
+        seen.add(op)
+        return choose(op, size)
+
+    monkeypatch.setattr(router, "_choose", spy)
+    pk, sk = keygen(256)
+    x = pk.encrypt(np.array([1.5, -2.0, 3.0]))
+    y = (x * np.array([2.0, -1.0, 3.0]) + x) @ np.array([[1.0, -2.0], [0.5, 1.0], [2.0, 3.0]])
+    np.testing.assert_allclose(sk.decrypt(y), [28.5, 27.0])
+    assert sk.decrypt(np.sum(-x)) == pytest.approx(-2.5)
+    y.to_bytes()  # a computed array is re-randomised first
+    plan = Plan(16, primes(30, 1, 16))
+    plan.polymul(np.ones((1, 1, 16), np.uint64), np.ones((1, 1, 16), np.uint64))
+    assert {"encrypt", "decrypt", "ntt"} <= seen
+    assert seen == set(ROUTED_OPS)
+
+
+def test_routed_encrypt_and_decrypt_follow_a_calibration_favouring_opencl(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from accel.paillier import keygen
+
+    opencl = backends.get("opencl")
+    calls: list[str] = []
+    for method in ("powmod_fixed", "powmod"):
+        real = getattr(opencl, method)
+
+        def counted(*args: object, _real=real, _name=method) -> object:
+            calls.append(_name)
+            return _real(*args)
+
+        monkeypatch.setattr(opencl, method, counted)
+    pk, sk = keygen(256)
+    values = np.arange(8.0) - 3.5
+    backends.set_calibration({"opencl": {"encrypt": 4, "decrypt": 4}}, save=False)
+    backends.set_policy("fastest-healthy")
+    enc = pk.encrypt(values)
+    assert calls == ["powmod_fixed"]  # the DJN randomness ran on PoCL
+    np.testing.assert_array_equal(sk.decrypt(enc), values)
+    assert calls == ["powmod_fixed", "powmod", "powmod"]  # CRT decryption, mod p^2 and q^2
+    # below the threshold, and under "cpu-only", both stay on the CPU
+    calls.clear()
+    np.testing.assert_array_equal(sk.decrypt(pk.encrypt(values[:3])), values[:3])
+    backends.set_policy("cpu-only")
+    np.testing.assert_array_equal(sk.decrypt(pk.encrypt(values)), values)
+    assert calls == []
+
+
+def test_survey_with_refresh_probes_and_the_router_follows_it() -> None:
+    with backends.inject_fault("opencl", "*", "lost"):
+        entry = next(e for e in backends.available(refresh=True) if e["name"] == "opencl")
+        assert entry["healthy"] is False and entry["loaded"] is True
+        assert entry["reason"]
+        with accel.use("opencl"):
+            assert backends.resolve(op="mulmod").name == "cpu"
+    entry = next(e for e in backends.available(refresh=True) if e["name"] == "opencl")
+    assert entry["healthy"] is True and entry["reason"] == ""
+    cuda = next(e for e in backends.available() if e["name"] == "cuda")
+    if not cuda["loaded"]:  # no CUDA runtime or NVIDIA driver here: absent, with the reason
+        assert cuda["healthy"] is False and cuda["devices"] == [] and cuda["reason"]
 
 
 def test_a_backend_that_cannot_start_is_listed_with_its_reason(

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sqlite3
 
 import pytest
 
+from appliance import audit
 from appliance.profile import default_profiles_dir
 from tests.appliance import fakehost
-from tests.appliance.daemon_proc import ADMIN_PASSWORD, Daemon, cli
+from tests.appliance.daemon_proc import ADMIN_PASSWORD, REPO, Daemon, cli
 
 
 def one_line_error(result, needle: str) -> None:
@@ -145,7 +147,7 @@ def test_jobs_and_status_against_the_daemon(running):
     assert listing["total"] == 2
     long = json.loads(cli("jobs", "submit", "burnin", "--param", "seconds=300",
                           "--state-dir", state, "--json").stdout)
-    cancelled = cli("jobs", "cancel", str(long["id"]), "--state-dir", state, "--actor", "ops")
+    cancelled = cli("jobs", "cancel", str(long["id"]), "--state-dir", state)
     assert cancelled.returncode == 0, cancelled.stderr
     assert running.wait_job(long["id"], {"cancelled", "done", "failed"})["state"] == "cancelled"
     resumed = cli("jobs", "resume", str(long["id"]), "--state-dir", state)
@@ -186,3 +188,105 @@ def test_one_command_line_and_an_unexpected_failure_is_one_line(monkeypatch, cap
     monkeypatch.delenv("PEC_DEBUG", raising=False)
     assert cli_module.main(["status"]) == cli_module.EXIT_ERROR
     assert capsys.readouterr().err == "pec-appliance: error: the disk went away\n"
+
+
+def test_profile_and_status_agree_and_show_the_override(running):
+    state = str(running.state_dir)
+    running.client.put("/v1/profile/override", {"profile": "mini"})
+    profile = cli("profile", "--state-dir", state)
+    status = cli("status", "--state-dir", state)
+    assert profile.returncode == 0 and status.returncode == 0, profile.stderr + status.stderr
+    line = next(li for li in profile.stdout.splitlines() if li.startswith("profile:"))
+    assert line.startswith("profile:      mini (override set by unix:")
+    assert line.endswith("; the hardware alone gives standard)")
+    assert line in status.stdout  # the same words in both
+    as_json = json.loads(cli("profile", "--state-dir", state, "--json").stdout)
+    assert as_json["profile"] == json.loads(
+        cli("status", "--state-dir", state, "--json").stdout)["profile"] == "mini"
+    # every backend line that is not healthy says why
+    for li in status.stdout.splitlines():
+        if li.startswith("backend:") and "healthy" not in li.split()[2:3]:
+            assert "(" in li and "no reason given" not in li, li
+    cleared = cli("profile", "--clear-override", "--state-dir", state, "--json")
+    assert json.loads(cleared.stdout)["profile"] == "standard", cleared.stderr
+
+
+def test_corrupt_override_and_edited_node_id_start_degraded_and_cli_repairs(tmp_path):
+    d = Daemon(tmp_path / "state", fakehost.standard().build(tmp_path / "root"))
+    d.init()
+    config = d.state_dir / "config.toml"
+    real_id = json.loads((d.state_dir / "trust.json").read_text())["node_id"]
+    config.write_text(config.read_text().replace(real_id, "renamed-in-config"))
+    db = sqlite3.connect(d.state_dir / "pec.db")
+    db.execute("INSERT INTO settings (key, value) VALUES ('profile_override', '42')")
+    db.commit()
+    db.close()
+    d.start()  # used to exit: 'int' object has no attribute 'get'
+    try:
+        status = d.client.get("/v1/status")
+        assert status["profile"] == "standard" and status["node_id"] == real_id
+        text = cli("status", "--state-dir", str(d.state_dir)).stdout
+        assert "settings.profile_override must be an object" in text
+        assert "'renamed-in-config'" in text and f"this node is {real_id!r}" in text
+        busy = cli("profile", "--clear-override", "--state-dir", str(d.state_dir))
+        assert busy.returncode == 0  # through the daemon while it runs
+        db = sqlite3.connect(d.state_dir / "pec.db")
+        db.execute("UPDATE settings SET value='{not json' WHERE key='profile_override'")
+        db.commit()
+        db.close()
+    finally:
+        d.stop_now()
+    cleared = cli("profile", "--clear-override", "--state-dir", str(d.state_dir))
+    assert cleared.returncode == 0, cleared.stderr
+    assert "profile:      standard" in cleared.stdout and "WARNING" not in cleared.stdout
+    config.write_text(config.read_text().replace("renamed-in-config", real_id))
+    d.start()
+    try:
+        status = d.client.get("/v1/status")
+        assert not status["degraded"], status["degraded_reasons"]
+        records = d.client.get("/v1/audit", action="profile.override")["records"]
+        # the offline clear, signed into the ledger at this start
+        assert [r["actor"] for r in records][:1] == [audit.local_actor()]
+    finally:
+        d.stop_now()
+
+
+def test_init_dev_gives_a_box_that_runs_keygen_and_attest_out(tmp_path):
+    state, root = tmp_path / "state", fakehost.small().build(tmp_path / "root")
+    pw = tmp_path / "pw"
+    pw.write_text(ADMIN_PASSWORD + "\n")
+    args = ("init", "--dev", "--state-dir", str(state), "--root", str(root),
+            "--admin-password-file", str(pw))
+    first = cli(*args)
+    assert first.returncode == 0, first.stderr
+    assert "development override set" in first.stdout
+    assert "development override kept" in cli(*args).stdout
+    offline = cli("profile", "--state-dir", str(state))
+    assert "profile:      development (override set by unix:" in offline.stdout
+    assert "the hardware alone gives unclassified" in offline.stdout
+    d = Daemon(state, root)
+    d.start()
+    try:
+        status = d.client.get("/v1/status")
+        assert status["profile"] == "development" and "mpc" in status["capabilities"]
+        assert status["ledger_signed"] is True
+        job = d.client.post("/v1/jobs", {"kind": "keygen", "params": {}})
+        assert job["state"] == "queued"  # was refused: needs capability 'mpc'
+        records = d.client.get("/v1/audit", action="profile.override")["records"]
+        assert records and records[0]["details"]["to"] == "development"
+        # attest: the README's nonce was too short; the error says the minimum and no file
+        # is left behind
+        out = tmp_path / "bundle.json"
+        short = cli("attest", "--nonce", "00112233", "--out", str(out), "--state-dir",
+                    str(state))
+        assert short.returncode != 0 and short.stdout == "" and not out.exists()
+        assert "16 to 128 hex digits" in short.stderr and "got 4 bytes" in short.stderr
+        good = cli("attest", "--nonce", "00112233445566778899aabbccddeeff", "--out", str(out),
+                   "--state-dir", str(state))
+        assert good.returncode == 0 and good.stdout == "", good.stderr
+        assert json.loads(out.read_text())["nonce"] == "00112233445566778899aabbccddeeff"
+    finally:
+        d.stop_now()
+    readme = (REPO / "README.md").read_text()
+    assert "init --dev" in readme or "development" in readme
+    assert "attest --nonce $(openssl rand -hex 16) --out bundle.json" in readme

@@ -10,6 +10,7 @@ import stat
 
 import pytest
 
+from appliance import audit
 from appliance.client import DaemonClient, DaemonError
 from appliance.store import Store
 from tests.appliance import fakehost
@@ -59,45 +60,43 @@ def test_ready_line_socket_and_read_endpoints(daemon):
 def test_write_endpoints_and_errors(daemon):
     c = daemon.client
     assert c.get("/v1/settings") == {"session_timeout_s": 900}
-    assert c.put("/v1/settings", {"session_timeout_s": 600, "actor": "admin"}) == \
+    assert c.put("/v1/settings", {"session_timeout_s": 600}) == \
         {"session_timeout_s": 600}
     for body, needle in (
-        ({"session_timeout_s": 5, "actor": "admin"}, "between 60 and 86400"),
-        ({"colour": "red", "actor": "admin"}, "unknown setting"),
-        ({"session_timeout_s": 600}, "actor"),
+        ({"session_timeout_s": 5}, "between 60 and 86400"),
+        ({"colour": "red"}, "unknown setting"),
+        ({"session_timeout_s": 600, "actor": "admin"}, "'actor' is not accepted"),
     ):
         with pytest.raises(DaemonError, match=needle) as err:
             c.put("/v1/settings", body)
         assert err.value.status == 400
     user = c.post("/v1/users", {"username": "audra", "password": "auditor password 1",
-                                "role": "auditor", "actor": "admin"})
+                                "role": "auditor"})
     assert user["role"] == "auditor" and user["locked_until"] is None
     assert {u["username"] for u in c.get("/v1/users")["users"]} == {"admin", "audra"}
     ok = c.post("/v1/users/authenticate", {"username": "admin", "password": ADMIN_PASSWORD,
                                            "remote": "127.0.0.1"})
     assert ok == {"ok": True, "role": "admin", "reason": None}
     with pytest.raises(DaemonError, match="at least 12") as err:
-        c.post("/v1/users", {"username": "x", "password": "short", "role": "admin",
-                             "actor": "admin"})
+        c.post("/v1/users", {"username": "x", "password": "short", "role": "admin"})
     assert err.value.status == 400
     assert c.post("/v1/users/audra/password", {"old": "auditor password 1",
-                                               "new": "auditor password 2",
-                                               "actor": "audra"}) == {"ok": True}
+                                               "new": "auditor password 2"}) == {"ok": True}
     with pytest.raises(DaemonError) as err:
-        c.post("/v1/users/audra/password", {"old": "wrong", "new": "whatever long enough",
-                                            "actor": "audra"})
+        c.post("/v1/users/audra/password", {"old": "wrong", "new": "whatever long enough"})
     assert err.value.status == 403
-    rec = c.post("/v1/audit/record", {"actor": "admin", "action": "panel.login",
+    rec = c.post("/v1/audit/record", {"action": "panel.login",
                                       "object": "session", "details": {"remote": "::1"}})
     assert rec["action"] == "panel.login" and len(rec["hash"]) == 64
-    page = c.get("/v1/audit", actor="admin", limit=5)
+    page = c.get("/v1/audit", actor=audit.local_actor(), limit=5)  # named by SO_PEERCRED
     assert page["total"] >= 3 and len(page["records"]) <= 5
-    assert c.post("/v1/audit/verify") == {"ok": True, "first_bad": None, "reason": None}
+    verified = c.post("/v1/audit/verify")
+    assert (verified["ok"], verified["first_bad"], verified["reason"]) == (True, None, None)
     for path, body, needle in (
-        ("/v1/keys/rotate-kek", {}, "actor"),
-        ("/v1/attestation/quote", {"actor": "admin"}, "nonce"),
-        ("/v1/attestation/quote", {"actor": "admin", "nonce": "zz"}, "hex"),
-        ("/v1/attestation/quote", {"actor": "admin", "nonce": "00"}, "8..64 bytes"),
+        ("/v1/keys/rotate-kek", {"actor": "admin"}, "'actor' is not accepted"),
+        ("/v1/attestation/quote", {}, "nonce"),
+        ("/v1/attestation/quote", {"nonce": "zz"}, "hex"),
+        ("/v1/attestation/quote", {"nonce": "00"}, "8 to 64 bytes"),
         ("/v1/attestation/verify", {"bundle": "x"}, "bundle"),
         ("/v1/attestation/verify", {"bundle": {}, "policy": 3}, "policy"),
     ):
@@ -132,27 +131,27 @@ def test_malformed_json_and_oversized_body(daemon):
     assert head.startswith(b"HTTP/1.1 400")
     assert "not valid JSON" in json.loads(payload)["error"]
     with pytest.raises(DaemonError) as err:
-        daemon.client.post("/v1/audit/record", {"actor": "a", "action": "b", "object": "c",
+        daemon.client.post("/v1/audit/record", {"action": "b", "object": "c",
                                                 "details": {"x": "y" * (1 << 20)}})
     assert err.value.status == 413
 
 
 def test_capability_gating_and_audited_override(daemon):
     c = daemon.client
-    job = c.post("/v1/jobs", {"kind": "keygen", "params": {"bits": 2048}, "actor": "admin"})
+    job = c.post("/v1/jobs", {"kind": "keygen", "params": {"bits": 2048}})
     assert job["state"] == "queued"
-    view = c.put("/v1/profile/override", {"profile": "unclassified", "actor": "admin"})
-    assert view["profile"] == "unclassified" and view["override"]["by"] == "admin"
+    view = c.put("/v1/profile/override", {"profile": "unclassified"})
+    assert view["profile"] == "unclassified" and view["override"]["by"] == audit.local_actor()
     assert c.get("/v1/status")["capabilities"] == []
     with pytest.raises(DaemonError, match="needs capability 'mpc'") as err:
-        c.post("/v1/jobs", {"kind": "keygen", "params": {}, "actor": "admin"})
+        c.post("/v1/jobs", {"kind": "keygen", "params": {}})
     assert err.value.status == 403
     with pytest.raises(DaemonError, match="unknown job kind") as err:
-        c.post("/v1/jobs", {"kind": "dance", "actor": "admin"})
+        c.post("/v1/jobs", {"kind": "dance"})
     assert err.value.status == 400
     with pytest.raises(DaemonError, match="profile must be one of") as err:
-        c.put("/v1/profile/override", {"profile": "huge", "actor": "admin"})
-    assert c.put("/v1/profile/override", {"profile": None, "actor": "admin"})["profile"] == "mini"
+        c.put("/v1/profile/override", {"profile": "huge"})
+    assert c.put("/v1/profile/override", {"profile": None})["profile"] == "mini"
     actions = [r["action"] for r in c.get("/v1/audit", action="profile.override")["records"]]
     assert actions == ["profile.override", "profile.override"]
 
@@ -163,13 +162,11 @@ def test_sigkill_mid_job_loses_nothing(tmp_path):
     d.start()
     try:
         c = d.client
-        finished = c.post("/v1/jobs", {"kind": "burnin", "params": {"seconds": 1},
-                                       "actor": "cli"})
+        finished = c.post("/v1/jobs", {"kind": "burnin", "params": {"seconds": 1}})
         finished = d.wait_job(finished["id"], {"done", "failed"})
         assert finished["state"] == "done"
-        long = c.post("/v1/jobs", {"kind": "burnin", "params": {"seconds": 120},
-                                   "actor": "cli"})
-        queued = [c.post("/v1/jobs", {"kind": kind, "params": params, "actor": "cli"})
+        long = c.post("/v1/jobs", {"kind": "burnin", "params": {"seconds": 120}})
+        queued = [c.post("/v1/jobs", {"kind": kind, "params": params})
                   for kind, params in (("burnin", {"seconds": 1}), ("selftest", {"batch": 2}))]
         d.wait_progress(long["id"], 2)
         d.kill()
@@ -184,10 +181,10 @@ def test_sigkill_mid_job_loses_nothing(tmp_path):
             assert d.wait_job(job["id"], {"done", "failed"})["state"] == "done"
         listing = c.get("/v1/jobs", limit=10)
         assert listing["total"] == 4
-        again = c.post(f"/v1/jobs/{long['id']}/resume", {"actor": "cli"})
+        again = c.post(f"/v1/jobs/{long['id']}/resume", {})
         assert (again["state"], again["progress"], again["started"]) == ("queued", 0, None)
         d.wait_job(long["id"], {"running"})
-        cancelled = c.post(f"/v1/jobs/{long['id']}/cancel", {"actor": "cli"})
+        cancelled = c.post(f"/v1/jobs/{long['id']}/cancel", {})
         assert cancelled["id"] == long["id"]
         assert d.wait_job(long["id"], {"cancelled", "done", "failed"})["state"] == "cancelled"
         assert c.post("/v1/audit/verify")["ok"] is True
@@ -197,7 +194,7 @@ def test_sigkill_mid_job_loses_nothing(tmp_path):
 
 def test_sigterm_stops_cleanly_and_interrupts_the_running_job(daemon):
     c = daemon.client
-    job = c.post("/v1/jobs", {"kind": "burnin", "params": {"seconds": 120}, "actor": "cli"})
+    job = c.post("/v1/jobs", {"kind": "burnin", "params": {"seconds": 120}})
     daemon.wait_job(job["id"], {"running"})
     daemon.signal(signal.SIGTERM)
     assert daemon.wait(30) == 0
@@ -279,3 +276,26 @@ def test_systemd_unit_is_valid_and_hardened(tmp_path):
     # systemd-analyze exits 0 on an unknown key or a bad value: any line about the unit is one
     complaints = [line for line in result.stderr.splitlines() if str(unit) in line]
     assert result.returncode == 0 and not complaints, result.stderr
+
+
+def test_calibrate_job_is_stored_and_routes_after_a_restart(daemon, monkeypatch):
+    from accel.backends import ROUTED_OPS, Calibration
+
+    # the daemon keeps the router's calibration in its state directory, unless told otherwise
+    monkeypatch.delenv("PEC_ACCEL_CACHE", raising=False)
+    c = daemon.client
+    job = c.post("/v1/jobs", {"kind": "calibrate",
+                              "params": {"bits": 512, "quick": True, "max_batch": 64}})
+    done = daemon.wait_job(job["id"], {"done", "failed"})
+    assert done["state"] == "done", done["error"]
+    path = daemon.state_dir / "accel" / "calibration.json"
+    assert done["result"]["path"] == str(path)
+    stored = Calibration.load(path)
+    assert set(stored.thresholds["opencl"]) == set(ROUTED_OPS)  # encrypt and decrypt too
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(30) == 0
+    daemon.start()  # reads the stored table back
+    backends = {b["name"]: b for b in c.get("/v1/backends")["backends"]}
+    assert backends["opencl"]["calibration"]["crossover"] == stored.thresholds["opencl"]
+    assert set(backends["opencl"]["calibration"]["ops_per_s"]) == set(ROUTED_OPS.values())
+    assert backends["cpu"]["calibration"]["ops_per_s"]["encrypt"]

@@ -112,6 +112,10 @@ def test_survey_reports_every_backend_without_raising(tmp_path):
     inv = detect(fakehost.mini().build(tmp_path), survey=True)
     import accel.backends
 
-    assert [b.name for b in inv.backends] == accel.backends.names()
+    # one survey: the router's own, with each backend's health probe run
+    assert inv.backends == accel.backends.available()
+    assert [b["name"] for b in inv.backends] == accel.backends.names()
     for b in inv.backends:
-        assert b.healthy or b.reason  # an unhealthy backend always says why
+        assert b["healthy"] or b["reason"]  # an unhealthy backend always says why
+    assert inv.accel_devices == [{"backend": b["name"], "device": d}
+                                 for b in inv.backends for d in b["devices"]]

@@ -93,22 +93,50 @@ def test_selftest_checks_every_backend(runner):
         assert any(name in done["error"] for name in accel.backends.names())
 
 
-def test_calibrate_stores_a_table_and_hands_it_to_the_router(runner, store, tmp_path,
-                                                             monkeypatch):
+def test_calibrate_job_covers_every_routed_op_and_the_router_takes_it(runner, tmp_path,
+                                                                       monkeypatch):
     import accel.backends
+    from accel.backends import ROUTED_OPS, Calibration
 
     monkeypatch.setenv("PEC_ACCEL_CACHE", str(tmp_path / "accel"))
-    job = runner.submit("calibrate", {"max_batch": 64, "bits": 512}, "cli", [], "mini")
-    done = wait_state(runner, job["id"], {"done", "failed"}, timeout=60)
-    assert done["state"] == "done", done["error"]
-    stored = store.get_setting("calibration")
-    assert stored["sizes"] == [16, 64]
-    assert stored["ops_per_s"]["cpu"]["mulmod"]["16"] > 0
-    assert stored["crossover"]["cpu"] == {"mulmod": 0, "powmod": 0}
-    assert "cpu" not in stored["thresholds"]
-    assert stored["applied"] is True
-    assert accel.backends.calibration() == stored["thresholds"]
-    assert (tmp_path / "accel").is_dir()
+    accel.backends.set_calibration({}, save=False)  # whatever this process held before
+    accel.backends.set_policy("fastest-healthy")
+    try:
+        job = runner.submit("calibrate", {"max_batch": 64, "bits": 512, "quick": True}, "cli",
+                            [], "mini")
+        done = wait_state(runner, job["id"], {"done", "failed"}, timeout=60)
+        assert done["state"] == "done", done["error"]
+        in_force = accel.backends.calibration()
+        devices = [b["name"] for b in accel.backends.available()
+                   if b["name"] != "cpu" and b["healthy"]]
+        assert "opencl" in devices  # PoCL, in every test environment
+        # every device got an entry for every routed op, encryption and decryption included
+        # (the appliance's own calibrator measured mulmod and powmod only)
+        assert set(in_force.thresholds) == set(devices)
+        for name in devices:
+            assert set(in_force.thresholds[name]) == set(ROUTED_OPS)
+        assert set(in_force.timings["cpu"]) == set(ROUTED_OPS.values())
+        assert max(in_force.timings["cpu"]["mulmod"]) <= 64 and in_force.quick
+        # saved in the state directory's accel/ (PEC_ACCEL_CACHE), where the daemon reads it
+        # back at its next start; the job's result is the same document
+        assert done["result"]["path"] == str(tmp_path / "accel" / "calibration.json")
+        assert Calibration.load(done["result"]["path"]) == in_force
+        assert Calibration.from_dict(done["result"]) == in_force
+        # the router routes encrypt and decrypt by what was measured
+        for op in ("encrypt", "decrypt"):
+            threshold = in_force.thresholds["opencl"][op]
+            assert accel.backends.resolve(op=op, size=threshold or 10**6).name == (
+                "cpu" if threshold is None else "opencl")
+        assert any("saved to" in line for line in runner.log_lines(job["id"]))
+    finally:
+        accel.backends.set_calibration({}, save=False)
+
+
+def test_calibrate_params_are_checked(runner):
+    with pytest.raises(JobError, match="quick must be true or false"):
+        runner.submit("calibrate", {"quick": 1}, "cli", [], "mini")
+    with pytest.raises(JobError, match="unknown param"):
+        runner.submit("calibrate", {"ops": ["encrypt"]}, "cli", [], "mini")
 
 
 def test_benchmark_job_keeps_the_report(runner):
@@ -140,3 +168,23 @@ def test_list_filters_and_paging(runner):
     assert runner.list(state="cancelled")[1] == 1
     with pytest.raises(JobError, match="unknown state"):
         runner.list(state="sleeping")
+
+
+def test_benchmark_of_an_absent_backend_fails_with_the_reason(runner):
+    import accel.backends
+
+    absent = []
+    for name in accel.backends.names():
+        try:
+            accel.backends.get(name)
+        except Exception:  # no runtime for it on this machine
+            absent.append(name)
+    if not absent:
+        pytest.skip("every backend loads here (a CUDA machine): nothing is absent")
+    job = runner.submit("benchmark", {"backend": absent[0], "bits": 512, "quick": True},
+                        "alice", ALL_CAPS, "jumbo")
+    failed = wait_state(runner, job["id"], {"done", "failed"})
+    # used to end "done" at 100% with "backends": {}
+    assert failed["state"] == "failed" and failed["result"] is None
+    assert f"backend {absent[0]} is not available on this node" in failed["error"]
+    assert "available are cpu" in failed["error"]

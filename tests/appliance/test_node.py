@@ -34,8 +34,52 @@ def test_profile_sets_the_router_policy(node):
 def test_inventory_carries_the_router_devices(node):
     inv = node.inventory.to_dict()
     assert inv["accelerators"][0]["kind"] == "dcu"
-    healthy = [b for b in node.backends if b.healthy]
-    assert {d["backend"] for d in inv["accel_devices"]} >= {b.name for b in healthy if b.devices}
+    healthy = [b for b in node.backends if b["healthy"]]
+    assert {d["backend"] for d in inv["accel_devices"]} >= {
+        b["name"] for b in healthy if b["devices"]}
+
+
+def test_the_node_survey_is_the_router_survey(node):
+    # one survey of the backends, accel's: the daemon shows and judges what the router sees
+    assert node.backends == accel.backends.available()
+    assert node.status()["health"]["backends"] == accel.backends.available()
+    view = {b["name"]: b for b in node.backends_view()}
+    assert set(view) == set(accel.backends.names())
+    assert view["opencl"]["healthy"] is True and view["opencl"]["devices"]
+    cuda = view["cuda"]
+    if not cuda["loaded"]:  # no CUDA runtime or NVIDIA driver: absent and expected, said why
+        assert cuda["reason"] and not any(r.startswith("backend cuda")
+                                          for r in node.degraded_reasons())
+
+
+def test_the_node_routes_by_the_stored_calibration_from_its_start(tmp_path, monkeypatch):
+    from accel.backends import ROUTED_OPS, Calibration
+
+    monkeypatch.setenv("PEC_ACCEL_CACHE", str(tmp_path / "accel"))
+    # what an earlier calibrate job left in the state directory: PoCL wins from batch 16
+    stored = Calibration(thresholds={"opencl": dict.fromkeys(ROUTED_OPS, 16)},
+                         timings={"cpu": {"encrypt": {16: 0.02}},
+                                  "opencl": {"encrypt": {16: 0.01}}},
+                         bits=512, measured_at="2025-01-01T00:00:00Z")
+    stored.save(tmp_path / "accel" / "calibration.json")
+    accel.backends.set_calibration({}, save=False)  # what this process held before
+    state = StateDir(tmp_path / "state")
+    state.init(root=str(fakehost.jumbo().build(tmp_path / "root")))
+    n = Node(state)
+    n.start()
+    try:
+        assert accel.backends.calibration() == stored
+        assert accel.backends.policy() == "fastest-healthy"
+        assert accel.backends.resolve(op="encrypt", size=16).name == "opencl"
+        assert accel.backends.resolve(op="decrypt", size=15).name == "cpu"
+        view = {b["name"]: b for b in n.backends_view()}
+        assert view["opencl"]["calibration"] == {
+            "ops_per_s": {"encrypt": {"16": 1600.0}}, "crossover": stored.thresholds["opencl"],
+            "time": "2025-01-01T00:00:00Z"}
+        assert view["cuda"]["calibration"] is None
+    finally:
+        n.stop()
+        accel.backends.set_calibration({}, save=False)
 
 
 def test_settings_validation_changes_nothing_on_error(node):

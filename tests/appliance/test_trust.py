@@ -189,7 +189,7 @@ def test_bundle_wrong_nonce_and_pinned_keys(state, tmp_path):
 
 
 def test_bad_nonce(root):
-    with pytest.raises(TrustError, match=r"8\.\.64"):
+    with pytest.raises(TrustError, match="8 to 64 bytes"):
         root.attest(b"short")
 
 

@@ -41,5 +41,5 @@ def ensure_user(daemon: DaemonClient, username: str, password: str, role: str) -
     if username not in names:
         daemon.post(
             "/v1/users",
-            {"username": username, "password": password, "role": role, "actor": "test"},
+            {"username": username, "password": password, "role": role},
         )

@@ -32,7 +32,7 @@ def _total_jobs(daemon) -> int:
         ({"username": "mismatch", "role": "auditor", "password": "long enough pw 1",
           "password_confirm": "long enough pw 2"}, "the two passwords differ"),
         ({"username": "Bad Name!", "role": "auditor", "password": "long enough pw 1",
-          "password_confirm": "long enough pw 1"}, "username must start"),
+          "password_confirm": "long enough pw 1"}, "username must be 1-32 characters"),
         ({"username": "rootish", "role": "root", "password": "long enough pw 1",
           "password_confirm": "long enough pw 1"}, "role must be one of"),
         ({"username": "x" * 500, "role": "auditor", "password": "long enough pw 1",

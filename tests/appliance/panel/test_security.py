@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import stat
 import time
 
@@ -70,7 +71,9 @@ def test_login_and_logout_are_audited(client, daemon):
     token = login(client, "admin", ADMIN_PASSWORD)
     assert daemon.get("/v1/audit", action="panel.login")["total"] == before + 1
     assert post(client, "/logout", {}, token=token).status_code == 302
-    logouts = daemon.get("/v1/audit", action="panel.logout", actor="admin")["records"]
+    # the panel vouches for its logged-in user; the daemon names the panel's account too
+    logouts = daemon.get("/v1/audit", action="panel.logout",
+                         actor=f"panel:admin via uid {os.geteuid()}")["records"]
     assert logouts, "logout not in the ledger"
     assert client.get("/users").status_code == 302  # the session is gone
 
@@ -80,8 +83,11 @@ def test_failed_login_is_refused_and_audited(client, daemon):
     answer = post(client, "/login", {"username": "admin", "password": "wrong" * 3}, token=token)
     assert answer.status_code == 401
     assert "Login refused" in answer.get_data(as_text=True)
-    failed = daemon.get("/v1/audit", action="panel.login_failed", actor="admin")["records"]
+    # nobody proved who they are: the panel itself is the actor, the name tried a detail
+    failed = daemon.get("/v1/audit", action="panel.login_failed")["records"]
     assert failed and failed[0]["details"]["reason"]
+    assert failed[0]["details"]["username"] == "admin"
+    assert not failed[0]["actor"].startswith("panel:")
 
 
 def test_login_redirects_only_to_local_paths(client):

@@ -59,7 +59,7 @@ def test_overview_marks_this_nodes_profile_column(client, daemon):
     login(client, "admin", ADMIN_PASSWORD)
     before = daemon.get("/v1/profile").get("override")
     try:
-        daemon.put("/v1/profile/override", {"profile": "standard", "actor": "admin"})
+        daemon.put("/v1/profile/override", {"profile": "standard"})
         page = client.get("/").get_data(as_text=True)
         header = re.search(r"<thead><tr><th scope=\"col\">Capability</th>(.*?)</tr></thead>",
                            page, re.S)
@@ -76,4 +76,4 @@ def test_overview_marks_this_nodes_profile_column(client, daemon):
             assert [bool(m) for m in marks] == [False, True, False], row
     finally:
         daemon.put("/v1/profile/override",
-                   {"profile": before["profile"] if before else None, "actor": "admin"})
+                   {"profile": before["profile"] if before else None})
