@@ -29,7 +29,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from appliance import api, sdnotify
 from appliance.node import Node
-from appliance.statedir import StateDir
+from appliance.state.statedir import StateDir
 
 log = logging.getLogger("pec.noded")
 

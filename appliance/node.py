@@ -18,12 +18,12 @@ from contextlib import contextmanager
 from typing import Any
 
 import accel.backends
-from appliance import __version__, audit, live
-from appliance.inventory import Inventory, detect
-from appliance.job_kinds import KINDS
-from appliance.jobs import JobRunner, describe_error
-from appliance.ledger import Ledger
-from appliance.profile import (
+from appliance import __version__
+from appliance.accounts.users import Users
+from appliance.errors import ApplianceError
+from appliance.host import live
+from appliance.host.inventory import Inventory, detect
+from appliance.host.profile import (
     ProfileError,
     ProfileMatch,
     load_profiles,
@@ -31,11 +31,13 @@ from appliance.profile import (
     parse_override,
     profile_names,
 )
-from appliance.statedir import StateDir
-from appliance.store import Store, utc_now
-from appliance.trust import TrustRoot
+from appliance.jobs.registry import all_kinds
+from appliance.jobs.runner import JobRunner, describe_error
+from appliance.state.statedir import StateDir
+from appliance.state.store import Store, utc_now
+from appliance.trust import TrustRoot, audit
 from appliance.trust.layout import TrustLayout
-from appliance.users import Users
+from appliance.trust.ledger import Ledger
 
 log = logging.getLogger("pec.node")
 
@@ -43,7 +45,7 @@ DEFAULT_SETTINGS = {"session_timeout_s": 900}
 SETTING_LIMITS = {"session_timeout_s": (60, 86400)}
 
 
-class SettingsError(ValueError):
+class SettingsError(ApplianceError, ValueError):
     """A settings change names an unknown setting or a value out of range."""
 
 
@@ -81,7 +83,7 @@ class Node:
         self.store = Store(state.db_path)
         audit.bind(self.store)
         self.users = Users(self.store)
-        self.runner = JobRunner(self.store, KINDS)
+        self.runner = JobRunner(self.store, all_kinds(), max_jobs=self.config.max_jobs)
         self.trust: TrustRoot | None = None
         self.ledger: Ledger | None = None
         self.started = time.monotonic()

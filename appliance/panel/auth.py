@@ -20,7 +20,7 @@ from flask import (
 )
 from flask_login import LoginManager, UserMixin, current_user, login_user, logout_user
 
-from appliance.account_rules import MAX_PASSWORD, MAX_USERNAME, ROLES
+from appliance.accounts.rules import MAX_PASSWORD, MAX_USERNAME, ROLES
 from appliance.client import DaemonClient
 from appliance.panel.daemon import DaemonError, daemon, error_message
 from appliance.panel.forms import FormError, text_field

@@ -54,7 +54,7 @@ def serve(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     # The daemon's own default, so `panel` and `serve` agree without flags.
-    from appliance.statedir import default_state_dir
+    from appliance.state.statedir import default_state_dir
 
     parser = subparsers.add_parser("panel", help="serve the local admin panel")
     parser.add_argument(

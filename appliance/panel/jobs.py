@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Blueprint, flash, jsonify, redirect, render_template, request, url_for
 
-from appliance.job_states import FINAL, RESUMABLE, STATES
+from appliance.jobs.states import FINAL, RESUMABLE, STATES
 from appliance.panel.charts import benchmark_chart
 from appliance.panel.daemon import daemon
 from appliance.panel.forms import FormError, page_number, text_field

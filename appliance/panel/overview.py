@@ -18,7 +18,7 @@ KNOWN_CAPABILITIES = {
     "ledger": "Signed audit ledger",
     "tee": "Trusted execution environment",
 }
-# The daemon's built-in profile for developers' machines (appliance.profile.DEVELOPMENT; the
+# The daemon's built-in profile for developers' machines (appliance.host.profile.DEVELOPMENT; the
 # panel does not import the daemon's modules).
 DEVELOPMENT = "development"
 

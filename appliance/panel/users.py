@@ -11,7 +11,7 @@ from typing import Any
 from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 
-from appliance.account_rules import (
+from appliance.accounts.rules import (
     MAX_PASSWORD,
     MAX_USERNAME,
     MIN_PASSWORD,

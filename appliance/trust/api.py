@@ -1,17 +1,25 @@
-"""The trust-root group of the daemon's local API, as plain functions over a TrustRoot.
+"""The trust wing of the daemon's local API: audit, keys and attestation.
 
-Each takes the decoded JSON body (or nothing) and returns the response payload; failures raise
-TrustError whose `status` is the HTTP status to answer with (400 bad input, 503 not provisioned
-or keys locked). Auditing stays with the caller, which knows the actor.
+The plain functions over a TrustRoot take the decoded JSON body (or nothing) and return the
+response payload; failures raise TrustError whose `status` is the HTTP status to answer with
+(400 bad input, 503 not provisioned or keys locked). Auditing stays with the routes below them,
+which know the actor; the routes register on the core's table (appliance.api) when it first
+dispatches.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from appliance.api import ApiError, Match, Query, Reply, _actor, _int_query, _obj, route
+from appliance.trust import audit
 from appliance.trust.bundle import verify_bundle
 from appliance.trust.errors import TrustError
+from appliance.trust.ledger import Head
 from appliance.trust.root import TrustRoot
+
+if TYPE_CHECKING:
+    from appliance.node import Node
 
 
 def keys(root: TrustRoot) -> dict[str, Any]:
@@ -50,3 +58,95 @@ def verify(body: dict[str, Any]) -> dict[str, Any]:
     if policy is not None and not isinstance(policy, dict):
         raise TrustError("field 'policy' must be an object of PCR index -> hex, or null")
     return verify_bundle(body["bundle"], policy)
+
+
+# audit -----------------------------------------------------------------------------------
+
+@route("GET", "/v1/audit")
+def list_audit(node: Node, query: Query, body: Any, m: Match) -> Reply:
+    records, total = audit.records(
+        offset=_int_query(query, "offset", 0, 0, 1 << 31),
+        limit=_int_query(query, "limit", 50, 1, 500),
+        actor=query.get("actor") or None,
+        action=query.get("action") or None,
+    )
+    # records kept unsigned while the keys are locked are signed into the ledger (and listed
+    # here) when the keys unlock; until then this says how many wait
+    return 200, {"records": records, "total": total, "unsigned_pending": audit.pending()}
+
+
+@route("POST", "/v1/audit/verify")
+def verify_audit(node: Node, query: Query, body: Any, m: Match) -> Reply:
+    body = {} if body is None else _obj(body)
+    head = body.get("expect_head")
+    if head is not None:
+        try:
+            head = Head.parse(head) if isinstance(head, str) else Head(
+                int(head["seq"]), str(head["hash"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ApiError(400, f"field 'expect_head': {exc}") from None
+    trust = node.trust
+    # anchored in the HSM token, not in trust.json (which a writer of the state dir can swap)
+    key = trust.ledger_key() if trust is not None and trust.provisioned else None
+    return 200, audit.verify(key, head)
+
+
+@route("POST", "/v1/audit/acknowledge-break")
+def acknowledge_audit_break(node: Node, query: Query, body: Any, m: Match) -> Reply:
+    actor = _actor(body)
+    return 201, audit.acknowledge_break(actor, body.get("reason"))
+
+
+@route("POST", "/v1/audit/record")
+def record_audit(node: Node, query: Query, body: Any, m: Match) -> Reply:
+    actor = _actor(body)
+    for key in ("action", "object"):
+        if not isinstance(body.get(key), str) or not body[key].strip():
+            raise ApiError(400, f"field {key!r} must be a non-empty string")
+    return 201, audit.record(actor, body["action"], body["object"], body.get("details") or {})
+
+
+# trust root ------------------------------------------------------------------------------
+
+@route("GET", "/v1/keys")
+def get_keys(node: Node, query: Query, body: Any, m: Match) -> Reply:
+    return 200, keys(node.need_trust())
+
+
+@route("POST", "/v1/keys/rotate-kek")
+def post_rotate_kek(node: Node, query: Query, body: Any, m: Match) -> Reply:
+    actor = _actor(body)
+    try:
+        result = rotate_kek(node.need_trust(), body)
+    except TrustError as exc:
+        audit.record(actor, "key.rotate_kek.failed", "key:kek", {"error": str(exc)})
+        raise
+    audit.record(actor, "key.rotate_kek", "key:kek", {"resealed": result["resealed"]})
+    return 200, result
+
+
+@route("GET", "/v1/attestation/pcrs")
+def get_pcrs(node: Node, query: Query, body: Any, m: Match) -> Reply:
+    return 200, pcrs(node.need_trust())
+
+
+@route("POST", "/v1/attestation/quote")
+def post_quote(node: Node, query: Query, body: Any, m: Match) -> Reply:
+    actor = _actor(body)
+    bundle = quote(node.need_trust(), body)
+    audit.record(actor, "attestation.quote", f"node:{bundle['node_id']}",
+                 {"nonce": bundle["nonce"], "pcrs": bundle["pcrs"]})
+    return 200, bundle
+
+
+@route("POST", "/v1/attestation/verify")
+def post_verify(node: Node, query: Query, body: Any, m: Match) -> Reply:
+    body = _obj(body)
+    actor = _actor(body)
+    verdict = verify(body)
+    bundle = body["bundle"]
+    audit.record(actor, "attestation.verify", f"node:{bundle.get('node_id', '?')}",
+                 {"ok": verdict["ok"], "reason": verdict.get("reason"),
+                  "nonce": bundle.get("nonce") if isinstance(bundle.get("nonce"), str) else None,
+                  "policy": body.get("policy") is not None})
+    return 200, verdict

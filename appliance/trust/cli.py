@@ -16,12 +16,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from appliance.atomicfile import write_atomic
-from appliance.ledger import Head, Ledger, LedgerError
-from appliance.statedir import default_state_dir
+from appliance.state.atomicfile import write_atomic
+from appliance.state.statedir import default_state_dir
 from appliance.trust.bundle import verify_bundle
 from appliance.trust.errors import TrustError
 from appliance.trust.layout import TrustLayout
+from appliance.trust.ledger import Head, Ledger, LedgerError
 
 # SUPPRESS: an unset option leaves any --state-dir the main parser set in place.
 _STATE_HELP = "state directory (default: $PEC_STATE_DIR or /var/lib/pec)"
@@ -150,8 +150,8 @@ def cmd_verify_attestation(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    from appliance import audit
-    from appliance.store import Store
+    from appliance.state.store import Store
+    from appliance.trust import audit
     from appliance.trust.anchor import choose_key
 
     layout = TrustLayout(_state_dir(args))

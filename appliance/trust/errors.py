@@ -1,7 +1,9 @@
 """Exceptions of the trust root glue."""
 
+from appliance.errors import ApplianceError
 
-class TrustError(Exception):
+
+class TrustError(ApplianceError):
     """A trust-root operation failed; the message says why. `status`: the HTTP status the
     daemon's API answers with."""
 

@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from appliance.statedir import StateDir
+from appliance.state.statedir import StateDir
 
 TOKEN_LABEL = "pec"
 SEALED_PIN_PCRS = (7, 14)

@@ -18,8 +18,7 @@ from datetime import UTC, datetime
 from hashlib import sha256
 from typing import Any, TypeVar
 
-from appliance.atomicfile import write_atomic, write_json
-from appliance.ledger import read_head
+from appliance.state.atomicfile import write_atomic, write_json
 from appliance.trust.anchor import LedgerKey, choose_key, fingerprint_pem
 from appliance.trust.bundle import BUNDLE_FORMAT, signed_part, verify_bundle
 from appliance.trust.errors import TrustError, TrustLocked, TrustNotProvisioned
@@ -30,6 +29,7 @@ from appliance.trust.layout import (
     TOKEN_LABEL,
     TrustLayout,
 )
+from appliance.trust.ledger import read_head
 from hsm import (
     SOFTHSM2_MODULE,
     BlobStore,

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from appliance.account_rules import MIN_PASSWORD
+from appliance.accounts.rules import MIN_PASSWORD
 
 STATE = Path("/var/lib/pec")
 RECORD_NAME = "firstboot.json"

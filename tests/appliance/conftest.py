@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from appliance import audit
-from appliance.store import Store
+from appliance.state.store import Store
+from appliance.trust import audit
 
 
 @pytest.fixture

@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 from appliance.client import DaemonClient
-from appliance.statedir import StateDir
+from appliance.provision import init_state_dir
+from appliance.state.statedir import StateDir
 from appliance.trust.layout import SEALED_PIN_PCRS, TrustLayout
 from tee import Swtpm, Tpm
 
@@ -37,7 +38,7 @@ class Daemon:
         self.client = DaemonClient(state_dir, timeout=30)
 
     def init(self) -> None:
-        StateDir(self.state_dir).init(root=str(self.root), admin_password=ADMIN_PASSWORD)
+        init_state_dir(StateDir(self.state_dir), root=str(self.root), admin_password=ADMIN_PASSWORD)
 
     def start(self, timeout: float = 60) -> None:
         self.proc = subprocess.Popen(

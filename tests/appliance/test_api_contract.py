@@ -24,7 +24,7 @@ def test_openapi_lists_exactly_the_served_routes():
         if method in ("get", "post", "put", "delete")
     }
     served = set()
-    for method, pattern, _ in api.ROUTES:
+    for method, pattern, _ in api.routes():
         path = re.sub(r"\(\?P<(\w+)>[^)]*\)", r"{\1}", pattern.pattern.strip("^$"))
         served.add((method, path))
     assert in_doc == served

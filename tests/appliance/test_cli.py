@@ -9,8 +9,8 @@ import sqlite3
 
 import pytest
 
-from appliance import audit
-from appliance.profile import default_profiles_dir
+from appliance.host.profile import default_profiles_dir
+from appliance.trust import audit
 from tests.appliance import fakehost
 from tests.appliance.daemon_proc import ADMIN_PASSWORD, REPO, Daemon, cli
 

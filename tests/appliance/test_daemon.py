@@ -10,9 +10,9 @@ import stat
 
 import pytest
 
-from appliance import audit
 from appliance.client import DaemonClient, DaemonError
-from appliance.store import Store
+from appliance.state.store import Store
+from appliance.trust import audit
 from tests.appliance import fakehost
 from tests.appliance.daemon_proc import ADMIN_PASSWORD, Daemon
 

@@ -4,7 +4,8 @@ import pytest
 
 import accel.backends
 from appliance.node import Node, SettingsError
-from appliance.statedir import StateDir, StateDirError
+from appliance.provision import init_state_dir
+from appliance.state.statedir import StateDir, StateDirError
 from tests.appliance import fakehost
 
 
@@ -12,7 +13,7 @@ from tests.appliance import fakehost
 def node(tmp_path, monkeypatch):
     monkeypatch.setenv("PEC_ACCEL_CACHE", str(tmp_path / "accel"))
     state = StateDir(tmp_path / "state")
-    state.init(root=str(fakehost.jumbo().build(tmp_path / "root")))
+    init_state_dir(state, root=str(fakehost.jumbo().build(tmp_path / "root")))
     n = Node(state)
     n.start()
     yield n
@@ -64,7 +65,7 @@ def test_the_node_routes_by_the_stored_calibration_from_its_start(tmp_path, monk
     stored.save(tmp_path / "accel" / "calibration.json")
     accel.backends.set_calibration({}, save=False)  # what this process held before
     state = StateDir(tmp_path / "state")
-    state.init(root=str(fakehost.jumbo().build(tmp_path / "root")))
+    init_state_dir(state, root=str(fakehost.jumbo().build(tmp_path / "root")))
     n = Node(state)
     n.start()
     try:
@@ -95,7 +96,7 @@ def test_state_dir_must_be_initialised(tmp_path):
     with pytest.raises(StateDirError, match="pec-appliance init"):
         Node(StateDir(tmp_path / "empty"))
     with pytest.raises(StateDirError, match="root directory"):
-        StateDir(tmp_path / "s").init(root=str(tmp_path / "missing"))
+        init_state_dir(StateDir(tmp_path / "s"), root=str(tmp_path / "missing"))
 
 
 def test_profile_view_has_the_capability_matrix(node):
@@ -108,7 +109,7 @@ def test_profile_view_has_the_capability_matrix(node):
 def test_node_owns_the_trust_root_from_start_to_stop(tmp_path, monkeypatch):
     monkeypatch.setenv("PEC_ACCEL_CACHE", str(tmp_path / "accel"))
     state = StateDir(tmp_path / "state")
-    state.init(root=str(fakehost.mini().build(tmp_path / "root")))
+    init_state_dir(state, root=str(fakehost.mini().build(tmp_path / "root")))
     n = Node(state)
     assert n.status()["health"]["hsm"] == {"ok": None, "detail": "not configured"}
     n.start()

@@ -133,7 +133,9 @@ def test_panel_loads_nothing_of_the_trust_root_or_the_store():
         "print(sorted(m for m in sys.modules if m.split('.')[0] in "
         "('hsm', 'tee', 'pkcs11', 'tpm2_pytss', 'sqlite3', 'accel')"
         " or m.startswith('appliance.') and not m.startswith(('appliance.panel', "
-        "'appliance.client', 'appliance.job_states', 'appliance.account_rules'))))"
+        "'appliance.client', 'appliance.jobs.states', 'appliance.accounts.rules'))"
+        # the wings' packages themselves: their __init__ modules hold only a docstring
+        " and m not in ('appliance.jobs', 'appliance.accounts')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=60).stdout.strip()

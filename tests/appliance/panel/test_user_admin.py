@@ -9,7 +9,7 @@ import sqlite3
 
 import pytest
 
-from appliance.account_rules import MAX_USERNAME
+from appliance.accounts.rules import MAX_USERNAME
 from appliance.client import DaemonError
 from tests.appliance.panel.browser_forms import ensure_user, login, post
 from tests.e2e.panel_stack import ADMIN_PASSWORD

@@ -1,0 +1,1 @@
+"""Federation: appliances of different organisations enrol each other and compute together."""

@@ -1,0 +1,96 @@
+"""What every operator gets and describes: the party context and the component description.
+
+The description follows the shape of a BFIA component description (name, provider, version,
+roles, parameters, inputs, outputs), so a node can tell a peer or an outside scheduler what it
+runs. Operators register themselves in `REGISTRY`; the daemon turns each into a job kind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+ROLES = ("guest", "host", "arbiter")
+
+
+class OperatorError(Exception):
+    """The protocol cannot go on: bad parameters, a peer's malformed or dishonest message.
+    The message says which party and what was wrong; the job fails with it on every side."""
+
+
+class Session(Protocol):
+    """A framed, ordered, authenticated message stream to one other party of a job."""
+
+    def send(self, obj: Any) -> None: ...
+
+    def recv(self, timeout: float | None = None) -> Any: ...
+
+
+class Dataset(Protocol):
+    """A registered data set, read in batches; rows never leave the node."""
+
+    fingerprint: str
+
+    def batches(self, columns: list[str] | None = None) -> Iterator[Any]: ...
+
+
+@dataclass
+class PartyContext:
+    job_id: str
+    role: str
+    node_id: str
+    parties: dict[str, str]  # node id -> role, this node included
+    sessions: dict[str, Session]  # other party's node id -> its session for this job
+    params: dict[str, Any]
+    dataset: Dataset | None = None
+    progress: Callable[[float, str], None] = lambda pct, msg="": None
+    sign: Callable[[bytes], bytes] | None = None
+    peer_keys: dict[str, str] = field(default_factory=dict)  # node id -> node public key PEM
+    timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class Operator:
+    name: str
+    provider: str
+    version: str
+    roles: tuple[str, ...]
+    description: str
+    params: Mapping[str, str]  # name -> what it means
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    run: Callable[[PartyContext], dict[str, Any]]
+    # grade policy: the operator family, and what a run with these params lets leave this
+    # node (the output parameters the policy table judges, e.g. psi's reveal)
+    family: str = "count"
+    stated: Callable[[dict[str, Any]], dict[str, str]] = lambda params: {}
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "componentName": self.name, "provider": self.provider, "version": self.version,
+            "description": self.description, "roleList": list(self.roles),
+            "inputParam": [{"name": k, "description": v} for k, v in self.params.items()],
+            "inputData": list(self.inputs), "outputData": list(self.outputs),
+        }
+
+
+REGISTRY: dict[str, Operator] = {}
+
+
+def register(op: Operator) -> Operator:
+    if op.name in REGISTRY:
+        raise ValueError(f"operator {op.name!r} is registered twice")
+    REGISTRY[op.name] = op
+    return op
+
+
+def canonical(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def output_hash(outputs: Mapping[str, Any]) -> str:
+    """What the ledger records of a job's outputs: SHA-256 of their canonical JSON."""
+    return hashlib.sha256(canonical(dict(outputs))).hexdigest()
