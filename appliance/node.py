@@ -21,6 +21,12 @@ import accel.backends
 from appliance import __version__
 from appliance.accounts.users import Users
 from appliance.errors import ApplianceError
+from appliance.federation import identity as federation_identity
+from appliance.federation.card import make_card
+from appliance.federation.grade_policy import GradePolicy
+from appliance.federation.mpjobs import Datasets, MultiParty
+from appliance.federation.peers import PeerError, Peers
+from appliance.federation.service import Federation, Identity
 from appliance.host import live
 from appliance.host.inventory import Inventory, detect
 from appliance.host.profile import (
@@ -37,11 +43,12 @@ from appliance.state.statedir import StateDir
 from appliance.state.store import Store, utc_now
 from appliance.trust import TrustRoot, audit
 from appliance.trust.layout import TrustLayout
-from appliance.trust.ledger import Ledger
+from appliance.trust.ledger import Ledger, read_head
 
 log = logging.getLogger("pec.node")
 
 DEFAULT_SETTINGS = {"session_timeout_s": 900}
+GRADE_POLICY_SETTING = "grade_policy"  # the node's overrides of the default grade policy
 SETTING_LIMITS = {"session_timeout_s": (60, 86400)}
 
 
@@ -86,6 +93,13 @@ class Node:
         self.runner = JobRunner(self.store, all_kinds(), max_jobs=self.config.max_jobs)
         self.trust: TrustRoot | None = None
         self.ledger: Ledger | None = None
+        # federation: peers and data sets always; the interconnect and multi-party jobs only
+        # with an open trust root (the TLS key is sealed by the HSM's KEK)
+        self.peers = Peers(self.store)
+        self.datasets = Datasets(str(state.db_path))
+        self.federation: Federation | None = None
+        self.multiparty: MultiParty | None = None
+        self.federation_error: str | None = None
         self.started = time.monotonic()
         self._lock = threading.Lock()
         self.inventory: Inventory = detect(self.config.root, survey=False)
@@ -102,9 +116,65 @@ class Node:
         # points into its state directory), not by whatever this process held before
         accel.backends.reload_calibration()
         self.refresh()
+        self.start_federation()
         interrupted = self.runner.recover()
         self.runner.start()
         return interrupted
+
+    def start_federation(self) -> None:
+        """Unseal the interconnect identity, start the listener, accept multi-party jobs. A
+        failure leaves the node serving, degraded with the reason."""
+        trust = self.trust
+        if trust is None or not trust.provisioned or trust.signer is None:
+            self.federation_error = ("federation off: the trust root's keys are not open "
+                                     "(the interconnect key is sealed by the HSM)")
+            return
+        try:
+            key, cert = federation_identity.load_or_create(trust, self.node_id,
+                                                           self.config.organisation)
+            fed = Federation(
+                Identity(self.node_id, self.config.organisation, self.config.endpoint or "",
+                         key, cert),
+                self.peers, listen=self.config.interconnect_listen, attest=trust.attest)
+            fed.start()
+        except Exception as exc:  # a port in use, a key that will not unseal: say so, go on
+            self.federation_error = f"federation off: {describe_error(exc)}"
+            log.error("%s", self.federation_error)
+            return
+        signer = trust.signer
+        self.federation = fed
+        self.multiparty = MultiParty(
+            fed, self.store, self.datasets, self.grade_policy,
+            submit=self.submit_job, cancel=self.runner.cancel,
+            sign=signer.sign)
+        self.runner.multiparty = self.multiparty
+        self.federation_error = None
+
+    def grade_policy(self) -> GradePolicy:
+        """The data classification policy: the default table with this node's overrides."""
+        return GradePolicy(self.store.get_setting(GRADE_POLICY_SETTING, None))
+
+    def set_grade_policy(self, overrides: dict[str, Any] | None, actor: str) -> dict[str, Any]:
+        policy = GradePolicy(overrides)  # refuses a malformed override, naming the rule
+        self.store.set_setting(GRADE_POLICY_SETTING, overrides)
+        audit.record(actor, "federation.grade_policy", "grade-policy", {"overrides": overrides})
+        return policy.to_dict()
+
+    def node_card(self) -> dict[str, Any]:
+        """This node's card: what `peers invite` prints for a peer to enrol."""
+        if self.federation is None or self.trust is None or self.trust.signer is None:
+            raise PeerError(self.federation_error or "federation off", 503)
+        if not self.config.endpoint:
+            raise PeerError("this node has no interconnect endpoint: init "
+                            "--interconnect-listen HOST:PORT first", 409)
+        signer = self.trust.signer
+        head = read_head(self.state.db_path).to_json()
+        return make_card(
+            node_id=self.node_id, organisation=self.config.organisation,
+            endpoint=self.config.endpoint,
+            certificate_pem=self.federation.ident.cert_pem.decode(),
+            ledger_head=head, node_public_pem=self.trust.signing_public_pem or "",
+            attest=self.trust.attest, sign=signer.sign)
 
     def open_trust(self) -> None:
         """Open the trust root (degraded, never raising, when HSM or TPM refuse) and point the
@@ -124,6 +194,10 @@ class Node:
 
     def stop(self) -> None:
         self.runner.stop()
+        if self.federation is not None:
+            self.federation.stop()
+            self.federation = self.multiparty = self.runner.multiparty = None
+        self.datasets.close()
         audit.bind(None)
         self.runner.trust = None
         if self.ledger is not None:
@@ -201,6 +275,8 @@ class Node:
         if self.identity_warning:
             reasons.append(self.identity_warning)
         reasons += self._trust_reasons()
+        if self.federation_error and self.config.interconnect_listen:
+            reasons.append(self.federation_error)
         reasons += audit.problems()  # a broken audit chain found at start
         return reasons
 
@@ -258,6 +334,10 @@ class Node:
             # what the ledger does, whatever the profile offers: records are signed whenever
             # the trust root's signing key is unlocked
             "ledger_signed": audit.signing(),
+            "federation": {
+                "listening": self.federation.port if self.federation else None,
+                "endpoint": self.config.endpoint, "organisation": self.config.organisation,
+                "peers": len(self.peers.list()), "error": self.federation_error},
             "jobs": {state: n for (_, state), n in self.runner.counts().items()},
         }
 

@@ -7,11 +7,13 @@ stays a lower layer that trust.layout can build on without an import loop.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import uuid
 from pathlib import Path
 
 from appliance.accounts.users import Users, check_password
+from appliance.federation.channel.identity import check_node_id
 from appliance.state.atomicfile import write_atomic
 from appliance.state.statedir import (
     MINI_CHOICES,
@@ -28,7 +30,9 @@ from appliance.trust import audit
 
 def init_state_dir(state: StateDir, *, root: str = "/", admin_password: str | None = None,
                    force: bool = False, mini_capability: str | None = None,
-                   trust: str | None = None, hsm_pin: str | None = None) -> dict:
+                   trust: str | None = None, hsm_pin: str | None = None,
+                   federation: dict[str, str] | None = None,
+                   node_id: str | None = None) -> dict:
     """Create or complete the state directory. Idempotent: an existing config and store
     are kept, and so is an existing admin (given the same password again, nothing
     changes; another password is refused unless ``force``), and so is a provisioned
@@ -36,13 +40,19 @@ def init_state_dir(state: StateDir, *, root: str = "/", admin_password: str | No
 
     ``trust`` picks the trust-root mode of a new config (default: see
     ``default_trust_mode``); "hardware" is provisioned only when ``hsm_pin`` is given and
-    config.toml names the ``pkcs11_module``."""
+    config.toml names the ``pkcs11_module``. ``federation`` sets any of ``organisation``,
+    ``interconnect_listen`` and ``interconnect_endpoint`` in config.toml, new or kept."""
     if admin_password is not None:
         check_password(admin_password)
     if mini_capability is not None and mini_capability not in MINI_CHOICES:
         raise StateDirError(f"mini capability must be one of {', '.join(MINI_CHOICES)}")
     if trust is not None and trust not in TRUST_MODES:
         raise StateDirError(f"trust mode must be one of {', '.join(TRUST_MODES)}")
+    if node_id is not None:
+        try:
+            check_node_id(node_id)  # it is the CN and DNS name of the interconnect certificate
+        except ValueError as exc:
+            raise StateDirError(str(exc)) from None
     if not Path(root).is_dir():
         raise StateDirError(f"root directory {root!r} does not exist")
     state.path.mkdir(parents=True, exist_ok=True)
@@ -52,19 +62,22 @@ def init_state_dir(state: StateDir, *, root: str = "/", admin_password: str | No
         os.chmod(sub, 0o750)
     created_config = False
     if not state.config_path.exists() or force:
-        cfg = Config(node_id=str(uuid.uuid4()), root=str(Path(root).absolute()),
+        cfg = Config(node_id=node_id or str(uuid.uuid4()), root=str(Path(root).absolute()),
                      mini_capability=mini_capability or "mpc",
                      trust=trust or default_trust_mode(state.path))
         if state.config_path.exists():
             old = read_config(state.config_path)
-            cfg = Config(node_id=old.node_id, root=cfg.root,
-                         mini_capability=mini_capability or old.mini_capability,
-                         profiles_dir=old.profiles_dir, log_level=old.log_level,
-                         trust=trust or old.trust, pkcs11_module=old.pkcs11_module,
-                         tpm_tcti=old.tpm_tcti)
+            cfg = dataclasses.replace(old, root=cfg.root,
+                                      mini_capability=mini_capability or old.mini_capability,
+                                      trust=trust or old.trust)
         write_atomic(state.config_path, cfg.to_toml().encode(), mode=0o640)
         created_config = True
     cfg = read_config(state.config_path)
+    changes = {k: v for k, v in (federation or {}).items() if v is not None}
+    if changes and any(getattr(cfg, k) != v for k, v in changes.items()):
+        cfg = dataclasses.replace(cfg, **changes)
+        write_atomic(state.config_path, cfg.to_toml().encode(), mode=0o640)
+        cfg = read_config(state.config_path)  # the same checks as at every start
     store = Store(state.db_path)
     audit.bind(store)
     try:
@@ -82,6 +95,8 @@ def init_state_dir(state: StateDir, *, root: str = "/", admin_password: str | No
                 admin_set = True
         if created_config:
             audit.record("cli", "node.init", f"node:{cfg.node_id}", {"root": cfg.root})
+        if changes:
+            audit.record("cli", "node.federation_settings", f"node:{cfg.node_id}", changes)
         trust_result = _provision_trust(state, cfg, hsm_pin)
         if trust_result.get("created"):
             audit.record("cli", "trust.provision", f"node:{cfg.node_id}",

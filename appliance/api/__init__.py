@@ -135,7 +135,7 @@ def _int_query(query: dict[str, str], key: str, default: int, lo: int, hi: int) 
 # the wings whose api modules register routes; imported once, on first use, so that importing
 # the core (as every wing's api module does, for ``route``) never imports a wing
 WING_ROUTES = ("appliance.host.api", "appliance.jobs.api", "appliance.accounts.api",
-               "appliance.trust.api")
+               "appliance.trust.api", "appliance.federation.api")
 _loaded = False
 _load_lock = threading.Lock()
 

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from appliance.client import DaemonClient, DaemonError
+from appliance.federation import cli as federation_cli
 from appliance.panel import cli as panel_cli
 from appliance.provision import init_state_dir
 from appliance.state.statedir import StateDir, default_state_dir
@@ -161,6 +162,10 @@ def cmd_init(args: argparse.Namespace) -> int:
     result = init_state_dir(StateDir(args.state_dir or default_state_dir()),
         root=args.root, admin_password=password, force=args.force,
         mini_capability=args.mini_capability, trust=args.trust, hsm_pin=hsm_pin,
+        federation={"organisation": args.organisation,
+                    "interconnect_listen": args.interconnect_listen,
+                    "interconnect_endpoint": args.interconnect_endpoint},
+        node_id=args.node_id,
     )
     if args.dev:
         result["development_override"] = _ensure_development(args)
@@ -295,6 +300,8 @@ def cmd_jobs_submit(args: argparse.Namespace) -> int:
         params["bits"] = args.bits
     if args.quick:
         params["quick"] = True
+    if args.peer:
+        params["peers"] = args.peer
     client = _client(args)
     job = client.post("/v1/jobs", {"kind": args.kind, "params": params})
     if args.wait:
@@ -310,6 +317,11 @@ def cmd_jobs_submit(args: argparse.Namespace) -> int:
 def cmd_jobs_show(args: argparse.Namespace) -> int:
     client = _client(args)
     job = client.get(f"/v1/jobs/{args.id}")
+    try:
+        job["federation"] = client.get(f"/v1/jobs/{args.id}/parties")
+    except DaemonError as exc:
+        if exc.status != 404:
+            raise
     if args.log:
         job["log"] = client.get(f"/v1/jobs/{args.id}/log")["lines"]
     if args.json:
@@ -322,6 +334,11 @@ def cmd_jobs_show(args: argparse.Namespace) -> int:
     if job["result"] is not None:
         print("result:")
         print(json.dumps(job["result"], indent=2))
+    for party in job.get("federation", {}).get("parties", []):
+        print(f"party: {party['node_id']} ({party['role']}) {party['state']}"
+              + (f": {party['message']}" if party["message"] else "")
+              + (f", outputs sha256 {party['output_hash'][:16]}..." if party["output_hash"]
+                 else ""))
     for line in job.get("log", []):
         print(f"log: {line}")
     return 0
@@ -420,6 +437,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dev", action="store_true",
                    help="development machine: override the profile with 'development' (every "
                         "capability the hardware can carry is on; audited)")
+    p.add_argument("--node-id", default=None,
+                   help="this node's id in a new state directory (a DNS label, e.g. bank-a-01; "
+                        "default a random UUID); peers see it in the node card")
+    p.add_argument("--organisation", default=None,
+                   help="the organisation this node speaks for (shown to peers in its card)")
+    p.add_argument("--interconnect-listen", default=None, metavar="HOST:PORT",
+                   help="where the federation's mTLS listener binds")
+    p.add_argument("--interconnect-endpoint", default=None, metavar="HOST:PORT",
+                   help="where peers reach this node, when not the listen address (NAT)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_init)
 
@@ -440,6 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="job parameter; VALUE is JSON or a bare word")
     p.add_argument("--bits", type=int, default=None, help="shorthand for --param bits=N")
     p.add_argument("--quick", action="store_true", help="shorthand for --param quick=true")
+    p.add_argument("--peer", action="append", default=[], metavar="NAME",
+                   help="a peer that runs this multi-party job with this node (repeat it)")
     p.add_argument("--wait", action="store_true", help="follow it to the end with progress")
     p.set_defaults(func=cmd_jobs_submit)
     for name, func, helptext in (
@@ -471,6 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     panel_cli.register(sub)
     trust_cli.register(sub)
+    federation_cli.register(sub)
     return parser
 
 

@@ -54,7 +54,7 @@ class Peers:
     def __init__(self, store: Store) -> None:
         self.store = store
         with store.transaction() as db:
-            db.executescript(_SCHEMA)
+            db.execute(_SCHEMA)
 
     # queries
     def list(self) -> list[dict[str, Any]]:

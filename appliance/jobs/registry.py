@@ -17,7 +17,7 @@ from appliance.jobs.runner import JobContext, JobKind
 KINDS: dict[str, JobKind] = {}
 
 # modules whose import registers kinds every node has
-BUILTIN_KIND_MODULES = ("appliance.jobs.kinds",)
+BUILTIN_KIND_MODULES = ("appliance.jobs.kinds", "appliance.federation.kinds")
 
 RunFn = Callable[[JobContext, dict[str, Any]], dict[str, Any]]
 

@@ -134,6 +134,8 @@ class JobRunner:
         self._workers: dict[int, threading.Thread] = {}
         # the node's open trust root (appliance.trust.TrustRoot), for the jobs that use keys
         self.trust: Any = None
+        # the node's multi-party job service (appliance.federation.mpjobs), for operator jobs
+        self.multiparty: Any = None
 
     # queries
     def get(self, job_id: int) -> dict[str, Any]:

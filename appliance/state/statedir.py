@@ -14,7 +14,6 @@ trust root) is ``appliance.provision``, so that state/ imports neither trust/ no
 from __future__ import annotations
 
 import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +53,14 @@ class Config:
     tpm_tcti: str = DEVICE_TCTI
     # how many jobs the runner runs at once (exclusive kinds still run alone)
     max_jobs: int = DEFAULT_MAX_JOBS
+    # federation: who this node is to its peers, and where they reach it
+    organisation: str = ""
+    interconnect_listen: str | None = None  # HOST:PORT the mTLS listener binds
+    interconnect_endpoint: str | None = None  # HOST:PORT peers dial (default: the listen one)
+
+    @property
+    def endpoint(self) -> str | None:
+        return self.interconnect_endpoint or self.interconnect_listen
 
     def to_toml(self) -> str:
         lines = [
@@ -75,10 +82,23 @@ class Config:
         ]
         if self.pkcs11_module:
             lines.append(f"pkcs11_module = {_toml_str(self.pkcs11_module)}")
+        if self.organisation:
+            lines += ["# the organisation this node speaks for, as its peers see it",
+                      f"organisation = {_toml_str(self.organisation)}"]
+        if self.interconnect_listen:
+            lines += ["# the federation's mTLS listener (peers pinned, see docs/federation.md)",
+                      f"interconnect_listen = {_toml_str(self.interconnect_listen)}"]
+        if self.interconnect_endpoint:
+            lines.append(f"interconnect_endpoint = {_toml_str(self.interconnect_endpoint)}")
         if self.max_jobs != DEFAULT_MAX_JOBS:
             lines += ["# jobs run at once by the daemon (benchmark, calibrate, burnin run alone)",
                       f"max_jobs = {self.max_jobs}"]
         return "\n".join(lines) + "\n"
+
+
+def _host_port(value: str) -> bool:
+    host, sep, port = value.rpartition(":")
+    return bool(sep and host and port.isdigit() and 0 < int(port) < 65536)
 
 
 def _toml_str(value: str) -> str:
@@ -94,7 +114,8 @@ def read_config(path: str | Path) -> Config:
     doc = TomlDocument.load(path)
     data = doc.data
     doc.check_keys(data, {"node_id", "root", "mini_capability", "profiles_dir", "log_level",
-                          "trust", "pkcs11_module", "tpm_tcti", "max_jobs"})
+                          "trust", "pkcs11_module", "tpm_tcti", "max_jobs", "organisation",
+                          "interconnect_listen", "interconnect_endpoint"})
     cfg = Config(
         node_id=doc.get(data, "node_id", str),
         root=doc.get(data, "root", str, default="/"),
@@ -105,7 +126,14 @@ def read_config(path: str | Path) -> Config:
         pkcs11_module=doc.get(data, "pkcs11_module", str, default=None),
         tpm_tcti=doc.get(data, "tpm_tcti", str, default=DEVICE_TCTI),
         max_jobs=doc.get(data, "max_jobs", int, default=DEFAULT_MAX_JOBS),
+        organisation=doc.get(data, "organisation", str, default=""),
+        interconnect_listen=doc.get(data, "interconnect_listen", str, default=None),
+        interconnect_endpoint=doc.get(data, "interconnect_endpoint", str, default=None),
     )
+    for key in ("interconnect_listen", "interconnect_endpoint"):
+        value = getattr(cfg, key)
+        if value is not None and not _host_port(value):
+            raise doc.error(key, f"must be HOST:PORT with a port of 1-65535, got {value!r}")
     if cfg.mini_capability not in MINI_CHOICES:
         raise doc.error("mini_capability", f"must be one of {', '.join(MINI_CHOICES)}")
     if cfg.log_level not in LOG_LEVELS:

@@ -139,6 +139,28 @@ def post_quote(node: Node, query: Query, body: Any, m: Match) -> Reply:
     return 200, bundle
 
 
+@route("POST", "/v1/attestation/measure")
+def post_measure(node: Node, query: Query, body: Any, m: Match) -> Reply:
+    """Development trust roots only: extend a PCR as a boot component would. swtpm has no
+    firmware that measures, so this is how a development node shows a changed boot chain (a
+    peer's next attestation then fails). Extending can only move a PCR away from its golden
+    value, never back; PCRs 7 and 14, which seal the HSM PIN, are refused."""
+    actor = _actor(body)
+    root = node.need_trust()
+    if not (root.info or {}).get("dev"):
+        raise TrustError("measure is for development trust roots only; a hardware TPM's "
+                         "PCRs are extended by the boot chain", 403)
+    req = _obj(body)
+    pcr, data = req.get("pcr"), req.get("data")
+    if isinstance(pcr, bool) or not isinstance(pcr, int) or pcr not in (0, 2, 3, 4, 5):
+        raise TrustError("field 'pcr' must be one of 0, 2, 3, 4, 5 (7 and 14 seal the PIN)")
+    if not isinstance(data, str) or not data:
+        raise TrustError("field 'data' must name what was measured")
+    root.extend_pcr(pcr, data.encode())
+    audit.record(actor, "attestation.measure", f"pcr:{pcr}", {"data": data})
+    return 200, root.pcrs()
+
+
 @route("POST", "/v1/attestation/verify")
 def post_verify(node: Node, query: Query, body: Any, m: Match) -> Reply:
     body = _obj(body)

@@ -380,6 +380,21 @@ class TrustRoot:
         pk = paillier.PublicKey(int(meta["n"], 16))
         return paillier.PrivateKey(pk, int(secret["p"], 16), int(secret["q"], 16))
 
+    def store_secret(self, name: str, data: bytes) -> None:
+        """Keep `data` sealed by the KEK under `name` (resealed by every KEK rotation)."""
+        ks = self._need_keystore()
+        assert self.blob_store is not None
+        with self._lock:
+            self.blob_store.replace({name: ks.seal(data, context=f"secret:{name}".encode())})
+
+    def load_secret(self, name: str) -> bytes | None:
+        """A secret `store_secret` kept, unsealed into memory; None when there is none."""
+        ks = self._need_keystore()
+        assert self.blob_store is not None
+        if name not in self.blob_store.names():
+            return None
+        return ks.unseal(self.blob_store.read(name), context=f"secret:{name}".encode())
+
     def rotate_kek(self) -> dict[str, Any]:
         with self._lock:
             resealed = self._need_keystore().rotate_kek()

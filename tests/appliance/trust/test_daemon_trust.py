@@ -76,8 +76,12 @@ def test_keygen_sealed_listed_rotated_and_p_q_nowhere_on_disk(daemon):
     assert sealed.read_bytes()[:4] == b"PECS"
     kek_before = {k["generation"] for k in listing["keys"] if k["kind"] == "kek"}
 
+    tls_blob = daemon.state_dir / "keys" / "interconnect-tls.sealed"
+    tls_before = tls_blob.read_bytes()
     rotated = c.post("/v1/keys/rotate-kek", {})
-    assert rotated == {"ok": True, "resealed": 1}
+    # the Paillier key and the federation's TLS key, both sealed by the KEK
+    assert rotated == {"ok": True, "resealed": 2}
+    assert tls_blob.read_bytes() != tls_before and tls_blob.read_bytes()[:4] == b"PECS"
     kek_after = {k["generation"] for k in c.get("/v1/keys")["keys"] if k["kind"] == "kek"}
     assert kek_after == {max(kek_before) + 1}
     actions = {r["action"]: r for r in c.get("/v1/audit", limit=100)["records"]}

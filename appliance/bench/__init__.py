@@ -1,0 +1,31 @@
+"""The appliance's benchmarks: `python -m appliance.bench NAME [options]`.
+
+Each runs the field's reference on the same machine in the same run and prints ratios, with
+CPU time and load beside wall time (the machines are shared). Names:
+
+- `channel`: the federation's mTLS channel between two processes (loopback, and a shaped
+  WAN link where the kernel offers netem) against one core's AES-GCM.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+BENCHES: dict[str, tuple[str, str]] = {
+    "channel": ("appliance.federation.channel.bench", "the federation channel's throughput "
+                "and round trip"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help") or args[0] not in BENCHES:
+        print("usage: python -m appliance.bench NAME [options]\n\nbenchmarks:")
+        for name, (_, text) in BENCHES.items():
+            print(f"  {name:<10} {text}")
+        return 0 if args and args[0] in ("-h", "--help") else 2
+    import importlib
+
+    bench_main: Callable[[list[str]], int] = importlib.import_module(BENCHES[args[0]][0]).main
+    return bench_main(args[1:])

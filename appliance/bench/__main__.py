@@ -1,0 +1,5 @@
+import sys
+
+from appliance.bench import main
+
+sys.exit(main())

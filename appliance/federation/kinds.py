@@ -1,0 +1,102 @@
+"""Every registered operator is a job kind of the node.
+
+Submitted locally (`jobs submit count --peer bank-b --param dataset=mine
+--param peer_datasets=bank-b=theirs`) the job initiates: it attests the peers and creates the
+job at each. Created by a peer's `job.create` the job carries a `federation` block instead and
+runs this node's side. Either way it needs the `mpc` capability and a running federation.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from appliance.federation.peers import NAME
+from appliance.jobs.registry import register
+from appliance.jobs.runner import JobContext, JobError, JobKind
+from appliance.operators.base import REGISTRY, Operator
+
+# operator modules whose import registers them
+OPERATOR_MODULES = ("appliance.operators.count",)
+
+_INITIATOR_KEYS = {"peers", "dataset", "peer_datasets", "params"}
+_PARTY_KEYS = {"federation", "dataset", "params"}
+
+
+def _name(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not NAME.match(value):
+        raise ValueError(f"{what} must be a name of a-z, 0-9, '-', '_' (got {value!r})")
+    return value
+
+
+def _peer_datasets(value: Any) -> dict[str, str]:
+    """`P=DS,Q=DS` (the CLI's form) or {P: DS}."""
+    if isinstance(value, str):
+        pairs = [p.split("=", 1) for p in value.split(",") if p]
+        if any(len(p) != 2 for p in pairs):
+            raise ValueError("peer_datasets is PEER=DATASET[,PEER=DATASET...]")
+        value = dict(pairs)
+    if not isinstance(value, dict):
+        raise ValueError("peer_datasets maps each peer to its data set")
+    return {_name(k, "a peer"): _name(v, "a data set") for k, v in value.items()}
+
+
+def validate(params: dict[str, Any]) -> dict[str, Any]:
+    inner = params.get("params", {})
+    if not isinstance(inner, dict):
+        raise ValueError("params must be an object of the operator's parameters")
+    if "federation" in params:
+        unknown = set(params) - _PARTY_KEYS
+        if unknown:
+            raise ValueError(f"unknown param(s) {', '.join(sorted(unknown))}")
+        fed = params["federation"]
+        if not (isinstance(fed, dict) and isinstance(fed.get("job_id"), str)
+                and isinstance(fed.get("initiator"), str)
+                and isinstance(fed.get("parties"), dict)):
+            raise ValueError("federation must carry job_id, initiator and parties")
+        return {"federation": fed, "dataset": _name(params.get("dataset"), "dataset"),
+                "params": inner}
+    unknown = set(params) - _INITIATOR_KEYS
+    if unknown:
+        raise ValueError(f"unknown param(s) {', '.join(sorted(unknown))}; known: "
+                         f"{', '.join(sorted(_INITIATOR_KEYS))}")
+    peers = params.get("peers")
+    if isinstance(peers, str):
+        peers = [p for p in peers.split(",") if p]
+    if not isinstance(peers, list) or not peers:
+        raise ValueError("name at least one peer (--peer NAME)")
+    peers = [_name(p, "a peer") for p in peers]
+    if len(set(peers)) != len(peers):
+        raise ValueError("a peer is named twice")
+    datasets = _peer_datasets(params.get("peer_datasets", {}))
+    missing = [p for p in peers if p not in datasets]
+    extra = [p for p in datasets if p not in peers]
+    if missing or extra:
+        raise ValueError("peer_datasets must name one data set for each peer and no other "
+                         f"(missing: {', '.join(missing) or '-'}; not a peer of this job: "
+                         f"{', '.join(extra) or '-'})")
+    return {"peers": peers, "dataset": _name(params.get("dataset"), "dataset"),
+            "peer_datasets": datasets, "params": inner}
+
+
+def _runner_for(op: Operator) -> Any:
+    def run(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
+        mp = getattr(ctx.runner, "multiparty", None)
+        if mp is None:
+            raise JobError("this node's federation is not running: it needs a provisioned "
+                           "trust root (the interconnect key is sealed by the HSM)")
+        if "federation" in params:
+            return mp.run_party(ctx, op, params)
+        return mp.run_initiator(ctx, op, params)
+    return run
+
+
+def register_operators() -> None:
+    for module in OPERATOR_MODULES:
+        importlib.import_module(module)
+    for op in REGISTRY.values():
+        register(JobKind(op.name, _runner_for(op), validate, "mpc",
+                         f"{op.description} (operator {op.provider}/{op.name} {op.version})"))
+
+
+register_operators()

@@ -1,0 +1,292 @@
+"""The node's federation service: the interconnect listener, control requests between nodes,
+session attestation and the sessions of multi-party jobs.
+
+Control messages between nodes keep the shapes of the BFIA InterOp scheduling API: a request
+names a method (`job.create`, `job.start`, `job.stop`, `job.status`, `task.callback`, and our
+`attest`) and a body; every reply is `{code, msg, data}` with code 0 for success. Each request
+travels on its own short session of the pinned mTLS channel (topic `control`), so a slow job
+never holds up a control message.
+
+Every control request a node accepts starts from the channel's answer to "who is this": the
+client certificate's fingerprint, pinned at enrolment. A quarantined peer gets only `attest`
+answered (so it can prove itself again) and `job.stop`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from appliance.federation.channel import (
+    ChannelError,
+    ChannelOptions,
+    ChannelServer,
+    PeerChannel,
+    RecvTimeout,
+    Session,
+    connect,
+)
+from appliance.federation.peers import PeerError, Peers
+from appliance.trust import audit
+from appliance.trust.bundle import verify_bundle
+
+log = logging.getLogger("pec.federation")
+
+CONTROL = "control"
+JOB = "job"
+CONTROL_TIMEOUT = 15.0
+METHODS = ("attest", "job.create", "job.start", "job.stop", "job.status", "task.callback")
+
+
+@dataclass
+class Identity:
+    """What this node is on the interconnect."""
+
+    node_id: str
+    organisation: str
+    endpoint: str  # what peers dial, as written in this node's card
+    key: Any  # the TLS private key (unsealed from the HSM KEK into memory)
+    cert_pem: bytes
+
+
+Handler = Callable[[dict[str, Any], dict[str, Any]], Any]  # (peer row, body) -> data
+
+
+class Federation:
+    def __init__(self, ident: Identity, peers: Peers, *, listen: str | None,
+                 attest: Callable[[bytes], dict[str, Any]],
+                 options: ChannelOptions | None = None) -> None:
+        self.ident, self.peers, self.listen = ident, peers, listen
+        self._attest = attest
+        self.options = options or ChannelOptions()
+        self.handlers: dict[str, Handler] = {"attest": self._on_attest}
+        self._server: ChannelServer | None = None
+        self._channels: dict[str, PeerChannel] = {}
+        self._lock = threading.Lock()
+        # job sessions opened by peers, waiting for this node's side of the job to take them
+        self._mailbox: dict[tuple[str, str], queue.Queue[Session]] = {}
+        # jobs this node's side ended before its sessions were made: a session a peer opens
+        # for one later is aborted at once with the reason, so the peer does not wait
+        self._ended: dict[str, str] = {}
+
+    # ---------------------------------------------------------------- lifecycle
+    def start(self) -> int | None:
+        if not self.listen:
+            return None
+        pins = [p["card"]["certificate_pem"].encode() for p in self.peers.list()]
+        self._server = ChannelServer(self.listen, self.ident.key, self.ident.cert_pem, pins,
+                                     options=self.options, on_session=self._on_session)
+        port = self._server.start()
+        log.info("interconnect listening on %s (port %d), %d pinned peers", self.listen, port,
+                 len(pins))
+        return port
+
+    def stop(self) -> None:
+        with self._lock:
+            channels, self._channels = list(self._channels.values()), {}
+        for ch in channels:
+            ch.close()
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+    @property
+    def port(self) -> int | None:
+        return self._server.port if self._server is not None else None
+
+    def pin(self, cert_pem: str) -> None:
+        if self._server is not None:
+            self._server.add_peer(cert_pem.encode())
+
+    def unpin(self, peer: dict[str, Any]) -> None:
+        with self._lock:
+            ch = self._channels.pop(peer["name"], None)
+        if ch is not None:
+            ch.close()
+        if self._server is not None:
+            self._server.remove_peer(peer["card"]["certificate_pem"].encode())
+
+    # ---------------------------------------------------------------- outgoing
+    def _channel(self, peer: dict[str, Any]) -> PeerChannel:
+        with self._lock:
+            ch = self._channels.get(peer["name"])
+        if ch is not None:
+            return ch
+        ch = connect(peer["endpoint"], self.ident.key, self.ident.cert_pem,
+                     peer["card"]["certificate_pem"].encode(), options=self.options,
+                     timeout=self.options.open_timeout)
+        with self._lock:
+            other = self._channels.setdefault(peer["name"], ch)
+        if other is not ch:
+            ch.close()
+        return other
+
+    def _drop_channel(self, peer: dict[str, Any]) -> None:
+        with self._lock:
+            ch = self._channels.pop(peer["name"], None)
+        if ch is not None:
+            ch.close()
+
+    def request(self, peer: dict[str, Any], method: str, body: dict[str, Any],
+                timeout: float = CONTROL_TIMEOUT) -> Any:
+        """One control request; the peer's answer's `data`, or PeerError with its `msg`."""
+        try:
+            session = self._channel(peer).open_session(uuid.uuid4().hex, CONTROL,
+                                                       timeout=timeout)
+        except ChannelError as exc:
+            self._drop_channel(peer)  # a fresh connection next time
+            raise PeerError(f"peer {peer['name']} ({peer['endpoint']}) unreachable: {exc}",
+                            502) from exc
+        try:
+            session.send({"method": method, "body": body})
+            reply = session.recv(timeout=timeout)
+        except ChannelError as exc:
+            raise PeerError(f"peer {peer['name']} did not answer {method}: {exc}", 502) from exc
+        finally:
+            if not session.closed:
+                session.abort("request done")
+        if not (isinstance(reply, dict) and isinstance(reply.get("code"), int)
+                and isinstance(reply.get("msg"), str)):
+            raise PeerError(f"peer {peer['name']} sent a malformed reply to {method}", 502)
+        if reply["code"] != 0:
+            status = reply["code"] if 400 <= reply["code"] < 600 else 502
+            raise PeerError(f"peer {peer['name']} refused {method}: {reply['msg']}", status)
+        return reply.get("data")
+
+    def attest_peer(self, name: str) -> dict[str, Any]:
+        """Re-attest a peer with a fresh nonce against what was pinned at enrolment. A verdict
+        that fails quarantines the peer; the verdict is recorded either way."""
+        peer = self.peers.get(name)
+        nonce = os.urandom(32)
+        try:
+            bundle = self.request(peer, "attest", {"nonce": nonce.hex()})
+        except PeerError as exc:
+            raise PeerError(f"attestation of {name} failed: {exc}", exc.status) from exc
+        if not isinstance(bundle, dict) or bundle.get("node_id") != peer["node_id"]:
+            verdict = {"ok": False, "failed_check": "node_id",
+                       "reason": "node_id: the bundle names another node"}
+        else:
+            verdict = verify_bundle(bundle, peer["policy"], nonce)
+        peer = self.peers.record_attestation(name, verdict)
+        audit.record(audit.SYSTEM, "federation.attest", f"peer:{name}",
+                     {"node_id": peer["node_id"], "ok": verdict["ok"],
+                      "reason": verdict["reason"], "ledger_head": bundle.get("ledger_head")
+                      if isinstance(bundle, dict) else None})
+        if not verdict["ok"]:
+            log.warning("peer %s quarantined: %s", name, verdict["reason"])
+        return verdict
+
+    # ---------------------------------------------------------------- job sessions
+    def job_sessions(self, job_id: str, others: list[str], timeout: float) -> dict[str, Session]:
+        """A session to every other party (by node id) of a job. Of two parties the one with
+        the smaller node id opens the session; the other waits for it."""
+        sessions: dict[str, Session] = {}
+        try:
+            for node_id in sorted(others):
+                if self.ident.node_id < node_id:
+                    peer = self.peers.require_active(self.peers.by_node_id(node_id)["name"])
+                    sessions[node_id] = self._channel(peer).open_session(job_id, JOB,
+                                                                         timeout=timeout)
+                else:
+                    box = self._box(job_id, node_id)
+                    try:
+                        sessions[node_id] = box.get(timeout=timeout)
+                    except queue.Empty:
+                        raise PeerError(f"party {node_id} did not open its session for job "
+                                        f"{job_id} within {timeout:.0f} s", 504) from None
+        except BaseException:
+            for s in sessions.values():
+                s.abort("job setup failed")
+            raise
+        finally:
+            with self._lock:
+                for node_id in others:
+                    self._mailbox.pop((job_id, node_id), None)
+        return sessions
+
+    def end_job(self, job_id: str, reason: str) -> None:
+        """This node's side of `job_id` is over: abort the sessions peers opened for it and
+        those they will open, each with `reason`."""
+        with self._lock:
+            self._ended[job_id] = reason
+            while len(self._ended) > 1024:  # a bounded memory of recent jobs is enough
+                self._ended.pop(next(iter(self._ended)))
+            boxes = [q for (j, _), q in self._mailbox.items() if j == job_id]
+        for box in boxes:
+            while not box.empty():
+                box.get_nowait().abort(reason)
+
+    def _box(self, job_id: str, node_id: str) -> queue.Queue[Session]:
+        with self._lock:
+            return self._mailbox.setdefault((job_id, node_id), queue.Queue())
+
+    # ---------------------------------------------------------------- incoming
+    def _on_session(self, session: Session) -> None:
+        if session.topic == JOB:
+            with self._lock:
+                ended = self._ended.get(session.job_id)
+            if ended is not None:
+                session.abort(ended)
+            else:
+                self._box(session.job_id, session.peer_id).put(session)
+        elif session.topic == CONTROL:
+            threading.Thread(target=self._serve_control, args=(session,), daemon=True,
+                             name=f"control-{session.peer_id}").start()
+        else:
+            log.warning("peer %s opened a session on unknown topic %r", session.peer_id,
+                        session.topic)
+            session.abort(f"unknown topic {session.topic!r}")
+
+    def _serve_control(self, session: Session) -> None:
+        try:
+            msg = session.recv(timeout=CONTROL_TIMEOUT)
+        except (ChannelError, RecvTimeout) as exc:
+            log.info("control session from %s ended before a request: %s", session.peer_id, exc)
+            return
+        reply = self.answer(session.peer_id, session.peer_fingerprint, msg)
+        try:
+            session.send(reply)
+            session.close()
+        except ChannelError as exc:
+            log.info("could not answer %s: %s", session.peer_id, exc)
+
+    def answer(self, node_id: str, fingerprint: str, msg: Any) -> dict[str, Any]:
+        """The `{code, msg, data}` reply to one control request from peer `node_id`."""
+        if not (isinstance(msg, dict) and isinstance(msg.get("method"), str)
+                and isinstance(msg.get("body"), dict)):
+            return {"code": 400, "msg": "a control request is {method, body}", "data": None}
+        method = msg["method"]
+        try:
+            peer = self.peers.by_node_id(node_id)
+            if fingerprint and peer["policy"]["certificate_sha256"] != fingerprint:
+                raise PeerError("the connection's certificate is not the one pinned", 403)
+            if peer["state"] != "active" and method not in ("attest", "job.stop"):
+                raise PeerError(f"this node has quarantined you: {peer['state_reason']}", 403)
+            handler = self.handlers.get(method)
+            if handler is None:
+                raise PeerError(f"unknown method {method!r}; known: {', '.join(METHODS)}", 404)
+            return {"code": 0, "msg": "ok", "data": handler(peer, msg["body"])}
+        except PeerError as exc:
+            log.info("refused %s from %s: %s", method, node_id, exc)
+            return {"code": exc.status, "msg": str(exc), "data": None}
+        except Exception as exc:  # a bug or a failing device must not kill the listener
+            status = getattr(exc, "status", 500)
+            log.warning("%s from %s failed: %s", method, node_id, exc)
+            return {"code": status if isinstance(status, int) else 500,
+                    "msg": f"{type(exc).__name__}: {exc}", "data": None}
+
+    def _on_attest(self, peer: dict[str, Any], body: dict[str, Any]) -> Any:
+        nonce = body.get("nonce")
+        try:
+            raw = bytes.fromhex(nonce) if isinstance(nonce, str) else b""
+        except ValueError:
+            raw = b""
+        if len(raw) != 32:
+            raise PeerError("attest wants a 32-byte hex nonce", 400)
+        return self._attest(raw)

@@ -1,0 +1,241 @@
+"""Real daemons on loopback, each with its own state directory (SoftHSM2, swtpm, SQLite), enrol
+each other, attest every session, run the count operator, and survive the faults: a forged
+card, a changed PCR after enrolment, a peer killed mid-job, a cancelled job, a job refused by
+grade policy or by a peer that never approved the initiator."""
+
+from __future__ import annotations
+
+import copy
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from appliance.client import DaemonError
+from appliance.provision import init_state_dir
+from appliance.state.statedir import StateDir
+from tests.appliance import fakehost
+from tests.appliance.daemon_proc import ADMIN_PASSWORD, Daemon, cli
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Node:
+    def __init__(self, base: Path, node_id: str, org: str, rows: int) -> None:
+        self.node_id = node_id
+        root = base / f"{node_id}-root"
+        fakehost.standard().build(root)
+        state = base / f"{node_id}-state"
+        init_state_dir(StateDir(state), root=str(root), admin_password=ADMIN_PASSWORD,
+                       node_id=node_id, federation={
+                           "organisation": org,
+                           "interconnect_listen": f"127.0.0.1:{free_port()}"})
+        self.daemon = Daemon(state, root)
+        self.state = state
+        self.data = base / f"{node_id}.csv"
+        self.data.write_text("id,v\n" + "".join(f"{node_id}-{i},{i}\n" for i in range(rows)))
+        self.rows = rows
+
+    @property
+    def api(self):
+        return self.daemon.client
+
+    def start(self) -> None:
+        self.daemon.start()
+        self.api.put("/v1/profile/override", {"profile": "development"})
+
+    def card(self) -> dict:
+        return self.api.get("/v1/federation/card")
+
+
+def enrol(a: Node, b: Node) -> None:
+    """a and b enrol each other and approve each other's jobs."""
+    b.api.post("/v1/peers", {"name": a.node_id, "card": a.card()})
+    a.api.post("/v1/peers", {"name": b.node_id, "card": b.card()})
+    a.api.post(f"/v1/peers/{b.node_id}/approve", {"accept": True})
+    b.api.post(f"/v1/peers/{a.node_id}/approve", {"accept": True})
+
+
+@pytest.fixture(scope="module")
+def nodes(tmp_path_factory):
+    base = tmp_path_factory.mktemp("fed")
+    made = [Node(base, "node-a", "Bank A", 1200), Node(base, "node-b", "Carrier B", 3400),
+            Node(base, "node-c", "Hospital C", 50)]
+    try:
+        for n in made:
+            n.start()
+            n.api.post("/v1/datasets", {"name": "customers", "path": str(n.data),
+                                        "id_column": "id", "grade": "L3"})
+        a, b, c = made
+        enrol(a, b)
+        enrol(a, c)
+        enrol(b, c)
+        yield made
+    finally:
+        for n in made:
+            n.daemon.stop_now()
+
+
+def submit_count(a: Node, *peers: Node) -> dict:
+    return a.api.post("/v1/jobs", {"kind": "count", "params": {
+        "peers": [p.node_id for p in peers], "dataset": "customers",
+        "peer_datasets": {p.node_id: "customers" for p in peers}}})
+
+
+def ledger_actions(n: Node, action: str) -> list[dict]:
+    return [r for r in n.api.get("/v1/audit", limit=500)["records"] if r["action"] == action]
+
+
+def test_two_daemons_run_the_count_operator_with_signed_ledger_records(nodes):
+    a, b, _ = nodes
+    job = a.daemon.wait_job(submit_count(a, b)["id"], {"done", "failed"}, timeout=90)
+    assert job["state"] == "done", job
+    out = job["result"]["outputs"]
+    assert out["own_rows"] == 1200 and out["peer_rows"] == {"node-b": 3400}
+    parties = a.api.get(f"/v1/jobs/{job['id']}/parties")["parties"]
+    assert {(p["node_id"], p["role"], p["state"]) for p in parties} == {
+        ("node-a", "guest", "done"), ("node-b", "host", "done")}
+    # each side's ledger names the job, the peer, the data set's fingerprint, the output hash
+    fed_id = job["result"]["job_id"]
+    for n in (a, b):
+        done = [r for r in ledger_actions(n, "federation.job.done")
+                if r["object"] == f"job:{fed_id}"]
+        assert len(done) == 1, n.node_id
+        details = done[0]["details"]
+        ds = n.api.get("/v1/datasets/customers")
+        assert details["dataset_fingerprint"] == ds["fingerprint"]
+        assert details["operator"] == "count" and len(details["output_hash"]) == 64
+    b_hash = next(p["output_hash"] for p in parties if p["node_id"] == "node-b")
+    b_done = next(r for r in ledger_actions(b, "federation.job.done")
+                  if r["object"] == f"job:{fed_id}")
+    assert b_done["details"]["output_hash"] == b_hash
+    # both ledgers verify after the cross-node acts
+    for n in (a, b):
+        assert n.api.post("/v1/audit/verify")["ok"]
+
+
+def test_three_daemons_through_the_cli(nodes):
+    a = nodes[0]
+    run = cli("jobs", "submit", "count", "--peer", "node-b", "--peer", "node-c",
+              "--param", "dataset=customers",
+              "--param", "peer_datasets=node-b=customers,node-c=customers",
+              "--wait", "--json", "--state-dir", str(a.state), timeout=120)
+    assert run.returncode == 0, run.stderr
+    listing = cli("peers", "list", "--state-dir", str(a.state))
+    assert "node-b" in listing.stdout and "active" in listing.stdout
+    jobs = a.api.get("/v1/jobs", kind="count")["jobs"]
+    assert jobs[0]["state"] == "done"
+    assert jobs[0]["result"]["outputs"]["total_rows"] == 1200 + 3400 + 50
+    show = cli("jobs", "show", str(jobs[0]["id"]), "--state-dir", str(a.state))
+    assert show.stdout.count("party: node-") == 3 and "done" in show.stdout
+
+
+def test_a_forged_card_is_refused_naming_the_check(nodes):
+    a, b, _ = nodes
+    card = b.card()
+    forged = copy.deepcopy(card)
+    forged["endpoint"] = "127.0.0.1:1"  # redirect the peer: the node's signature breaks
+    with pytest.raises(DaemonError) as err:
+        a.api.post("/v1/peers", {"name": "mallory", "card": forged})
+    assert err.value.status == 422 and "node_signature" in err.value.message
+    with pytest.raises(DaemonError) as err:
+        a.api.post("/v1/peers", {"name": "again", "card": card})
+    assert err.value.status == 409  # node-b is enrolled already
+    refused = ledger_actions(a, "peer.refused")
+    assert any(r["object"] == "peer:mallory" for r in refused)
+
+
+def test_a_job_refused_by_grade_policy_or_an_unapproved_peer(nodes, tmp_path):
+    a, b, _ = nodes
+    secret = tmp_path / "patients.csv"
+    secret.write_text("id,v\n" + "".join(f"p{i},{i}\n" for i in range(20)))
+    b.api.post("/v1/datasets", {"name": "patients", "path": str(secret), "id_column": "id",
+                                "grade": "L4"})
+    # node-b's own policy: no operator, not even a count, may touch its L4 data
+    b.api.put("/v1/federation/grade-policy",
+              {"overrides": {"grades": {"L4": {"count": False}},
+                             "reasons": {"L4.count": "forbids even counting patients"}}})
+    try:
+        job = a.api.post("/v1/jobs", {"kind": "count", "params": {
+            "peers": ["node-b"], "dataset": "customers",
+            "peer_datasets": {"node-b": "patients"}}})
+        job = a.daemon.wait_job(job["id"], {"done", "failed"}, timeout=60)
+        assert job["state"] == "failed", job
+        assert "L4.count" in job["error"] and "forbids even counting patients" in job["error"]
+        b_job = b.api.get("/v1/jobs", kind="count")["jobs"][0]
+        assert b_job["state"] == "failed" and "L4.count" in b_job["error"]
+    finally:
+        b.api.put("/v1/federation/grade-policy", {"overrides": None})
+    b.api.post("/v1/peers/node-a/approve", {"accept": False})
+    try:
+        job = a.daemon.wait_job(submit_count(a, b)["id"], {"done", "failed"}, timeout=60)
+        assert job["state"] == "failed"
+        assert "only after an admin approved the peer" in job["error"]
+    finally:
+        b.api.post("/v1/peers/node-a/approve", {"accept": True})
+
+
+def test_cancel_propagates_to_the_peer(nodes):
+    a, b, _ = nodes
+    # keep node-b busy with an exclusive burn-in, so its side of the job waits in its queue
+    burn = b.api.post("/v1/jobs", {"kind": "burnin", "params": {"seconds": 60}})
+    b.daemon.wait_job(burn["id"], {"running"}, timeout=30)
+    try:
+        job = submit_count(a, b)
+        a.daemon.wait_progress(job["id"], 55, timeout=60)  # sent its count, waiting for b's
+        b_jobs = b.api.get("/v1/jobs", kind="count")["jobs"]
+        assert b_jobs[0]["state"] == "queued"
+        a.api.post(f"/v1/jobs/{job['id']}/cancel")
+        assert a.daemon.wait_job(job["id"], {"cancelled", "failed"}, 30)["state"] == "cancelled"
+        peer_job = b.daemon.wait_job(b_jobs[0]["id"], {"cancelled", "failed", "done"}, 30)
+        assert peer_job["state"] == "cancelled" and "peer:node-a" in peer_job["message"]
+    finally:
+        b.api.post(f"/v1/jobs/{burn['id']}/cancel")
+        b.daemon.wait_job(burn["id"], {"cancelled", "done", "failed"}, 30)
+
+
+def test_a_changed_pcr_after_enrolment_quarantines_the_peer(nodes):
+    a, _, c = nodes
+    c.api.post("/v1/attestation/measure", {"pcr": 4, "data": "an unexpected bootloader"})
+    job = a.daemon.wait_job(submit_count(a, c)["id"], {"done", "failed"}, timeout=60)
+    assert job["state"] == "failed" and "quarantined" in job["error"], job
+    peer = a.api.get("/v1/peers/node-c")
+    assert peer["state"] == "quarantined" and "PCR 4" in peer["state_reason"]
+    # refused while quarantined, until an admin pins the peer anew from a fresh card
+    job = a.daemon.wait_job(submit_count(a, c)["id"], {"done", "failed"}, timeout=60)
+    assert job["state"] == "failed" and "quarantined" in job["error"]
+    a.api.post("/v1/peers/node-c/reinstate", {"card": c.card()})
+    assert a.api.get("/v1/peers/node-c")["state"] == "active"
+
+
+def test_a_peer_killed_mid_job_fails_the_job_with_a_reason(nodes):
+    a, b, _ = nodes
+    burn = b.api.post("/v1/jobs", {"kind": "burnin", "params": {"seconds": 60}})
+    b.daemon.wait_job(burn["id"], {"running"}, timeout=30)
+    job = submit_count(a, b)
+    a.daemon.wait_progress(job["id"], 55, timeout=60)
+    started = time.monotonic()
+    b.daemon.kill()
+    try:
+        job = a.daemon.wait_job(job["id"], {"failed", "done"}, timeout=40)
+        assert job["state"] == "failed" and "node-b" in job["error"], job
+        assert time.monotonic() - started < 30
+        assert job["result"] is None  # nothing partial kept
+        assert a.api.get("/v1/status")["node_id"] == "node-a"  # and it keeps serving
+    finally:
+        b.daemon.stop_now()
+        b.daemon.start()
+    # b's side was still queued when b died; at its restart it asks the initiator first, and
+    # ends at once instead of waiting for sessions that will never come
+    b_job = b.api.get("/v1/jobs", kind="count")["jobs"][0]
+    b_job = b.daemon.wait_job(b_job["id"], {"failed", "interrupted", "cancelled", "done"}, 30)
+    assert b_job["state"] in ("failed", "interrupted"), b_job
+    if b_job["state"] == "failed":
+        assert "the initiator node-a has ended job" in b_job["error"]
