@@ -145,7 +145,7 @@ class Node:
         self.federation = fed
         self.multiparty = MultiParty(
             fed, self.store, self.datasets, self.grade_policy,
-            submit=self.submit_job, cancel=self.runner.cancel,
+            submit=self.submit_job, cancel=self.runner.cancel, job=self.runner.get,
             sign=signer.sign)
         self.runner.multiparty = self.multiparty
         self.federation_error = None
@@ -378,9 +378,10 @@ class Node:
             audit.record(actor, "settings.change", "settings", changes)
         return self.settings()
 
-    def submit_job(self, kind: Any, params: Any, actor: str) -> dict[str, Any]:
+    def submit_job(self, kind: Any, params: Any, actor: str,
+                   hold: str | None = None) -> dict[str, Any]:
         return self.runner.submit(kind, params, actor, self.profile.capabilities,
-                                  self.profile.profile)
+                                  self.profile.profile, hold)
 
 
 @contextmanager

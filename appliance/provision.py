@@ -73,6 +73,9 @@ def init_state_dir(state: StateDir, *, root: str = "/", admin_password: str | No
         write_atomic(state.config_path, cfg.to_toml().encode(), mode=0o640)
         created_config = True
     cfg = read_config(state.config_path)
+    if node_id is not None and node_id != cfg.node_id:
+        raise StateDirError(f"this state directory is node {cfg.node_id!r}; a node's id does "
+                            "not change (peers pinned it): make a new state directory")
     changes = {k: v for k, v in (federation or {}).items() if v is not None}
     if changes and any(getattr(cfg, k) != v for k, v in changes.items()):
         cfg = dataclasses.replace(cfg, **changes)

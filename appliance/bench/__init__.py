@@ -3,8 +3,9 @@
 Each runs the field's reference on the same machine in the same run and prints ratios, with
 CPU time and load beside wall time (the machines are shared). Names:
 
-- `channel`: the federation's mTLS channel between two processes (loopback, and a shaped
-  WAN link where the kernel offers netem) against one core's AES-GCM.
+- `channel`: the federation's mTLS channel between two processes (loopback, and a 100 Mbit/s,
+  10 ms WAN link: netem where the kernel has it, else a labelled userspace link emulator)
+  against one core's AES-GCM.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from appliance.node import Node
 
 _NAME = r"(?P<name>[a-z0-9][a-z0-9_-]{0,31})"
+_DATASET = r"(?P<name>[a-z0-9][a-z0-9_-]{0,63})"
 
 
 def _peer_view(peer: dict[str, Any]) -> dict[str, Any]:
@@ -37,11 +38,13 @@ def list_peers(node: Node, query: Query, body: Any, m: Match) -> Reply:
 def add_peer(node: Node, query: Query, body: Any, m: Match) -> Reply:
     actor = _actor(body)
     req = _obj(body)
-    name, card = req.get("name"), req.get("card")
+    name, card, policy = req.get("name"), req.get("card"), req.get("policy")
     if not isinstance(name, str) or not isinstance(card, dict):
         raise ApiError(400, "fields 'name' (a peer name) and 'card' (the peer's card) needed")
+    if policy is not None and not isinstance(policy, dict):
+        raise ApiError(400, "field 'policy' must be the peer's golden PCR file (an object)")
     try:
-        peer = node.peers.add(card, name, actor, node.node_id)
+        peer = node.peers.add(card, name, actor, node.node_id, policy)
     except PeerError as exc:
         audit.record(actor, "peer.refused", f"peer:{name}",
                      {"reason": str(exc), "node_id": card.get("node_id")})
@@ -96,7 +99,11 @@ def reinstate_peer(node: Node, query: Query, body: Any, m: Match) -> Reply:
     actor = _actor(body)
     card = _obj(body).get("card")
     old = node.peers.get(m["name"])
-    peer = node.peers.reinstate(m["name"], card)
+    try:
+        peer = node.peers.reinstate(m["name"], card)
+    except PeerError as exc:
+        audit.record(actor, "peer.refused", f"peer:{m['name']}", {"reason": str(exc)})
+        raise
     if node.federation is not None:
         node.federation.unpin(old)
         node.federation.pin(peer["card"]["certificate_pem"])
@@ -140,12 +147,12 @@ def add_dataset(node: Node, query: Query, body: Any, m: Match) -> Reply:
     return 201, ds.to_dict()
 
 
-@route("GET", rf"/v1/datasets/{_NAME}")
+@route("GET", rf"/v1/datasets/{_DATASET}")
 def get_dataset(node: Node, query: Query, body: Any, m: Match) -> Reply:
     return 200, node.datasets.show(m["name"]).to_dict()
 
 
-@route("DELETE", rf"/v1/datasets/{_NAME}")
+@route("DELETE", rf"/v1/datasets/{_DATASET}")
 def remove_dataset(node: Node, query: Query, body: Any, m: Match) -> Reply:
     actor = _actor(body)
     ds = node.datasets.remove(m["name"])

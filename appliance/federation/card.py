@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography import x509
@@ -26,6 +26,10 @@ from cryptography.x509.oid import NameOID
 from appliance.trust.bundle import verify_bundle
 
 CARD_FORMAT = "pec-node-card/1"
+# A card is carried by hand between organisations, so it may be days old; a month-old quote
+# says little about the box today. Clocks of two organisations may disagree by minutes.
+MAX_CARD_AGE = timedelta(days=30)
+CLOCK_SKEW = timedelta(minutes=10)
 _FIELDS = ("format", "node_id", "organisation", "endpoint", "time", "certificate_pem",
            "ledger_head", "attestation", "node_public_pem", "signature")
 # The part of a card the attestation nonce commits to (everything but the bundle and signature).
@@ -89,6 +93,15 @@ def verify_card(card: Any, policy: Mapping[str, Any] | None = None) -> dict[str,
     for field in ("node_id", "organisation", "endpoint", "certificate_pem", "node_public_pem"):
         if not isinstance(card[field], str) or not card[field]:
             return fail("format", f"{field} must be a non-empty string")
+    try:
+        made = datetime.strptime(str(card["time"]), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return fail("format", "time must be YYYY-MM-DDTHH:MM:SSZ")
+    if made > datetime.now(UTC) + CLOCK_SKEW:
+        return fail("freshness", "the card is dated in the future")
+    if made < datetime.now(UTC) - MAX_CARD_AGE:
+        return fail("freshness", f"the card is older than {MAX_CARD_AGE.days} days: ask the "
+                                 "peer for a fresh one")
     head = card["ledger_head"]
     if not (isinstance(head, Mapping) and isinstance(head.get("seq"), int)
             and isinstance(head.get("hash"), str)):

@@ -48,7 +48,10 @@ def cmd_add(args: argparse.Namespace) -> int:
         card = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{args.card} is not a JSON card: {exc}") from None
-    peer = _client(args).post("/v1/peers", {"name": args.name, "card": card})
+    body: dict[str, Any] = {"name": args.name, "card": card}
+    if args.policy:
+        body["policy"] = json.loads(Path(args.policy).read_text())
+    peer = _client(args).post("/v1/peers", body)
     if args.json:
         _emit(peer)
     else:
@@ -154,6 +157,9 @@ def register(subparsers: Any) -> None:
     p = sub.add_parser("add", help="verify a peer's card and pin the peer")
     p.add_argument("card", help="the peer's card file, or - for standard input")
     p.add_argument("--name", required=True, help="what this node calls the peer")
+    p.add_argument("--policy", default=None, metavar="GOLDEN.json",
+                   help="the peer's golden PCR file, when its organisation published one: the "
+                        "card's quote must match it (otherwise its values are pinned as seen)")
     p.set_defaults(func=cmd_add)
     p = sub.add_parser("list", help="peers with their state and last attestation")
     p.set_defaults(func=cmd_list)

@@ -44,6 +44,7 @@ FORMATS = ("csv", "parquet")
 
 # Short, shell- and URL-safe, and never starting with '-' so it cannot pass for a CLI option.
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+NAME_PATTERN = _NAME_RE.pattern  # for the routes and job params that name a data set
 _PARQUET_MAGIC = b"PAR1"
 
 # Bounded reading. pyarrow's CSV streaming reader reads ahead some 30-40 blocks whatever the

@@ -9,12 +9,16 @@ runs this node's side. Either way it needs the `mpc` capability and a running fe
 from __future__ import annotations
 
 import importlib
+import re
 from typing import Any
 
+from appliance.federation.datasets import NAME_PATTERN
 from appliance.federation.peers import NAME
 from appliance.jobs.registry import register
 from appliance.jobs.runner import JobContext, JobError, JobKind
 from appliance.operators.base import REGISTRY, Operator
+
+DATASET_NAME = re.compile(NAME_PATTERN)
 
 # operator modules whose import registers them
 OPERATOR_MODULES = ("appliance.operators.count",)
@@ -23,10 +27,14 @@ _INITIATOR_KEYS = {"peers", "dataset", "peer_datasets", "params"}
 _PARTY_KEYS = {"federation", "dataset", "params"}
 
 
-def _name(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not NAME.match(value):
+def _name(value: Any, what: str, pattern: re.Pattern[str] = NAME) -> str:
+    if not isinstance(value, str) or not pattern.match(value):
         raise ValueError(f"{what} must be a name of a-z, 0-9, '-', '_' (got {value!r})")
     return value
+
+
+def _dataset(value: Any, what: str = "dataset") -> str:
+    return _name(value, what, DATASET_NAME)
 
 
 def _peer_datasets(value: Any) -> dict[str, str]:
@@ -38,7 +46,7 @@ def _peer_datasets(value: Any) -> dict[str, str]:
         value = dict(pairs)
     if not isinstance(value, dict):
         raise ValueError("peer_datasets maps each peer to its data set")
-    return {_name(k, "a peer"): _name(v, "a data set") for k, v in value.items()}
+    return {_name(k, "a peer"): _dataset(v, "a data set") for k, v in value.items()}
 
 
 def validate(params: dict[str, Any]) -> dict[str, Any]:
@@ -54,7 +62,7 @@ def validate(params: dict[str, Any]) -> dict[str, Any]:
                 and isinstance(fed.get("initiator"), str)
                 and isinstance(fed.get("parties"), dict)):
             raise ValueError("federation must carry job_id, initiator and parties")
-        return {"federation": fed, "dataset": _name(params.get("dataset"), "dataset"),
+        return {"federation": fed, "dataset": _dataset(params.get("dataset")),
                 "params": inner}
     unknown = set(params) - _INITIATOR_KEYS
     if unknown:
@@ -75,7 +83,7 @@ def validate(params: dict[str, Any]) -> dict[str, Any]:
         raise ValueError("peer_datasets must name one data set for each peer and no other "
                          f"(missing: {', '.join(missing) or '-'}; not a peer of this job: "
                          f"{', '.join(extra) or '-'})")
-    return {"peers": peers, "dataset": _name(params.get("dataset"), "dataset"),
+    return {"peers": peers, "dataset": _dataset(params.get("dataset")),
             "peer_datasets": datasets, "params": inner}
 
 
@@ -91,12 +99,19 @@ def _runner_for(op: Operator) -> Any:
     return run
 
 
+def _on_cancel(runner: Any, job_id: int, actor: str) -> None:
+    mp = getattr(runner, "multiparty", None)
+    if mp is not None:
+        mp.cancelled_before_start(job_id, actor)
+
+
 def register_operators() -> None:
     for module in OPERATOR_MODULES:
         importlib.import_module(module)
     for op in REGISTRY.values():
         register(JobKind(op.name, _runner_for(op), validate, "mpc",
-                         f"{op.description} (operator {op.provider}/{op.name} {op.version})"))
+                         f"{op.description} (operator {op.provider}/{op.name} {op.version})",
+                         on_cancel=_on_cancel))
 
 
 register_operators()

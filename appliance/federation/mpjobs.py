@@ -17,7 +17,6 @@ side completed, so a failed job leaves none.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import re
 import threading
@@ -29,7 +28,8 @@ from typing import Any
 from appliance.federation.channel import ChannelError, RecvTimeout, Session
 from appliance.federation.datasets import DatasetError, DatasetRegistry
 from appliance.federation.grade_policy import GradePolicy
-from appliance.federation.peers import NAME, PeerError
+from appliance.federation.kinds import DATASET_NAME
+from appliance.federation.peers import PeerError
 from appliance.federation.service import Federation
 from appliance.jobs.runner import Cancelled, JobContext, JobError
 from appliance.operators.base import REGISTRY, Operator, PartyContext, output_hash
@@ -39,6 +39,8 @@ from appliance.trust import audit
 log = logging.getLogger("pec.federation.jobs")
 
 SETUP_TIMEOUT = 30.0  # for every party to open its sessions
+APPROVAL_TIMEOUT = 24 * 3600.0  # default wait for parties whose admins must approve the job
+APPROVAL_POLL = 1.0
 _JOB_ID = re.compile(r"^[A-Za-z0-9._:-]{1,96}$")
 
 _SCHEMA = """
@@ -121,11 +123,12 @@ class _Guarded:
 class MultiParty:
     def __init__(self, fed: Federation, store: Store, datasets: Datasets,
                  policy: Callable[[], GradePolicy],
-                 submit: Callable[[str, dict[str, Any], str], dict],
+                 submit: Callable[..., dict],
                  cancel: Callable[[int, str], Any],
+                 job: Callable[[int], dict[str, Any]],
                  sign: Callable[[bytes], bytes] | None) -> None:
         self.fed, self.store, self.datasets, self.policy = fed, store, datasets, policy
-        self._submit, self._cancel, self._sign = submit, cancel, sign
+        self._submit, self._cancel, self._job, self._sign = submit, cancel, job, sign
         with store.transaction() as db:
             db.execute(_SCHEMA)
         fed.handlers.update({
@@ -201,6 +204,13 @@ class MultiParty:
             self._note(job_id, me, role="guest", initiator=me, operator=op.name,
                        state="failed", message=str(exc))
             raise JobError(f"job {job_id} refused: {exc}") from None
+        try:
+            self._await_approvals(ctx, job_id, peers, params)
+        except BaseException as exc:
+            self._stop_all(peers, job_id, f"the initiator's side ended: {exc}")
+            self._note(job_id, me, role="guest", initiator=me, operator=op.name,
+                       state="failed", message=str(exc))
+            raise
         party_params = {"federation": {"job_id": job_id, "initiator": me, "parties": parties},
                         "dataset": params["dataset"], "params": params.get("params", {})}
         try:
@@ -208,6 +218,28 @@ class MultiParty:
         except BaseException as exc:
             self._stop_all(peers, job_id, f"the initiator's side ended: {exc}")
             raise
+
+    def _await_approvals(self, ctx: JobContext, job_id: str, peers: list[dict[str, Any]],
+                         params: dict[str, Any]) -> None:
+        """Wait while parties' admins have the job in their approval queue. A party whose
+        admin cancels it ends the job; so does the timeout (param approval_timeout_s)."""
+        waiting = {p["node_id"]: p for p in peers}
+        deadline = time.monotonic() + params.get("approval_timeout_s", APPROVAL_TIMEOUT)
+        while waiting:
+            for node_id, peer in list(waiting.items()):
+                row = self.fed.request(peer, "job.status", {"job_id": job_id})
+                state = row.get("state") if isinstance(row, dict) else None
+                if state in ("failed", "cancelled", "interrupted"):
+                    raise JobError(f"party {node_id} ended the job before it started ({state}"
+                                   f": {row.get('message', '')})")
+                if state != "awaiting_approval":
+                    del waiting[node_id]
+            if not waiting:
+                return
+            if time.monotonic() > deadline:
+                raise JobError(f"not approved in time by {', '.join(sorted(waiting))}")
+            ctx.progress(4, f"waiting for {', '.join(sorted(waiting))} to approve the job")
+            time.sleep(APPROVAL_POLL)
 
     def _stop_all(self, peers: list[dict[str, Any]], job_id: str, reason: str) -> None:
         for peer in peers:
@@ -226,6 +258,16 @@ class MultiParty:
         note = dict(role=role, initiator=initiator, operator=op.name)
         try:
             self._initiator_still_on(job_id, initiator)
+            if me != initiator:
+                # the initiator attested every party when it began; a host attests the other
+                # hosts itself: no party runs with a node it has not checked this session
+                for node_id in parties:
+                    if node_id not in (me, initiator):
+                        name = self.fed.peers.by_node_id(node_id)["name"]
+                        verdict = self.fed.attest_peer(name)
+                        if not verdict["ok"]:
+                            raise PeerError(f"party {node_id} failed attestation and is "
+                                            f"quarantined: {verdict['reason']}", 403)
             reader = _Reader(self.datasets, params["dataset"])
             self.policy().check_use(reader.grade, op.family, op.stated(params["params"]),
                                     dataset=reader.name)
@@ -327,21 +369,22 @@ class MultiParty:
         for node_id in parties:
             if node_id != me:
                 self.fed.peers.require_active(self.fed.peers.by_node_id(node_id)["name"])
-        if not isinstance(dataset, str) or not NAME.match(dataset):
+        if not isinstance(dataset, str) or not DATASET_NAME.match(dataset):
             raise PeerError("job.create: dataset must name one of this node's data sets")
-        if not peer.get("auto_accept"):
-            raise PeerError(f"this node accepts jobs from {peer['name']} only after an admin "
-                            f"approved the peer (peers approve {peer['name']})", 403)
         # mutual: the initiator proved itself to us just now, not only when it was enrolled
         verdict = self.fed.attest_peer(peer["name"])
         if not verdict["ok"]:
             raise PeerError(f"you failed this node's attestation: {verdict['reason']}", 403)
         params = body.get("params") if isinstance(body.get("params"), dict) else {}
+        # a peer an admin approved for automatic acceptance gets its job queued at once;
+        # any other waits in the approval queue (the panel's Jobs page, `jobs approve`)
+        hold = None if peer.get("auto_accept") else (
+            f"awaiting an admin's approval: {op_name} job {job_id} from peer {peer['name']}")
         job = self._submit(op_name, {
             "federation": {"job_id": job_id, "initiator": peer["node_id"], "parties": parties},
-            "dataset": dataset, "params": params}, f"peer:{peer['name']}")
+            "dataset": dataset, "params": params}, f"peer:{peer['name']}", hold)
         self._note(job_id, me, role=parties[me], initiator=peer["node_id"], operator=op_name,
-                   state="accepted", local_job=job["id"])
+                   state="awaiting_approval" if hold else "accepted", local_job=job["id"])
         return {"local_job": job["id"], "state": job["state"]}
 
     def _on_start(self, peer: dict[str, Any], body: dict[str, Any]) -> Any:
@@ -353,23 +396,52 @@ class MultiParty:
         rows = self.store.query(
             "SELECT * FROM federated_jobs WHERE job_id=? AND node_id=?",
             (job_id, self.fed.ident.node_id)) if isinstance(job_id, str) else []
-        if not rows or peer["node_id"] not in json.dumps(self.parties(job_id)):
+        members = {r["node_id"] for r in self.parties(job_id)} | {r["initiator"] for r in rows}
+        if not rows or peer["node_id"] not in members:
             raise PeerError(f"no job {job_id!r} with you as a party", 404)
         return dict(rows[0])
 
+    def cancelled_before_start(self, local_job: int, actor: str) -> None:
+        """This node's side was cancelled before it ran (an admin declined it, or cancelled it
+        in the queue): tell the other parties now rather than let them time out."""
+        rows = self.store.query(
+            "SELECT * FROM federated_jobs WHERE local_job=? AND node_id=?",
+            (local_job, self.fed.ident.node_id))
+        if not rows:
+            return
+        row = dict(rows[0])
+        reason = f"party {row['node_id']} declined or cancelled the job before it started"
+        self.fed.end_job(row["job_id"], reason)
+        note = dict(role=row["role"], initiator=row["initiator"], operator=row["operator"])
+        self._report(row["job_id"], row["node_id"], row["initiator"], note, "cancelled",
+                     f"cancelled by {actor} before it started", local_job)
+
     def _on_stop(self, peer: dict[str, Any], body: dict[str, Any]) -> Any:
         row = self._row(peer, body)
-        if row["local_job"] is not None and row["state"] in ("accepted", "running"):
-            try:
-                self._cancel(row["local_job"], f"peer:{peer['name']}")
-            except (JobError, LookupError) as exc:
-                return {"state": row["state"], "note": str(exc)}
-        return {"state": "cancelling"}
+        if row["local_job"] is None or row["state"] not in ("awaiting_approval", "accepted",
+                                                            "running"):
+            return {"state": row["state"]}
+        try:
+            job = self._cancel(row["local_job"], f"peer:{peer['name']}")
+        except (JobError, LookupError) as exc:
+            return {"state": row["state"], "note": str(exc)}
+        # a side that had not started is reported by the kind's on_cancel hook; a running one
+        # by run_party when the cancel reaches it
+        return {"state": job["state"]}
 
     def _on_status(self, peer: dict[str, Any], body: dict[str, Any]) -> Any:
         row = self._row(peer, body)
-        return {k: row[k] for k in ("job_id", "node_id", "role", "state", "message",
-                                    "output_hash")}
+        out = {k: row[k] for k in ("job_id", "node_id", "role", "state", "message",
+                                   "output_hash")}
+        if row["local_job"] is not None and row["state"] in ("awaiting_approval", "accepted"):
+            # the local job moves on its own (an admin approves or cancels it): say where
+            local = self._job(row["local_job"])
+            if local["state"] in ("queued",):
+                out["state"] = "accepted"
+            elif local["state"] != "running":
+                out["state"], out["message"] = local["state"], local.get("error") or \
+                    local.get("message", "")
+        return out
 
     def _on_callback(self, peer: dict[str, Any], body: dict[str, Any]) -> Any:
         job_id, state = body.get("job_id"), body.get("state")
@@ -381,6 +453,10 @@ class MultiParty:
         if state not in ("running", "done", "failed", "cancelled"):
             raise PeerError(f"task.callback: unknown state {state!r}")
         digest = body.get("output_hash")
+        if state in ("failed", "cancelled"):
+            # this node's side stops waiting for that party's sessions
+            self.fed.end_job(job_id, f"party {peer['node_id']} {state}: "
+                                     f"{str(body.get('message', ''))[:300]}")
         self._note(job_id, peer["node_id"], role=rows[0]["role"], initiator=rows[0]["initiator"],
                    operator=rows[0]["operator"], state=state,
                    message=str(body.get("message", ""))[:500],

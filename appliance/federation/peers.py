@@ -79,12 +79,14 @@ class Peers:
         return None
 
     # changes
-    def add(self, card: Any, name: str, actor: str, own_node_id: str) -> dict[str, Any]:
-        """Verify `card` and pin it as peer `name`; a refused card names the failed check."""
+    def add(self, card: Any, name: str, actor: str, own_node_id: str,
+            policy: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Verify `card` (against the peer's golden `policy` when the peer published one) and
+        pin it as peer `name`; a refused card names the failed check."""
         if not NAME.match(name or ""):
             raise PeerError("a peer name is 1-32 characters of a-z, 0-9, '-', '_' "
                             "starting with a letter or digit")
-        verdict = verify_card(card)
+        verdict = verify_card(card, policy)
         if not verdict["ok"]:
             raise PeerError(f"card refused: {verdict['reason']}", 422)
         if card["node_id"] == own_node_id:

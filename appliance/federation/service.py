@@ -18,6 +18,7 @@ import logging
 import os
 import queue
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -194,12 +195,7 @@ class Federation:
                     sessions[node_id] = self._channel(peer).open_session(job_id, JOB,
                                                                          timeout=timeout)
                 else:
-                    box = self._box(job_id, node_id)
-                    try:
-                        sessions[node_id] = box.get(timeout=timeout)
-                    except queue.Empty:
-                        raise PeerError(f"party {node_id} did not open its session for job "
-                                        f"{job_id} within {timeout:.0f} s", 504) from None
+                    sessions[node_id] = self._await_session(job_id, node_id, timeout)
         except BaseException:
             for s in sessions.values():
                 s.abort("job setup failed")
@@ -209,6 +205,23 @@ class Federation:
                 for node_id in others:
                     self._mailbox.pop((job_id, node_id), None)
         return sessions
+
+    def _await_session(self, job_id: str, node_id: str, timeout: float) -> Session:
+        box = self._box(job_id, node_id)
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                ended = self._ended.get(job_id)
+            if ended is not None:
+                raise PeerError(ended, 409)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise PeerError(f"party {node_id} did not open its session for job {job_id} "
+                                f"within {timeout:.0f} s", 504)
+            try:
+                return box.get(timeout=min(0.5, left))
+            except queue.Empty:
+                continue
 
     def end_job(self, job_id: str, reason: str) -> None:
         """This node's side of `job_id` is over: abort the sessions peers opened for it and
@@ -231,6 +244,12 @@ class Federation:
         if session.topic == JOB:
             with self._lock:
                 ended = self._ended.get(session.job_id)
+            try:
+                peer = self.peers.by_node_id(session.peer_id)
+            except PeerError:
+                peer = None
+            if peer is None or peer["state"] != "active":
+                ended = f"this node does not run jobs with {session.peer_id} (not active)"
             if ended is not None:
                 session.abort(ended)
             else:
@@ -276,10 +295,10 @@ class Federation:
             log.info("refused %s from %s: %s", method, node_id, exc)
             return {"code": exc.status, "msg": str(exc), "data": None}
         except Exception as exc:  # a bug or a failing device must not kill the listener
-            status = getattr(exc, "status", 500)
-            log.warning("%s from %s failed: %s", method, node_id, exc)
-            return {"code": status if isinstance(status, int) else 500,
-                    "msg": f"{type(exc).__name__}: {exc}", "data": None}
+            # the text may name local paths or values: it stays in this node's log
+            log.exception("%s from %s failed", method, node_id)
+            return {"code": 500, "msg": f"{method} failed at this node ({type(exc).__name__}; "
+                    "its administrator has the details in the daemon's log)", "data": None}
 
     def _on_attest(self, peer: dict[str, Any], body: dict[str, Any]) -> Any:
         nonce = body.get("nonce")

@@ -55,6 +55,11 @@ def cancel_job(node: Node, query: Query, body: Any, m: Match) -> Reply:
     return 200, node.runner.cancel(int(m["id"]), _actor(body))
 
 
+@route("POST", r"/v1/jobs/(?P<id>\d+)/approve")
+def approve_job(node: Node, query: Query, body: Any, m: Match) -> Reply:
+    return 200, node.runner.approve(int(m["id"]), _actor(body))
+
+
 @route("POST", r"/v1/jobs/(?P<id>\d+)/resume")
 def resume_job(node: Node, query: Query, body: Any, m: Match) -> Reply:
     return 200, node.runner.resume(int(m["id"]), _actor(body))

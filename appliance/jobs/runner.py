@@ -63,6 +63,9 @@ class JobKind:
     description: str = ""
     # run alone: nothing else runs beside it (it measures the hardware)
     exclusive: bool = False
+    # called with (runner, job id, actor) when a job of this kind is cancelled before it ran
+    # (a multi-party job tells its other parties)
+    on_cancel: Callable[[Any, int, str], None] | None = None
 
 
 class JobContext:
@@ -176,7 +179,8 @@ class JobRunner:
         return ids
 
     def submit(self, kind: Any, params: Any, actor: str, capabilities: list[str],
-               profile: str) -> dict[str, Any]:
+               profile: str, hold: str | None = None) -> dict[str, Any]:
+        """Queue a job; with `hold` (the reason) it waits in awaiting_approval instead."""
         if not isinstance(kind, str) or kind not in self.kinds:
             raise JobError(f"unknown job kind {kind!r}; known: {', '.join(sorted(self.kinds))}")
         spec = self.kinds[kind]
@@ -196,8 +200,9 @@ class JobRunner:
         with self.store.transaction() as db:
             cur = db.execute(
                 "INSERT INTO jobs (kind, state, progress, message, params, created, actor) "
-                "VALUES (?, 'queued', 0, 'queued', ?, ?, ?)",
-                (kind, json.dumps(params), utc_now(), actor),
+                "VALUES (?, ?, 0, ?, ?, ?, ?)",
+                (kind, "awaiting_approval" if hold else "queued", hold or "queued",
+                 json.dumps(params), utc_now(), actor),
             )
             job_id = cur.lastrowid
             # read in the same transaction: the job as queued, before the worker may take it
@@ -214,7 +219,7 @@ class JobRunner:
             state = row[0]
             if state in FINAL:
                 raise JobError(f"job {job_id} is already {state}")
-            if state == "queued":
+            if state in ("queued", "awaiting_approval"):
                 db.execute(
                     "UPDATE jobs SET state='cancelled', finished=?, message=? WHERE id=?",
                     (utc_now(), f"cancelled by {actor} before it started", job_id),
@@ -223,6 +228,27 @@ class JobRunner:
                 self._running[job_id].cancel_reason = f"cancelled by {actor}"
                 db.execute("UPDATE jobs SET message='cancelling' WHERE id=?", (job_id,))
         audit.record(actor, "job.cancel", f"job:{job_id}", {"state_was": state})
+        job = self.get(job_id)
+        hook = self.kinds[job["kind"]].on_cancel if job["kind"] in self.kinds else None
+        if hook is not None and job["state"] == "cancelled":
+            try:
+                hook(self, job_id, actor)
+            except Exception:  # the cancel stands; telling the others is best effort
+                log.exception("on_cancel of job %s", job_id)
+        return job
+
+    def approve(self, job_id: int, actor: str) -> dict[str, Any]:
+        """An admin's approval of a job awaiting it: it joins the queue."""
+        with self.store.transaction() as db:
+            row = db.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
+            if row is None:
+                raise LookupError(f"no job {job_id}")
+            if row[0] != "awaiting_approval":
+                raise JobError(f"job {job_id} is {row[0]}, not awaiting approval")
+            db.execute("UPDATE jobs SET state='queued', message=? WHERE id=?",
+                       (f"approved by {actor}", job_id))
+        audit.record(actor, "job.approve", f"job:{job_id}", {})
+        self._wake.set()
         return self.get(job_id)
 
     def resume(self, job_id: int, actor: str) -> dict[str, Any]:

@@ -17,10 +17,12 @@ from appliance.panel import (
     attestation,
     audit,
     auth,
+    datasets,
     filters,
     jobs,
     keys,
     overview,
+    partners,
     security,
     users,
 )
@@ -39,6 +41,8 @@ NAVIGATION = (
     ("accelerators.index", "Accelerators"),
     ("keys.index", "Keys"),
     ("attestation.index", "Attestation"),
+    ("partners.index", "Partners"),
+    ("datasets.index", "Data sets"),
     ("jobs.index", "Jobs"),
     ("audit.index", "Audit"),
     ("users.index", "Users & settings"),
@@ -70,7 +74,8 @@ def create_app(config: Mapping[str, Any]) -> Flask:
 
     auth.install(app)  # the idle timeout runs before the write guards
     security.install(app)
-    for module in (overview, accelerators, keys, attestation, jobs, audit, users):
+    for module in (overview, accelerators, keys, attestation, partners, datasets, jobs, audit,
+                   users):
         app.register_blueprint(module.bp)
     _install_error_pages(app)
     filters.install(app)

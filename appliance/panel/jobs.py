@@ -9,7 +9,7 @@ from flask import Blueprint, flash, jsonify, redirect, render_template, request,
 
 from appliance.jobs.states import FINAL, RESUMABLE, STATES
 from appliance.panel.charts import benchmark_chart
-from appliance.panel.daemon import daemon
+from appliance.panel.daemon import DaemonError, daemon, error_message
 from appliance.panel.forms import FormError, page_number, text_field
 
 bp = Blueprint("jobs", __name__, url_prefix="/jobs")
@@ -43,6 +43,31 @@ def selftest_rows(result: Any) -> list[dict[str, Any]]:
     return rows
 
 
+def is_multi_party(job: dict[str, Any]) -> bool:
+    """A job that runs with partners: it names its peers (the initiator) or carries the
+    federation block a peer created it with (the other parties)."""
+    params = job.get("params")
+    return isinstance(params, dict) and ("peers" in params or "federation" in params)
+
+
+def job_parties(job_id: int) -> tuple[dict[str, Any] | None, str | None]:
+    """The parties of a multi-party job; (None, None) for a local job (the daemon answers 404),
+    (None, reason) when the daemon cannot say."""
+    try:
+        fed = daemon().get(f"/v1/jobs/{job_id}/parties")
+    except DaemonError as error:
+        if error.status == 404:
+            return None, None
+        if error.status == 0:
+            raise
+        return None, error_message(error)
+    rows = [
+        {**party, "output_hash_prefix": (party.get("output_hash") or "")[:16]}
+        for party in fed.get("parties", [])
+    ]
+    return {"job_id": fed.get("job_id"), "parties": rows}, None
+
+
 def job_kinds() -> list[dict[str, Any]]:
     """The daemon's job kinds: kind, description, requires, allowed (by this node's profile)."""
     return daemon().get("/v1/job-kinds")["kinds"]
@@ -61,9 +86,10 @@ def index() -> str:
         query["kind"] = kind
     listing = daemon().get("/v1/jobs", **query)
     total = int(listing.get("total", 0))
+    jobs = [{**job, "multi_party": is_multi_party(job)} for job in listing["jobs"]]
     return render_template(
         "jobs.html",
-        jobs=listing["jobs"],
+        jobs=jobs,
         total=total,
         page=page,
         pages=max(1, -(-total // PAGE_SIZE)),
@@ -81,9 +107,12 @@ def detail(job_id: int) -> str:
     client = daemon()
     job = client.get(f"/v1/jobs/{job_id}")
     lines = client.get(f"/v1/jobs/{job_id}/log").get("lines", [])
+    federation, parties_error = job_parties(job_id)
     return render_template(
         "job.html",
         job=job,
+        federation=federation,
+        parties_error=parties_error,
         lines=lines,
         finished=FINISHED_STATES,
         resumable=RESUMABLE_STATES,
@@ -119,6 +148,13 @@ def submit() -> Any:
 def cancel(job_id: int) -> Any:
     job = daemon().post(f"/v1/jobs/{job_id}/cancel", {})
     flash(f"Job {job_id} is {job.get('state', 'being cancelled')}.", "info")
+    return redirect(url_for("jobs.detail", job_id=job_id))
+
+
+@bp.post("/<int:job_id>/approve")
+def approve(job_id: int) -> Any:
+    daemon().post(f"/v1/jobs/{job_id}/approve", {})
+    flash(f"Job {job_id} approved: it is queued and starts with its parties.", "info")
     return redirect(url_for("jobs.detail", job_id=job_id))
 
 

@@ -152,7 +152,7 @@ def test_a_forged_card_is_refused_naming_the_check(nodes):
     assert any(r["object"] == "peer:mallory" for r in refused)
 
 
-def test_a_job_refused_by_grade_policy_or_an_unapproved_peer(nodes, tmp_path):
+def test_a_job_refused_by_grade_policy_names_the_rule(nodes, tmp_path):
     a, b, _ = nodes
     secret = tmp_path / "patients.csv"
     secret.write_text("id,v\n" + "".join(f"p{i},{i}\n" for i in range(20)))
@@ -173,13 +173,46 @@ def test_a_job_refused_by_grade_policy_or_an_unapproved_peer(nodes, tmp_path):
         assert b_job["state"] == "failed" and "L4.count" in b_job["error"]
     finally:
         b.api.put("/v1/federation/grade-policy", {"overrides": None})
+
+
+def test_an_unapproved_peer_waits_for_an_admin_who_approves_or_declines(nodes):
+    a, b, _ = nodes
     b.api.post("/v1/peers/node-a/approve", {"accept": False})
     try:
-        job = a.daemon.wait_job(submit_count(a, b)["id"], {"done", "failed"}, timeout=60)
-        assert job["state"] == "failed"
-        assert "only after an admin approved the peer" in job["error"]
+        # approved by node-b's admin: both sides run
+        job = submit_count(a, b)
+        a.daemon.wait_progress(job["id"], 4, timeout=30)
+        pending = b.daemon.wait_job(b.api.get("/v1/jobs", kind="count")["jobs"][0]["id"],
+                                    {"awaiting_approval"}, timeout=30)
+        assert "awaiting an admin's approval" in pending["message"]
+        assert "waiting for node-b to approve" in a.api.get(f"/v1/jobs/{job['id']}")["message"]
+        b.api.post(f"/v1/jobs/{pending['id']}/approve")
+        assert a.daemon.wait_job(job["id"], {"done", "failed"}, 60)["state"] == "done"
+        assert b.daemon.wait_job(pending["id"], {"done", "failed"}, 60)["state"] == "done"
+        # declined (cancelled in the queue): the initiator fails at once, saying who declined
+        job = submit_count(a, b)
+        a.daemon.wait_progress(job["id"], 4, timeout=30)
+        pending = b.daemon.wait_job(b.api.get("/v1/jobs", kind="count")["jobs"][0]["id"],
+                                    {"awaiting_approval"}, timeout=30)
+        b.api.post(f"/v1/jobs/{pending['id']}/cancel")
+        job = a.daemon.wait_job(job["id"], {"done", "failed"}, timeout=30)
+        assert job["state"] == "failed" and "party node-b ended the job" in job["error"], job
     finally:
         b.api.post("/v1/peers/node-a/approve", {"accept": True})
+
+
+def test_enrolment_against_a_published_golden_policy(nodes, tmp_path):
+    a, b, _ = nodes
+    golden = b.api.get("/v1/attestation/pcrs")
+    card = b.card()
+    policy = {"pcrs": {k: v for k, v in golden["pcrs"].items() if k != "1"}}
+    wrong = {"pcrs": {**policy["pcrs"], "4": "ff" * 32}}
+    with pytest.raises(DaemonError) as err:
+        a.api.post("/v1/peers", {"name": "b-again", "card": card, "policy": wrong})
+    assert err.value.status == 422 and "attestation.policy" in err.value.message
+    with pytest.raises(DaemonError) as err:  # the right policy passes the quote: then the
+        a.api.post("/v1/peers", {"name": "b-again", "card": card, "policy": policy})
+    assert err.value.status == 409  # refusal is only that node-b is enrolled already
 
 
 def test_cancel_propagates_to_the_peer(nodes):
@@ -211,6 +244,8 @@ def test_a_changed_pcr_after_enrolment_quarantines_the_peer(nodes):
     # refused while quarantined, until an admin pins the peer anew from a fresh card
     job = a.daemon.wait_job(submit_count(a, c)["id"], {"done", "failed"}, timeout=60)
     assert job["state"] == "failed" and "quarantined" in job["error"]
+    page = panel_of(a)[0].get("/partners").get_data(as_text=True)
+    assert "quarantined" in page and "PCR 4" in page  # what the admin sees, and why
     a.api.post("/v1/peers/node-c/reinstate", {"card": c.card()})
     assert a.api.get("/v1/peers/node-c")["state"] == "active"
 
@@ -239,3 +274,42 @@ def test_a_peer_killed_mid_job_fails_the_job_with_a_reason(nodes):
     assert b_job["state"] in ("failed", "interrupted"), b_job
     if b_job["state"] == "failed":
         assert "the initiator node-a has ended job" in b_job["error"]
+
+
+def panel_of(n: Node):
+    from appliance.panel.app import create_app
+    from tests.appliance.panel.browser_forms import login
+
+    app = create_app({"STATE_DIR": n.state})
+    app.config["TESTING"] = True
+    client = app.test_client()
+    return client, login(client, "admin", ADMIN_PASSWORD)
+
+
+def test_the_panel_shows_partners_cards_parties_and_approves_a_peer_job(nodes):
+    from tests.appliance.panel.browser_forms import post
+
+    a, b, _ = nodes
+    client, _token = panel_of(a)
+    page = client.get("/partners").get_data(as_text=True)
+    assert "node-b" in page and "node-c" in page and "Carrier B" in page
+    card_page = client.get("/partners?card=1").get_data(as_text=True)
+    assert 'id="node-card"' in card_page and "node-a" in card_page
+    job = a.daemon.wait_job(submit_count(a, b)["id"], {"done", "failed"}, timeout=60)
+    page = client.get(f"/jobs/{job['id']}").get_data(as_text=True)
+    assert 'id="parties-heading"' in page and "node-b" in page and "host" in page
+    # node-b's admin approves a job from a peer not approved for automatic acceptance
+    b.api.post("/v1/peers/node-a/approve", {"accept": False})
+    try:
+        job = submit_count(a, b)
+        a.daemon.wait_progress(job["id"], 4, timeout=30)
+        pending = b.daemon.wait_job(b.api.get("/v1/jobs", kind="count")["jobs"][0]["id"],
+                                    {"awaiting_approval"}, timeout=30)
+        b_client, b_token = panel_of(b)
+        page = b_client.get(f"/jobs/{pending['id']}").get_data(as_text=True)
+        assert "Approve this job" in page and "awaiting an admin" in page
+        answer = post(b_client, f"/jobs/{pending['id']}/approve", {}, token=b_token)
+        assert answer.status_code == 302
+        assert a.daemon.wait_job(job["id"], {"done", "failed"}, 60)["state"] == "done"
+    finally:
+        b.api.post("/v1/peers/node-a/approve", {"accept": True})

@@ -296,3 +296,21 @@ def test_write_without_csrf_token_is_refused(admin_page, panel):
     assert answer.status == 400 and "CSRF" in answer.text()
     admin_page.goto("/users")
     expect(admin_page.get_by_role("row", name=re.compile("^sneaky"))).to_have_count(0)
+
+
+def test_partners_and_data_sets_pages(admin_page):
+    page = admin_page
+    nav = page.get_by_role("navigation", name="Main")
+    nav.get_by_role("link", name="Partners").click()
+    expect(page.locator("h1")).to_have_text("Partners")
+    check_accessible(page)
+    expect(page.get_by_role("heading", name="Enrolled partners")).to_be_visible()
+    page.get_by_role("button", name="Show this node's card").click()
+    # this daemon has no interconnect endpoint: the page says why there is no card
+    expect(page.get_by_role("note").filter(has_text="card not available")).to_be_visible()
+    screenshot(page, "partners")
+    nav.get_by_role("link", name="Data sets").click()
+    expect(page.locator("h1")).to_have_text("Data sets")
+    check_accessible(page)
+    expect(page.get_by_role("heading", name="Add a data set")).to_be_visible()
+    screenshot(page, "datasets")

@@ -9,9 +9,12 @@ only starts them and reads their JSON result lines. Beside wall time it prints e
 CPU time and the load average, and what one core does with AES-256-GCM (``openssl speed`` and
 ``cryptography``'s AESGCM), measured in the same run, with the ratio the target is set on.
 
-WAN mode (root and ``ip netns`` needed, else skipped with the reason): two network namespaces
-joined by a veth pair with 192.0.2.1/24 and 192.0.2.2/24 (documentation range, never routed
-outside the namespaces), ``tc netem delay 10ms rate 100mbit`` on both ends; always removed.
+WAN mode, first choice (root, ``ip netns`` and the kernel's ``sch_netem``): two network
+namespaces joined by a veth pair with 192.0.2.1/24 and 192.0.2.2/24 (documentation range, never
+routed outside the namespaces), ``tc netem delay 10ms rate 100mbit`` on both ends; always
+removed. Where netem is unavailable, the same pair runs on loopback through a userspace link
+emulator (``linkshaper.LinkShaper``: 10 ms one way, 100 Mbit/s per direction), and the result is
+labelled as such with the reason netem was not used.
 """
 
 from __future__ import annotations
@@ -30,11 +33,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 MiB = 1024 * 1024
 _MOD = "appliance.federation.channel.bench"
+# The emulated WAN link, the same figures for netem and the userspace emulator.
+WAN_DELAY_MS = 10  # one way, each direction: RTT + 20 ms
+WAN_RATE_MBIT = 100  # per direction
+RATIO_TARGET = 0.50  # loopback throughput / one core's openssl AES-256-GCM
+NETEM_LABEL = f"netem delay {WAN_DELAY_MS}ms rate {WAN_RATE_MBIT}mbit on both veth ends"
 
 
 def _cpu() -> dict[str, float]:
@@ -227,7 +236,9 @@ def _run_pair(
     size_mib: int,
     pings: int,
     ns: tuple[list[str], list[str]] = ([], []),
+    relay: Callable[[int], contextlib.AbstractContextManager[int]] | None = None,
 ) -> dict[str, Any]:
+    """Start the server, then the client against it, or against ``relay(server_port)``'s port."""
     py = [sys.executable, "-m", _MOD]
     env = dict(os.environ, GRPC_VERBOSITY="ERROR")
     common = ["--dir", str(d)]
@@ -239,17 +250,19 @@ def _run_pair(
     )  # fmt: skip
     try:
         ready = _read_result(srv, 30)
-        cli = subprocess.Popen(
-            [*ns[1], *py, "client", *common, "--me", "bench-a", "--peer", "bench-b",
-             "--endpoint", f"{connect_host}:{ready['port']}", "--size-mib", str(size_mib),
-             "--chunk-kib", str(args.chunk_kib), "--pings", str(pings),
-             "--max-seconds", str(args.max_seconds)],
-            stdout=subprocess.PIPE, text=True, env=env,
-        )  # fmt: skip
-        try:
-            return _read_result(cli, args.max_seconds * 2 + 60)
-        finally:
-            _stop(cli)
+        via = relay(ready["port"]) if relay else contextlib.nullcontext(ready["port"])
+        with via as port:
+            cli = subprocess.Popen(
+                [*ns[1], *py, "client", *common, "--me", "bench-a", "--peer", "bench-b",
+                 "--endpoint", f"{connect_host}:{port}", "--size-mib", str(size_mib),
+                 "--chunk-kib", str(args.chunk_kib), "--pings", str(pings),
+                 "--max-seconds", str(args.max_seconds)],
+                stdout=subprocess.PIPE, text=True, env=env,
+            )  # fmt: skip
+            try:
+                return _read_result(cli, args.max_seconds * 2 + 60)
+            finally:
+                _stop(cli)
     finally:
         _stop(srv)
 
@@ -320,7 +333,7 @@ def netns_pair() -> Any:
             _sh("ip", "-n", ns, "link", "set", dev, "up")
             _sh("ip", "-n", ns, "link", "set", "lo", "up")
             _sh("ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "root",
-                "netem", "delay", "10ms", "rate", "100mbit")  # fmt: skip
+                "netem", "delay", f"{WAN_DELAY_MS}ms", "rate", f"{WAN_RATE_MBIT}mbit")  # fmt: skip
         yield (["ip", "netns", "exec", a], ["ip", "netns", "exec", b])
     finally:
         for ns in (a, b):  # deleting a namespace deletes its end of the veth, and so the pair
@@ -347,6 +360,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         report["loopback"] = lo
         aes = report["aes_openssl_mb_s"] or report["aes_cryptography_mb_s"]
         report["ratio_to_one_core_aes"] = lo["mb_per_s"] / aes
+        report["ratio_target"] = RATIO_TARGET
+        report["ratio_target_met"] = report["ratio_to_one_core_aes"] >= RATIO_TARGET
         if args.wan:
             report["wan"] = _wan(d, args)
     report["loadavg_after"] = os.getloadavg()
@@ -354,14 +369,55 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _wan(d: Path, args: argparse.Namespace) -> dict[str, Any]:
-    if os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("tc"):
-        return {"skipped": "needs root, ip and tc"}
-    try:
-        with netns_pair() as ns:
-            return _run_pair(d, "192.0.2.1:0", "192.0.2.1", args, args.wan_size_mib, 50, ns)
-    except subprocess.CalledProcessError as e:
-        err = (e.stderr or b"").decode(errors="replace").strip()
-        return {"skipped": f"{' '.join(map(str, e.cmd))} failed: {err}"}
+    """netem first; where it cannot be set up, the userspace emulator, labelled with why."""
+    reason = "--wan-link userspace"
+    if args.wan_link != "userspace":
+        if os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("tc"):
+            reason = "needs root, ip and tc"
+        else:
+            try:
+                with netns_pair() as ns:
+                    r = _run_pair(d, "192.0.2.1:0", "192.0.2.1", args, args.wan_size_mib, 50, ns)
+                return {**r, "link": NETEM_LABEL, "emulator": "netem"}
+            except subprocess.CalledProcessError as e:
+                # Only the namespace and qdisc set-up runs _sh; the pair itself never raises this.
+                err = (e.stderr or b"").decode(errors="replace").strip()
+                reason = f"{' '.join(map(str, e.cmd))} failed: {err}"
+        if args.wan_link == "netem":
+            return {"skipped": reason}
+    return _wan_userspace(d, args, reason)
+
+
+def _wan_userspace(d: Path, args: argparse.Namespace, reason: str) -> dict[str, Any]:
+    from .linkshaper import LinkShaper
+
+    shapers: list[LinkShaper] = []
+
+    @contextlib.contextmanager
+    def relay(server_port: int) -> Any:
+        with LinkShaper(
+            ("127.0.0.1", server_port), delay_s=WAN_DELAY_MS / 1e3, rate_bps=WAN_RATE_MBIT * 1e6
+        ) as shaper:
+            shapers.append(shaper)
+            yield shaper.port
+
+    # The relay runs in this (orchestrating) process, which otherwise only waits on two pipes:
+    # its CPU time over the run is the emulator's cost, taken from the same two cores.
+    cpu0 = _cpu()
+    r = _run_pair(d, "127.0.0.1:0", "127.0.0.1", args, args.wan_size_mib, 50, relay=relay)
+    cpu1 = _cpu()
+    s = shapers[0]
+    return {
+        **r,
+        "link": f"userspace link emulator (netem unavailable: {reason})",
+        "emulator": "userspace",
+        "netem_unavailable": reason,
+        "emulated_delay_ms_one_way": WAN_DELAY_MS,
+        "emulated_rate_mbit_per_direction": WAN_RATE_MBIT,
+        "relay_cpu_s": cpu1["user_s"] + cpu1["sys_s"] - cpu0["user_s"] - cpu0["sys_s"],
+        "relay_peak_queued_bytes": s.peak_queued,
+        "relay_connections": s.connections,
+    }
 
 
 def _print(report: dict[str, Any]) -> None:
@@ -378,13 +434,20 @@ def _print(report: dict[str, Any]) -> None:
         if "skipped" in r:
             print(f"{name}: skipped ({r['skipped']})")
             continue
+        if "link" in r:
+            print(f"{name} link: {r['link']}")
+        label = "wan (emulated, userspace)" if r.get("emulator") == "userspace" else name
         print(
-            f"{name}: {r['bytes'] / MiB:.0f} MiB in {r['wall_s']:.2f} s wall = "
+            f"{label}: {r['bytes'] / MiB:.0f} MiB in {r['wall_s']:.2f} s wall = "
             f"{r['mb_per_s']:.1f} MB/s; CPU client {r['client_cpu_s']:.2f} s, "
             f"server {r['server_cpu_s']:.2f} s; RTT median {r['rtt_median_ms']:.3f} ms, "
             f"p99 {r['rtt_p99_ms']:.3f} ms ({r['pings']} pings)"
         )
-    print(f"loopback / one-core AES-GCM = {report['ratio_to_one_core_aes']:.2f} (target >= 0.50)")
+        if "relay_cpu_s" in r:
+            print(f"{label}: relay CPU {r['relay_cpu_s']:.2f} s in the orchestrating process")
+    ratio = report["ratio_to_one_core_aes"]
+    verdict = "met" if ratio >= RATIO_TARGET else f"MISSED by {RATIO_TARGET - ratio:.2f}"
+    print(f"loopback / one-core AES-GCM = {ratio:.2f} (target >= {RATIO_TARGET:.2f}: {verdict})")
     print(f"load average after: {' '.join(f'{x:.2f}' for x in report['loadavg_after'])}")
 
 
@@ -397,6 +460,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pings", type=int, default=1000)
     p.add_argument("--max-seconds", type=float, default=120.0)
     p.add_argument("--no-wan", dest="wan", action="store_false")
+    p.add_argument(
+        "--wan-link",
+        choices=("auto", "netem", "userspace"),
+        default="auto",
+        help="auto: netem, else the userspace link emulator; netem: skip without netem",
+    )
     p.add_argument("--json", action="store_true")
     s = sub.add_parser("serve")
     c = sub.add_parser("client")

@@ -106,7 +106,27 @@
     window.setTimeout(tick, POLL_JOB_MS);
   }
 
+  function copyButton(button) {
+    // Copies a readonly textarea (a node card) to the clipboard; selecting it is the fallback.
+    const source = document.getElementById(button.dataset.copyTarget);
+    const status = button.parentElement.querySelector(".copy-status");
+    function say(text) { if (status) status.textContent = text; }
+    button.addEventListener("click", function () {
+      if (!source) return;
+      source.focus();
+      source.select();
+      if (navigator.clipboard && window.isSecureContext) {
+        navigator.clipboard.writeText(source.value).then(
+          function () { say("Copied."); },
+          function () { say("Selected: press Ctrl+C to copy."); });
+      } else {
+        say("Selected: press Ctrl+C to copy.");
+      }
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
+    document.querySelectorAll("button[data-copy-target]").forEach(copyButton);
     document.querySelectorAll("[data-live-url]").forEach(startLive);
     document.querySelectorAll('.job-progress[data-finished="false"]').forEach(followJob);
   });

@@ -100,3 +100,16 @@ def test_a_changed_pcr_fails_against_the_pinned_policy(root):
 def test_not_a_card_at_all():
     for junk in (None, [], "card", 42):
         assert verify_card(junk)["failed_check"] == "format"
+
+
+@pytest.mark.parametrize(
+    ("shift", "reason"),
+    [(timedelta(days=31), "older than 30 days"), (timedelta(hours=-1), "in the future")],
+)
+def test_a_stale_or_future_card_is_refused(root, shift, reason):
+    card = card_of(root)
+    card["time"] = (datetime.now(UTC) - shift).strftime("%Y-%m-%dT%H:%M:%SZ")
+    card.pop("signature")
+    card["signature"] = root.signer.sign(signed_part(card)).hex()
+    verdict = verify_card(card)
+    assert verdict["failed_check"] == "freshness" and reason in verdict["reason"]
