@@ -365,6 +365,15 @@ def cmd_jobs_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_jobs_approve(args: argparse.Namespace) -> int:
+    job = _client(args).post(f"/v1/jobs/{args.id}/approve", {})
+    if args.json:
+        _print_json(job)
+    else:
+        print(f"job {job['id']}: {job['state']} ({job['message']})")
+    return 0
+
+
 def cmd_jobs_resume(args: argparse.Namespace) -> int:
     job = _client(args).post(f"/v1/jobs/{args.id}/resume", {})
     if args.json:
@@ -472,7 +481,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_jobs_submit)
     for name, func, helptext in (
         ("show", cmd_jobs_show, "one job, with its result"),
-        ("cancel", cmd_jobs_cancel, "cancel a queued or running job"),
+        ("cancel", cmd_jobs_cancel, "cancel a queued or running job (declines one awaiting "
+                                    "approval)"),
+        ("approve", cmd_jobs_approve, "approve a peer's job awaiting approval"),
         ("resume", cmd_jobs_resume, "queue an interrupted, failed or cancelled job again"),
         ("watch", cmd_jobs_watch, "follow a job with a progress bar"),
     ):

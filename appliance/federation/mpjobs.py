@@ -27,7 +27,7 @@ from typing import Any
 
 from appliance.federation.channel import ChannelError, RecvTimeout, Session
 from appliance.federation.datasets import DatasetError, DatasetRegistry
-from appliance.federation.grade_policy import GradePolicy
+from appliance.federation.grade_policy import GradePolicy, PolicyRefused
 from appliance.federation.kinds import DATASET_NAME
 from appliance.federation.peers import PeerError
 from appliance.federation.service import Federation
@@ -272,8 +272,13 @@ class MultiParty:
             self.policy().check_use(reader.grade, op.family, op.stated(params["params"]),
                                     dataset=reader.name)
         except (DatasetError, PeerError) as exc:
-            self.fed.end_job(job_id, f"party {me} failed: {exc}")
-            self._report(job_id, me, initiator, note, "failed", str(exc), ctx.job_id)
+            # what the other parties are told: a policy rule or a peer's state, never a local
+            # file's path or a value from it (those stay in this node's job error)
+            public = str(exc) if isinstance(exc, (PolicyRefused, PeerError)) else (
+                f"party {me}'s data set {params['dataset']!r} is not usable (its "
+                "administrator has the details)")
+            self.fed.end_job(job_id, f"party {me} failed: {public}")
+            self._report(job_id, me, initiator, note, "failed", public, ctx.job_id)
             raise JobError(str(exc)) from None
         self._report(job_id, me, initiator, note, "running", "", ctx.job_id)
         others = [n for n in parties if n != me]

@@ -186,7 +186,8 @@ def test_an_unapproved_peer_waits_for_an_admin_who_approves_or_declines(nodes):
                                     {"awaiting_approval"}, timeout=30)
         assert "awaiting an admin's approval" in pending["message"]
         assert "waiting for node-b to approve" in a.api.get(f"/v1/jobs/{job['id']}")["message"]
-        b.api.post(f"/v1/jobs/{pending['id']}/approve")
+        run = cli("jobs", "approve", str(pending["id"]), "--state-dir", str(b.state))
+        assert run.returncode == 0 and "approved by" in run.stdout, run.stderr
         assert a.daemon.wait_job(job["id"], {"done", "failed"}, 60)["state"] == "done"
         assert b.daemon.wait_job(pending["id"], {"done", "failed"}, 60)["state"] == "done"
         # declined (cancelled in the queue): the initiator fails at once, saying who declined
