@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from appliance.federation.channel.identity import fingerprint
 from appliance.trust.bundle import verify_bundle
 
 CARD_FORMAT = "pec-node-card/1"
@@ -48,11 +49,6 @@ def binding_nonce(card: Mapping[str, Any]) -> bytes:
 
 def signed_part(card: Mapping[str, Any]) -> bytes:
     return canonical({k: v for k, v in card.items() if k != "signature"})
-
-
-def cert_fingerprint(cert_pem: str) -> str:
-    cert = x509.load_pem_x509_certificate(cert_pem.encode())
-    return cert.fingerprint(hashes.SHA256()).hex()
 
 
 def make_card(*, node_id: str, organisation: str, endpoint: str, certificate_pem: str,
@@ -147,5 +143,5 @@ def pinned_policy(card: Mapping[str, Any]) -> dict[str, Any]:
         "pcrs": dict(bundle["pcrs"]),
         "ak_public_pem": bundle["ak_public_pem"],
         "node_public_pem": card["node_public_pem"],
-        "certificate_sha256": cert_fingerprint(card["certificate_pem"]),
+        "certificate_sha256": fingerprint(card["certificate_pem"].encode()),
     }

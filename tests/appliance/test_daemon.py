@@ -17,15 +17,6 @@ from tests.appliance import fakehost
 from tests.appliance.daemon_proc import ADMIN_PASSWORD, Daemon
 
 
-@pytest.fixture
-def daemon(tmp_path):
-    d = Daemon(tmp_path / "state", fakehost.mini().build(tmp_path / "root"))
-    d.init()
-    d.start()
-    yield d
-    d.stop_now()
-
-
 def test_ready_line_socket_and_read_endpoints(daemon):
     sock = daemon.state_dir / "run" / "noded.sock"
     assert daemon.ready_line == f"pec-noded ready: socket={sock} profile=mini"

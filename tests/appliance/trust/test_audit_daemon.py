@@ -14,18 +14,7 @@ import pytest
 
 from appliance.client import DaemonClient, DaemonError
 from appliance.trust import audit
-from tests.appliance import fakehost
-from tests.appliance.daemon_proc import REPO, Daemon, cli, swtpm_pid
-
-
-@pytest.fixture
-def daemon(tmp_path):
-    d = Daemon(tmp_path / "state", fakehost.mini().build(tmp_path / "root"))
-    d.init()
-    d.start()
-    yield d
-    d.stop_now()
-    assert swtpm_pid(d.state_dir) is None
+from tests.appliance.daemon_proc import REPO, cli
 
 
 def _as_nobody(state_dir, method: str, path: str, body: dict, panel_user: str | None) -> dict:

@@ -28,16 +28,6 @@ from tests.appliance.daemon_proc import (
 )
 
 
-@pytest.fixture
-def daemon(tmp_path):
-    d = Daemon(tmp_path / "state", fakehost.mini().build(tmp_path / "root"))
-    d.init()
-    d.start()
-    yield d
-    d.stop_now()
-    assert swtpm_pid(d.state_dir) is None, "swtpm left running"
-
-
 def _stop(d: Daemon) -> None:
     d.signal(signal.SIGTERM)
     assert d.wait(30) == 0
