@@ -23,7 +23,8 @@ DATASET_NAME = re.compile(NAME_PATTERN)
 # operator modules whose import registers them
 OPERATOR_MODULES = ("appliance.operators.count",)
 
-_INITIATOR_KEYS = {"peers", "dataset", "peer_datasets", "params"}
+_INITIATOR_KEYS = {"peers", "dataset", "peer_datasets", "params", "approval_timeout_s"}
+MAX_APPROVAL_WAIT_S = 7 * 24 * 3600
 _PARTY_KEYS = {"federation", "dataset", "params"}
 
 
@@ -83,8 +84,15 @@ def validate(params: dict[str, Any]) -> dict[str, Any]:
         raise ValueError("peer_datasets must name one data set for each peer and no other "
                          f"(missing: {', '.join(missing) or '-'}; not a peer of this job: "
                          f"{', '.join(extra) or '-'})")
-    return {"peers": peers, "dataset": _dataset(params.get("dataset")),
-            "peer_datasets": datasets, "params": inner}
+    out = {"peers": peers, "dataset": _dataset(params.get("dataset")),
+           "peer_datasets": datasets, "params": inner}
+    if "approval_timeout_s" in params:
+        wait = params["approval_timeout_s"]
+        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not (
+                0 < wait <= MAX_APPROVAL_WAIT_S):
+            raise ValueError(f"approval_timeout_s must be seconds in (0, {MAX_APPROVAL_WAIT_S}]")
+        out["approval_timeout_s"] = wait
+    return out
 
 
 def _runner_for(op: Operator) -> Any:
