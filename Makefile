@@ -10,6 +10,7 @@ STATE ?= $(CURDIR)/state
 # Debian packages the stack needs at build, test and run time.
 DEB_PACKAGES := build-essential pkg-config python3-dev python3-venv libgmp-dev \
 	softhsm2 libsofthsm2 swtpm swtpm-tools tpm2-tools libtss2-dev libtss2-tcti-swtpm0 \
+	libsodium-dev \
 	pocl-opencl-icd ocl-icd-opencl-dev opencl-headers clinfo \
 	chromium chromium-driver systemd
 
@@ -42,7 +43,7 @@ LOCK := $(CURDIR)/requirements.lock
 PIP_LOCKED = PIP_CONSTRAINT=$(LOCK) $(1) -m pip install -q --disable-pip-version-check
 BUILD_TOOLS := pip setuptools wheel cffi setuptools-scm pkgconfig
 
-$(VENV)/.installed: pyproject.toml setup.py requirements.lock $(wildcard accel/backends/cpu/*.c accel/backends/cpu/*.h accel/backends/cpu/build.py) | deps
+$(VENV)/.installed: pyproject.toml setup.py requirements.lock $(wildcard accel/backends/cpu/*.c accel/backends/cpu/*.h accel/backends/cpu/build.py appliance/operators/psi/*.c appliance/operators/psi/*.h appliance/operators/psi/build.py) | deps
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(call PIP_LOCKED,$(PY)) $(BUILD_TOOLS)
 	$(call PIP_LOCKED,$(PY)) -e '.[test]'

@@ -2,4 +2,5 @@
 
 from setuptools import setup
 
-setup(cffi_modules=["accel/backends/cpu/build.py:ffibuilder"])
+setup(cffi_modules=["accel/backends/cpu/build.py:ffibuilder",
+                    "appliance/operators/psi/build.py:ffibuilder"])

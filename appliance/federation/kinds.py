@@ -21,7 +21,7 @@ from appliance.operators.base import REGISTRY, Operator
 DATASET_NAME = re.compile(NAME_PATTERN)
 
 # operator modules whose import registers them
-OPERATOR_MODULES = ("appliance.operators.count",)
+OPERATOR_MODULES = ("appliance.operators.count", "appliance.operators.psi")
 
 _INITIATOR_KEYS = {"peers", "dataset", "peer_datasets", "params", "approval_timeout_s"}
 MAX_APPROVAL_WAIT_S = 7 * 24 * 3600
@@ -50,10 +50,25 @@ def _peer_datasets(value: Any) -> dict[str, str]:
     return {_name(k, "a peer"): _dataset(v, "a data set") for k, v in value.items()}
 
 
-def validate(params: dict[str, Any]) -> dict[str, Any]:
+def validate(params: dict[str, Any], op_params: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """Check a job's params. `op_params`: the operator's own parameter names, which the CLI
+    passes at the top level (`--param reveal=both`) and are moved into `params`."""
     inner = params.get("params", {})
     if not isinstance(inner, dict):
         raise ValueError("params must be an object of the operator's parameters")
+    params = dict(params)
+    for key in sorted(op_params & set(params)):
+        if key in inner:
+            raise ValueError(f"{key} is given twice (at the top and in params)")
+        inner = {**inner, key: params.pop(key)}
+    if "peer_dataset" in params:
+        # one peer's data set, the common two-party form of peer_datasets
+        one, peers = params.pop("peer_dataset"), params.get("peers")
+        peers = peers.split(",") if isinstance(peers, str) else peers
+        if "peer_datasets" in params or not isinstance(peers, list) or len(peers) != 1:
+            raise ValueError("peer_dataset names the data set of the only peer; with several "
+                             "peers use peer_datasets=P=DS,Q=DS")
+        params["peer_datasets"] = {peers[0]: one}
     if "federation" in params:
         unknown = set(params) - _PARTY_KEYS
         if unknown:
@@ -68,7 +83,7 @@ def validate(params: dict[str, Any]) -> dict[str, Any]:
     unknown = set(params) - _INITIATOR_KEYS
     if unknown:
         raise ValueError(f"unknown param(s) {', '.join(sorted(unknown))}; known: "
-                         f"{', '.join(sorted(_INITIATOR_KEYS))}")
+                         f"{', '.join(sorted(_INITIATOR_KEYS | op_params | {'peer_dataset'}))}")
     peers = params.get("peers")
     if isinstance(peers, str):
         peers = [p for p in peers.split(",") if p]
@@ -117,7 +132,9 @@ def register_operators() -> None:
     for module in OPERATOR_MODULES:
         importlib.import_module(module)
     for op in REGISTRY.values():
-        register(JobKind(op.name, _runner_for(op), validate, "mpc",
+        own = frozenset(op.params) - {"dataset"}
+        register(JobKind(op.name, _runner_for(op),
+                         lambda params, own=own: validate(params, own), "mpc",
                          f"{op.description} (operator {op.provider}/{op.name} {op.version})",
                          on_cancel=_on_cancel))
 

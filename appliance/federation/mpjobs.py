@@ -23,6 +23,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from appliance.federation.channel import ChannelError, RecvTimeout, Session
@@ -106,6 +107,9 @@ class _Guarded:
     def send(self, obj: Any) -> None:
         self._s.send(obj)
 
+    def send_bytes(self, data: Any) -> int:
+        return self._s.send_bytes(data)
+
     def recv(self, timeout: float | None = None) -> Any:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -126,9 +130,11 @@ class MultiParty:
                  submit: Callable[..., dict],
                  cancel: Callable[[int, str], Any],
                  job: Callable[[int], dict[str, Any]],
-                 sign: Callable[[bytes], bytes] | None) -> None:
+                 sign: Callable[[bytes], bytes] | None, output_root: Path) -> None:
         self.fed, self.store, self.datasets, self.policy = fed, store, datasets, policy
         self._submit, self._cancel, self._job, self._sign = submit, cancel, job, sign
+        # row-level outputs of this node's sides (an intersection's ids), one folder a job
+        self.output_root = output_root
         with store.transaction() as db:
             db.execute(_SCHEMA)
         fed.handlers.update({
@@ -269,7 +275,8 @@ class MultiParty:
                             raise PeerError(f"party {node_id} failed attestation and is "
                                             f"quarantined: {verdict['reason']}", 403)
             reader = _Reader(self.datasets, params["dataset"])
-            self.policy().check_use(reader.grade, op.family, op.stated(params["params"]),
+            self.policy().check_use(reader.grade, op.family,
+                                    op.stated(role, params["params"]),
                                     dataset=reader.name)
         except (DatasetError, PeerError) as exc:
             # what the other parties are told: a policy rule or a peer's state, never a local
@@ -293,7 +300,8 @@ class MultiParty:
                 sessions={n: _Guarded(s, ctx) for n, s in sessions.items()},
                 params=dict(params["params"]), dataset=reader,
                 progress=lambda pct, msg="": ctx.progress(10 + 0.9 * pct, msg),
-                sign=self._sign, peer_keys=peer_keys)
+                sign=self._sign, peer_keys=peer_keys,
+                output_dir=self.output_root / _safe(job_id))
             outputs = op.run(pctx)
         except Cancelled as exc:
             self.fed.end_job(job_id, f"party {me} cancelled: {exc.reason}")
@@ -309,6 +317,20 @@ class MultiParty:
                          {"operator": op.name, "role": role, "local_job": ctx.job_id,
                           "reason": reason})
             raise JobError(reason) from None
+        if outputs.get("rows_file") and outputs.get("intersection_size"):
+            # row-level outputs become a data set of this node, of the input's grade, for
+            # the next job (vertical learning aligns on it); an empty result stays a file
+            name = f"{op.name}-{ctx.job_id}"
+            try:
+                ds = self.datasets.add(name, outputs["rows_file"], reader.id_column,
+                                       reader.grade, actor=audit.SYSTEM)
+            except DatasetError as exc:
+                self._abort(sessions, f"party {me} failed: its output could not be kept")
+                self._report(job_id, me, initiator, note, "failed", "output not kept",
+                             ctx.job_id)
+                raise JobError(f"the output {outputs['rows_file']} could not be registered "
+                               f"as data set {name}: {exc}") from None
+            outputs["dataset"] = ds.name
         digest = output_hash(outputs)
         audit.record(audit.SYSTEM, "federation.job.done", f"job:{job_id}", {
             "operator": op.name, "provider": op.provider, "role": role,
@@ -467,6 +489,11 @@ class MultiParty:
                    message=str(body.get("message", ""))[:500],
                    output=digest if isinstance(digest, str) else None)
         return {"ok": True}
+
+
+def _safe(job_id: str) -> str:
+    """A job id as a directory name (job ids are checked A-Z a-z 0-9 . _ : -)."""
+    return job_id.replace(":", "_")
 
 
 def _reason(exc: BaseException) -> str:

@@ -11,6 +11,7 @@ import hashlib
 import json
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 ROLES = ("guest", "host", "arbiter")
@@ -50,6 +51,9 @@ class PartyContext:
     sign: Callable[[bytes], bytes] | None = None
     peer_keys: dict[str, str] = field(default_factory=dict)  # node id -> node public key PEM
     timeout: float = 60.0
+    # where this party writes row-level outputs (an intersection's ids): chosen by the node,
+    # never by a job parameter, so a peer cannot steer where this node writes
+    output_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -66,7 +70,7 @@ class Operator:
     # grade policy: the operator family, and what a run with these params lets leave this
     # node (the output parameters the policy table judges, e.g. psi's reveal)
     family: str = "count"
-    stated: Callable[[dict[str, Any]], dict[str, str]] = lambda params: {}
+    stated: Callable[[str, dict[str, Any]], dict[str, str]] = lambda role, params: {}
 
     def describe(self) -> dict[str, Any]:
         return {

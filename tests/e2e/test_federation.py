@@ -6,6 +6,7 @@ grade policy or by a peer that never approved the initiator."""
 from __future__ import annotations
 
 import copy
+import csv
 import socket
 import time
 from pathlib import Path
@@ -314,3 +315,50 @@ def test_the_panel_shows_partners_cards_parties_and_approves_a_peer_job(nodes):
         assert a.daemon.wait_job(job["id"], {"done", "failed"}, 60)["state"] == "done"
     finally:
         b.api.post("/v1/peers/node-a/approve", {"accept": True})
+
+
+def read_ids(path: str) -> set[str]:
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    return {r[0] for r in rows[1:]}
+
+
+def test_psi_between_two_daemons_gives_the_exact_intersection(nodes, tmp_path):
+    a, b, _ = nodes
+    a_ids = [f"1380000{i:04d}" for i in range(0, 1500)]
+    b_ids = [f"1380000{i:04d}" for i in range(1000, 3000, 2)]
+    for n, ids, grade in ((a, a_ids, "L2"), (b, b_ids, "L2")):
+        path = tmp_path / f"{n.node_id}-phones.csv"
+        path.write_text("phone,score\n" + "".join(f"{x},{i}\n" for i, x in enumerate(ids)))
+        n.api.post("/v1/datasets", {"name": "phones", "path": str(path),
+                                    "id_column": "phone", "grade": grade})
+    expected = set(a_ids) & set(b_ids)
+    run = cli("jobs", "submit", "psi", "--peer", "node-b", "--param", "dataset=phones",
+              "--param", "peer_dataset=phones", "--param", "reveal=both", "--wait", "--json",
+              "--state-dir", str(a.state), timeout=120)
+    assert run.returncode == 0, run.stderr
+    job = a.api.get("/v1/jobs", kind="psi")["jobs"][0]
+    out = job["result"]["outputs"]
+    assert out["intersection_size"] == len(expected) == 250
+    assert read_ids(out["rows_file"]) == expected  # this party's ids in the intersection
+    kept = a.api.get(f"/v1/datasets/{out['dataset']}")  # and a data set for the next job
+    assert kept["row_count"] == 250 and kept["grade"] == "L2" and kept["id_column"] == "phone"
+    b_job = b.api.get("/v1/jobs", kind="psi")["jobs"][0]
+    assert b_job["state"] == "done"
+    assert read_ids(b_job["result"]["outputs"]["rows_file"]) == expected
+    # cardinality: the size and nothing else on either side
+    job = a.api.post("/v1/jobs", {"kind": "psi", "params": {
+        "peers": ["node-b"], "dataset": "phones", "peer_dataset": "phones",
+        "reveal": "cardinality"}})
+    job = a.daemon.wait_job(job["id"], {"done", "failed"}, timeout=60)
+    assert job["state"] == "done" and job["result"]["outputs"]["intersection_size"] == 250
+    assert "rows_file" not in job["result"]["outputs"]
+
+
+def test_psi_reveal_both_on_l3_data_is_refused_by_rule(nodes):
+    a = nodes[0]
+    job = a.api.post("/v1/jobs", {"kind": "psi", "params": {
+        "peers": ["node-b"], "dataset": "customers", "peer_dataset": "customers",
+        "reveal": "both"}})
+    job = a.daemon.wait_job(job["id"], {"done", "failed"}, timeout=60)
+    assert job["state"] == "failed" and "L3.psi.reveal" in job["error"], job

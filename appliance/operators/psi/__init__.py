@@ -1,0 +1,28 @@
+"""Private set intersection, provider ``pec``: two-party ECDH-PSI on Curve25519 (X25519).
+
+The engine (``ecdh_engine``, C over libsodium) does the curve work in batches on all cores;
+``protocol`` runs one party's side over the job's session. docs/psi.md says who learns what.
+"""
+
+from __future__ import annotations
+
+from appliance.operators.base import Operator, register
+from appliance.operators.psi.protocol import run, stated_for
+
+PSI = register(Operator(
+    name="psi", provider="pec", version="1.0", roles=("guest", "host"),
+    description="private set intersection of two parties' ids (ECDH-PSI, Curve25519)",
+    params={
+        "dataset": "this party's data set (its id column is matched)",
+        "reveal": "both (each party learns its own rows in the intersection), initiator (only "
+                  "the guest does; the host learns the size), cardinality (both learn only "
+                  "the size)",
+        "batch_size": "points per message (default 65536)",
+        "join": "payload columns to align to the intersection (not built yet)",
+    },
+    inputs=("dataset",),
+    outputs=("intersection_size", "rows_file", "rows_sha256"),
+    run=run, family="psi", stated=stated_for,
+))
+
+__all__ = ["PSI", "stated_for"]

@@ -1,0 +1,20 @@
+/* Public interface of the ECDH-PSI engine (see ecdh_batch.c); cffi parses this file. */
+#include <stddef.h>
+#include <stdint.h>
+
+/* sodium_init(); 0 on success */
+int pec_psi_init(void);
+/* Use crypto_mb's mbx_x25519_mb8 at fn (NULL: libsodium only). 1 when in use after a
+ * self-test against libsodium; -1 when the CPU lacks AVX-512 IFMA, -2 when the test failed. */
+int pec_psi_set_mb8(void *fn);
+/* The X25519 implementation in use. */
+const char *pec_psi_backend(void);
+/* out[32*i..] = SHA-256(domain || id_i) with bit 255 cleared; ids are
+ * data[offsets[i]..offsets[i+1]) for i < n */
+void pec_psi_hash_to_point(const uint8_t *data, const int64_t *offsets, size_t n,
+                           const uint8_t *domain, size_t domain_len, uint8_t *out,
+                           int threads);
+/* out[32*i..] = X25519(scalar, points[32*i..]); returns -1, or the first index refused as
+ * low order (its output is zeroed) */
+int64_t pec_psi_mul(const uint8_t *points, size_t n, const uint8_t *scalar, uint8_t *out,
+                    int threads);
