@@ -344,6 +344,82 @@ def cmd_jobs_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_jobs_result(args: argparse.Namespace) -> int:
+    client = _client(args)
+    data = client.get(f"/v1/jobs/{args.id}/result")
+    result = data["result"]
+    outputs = result.get("outputs") if isinstance(result, dict) else None
+    outputs = outputs if isinstance(outputs, dict) else {}
+    copied = None
+    if args.out:
+        if not outputs.get("rows_file"):
+            raise CliError(f"job {args.id} has no rows file on this node (nothing to copy: "
+                           "it learned only a size, or its job writes no rows)")
+        copied = _copy_rows(client, args.id, outputs, args.out, args.force)
+    if args.json:
+        _print_json({**data, **({"copied_to": copied} if copied else {})})
+        return 0
+    print(f"job {data['id']} ({data['kind']}): {data['state']}")
+    if not outputs:  # a single-node job: its result as it is
+        print(json.dumps(result, indent=2))
+    known = {"intersection_size": "intersection size", "learned": "learned",
+             "rows_file": "rows file", "rows_sha256": "rows sha256", "dataset": "data set"}
+    for key, label in known.items():
+        if key in outputs:
+            print(f"{label + ':':<19} {outputs[key]}")
+    for key, value in outputs.items():
+        if key not in known:
+            print(f"{key + ':':<19} {json.dumps(value) if not isinstance(value, str) else value}")
+    if isinstance(result, dict) and result.get("output_hash"):
+        print(f"{'output hash:':<19} {result['output_hash']}")
+    if copied:
+        print(f"rows copied to {copied}")
+    return 0
+
+
+def _copy_rows(client: DaemonClient, job_id: int, outputs: dict[str, Any], out: str,
+               force: bool) -> str:
+    """This node's rows file, read through the daemon (the CLI's user may not be able to read
+    the daemon's output directory), written to ``out`` whole or not at all."""
+    import hashlib
+    import tempfile
+
+    target = os.path.abspath(out)
+    if os.path.lexists(target) and not force:
+        raise CliError(f"{out} exists; pass --force to replace it")
+    text = client.get(f"/v1/jobs/{job_id}/result", rows=1)
+    if not isinstance(text, str):
+        raise CliError("the daemon did not answer with the rows file's text")
+    data = text.encode("utf-8")
+    want = outputs.get("rows_sha256")
+    if want and hashlib.sha256(data).hexdigest() != want:
+        raise CliError(f"the rows file read through the daemon does not match job {job_id}'s "
+                       "rows_sha256; nothing written")
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target),
+                               prefix=f".{os.path.basename(target)}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if force:
+            os.replace(tmp, target)
+        else:
+            # a hard link never replaces: a file that appeared since the check above survives
+            try:
+                os.link(tmp, target)
+            except FileExistsError:
+                raise CliError(f"{out} exists; pass --force to replace it") from None
+            except OSError:  # a file system without hard links: check, then rename
+                if os.path.lexists(target):
+                    raise CliError(f"{out} exists; pass --force to replace it") from None
+                os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
 def cmd_jobs_list(args: argparse.Namespace) -> int:
     data = _client(args).get("/v1/jobs", state=args.state, kind=args.kind, limit=args.limit)
     if args.json:
@@ -492,6 +568,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         if name == "show":
             p.add_argument("--log", action="store_true", help="include the job's log")
+    p = jsub.add_parser("result", help="a finished job's outputs; --out copies its rows")
+    p.add_argument("id", type=int)
+    p.add_argument("--out", default=None, metavar="FILE.csv",
+                   help="copy this node's rows file (e.g. its side of an intersection) here")
+    p.add_argument("--force", action="store_true", help="with --out, replace an existing FILE")
+    p.set_defaults(func=cmd_jobs_result)
     p = jsub.add_parser("list", help="jobs, newest first")
     p.add_argument("--state", default=None)
     p.add_argument("--kind", default=None)

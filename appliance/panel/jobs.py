@@ -1,4 +1,5 @@
-"""Jobs: the list with filters, details and logs, progress polling, submission and cancel."""
+"""Jobs: the list with filters, details and logs, progress polling, submission (local jobs and
+multi-party jobs with partners) and cancel."""
 
 from __future__ import annotations
 
@@ -6,11 +7,15 @@ import json
 from typing import Any
 
 from flask import Blueprint, flash, jsonify, redirect, render_template, request, url_for
+from flask_login import current_user
+from werkzeug.datastructures import MultiDict
 
 from appliance.jobs.states import FINAL, RESUMABLE, STATES
 from appliance.panel.charts import benchmark_chart
 from appliance.panel.daemon import DaemonError, daemon, error_message
-from appliance.panel.forms import FormError, page_number, text_field
+from appliance.panel.datasets import LISTED_NAME, dataset_name
+from appliance.panel.forms import FormError, choice_field, page_number, text_field
+from appliance.panel.partners import peer_name
 
 bp = Blueprint("jobs", __name__, url_prefix="/jobs")
 
@@ -19,6 +24,23 @@ RESUMABLE_STATES = frozenset(RESUMABLE)
 # These kinds take parameters and have their own forms (Accelerators, Keys).
 KINDS_WITH_OWN_FORM = frozenset({"benchmark", "keygen"})
 PAGE_SIZE = 25
+# The daemon describes every operator's job kind as "... (operator PROVIDER/NAME VERSION)".
+OPERATOR_MARK = "(operator "
+ACTIVE = "active"
+# docs/psi.md: who learns what (the operator's `reveal` parameter).
+PSI_REVEALS = {
+    "both": "each party learns its own rows in the intersection",
+    "initiator": "only this node learns its rows; the partner learns the size",
+    "cardinality": "both learn only the size of the intersection",
+}
+DEFAULT_REVEAL = "both"
+# What the job page sums up of a multi-party job's outputs, in this order.
+OUTPUT_LABELS = {
+    "intersection_size": "Intersection size",
+    "dataset": "Kept as data set",
+    "own_rows": "Rows of this node",
+    "total_rows": "Rows of all parties",
+}
 
 
 def selftest_rows(result: Any) -> list[dict[str, Any]]:
@@ -73,6 +95,64 @@ def job_kinds() -> list[dict[str, Any]]:
     return daemon().get("/v1/job-kinds")["kinds"]
 
 
+def is_operator(kind: dict[str, Any]) -> bool:
+    """An operator's job kind: it runs with partners and has the "Run with partners" form."""
+    return OPERATOR_MARK in str(kind.get("description") or "")
+
+
+def outputs_summary(job: dict[str, Any]) -> list[dict[str, Any]]:
+    """The headline outputs of a finished multi-party job (a psi's intersection size and the
+    data set it became, a count's rows) as label/value rows; [] for anything else."""
+    result = job.get("result")
+    outputs = result.get("outputs") if isinstance(result, dict) else None
+    if job.get("state") != "done" or not isinstance(outputs, dict):
+        return []
+    return [{"key": key, "label": label, "value": outputs[key]}
+            for key, label in OUTPUT_LABELS.items() if outputs.get(key) is not None]
+
+
+def partner_choices() -> tuple[list[dict[str, Any]], list[str]]:
+    """What the "Run with partners" form offers: the active partners and this node's data
+    set names."""
+    client = daemon()
+    peers = [p for p in client.get("/v1/peers").get("peers", []) if p.get("state") == ACTIVE]
+    datasets = [str(ds["name"]) for ds in client.get("/v1/datasets").get("datasets", [])]
+    return peers, datasets
+
+
+def multi_party_params(form: MultiDict[str, str], kinds: list[str], peers: list[str],
+                       datasets: list[str]) -> tuple[str, dict[str, Any]]:
+    """The kind and params of a multi-party job from the submitted form. `peers`: the names
+    of the active partners; each chosen one names its data set in `dataset_of_NAME`."""
+    kind = choice_field(form, "operator", kinds)
+    chosen = form.getlist("peers")
+    if not chosen:
+        raise FormError("choose at least one partner")
+    if len(set(chosen)) != len(chosen):
+        raise FormError("a partner is chosen twice")
+    for name in chosen:
+        if peer_name(name) not in peers:
+            raise FormError(f"{name} is not an active partner of this node")
+    if not datasets:
+        raise FormError("this node has no data set yet: add one on Data sets first")
+    params: dict[str, Any] = {"peers": chosen, "dataset": choice_field(form, "dataset", datasets)}
+    if kind == "psi" and len(chosen) != 1:
+        raise FormError("psi runs between two parties: choose exactly one partner")
+    theirs: dict[str, str] = {}
+    for name in chosen:
+        if not str(form.get(f"dataset_of_{name}") or "").strip():
+            raise FormError(f"name the data set of partner {name} (as it is registered there)")
+        theirs[name] = dataset_name(text_field(form, f"dataset_of_{name}", max_len=64),
+                                    LISTED_NAME)
+    if len(chosen) == 1:
+        params["peer_dataset"] = theirs[chosen[0]]
+    else:
+        params["peer_datasets"] = theirs
+    if kind == "psi":
+        params["params"] = {"reveal": choice_field(form, "reveal", PSI_REVEALS)}
+    return kind, params
+
+
 @bp.get("")
 def index() -> str:
     kinds = job_kinds()
@@ -87,6 +167,7 @@ def index() -> str:
     listing = daemon().get("/v1/jobs", **query)
     total = int(listing.get("total", 0))
     jobs = [{**job, "multi_party": is_multi_party(job)} for job in listing["jobs"]]
+    peers, datasets = partner_choices() if current_user.is_admin else ([], [])
     return render_template(
         "jobs.html",
         jobs=jobs,
@@ -97,7 +178,13 @@ def index() -> str:
         kind=kind,
         states=STATES,
         all_kinds=[k["kind"] for k in kinds],
-        submittable=[k for k in kinds if k["kind"] not in KINDS_WITH_OWN_FORM],
+        submittable=[k for k in kinds
+                     if k["kind"] not in KINDS_WITH_OWN_FORM and not is_operator(k)],
+        operators=[k for k in kinds if is_operator(k)],
+        peers=peers,
+        datasets=datasets,
+        reveals=PSI_REVEALS,
+        default_reveal=DEFAULT_REVEAL,
         finished=FINISHED_STATES,
     )
 
@@ -122,6 +209,7 @@ def detail(job_id: int) -> str:
         else None,
         chart=benchmark_chart(job.get("result")) if job.get("kind") == "benchmark" else None,
         selftest=selftest_rows(job.get("result")) if job.get("kind") == "selftest" else [],
+        summary=outputs_summary(job) if is_multi_party(job) else [],
     )
 
 
@@ -136,11 +224,24 @@ def progress(job_id: int) -> Any:
 @bp.post("")
 def submit() -> Any:
     kind = text_field(request.form, "kind", max_len=32)
-    known = [k["kind"] for k in job_kinds() if k["kind"] not in KINDS_WITH_OWN_FORM]
+    known = [k["kind"] for k in job_kinds()
+             if k["kind"] not in KINDS_WITH_OWN_FORM and not is_operator(k)]
     if kind not in known:
         raise FormError(f"unknown job kind {kind!r}: choose one of {', '.join(known)}")
     job = daemon().post("/v1/jobs", {"kind": kind, "params": {}})
     flash(f"Job {job['id']} ({kind}) queued.", "info")
+    return redirect(url_for("jobs.detail", job_id=job["id"]))
+
+
+@bp.post("/multi-party")
+def submit_multi_party() -> Any:
+    operators = [k["kind"] for k in job_kinds() if is_operator(k)]
+    peers, datasets = partner_choices()
+    kind, params = multi_party_params(request.form, operators,
+                                      [str(p["name"]) for p in peers], datasets)
+    job = daemon().post("/v1/jobs", {"kind": kind, "params": params})
+    flash(f"Job {job['id']} ({kind} with {', '.join(params['peers'])}) queued: the parties "
+          "below show each partner's progress.", "info")
     return redirect(url_for("jobs.detail", job_id=job["id"]))
 
 

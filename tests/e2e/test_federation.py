@@ -346,6 +346,44 @@ def test_psi_between_two_daemons_gives_the_exact_intersection(nodes, tmp_path):
     b_job = b.api.get("/v1/jobs", kind="psi")["jobs"][0]
     assert b_job["state"] == "done"
     assert read_ids(b_job["result"]["outputs"]["rows_file"]) == expected
+    # the result through the API and the CLI; --out copies this node's rows, never over a file
+    got = a.api.get(f"/v1/jobs/{job['id']}/result")
+    assert got["result"]["outputs"] == out and got["state"] == "done"
+    assert a.api.get(f"/v1/jobs/{job['id']}/result", rows=1) == Path(
+        out["rows_file"]).read_text()
+    state = ("--state-dir", str(a.state))
+    shown = cli("jobs", "result", str(job["id"]), *state)
+    assert shown.returncode == 0, shown.stderr
+    lines = [line.split() for line in shown.stdout.splitlines()]
+    assert ["intersection", "size:", "250"] in lines and ["data", "set:", out["dataset"]] in lines
+    assert got["result"]["output_hash"] in shown.stdout
+    copy = tmp_path / "mine.csv"
+    done = cli("jobs", "result", str(job["id"]), "--out", str(copy), "--json", *state)
+    assert done.returncode == 0, done.stderr
+    assert copy.read_bytes() == Path(out["rows_file"]).read_bytes() and read_ids(
+        str(copy)) == expected
+    copy.write_text("mine\n")
+    again = cli("jobs", "result", str(job["id"]), "--out", str(copy), *state)
+    assert again.returncode != 0 and "exists; pass --force" in again.stderr
+    assert copy.read_text() == "mine\n"  # untouched
+    forced = cli("jobs", "result", str(job["id"]), "--out", str(copy), "--force", *state)
+    assert forced.returncode == 0 and read_ids(str(copy)) == expected, forced.stderr
+    # join: each side's payload columns, the two files aligned row for row
+    job = a.api.post("/v1/jobs", {"kind": "psi", "params": {
+        "peers": ["node-b"], "dataset": "phones", "peer_dataset": "phones",
+        "reveal": "both", "join": "score", "peer_join": "score"}})
+    job = a.daemon.wait_job(job["id"], {"done", "failed"}, timeout=60)
+    assert job["state"] == "done", job
+    b_job = b.daemon.wait_job(b.api.get("/v1/jobs", kind="psi")["jobs"][0]["id"], {"done"},
+                              timeout=60)
+    sides = []
+    for o, ids in ((job["result"]["outputs"], a_ids), (b_job["result"]["outputs"], b_ids)):
+        with open(o["rows_file"], newline="") as f:
+            rows = list(csv.reader(f))
+        assert rows[0] == ["phone", "score"] and len(rows) == 251
+        assert all(ids[int(score)] == phone for phone, score in rows[1:])  # its own payload
+        sides.append([r[0] for r in rows[1:]])
+    assert sides[0] == sides[1] and set(sides[0]) == expected
     # cardinality: the size and nothing else on either side
     job = a.api.post("/v1/jobs", {"kind": "psi", "params": {
         "peers": ["node-b"], "dataset": "phones", "peer_dataset": "phones",
@@ -353,6 +391,9 @@ def test_psi_between_two_daemons_gives_the_exact_intersection(nodes, tmp_path):
     job = a.daemon.wait_job(job["id"], {"done", "failed"}, timeout=60)
     assert job["state"] == "done" and job["result"]["outputs"]["intersection_size"] == 250
     assert "rows_file" not in job["result"]["outputs"]
+    refused = cli("jobs", "result", str(job["id"]), "--out", str(tmp_path / "none.csv"), *state)
+    assert refused.returncode != 0 and "no rows file" in refused.stderr
+    assert not (tmp_path / "none.csv").exists()
 
 
 def test_psi_reveal_both_on_l3_data_is_refused_by_rule(nodes):
@@ -362,3 +403,28 @@ def test_psi_reveal_both_on_l3_data_is_refused_by_rule(nodes):
         "reveal": "both"}})
     job = a.daemon.wait_job(job["id"], {"done", "failed"}, timeout=60)
     assert job["state"] == "failed" and "L3.psi.reveal" in job["error"], job
+
+
+def test_the_panel_runs_a_count_with_a_partner_through_its_form(nodes):
+    import re
+
+    from tests.appliance.panel.browser_forms import post
+
+    a = nodes[0]
+    client, token = panel_of(a)
+    page = client.get("/jobs").get_data(as_text=True)
+    assert 'id="mp-operator"' in page and 'value="node-b"' in page and "customers" in page
+    answer = post(client, "/jobs/multi-party", {
+        "operator": "count", "dataset": "customers", "peers": "node-b",
+        "dataset_of_node-b": "customers", "reveal": "both"}, token=token,
+        headers={"Referer": "http://localhost/jobs"})
+    assert answer.status_code == 302, answer.get_data(as_text=True)[:500]
+    found = re.fullmatch(r"/jobs/(\d+)", answer.headers["Location"])
+    assert found, answer.headers["Location"]
+    job = a.daemon.wait_job(int(found.group(1)), {"done", "failed"}, timeout=90)
+    assert job["state"] == "done", job
+    assert job["params"]["peer_datasets"] == {"node-b": "customers"}
+    page = client.get(answer.headers["Location"]).get_data(as_text=True)
+    assert f"Job {job['id']} (count with node-b) queued" in page
+    assert 'id="parties-heading"' in page and "node-b" in page and "host" in page
+    assert 'id="summary-heading"' in page and "4,600" in page  # rows of all parties

@@ -18,7 +18,11 @@ PSI = register(Operator(
                   "the guest does; the host learns the size), cardinality (both learn only "
                   "the size)",
         "batch_size": "points per message (default 65536)",
-        "join": "payload columns to align to the intersection (not built yet)",
+        "join": "the guest's (initiator's) payload columns, COL[,COL...]: each party writes "
+                "the intersection with its own payload columns, both files in the same row "
+                "order (needs reveal=both; join or peer_join turns it on)",
+        "peer_join": "the host's payload columns for join, COL[,COL...] (default none: the "
+                     "host writes its aligned ids only)",
     },
     inputs=("dataset",),
     outputs=("intersection_size", "rows_file", "rows_sha256"),

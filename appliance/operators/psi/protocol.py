@@ -14,18 +14,24 @@ the sender's row count. Batches are byte messages, each a 16-byte header (magic,
 flag, batch index, item count) and ``count`` values; batch i of stage 2 answers batch i of
 stage 1 item for item. After the exchange the learner tells the size, so that both sides'
 results name the same number (reveal=both: both tell, and the sizes must agree).
+
+Join (``join``: the guest's payload columns, ``peer_join``: the host's; reveal=both only): each
+side writes its intersecting rows with its own payload columns, ordered by the doubly-encrypted
+value of the id, which both sides hold for a shared id, so the two files align row for row.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import os
 import queue
 import re
 import struct
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -65,29 +71,55 @@ class ByteSession(Protocol):
 class Params:
     reveal: str
     batch_size: int
+    # join mode: each role's payload columns (None: no join, the output is the id column only)
+    join: dict[str, tuple[str, ...]] | None = None
+
+    def payload(self, role: str) -> tuple[str, ...]:
+        return self.join.get(role, ()) if self.join is not None else ()
+
+
+def _columns(name: str, value: Any) -> tuple[str, ...]:
+    """``join``/``peer_join`` as the CLI sends them ("a,b") or the API (["a", "b"])."""
+    if isinstance(value, str):
+        items = [c.strip() for c in value.split(",")] if value.strip() else []
+    elif isinstance(value, list | tuple) and all(isinstance(c, str) for c in value):
+        items = [c.strip() for c in value]
+    else:
+        raise OperatorError(f"psi: {name} must be a comma-separated list of column names "
+                            f"(got {value!r})")
+    if any(not c for c in items):
+        raise OperatorError(f"psi: {name} has an empty column name ({value!r})")
+    return tuple(dict.fromkeys(items))  # a column named twice is written once
 
 
 def parse_params(params: dict[str, Any]) -> Params:
-    unknown = set(params) - {"reveal", "batch_size", "join"}
+    unknown = set(params) - {"reveal", "batch_size", "join", "peer_join"}
     if "output_dir" in unknown:
         # the parameters come from the initiator: a peer must not choose where this node writes
         raise OperatorError("output_dir is not a job parameter: each node writes its result "
                             "under its own output directory")
     if unknown:
         raise OperatorError(f"psi: unknown parameter(s) {', '.join(sorted(unknown))}; known: "
-                            "reveal, batch_size, join")
+                            "reveal, batch_size, join, peer_join")
     reveal = params.get("reveal", "both")
     if reveal not in REVEALS:
         raise OperatorError(f"psi: reveal must be one of {', '.join(REVEALS)} (got {reveal!r})")
-    if params.get("join"):
-        raise OperatorError("psi: join (payload columns aligned to the intersection) is not "
-                            "built yet in the pec provider")
+    join: dict[str, tuple[str, ...]] | None = None
+    if "join" in params or "peer_join" in params:
+        # the job's parameters come from the initiator (the guest): join names its own
+        # columns, peer_join the host's; each side reads the list of its role
+        join = {"guest": _columns("join", params.get("join", "")),
+                "host": _columns("peer_join", params.get("peer_join", ""))}
+        if reveal != "both":
+            raise OperatorError(f"psi: join needs reveal=both (got reveal={reveal!r}): the "
+                                "aligned rows exist only where both parties learn the "
+                                "intersection")
     batch = params.get("batch_size", DEFAULT_BATCH)
     if isinstance(batch, str) and batch.isdigit():
         batch = int(batch)
     if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH:
         raise OperatorError(f"psi: batch_size must be an integer 1..{MAX_BATCH} (got {batch!r})")
-    return Params(reveal, batch)
+    return Params(reveal, batch, join)
 
 
 def stated_for(role: str | None, params: dict[str, Any]) -> dict[str, str]:
@@ -138,9 +170,31 @@ def run(ctx: PartyContext) -> dict[str, Any]:
     id_column, ids = _read_ids(ctx)
     n = len(ids)
     ctx.progress(2, f"read {n} ids")
+    payload = tuple(c for c in p.payload(ctx.role) if c != id_column)
+    # opened (and its columns checked) before the handshake, so a wrong column fails the job
+    # before any curve work; read again after the exchange, keeping only intersecting rows
+    join_rows = _open_join(ctx, id_column, payload) if p.join is not None else None
+    try:
+        result = _run(ctx, p, peer, session, id_column, ids, join_rows, writes_rows,
+                      me_learns, peer_learns, out_dir)
+    finally:
+        if join_rows is not None:
+            join_rows.close()
+    ctx.progress(100, f"intersection of {result['intersection_size']}")
+    return result
 
-    session.send({**HELLO, "reveal": p.reveal, "role": ctx.role, "rows": n})
-    m = _check_hello(peer, session.recv(timeout=ctx.timeout), p.reveal, ctx.parties[peer])
+
+def _run(ctx: PartyContext, p: Params, peer: str, session: ByteSession, id_column: str,
+         ids: pa.Array, join_rows: _JoinRows | None,
+         writes_rows: bool, me_learns: bool, peer_learns: bool,
+         out_dir: Any) -> dict[str, Any]:
+    n = len(ids)
+    hello = {**HELLO, "reveal": p.reveal, "role": ctx.role, "rows": n}
+    if p.join is not None:
+        hello["join"] = True
+    session.send(hello)
+    m = _check_hello(peer, session.recv(timeout=ctx.timeout), p.reveal, ctx.parties[peer],
+                     p.join is not None)
 
     scalar = engine.new_scalar()
     rng = np.random.default_rng(int.from_bytes(os.urandom(32), "little"))
@@ -166,10 +220,21 @@ def run(ctx: PartyContext) -> dict[str, Any]:
     if me_learns:
         mask = engine.members(own2, theirs)
         size = int(mask.sum())
-        if writes_rows:
+        if writes_rows and join_rows is not None:
+            assert out_dir is not None
+            hits = np.flatnonzero(mask)  # positions in the order sent
+            # both parties hold the same doubly-encrypted value for a shared id
+            # (H(x)^ab = H(x)^ba), so ordering by it lines the two files up row for row; the
+            # value is pseudorandom, so the order tells neither side anything new
+            aligned = perm[hits[_byte_order(own2[hits])]]
+            table = join_rows.take(ids, aligned)
+            result.update(_write_rows(Path(out_dir), ctx, table))
+            result.update(learned="rows", columns=table.column_names, order="aligned")
+        elif writes_rows:
             rows = np.sort(perm[mask])
             assert out_dir is not None
-            result.update(_write_rows(Path(out_dir), ctx, id_column, ids, rows))
+            table = pa.table({id_column: ids.take(pa.array(rows, pa.int64()))})
+            result.update(_write_rows(Path(out_dir), ctx, table))
             result["learned"] = "rows"
         else:
             result["learned"] = "size"
@@ -183,7 +248,6 @@ def run(ctx: PartyContext) -> dict[str, Any]:
         size = _size_from(peer, session.recv(timeout=ctx.timeout), n, m)
         result["learned"] = "size"
     result["intersection_size"] = size
-    ctx.progress(100, f"intersection of {size}")
     return result
 
 
@@ -216,9 +280,14 @@ def _read_ids(ctx: PartyContext) -> tuple[str, pa.Array]:
     return column, ids
 
 
-def _check_hello(peer: str, msg: Any, reveal: str, peer_role: str) -> int:
+def _check_hello(peer: str, msg: Any, reveal: str, peer_role: str, join: bool = False) -> int:
     if not isinstance(msg, dict):
         raise OperatorError(f"party {peer} did not open with a psi handshake")
+    if bool(msg.get("join")) != join:
+        # one side aligned by the encrypted values and the other in file order would give
+        # files that look aligned and are not
+        raise OperatorError(f"party {peer} runs {'with' if msg.get('join') else 'without'} "
+                            f"join, this node {'with' if join else 'without'}")
     for key, want in HELLO.items():
         if msg.get(key) != want:
             raise OperatorError(f"party {peer} runs {key}={msg.get(key)!r}, this node {want!r}")
@@ -413,9 +482,76 @@ def _recv(ctx: PartyContext, peer: str, session: ByteSession, sender: _Sender) -
             continue
 
 
-def _write_rows(out_dir: Path, ctx: PartyContext, column: str, ids: pa.Array,
-                rows: np.ndarray) -> dict[str, Any]:
-    """This party's own ids in the intersection, in file order, as a new CSV file.
+def _byte_order(values: np.ndarray) -> np.ndarray:
+    """The order that sorts (N, 12) uint8 rows as byte strings (big-endian words)."""
+    if len(values) == 0:
+        return np.empty(0, np.int64)
+    v = np.ascontiguousarray(values)
+    hi = v[:, :8].copy().view(">u8").ravel()
+    lo = v[:, 8:].copy().view(">u4").ravel()
+    return np.lexsort((lo, hi))
+
+
+class _JoinRows:
+    """The data set's id and payload columns, read batch by batch, for the join output."""
+
+    def __init__(self, batches: Iterator[Any], columns: list[str], source: Any) -> None:
+        # source: the reader's own iterator, closed at the end (it may hold the file open)
+        self._batches, self.columns, self._source = batches, columns, source
+
+    def take(self, ids: pa.Array, rows: np.ndarray) -> pa.Table:
+        """Rows ``rows`` (file positions, in the wanted order), keeping in memory only those.
+
+        The ids read now must be the ids read before the exchange: a file changed in between
+        would put another row's payload beside an id.
+        """
+        wanted = np.sort(rows)
+        pieces: list[pa.RecordBatch] = []
+        at = 0
+        for batch in self._batches:
+            lo, hi = np.searchsorted(wanted, [at, at + batch.num_rows])
+            pieces.append(batch.take(pa.array(wanted[lo:hi] - at, pa.int64())))
+            at += batch.num_rows
+        if at != len(ids):
+            raise OperatorError(f"the data set gave {at} rows on the second read, {len(ids)} on "
+                                "the first: it changed while psi ran")
+        if pieces:
+            table = pa.Table.from_batches(pieces).combine_chunks()
+        else:  # a set with no rows: no batch, so no schema to copy; ids only
+            table = pa.table({c: pa.array([], pa.string()) for c in self.columns})
+        got = table.column(0)
+        if not got.equals(pa.chunked_array([ids.take(pa.array(wanted, pa.int64()))],
+                                           got.type)):
+            raise OperatorError("the data set's ids differ between its two reads: it changed "
+                                "while psi ran")
+        # from file order to the wanted order
+        return table.take(pa.array(np.searchsorted(wanted, rows), pa.int64()))
+
+    def close(self) -> None:
+        close = getattr(self._source, "close", None)
+        if close is not None:
+            close()
+
+
+def _open_join(ctx: PartyContext, id_column: str, payload: tuple[str, ...]) -> _JoinRows:
+    assert ctx.dataset is not None  # _read_ids refused a party without one
+    columns = [id_column, *payload]
+    it = iter(ctx.dataset.batches(columns))
+    try:
+        first = next(it, None)
+    except Exception as exc:  # the registry's DatasetError: it names the column(s)
+        raise OperatorError(f"psi: join columns {', '.join(payload)}: {exc}") from None
+    if first is not None and first.schema.names != columns:
+        missing = [c for c in columns if c not in first.schema.names]
+        raise OperatorError(f"psi: the data set has no column {', '.join(map(repr, missing))}"
+                            " named in join")
+    rest = itertools.chain([] if first is None else [first], it)
+    return _JoinRows(rest, columns, it)
+
+
+def _write_rows(out_dir: Path, ctx: PartyContext, table: pa.Table) -> dict[str, Any]:
+    """This party's rows in the intersection (its ids, and in join mode its payload columns)
+    as a new CSV file.
 
     Written under a temporary name and renamed, so a failed job leaves no partial output.
     """
@@ -423,7 +559,6 @@ def _write_rows(out_dir: Path, ctx: PartyContext, column: str, ids: pa.Array,
     stem = re.sub(r"[^A-Za-z0-9_.-]", "_", f"psi-{ctx.job_id}-{ctx.node_id}")
     path = out_dir / f"{stem}.csv"
     tmp = out_dir / f".{stem}.csv.part"
-    table = pa.table({column: ids.take(pa.array(rows, pa.int64()))})
     try:
         pacsv.write_csv(table, tmp)
         digest = hashlib.sha256()

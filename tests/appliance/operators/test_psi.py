@@ -149,6 +149,101 @@ def test_integer_and_string_ids_match_by_their_text(tmp_path):
     assert read_rows(res[HOST]) == ["3", "40"]
 
 
+# -- join: payload columns aligned row for row -----------------------------------------------
+
+def payload_dataset(tmp_path: Path, name: str, header: list[str], rows: list[list[Any]]):
+    path = tmp_path / f"{name}.csv"
+    path.write_text(",".join(header) + "\n" + "".join(",".join(map(str, r)) + "\n"
+                                                       for r in rows))
+    registry = DatasetRegistry(sqlite3.connect(tmp_path / f"{name}.db", check_same_thread=False))
+    registry.add(name, str(path), "id", actor="test")
+    return Reader(registry, name)
+
+
+def read_table(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    path = Path(result["rows_file"])
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == result["rows_sha256"]
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    return rows[0], rows[1:]
+
+
+@pytest.mark.parametrize(("n_guest", "n_host", "overlap"),
+                         [(1, 1, 1), (50, 40, 0), (3000, 2500, 700)])
+def test_join_writes_payload_rows_aligned_row_for_row(tmp_path, n_guest, n_host, overlap):
+    guest, host = sets(n_guest, n_host, overlap, seed=n_guest + 7)
+    g_rows = {v: [i * 3, f"city{i % 17}"] for i, v in enumerate(guest)}
+    h_rows = {v: [f"s{i}"] for i, v in enumerate(host)}
+    g_data = payload_dataset(tmp_path, "guest", ["id", "age", "city", "other"],
+                             [[v, *g_rows[v], "x"] for v in guest])
+    h_data = payload_dataset(tmp_path, "host", ["score", "id"], [[*h_rows[v], v] for v in host])
+    # the CLI's form: comma-separated strings; the host's id named again is written once
+    params = {"reveal": "both", "join": "age,city", "peer_join": "score,id", "batch_size": 512}
+    a, b = memory_pair("job:7:ab", "psi", names=(GUEST, HOST))
+    res = run_two([context(GUEST, a, g_data, params, tmp_path / "g"),
+                   context(HOST, b, h_data, params, tmp_path / "h")])
+    for node, r in res.items():
+        assert not isinstance(r, Exception), (node, r)
+        assert r["intersection_size"] == overlap and r["order"] == "aligned"
+    g_head, g_body = read_table(res[GUEST])
+    h_head, h_body = read_table(res[HOST])
+    assert g_head == res[GUEST]["columns"] == ["id", "age", "city"]
+    assert h_head == res[HOST]["columns"] == ["id", "score"]
+    g_ids, h_ids = [r[0] for r in g_body], [r[0] for r in h_body]
+    assert g_ids == h_ids  # row k is the same id on both sides
+    assert set(g_ids) == set(guest) & set(host) and len(g_ids) == overlap
+    assert all([int(r[1]), r[2]] == g_rows[r[0]] for r in g_body)
+    assert all([r[1]] == h_rows[r[0]] for r in h_body)
+
+
+def test_join_with_only_the_hosts_columns_gives_the_guest_its_ids_aligned(tmp_path):
+    guest, host = sets(300, 200, 120, seed=5)
+    g_data = dataset(tmp_path, "guest", guest)
+    h_data = payload_dataset(tmp_path, "host", ["id", "score"],
+                             [[v, i] for i, v in enumerate(host)])
+    params = {"reveal": "both", "peer_join": ["score"]}  # the API's form: a list
+    a, b = memory_pair("job:7:ab", "psi", names=(GUEST, HOST))
+    res = run_two([context(GUEST, a, g_data, params, tmp_path / "g"),
+                   context(HOST, b, h_data, params, tmp_path / "h")])
+    g_head, g_body = read_table(res[GUEST])
+    h_head, h_body = read_table(res[HOST])
+    assert (g_head, h_head) == (["id"], ["id", "score"])
+    assert [r[0] for r in g_body] == [r[0] for r in h_body]
+    assert len(g_body) == 120
+    # without join the rows keep the data set's order; with it, the shared order
+    assert [r[0] for r in g_body] != [v for v in guest if v in set(host)]
+
+
+def test_join_with_an_empty_set_gives_empty_files_with_the_columns(tmp_path):
+    h_data = payload_dataset(tmp_path, "host", ["id", "score"], [["a", 1], ["b", 2]])
+    params = {"reveal": "both", "join": "age", "peer_join": "score"}
+    a, b = memory_pair("job:7:ab", "psi", names=(GUEST, HOST))
+    res = run_two([context(GUEST, a, EmptyReader(), params, tmp_path / "g"),
+                   context(HOST, b, h_data, params, tmp_path / "h")])
+    assert read_table(res[GUEST]) == (["id", "age"], [])
+    assert read_table(res[HOST]) == (["id", "score"], [])
+
+
+def test_join_naming_a_column_the_data_set_lacks_is_refused_by_name(tmp_path):
+    a, _ = memory_pair("job:7:ab", "psi", names=(GUEST, HOST))
+    data = payload_dataset(tmp_path, "guest", ["id", "age"], [["a", 1], ["b", 2]])
+    ctx = context(GUEST, a, data, {"reveal": "both", "join": "age,income"}, tmp_path / "g")
+    with pytest.raises(OperatorError, match=r"join columns age, income: .*no column \"income\""):
+        PSI.run(ctx)
+    assert not (tmp_path / "g").exists()  # failed before the exchange, no output
+
+
+def test_join_on_one_side_only_is_refused_by_the_other(tmp_path):
+    a, b = memory_pair("job:7:ab", "psi", names=(GUEST, HOST))
+    res = run_two([context(GUEST, a, dataset(tmp_path, "guest", ["a", "b"]),
+                           {"reveal": "both", "join": "x"}, tmp_path / "g"),
+                   context(HOST, b, dataset(tmp_path, "host", ["a"]), {"reveal": "both"},
+                           tmp_path / "h")])
+    assert isinstance(res[GUEST], OperatorError), res
+    assert "runs without join, this node with" in str(res[GUEST])
+    assert "runs with join, this node without" in str(res[HOST])
+
+
 def test_the_operator_is_registered_and_states_what_leaves():
     assert REGISTRY["psi"] is PSI
     assert PSI.family == "psi" and PSI.roles == ("guest", "host")
@@ -167,7 +262,10 @@ def test_the_operator_is_registered_and_states_what_leaves():
         ({"reveal": "everything"}, "reveal must be one of"),
         ({"batch_size": 0}, "batch_size must be"),
         ({"output_dir": "/etc"}, "not a job parameter"),
-        ({"join": ["x"]}, "join"),
+        ({"join": "x", "reveal": "initiator"}, "join needs reveal=both"),
+        ({"peer_join": "x", "reveal": "cardinality"}, "join needs reveal=both"),
+        ({"join": 5}, "join must be a comma-separated list"),
+        ({"join": "a,,b"}, "join has an empty column name"),
         ({"colour": 1}, "unknown parameter"),
     ],
 )

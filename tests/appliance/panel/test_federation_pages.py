@@ -145,3 +145,39 @@ def test_job_without_parties_has_no_parties_table(client, admin, daemon):
         _cancel(daemon, job["id"])
 
 
+
+
+def test_run_with_partners_says_to_enrol_a_partner_first(client, admin):
+    page = _text(client.get("/jobs"))
+    assert "Run with partners" in page
+    assert 'enrol a partner first on <a href="/partners">Partners</a>' in page  # a hint
+    assert "/jobs/multi-party" not in _post_forms(page)
+    assert 'id="mp-operator"' not in page
+    # the local "Start a job" list no longer offers operators, which need partners
+    start = re.search(r'<select id="job-kind".*?</select>', page, re.S)
+    assert start and "operator pec/" not in start.group(0)
+    # a hand-made post is refused with a message and starts nothing
+    form = {"operator": "count", "dataset": "customers", "peers": "bank-b",
+            "dataset_of_bank-b": "theirs", "reveal": "both"}
+    page = _follow(client, post(client, "/jobs/multi-party", form, token=admin,
+                                headers={"Referer": "http://localhost/jobs"}))
+    assert "Nothing changed: bank-b is not an active partner" in page
+
+
+def test_auditor_sees_no_run_with_partners_form(client, auditor):
+    page = _text(client.get("/jobs"))
+    assert "Run with partners" not in page and "enrol a partner first" not in page
+    assert _post_forms(page) == ["/logout"]
+    answer = post(client, "/jobs/multi-party", {"operator": "count"}, token=auditor)
+    assert answer.status_code == 403
+
+
+def test_outputs_summary_of_a_finished_psi_job():
+    from appliance.panel.jobs import outputs_summary
+
+    job = {"kind": "psi", "state": "done", "result": {"outputs": {
+        "intersection_size": 250, "dataset": "psi-7", "rows_file": "/x.csv"}}}
+    assert [(r["label"], r["value"]) for r in outputs_summary(job)] == [
+        ("Intersection size", 250), ("Kept as data set", "psi-7")]
+    assert outputs_summary({**job, "state": "running"}) == []
+    assert outputs_summary({"state": "done", "result": None}) == []
