@@ -146,7 +146,7 @@ class Node:
         self.multiparty = MultiParty(
             fed, self.store, self.datasets, self.grade_policy,
             submit=self.submit_job, cancel=self.runner.cancel, job=self.runner.get,
-            sign=signer.sign, output_root=self.state.path / "outputs")
+            sign=signer.sign, output_root=self.state.path / "outputs", secrets=trust)
         self.runner.multiparty = self.multiparty
         self.federation_error = None
 

@@ -130,11 +130,13 @@ class MultiParty:
                  submit: Callable[..., dict],
                  cancel: Callable[[int, str], Any],
                  job: Callable[[int], dict[str, Any]],
-                 sign: Callable[[bytes], bytes] | None, output_root: Path) -> None:
+                 sign: Callable[[bytes], bytes] | None, output_root: Path,
+                 secrets: Any = None) -> None:
         self.fed, self.store, self.datasets, self.policy = fed, store, datasets, policy
         self._submit, self._cancel, self._job, self._sign = submit, cancel, job, sign
         # row-level outputs of this node's sides (an intersection's ids), one folder a job
         self.output_root = output_root
+        self._secrets = secrets
         with store.transaction() as db:
             db.execute(_SCHEMA)
         fed.handlers.update({
@@ -301,7 +303,8 @@ class MultiParty:
                 params=dict(params["params"]), dataset=reader,
                 progress=lambda pct, msg="": ctx.progress(10 + 0.9 * pct, msg),
                 sign=self._sign, peer_keys=peer_keys,
-                output_dir=self.output_root / _safe(job_id))
+                output_dir=self.output_root / _safe(job_id),
+                state_dir=self.output_root.parent, secrets=self._secrets)
             outputs = op.run(pctx)
         except Cancelled as exc:
             self.fed.end_job(job_id, f"party {me} cancelled: {exc.reason}")

@@ -54,6 +54,10 @@ class PartyContext:
     # where this party writes row-level outputs (an intersection's ids): chosen by the node,
     # never by a job parameter, so a peer cannot steer where this node writes
     output_dir: Path | None = None
+    # this node's state directory (caches an operator keeps across jobs, e.g. an unbalanced
+    # PSI server's table) and its sealed-secret store (store_secret/load_secret, the HSM KEK)
+    state_dir: Path | None = None
+    secrets: Any = None
 
 
 @dataclass(frozen=True)

@@ -428,3 +428,26 @@ def test_the_panel_runs_a_count_with_a_partner_through_its_form(nodes):
     assert f"Job {job['id']} (count with node-b) queued" in page
     assert 'id="parties-heading"' in page and "node-b" in page and "host" in page
     assert 'id="summary-heading"' in page and "4,600" in page  # rows of all parties
+
+
+def test_unbalanced_psi_reuses_the_servers_offline_table(nodes, tmp_path):
+    a, b, _ = nodes
+    queries = [f"1390000{i:04d}" for i in range(0, 400, 4)]  # 100 queries, 50 at the server
+    server = [f"1390000{i:04d}" for i in range(0, 10000, 8)]  # 1250 ids
+    for n, name, ids in ((a, "queries", queries), (b, "blacklist", server)):
+        path = tmp_path / f"{name}.csv"
+        path.write_text("phone\n" + "".join(f"{x}\n" for x in ids))
+        n.api.post("/v1/datasets", {"name": name, "path": str(path), "id_column": "phone",
+                                    "grade": "L2"})
+    expected = set(queries) & set(server)
+    for _ in range(2):  # the second run downloads nothing and rebuilds nothing
+        job = a.api.post("/v1/jobs", {"kind": "psi", "params": {
+            "peers": ["node-b"], "dataset": "queries", "peer_dataset": "blacklist",
+            "mode": "unbalanced", "reveal": "initiator"}})
+        job = a.daemon.wait_job(job["id"], {"done", "failed"}, timeout=90)
+        assert job["state"] == "done", job
+        out = job["result"]["outputs"]
+        assert out["intersection_size"] == len(expected) == 50
+        assert read_ids(out["rows_file"]) == expected
+    tables = list((b.state / "psi-oprf").rglob("*.tbl"))
+    assert len(tables) == 1  # built once, offline work reused

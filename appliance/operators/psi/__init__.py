@@ -1,7 +1,10 @@
 """Private set intersection, provider ``pec``: two-party ECDH-PSI on Curve25519 (X25519).
 
 The engine (``ecdh_engine``, C over libsodium) does the curve work in batches on all cores;
-``protocol`` runs one party's side over the job's session. docs/psi.md says who learns what.
+``protocol`` runs one party's side over the job's session. ``mode=unbalanced`` runs an
+ECDH-OPRF on ristretto255 instead (``unbalanced``, ``unbalanced_job``, ``r255``): the host's
+large set encrypted once offline, the guest's small set queried online. docs/psi.md says who
+learns what.
 """
 
 from __future__ import annotations
@@ -18,6 +21,10 @@ PSI = register(Operator(
                   "the guest does; the host learns the size), cardinality (both learn only "
                   "the size)",
         "batch_size": "points per message (default 65536)",
+        "mode": "balanced (default: both sides encrypt their whole sets per job) or "
+                "unbalanced (the guest's small set queried against the host's large set "
+                "through an OPRF; the host's table is built once and cached by the guest; "
+                "reveal=initiator only; docs/psi.md \"Unbalanced mode\")",
         "join": "the guest's (initiator's) payload columns, COL[,COL...]: each party writes "
                 "the intersection with its own payload columns, both files in the same row "
                 "order (needs reveal=both; join or peer_join turns it on)",

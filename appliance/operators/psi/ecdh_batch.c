@@ -34,6 +34,10 @@ typedef struct {
     uint8_t *out;
     size_t begin, end;
     int64_t first_bad; /* mul: first index whose product was refused (low-order input) */
+    /* ristretto255 (unbalanced mode) */
+    const uint8_t *scalars; /* mul_each: one 32-byte scalar per point */
+    uint8_t *out2;          /* blinds: the inverses */
+    size_t width;           /* finish: bytes kept of each output */
 } job_t;
 
 typedef void *(*worker_fn)(void *);
@@ -197,4 +201,147 @@ int64_t pec_psi_mul(const uint8_t *points, size_t n, const uint8_t *scalar, uint
     memset(&j, 0, sizeof j);
     j.points = points; j.scalar = scalar; j.out = out;
     return run_split(j, n, threads, mul_worker);
+}
+
+/* ---- ristretto255, for the unbalanced (OPRF) mode -------------------------------------------
+ *
+ * A prime-order group, so a blinding scalar r can be undone with r^-1 mod L; X25519's clamped
+ * scalars have no such inverse on the whole curve.  The same thread split as above. */
+
+static void *r255_hash_worker(void *arg) {
+    job_t *j = arg;
+    crypto_hash_sha512_state base, st;
+    uint8_t h[crypto_core_ristretto255_HASHBYTES];
+    crypto_hash_sha512_init(&base);
+    crypto_hash_sha512_update(&base, j->domain, j->domain_len);
+    j->first_bad = -1;
+    for (size_t i = j->begin; i < j->end; i++) {
+        memcpy(&st, &base, sizeof st);
+        crypto_hash_sha512_update(&st, j->data + j->offsets[i],
+                                  (unsigned long long)(j->offsets[i + 1] - j->offsets[i]));
+        crypto_hash_sha512_final(&st, h);
+        /* two Elligator maps of the 64 bytes, added: uniform in the group, unknown log */
+        crypto_core_ristretto255_from_hash(j->out + 32 * i, h);
+    }
+    return NULL;
+}
+
+/* A point refused: not a canonical ristretto255 encoding, the identity, or a product that is
+ * the identity (only a zero scalar or the identity gives that). */
+static void r255_bad(job_t *j, size_t i) {
+    memset(j->out + 32 * i, 0, 32);
+    if (j->first_bad < 0 || (int64_t)i < j->first_bad) j->first_bad = (int64_t)i;
+}
+
+static void *r255_mul_worker(void *arg) {
+    job_t *j = arg;
+    j->first_bad = -1;
+    for (size_t i = j->begin; i < j->end; i++) {
+        const uint8_t *p = j->points + 32 * i;
+        const uint8_t *k = j->scalars ? j->scalars + 32 * i : j->scalar;
+        /* refused: a non-canonical encoding (is_valid_point), the identity (which
+         * is_valid_point accepts; no honest party sends it) and an identity product
+         * (scalarmult's -1); checked explicitly so the rule does not hang on its internals */
+        if (!crypto_core_ristretto255_is_valid_point(p) || sodium_is_zero(p, 32) ||
+            crypto_scalarmult_ristretto255(j->out + 32 * i, k, p) != 0)
+            r255_bad(j, i);
+    }
+    return NULL;
+}
+
+static void *r255_valid_worker(void *arg) {
+    job_t *j = arg;
+    j->first_bad = -1;
+    for (size_t i = j->begin; i < j->end; i++)
+        /* libsodium takes the identity as a valid encoding; no honest query is one */
+        if (!crypto_core_ristretto255_is_valid_point(j->points + 32 * i) ||
+            sodium_is_zero(j->points + 32 * i, 32)) {
+            j->first_bad = (int64_t)i;
+            return NULL;
+        }
+    return NULL;
+}
+
+static void *r255_blinds_worker(void *arg) {
+    job_t *j = arg;
+    j->first_bad = -1;
+    for (size_t i = j->begin; i < j->end; i++) {
+        /* scalar_random never returns zero, so the inverse exists */
+        do {
+            crypto_core_ristretto255_scalar_random(j->out + 32 * i);
+        } while (crypto_core_ristretto255_scalar_invert(j->out2 + 32 * i, j->out + 32 * i) != 0);
+    }
+    return NULL;
+}
+
+static void *r255_finish_worker(void *arg) {
+    job_t *j = arg;
+    crypto_hash_sha256_state base, st;
+    uint8_t h[32];
+    crypto_hash_sha256_init(&base);
+    crypto_hash_sha256_update(&base, j->domain, j->domain_len);
+    j->first_bad = -1;
+    for (size_t i = j->begin; i < j->end; i++) {
+        memcpy(&st, &base, sizeof st);
+        /* the point first: it has a fixed length, so (point, id) splits one way only */
+        crypto_hash_sha256_update(&st, j->points + 32 * i, 32);
+        crypto_hash_sha256_update(&st, j->data + j->offsets[i],
+                                  (unsigned long long)(j->offsets[i + 1] - j->offsets[i]));
+        crypto_hash_sha256_final(&st, h);
+        memcpy(j->out + j->width * i, h, j->width);
+    }
+    return NULL;
+}
+
+void pec_psi_r255_hash(const uint8_t *data, const int64_t *offsets, size_t n,
+                       const uint8_t *domain, size_t domain_len, uint8_t *out, int threads) {
+    job_t j;
+    memset(&j, 0, sizeof j);
+    j.data = data; j.offsets = offsets; j.domain = domain; j.domain_len = domain_len;
+    j.out = out;
+    run_split(j, n, threads, r255_hash_worker);
+}
+
+int64_t pec_psi_r255_mul(const uint8_t *points, size_t n, const uint8_t *scalar, uint8_t *out,
+                         int threads) {
+    job_t j;
+    memset(&j, 0, sizeof j);
+    j.points = points; j.scalar = scalar; j.out = out;
+    return run_split(j, n, threads, r255_mul_worker);
+}
+
+int64_t pec_psi_r255_mul_each(const uint8_t *points, size_t n, const uint8_t *scalars,
+                              uint8_t *out, int threads) {
+    job_t j;
+    memset(&j, 0, sizeof j);
+    j.points = points; j.scalars = scalars; j.out = out;
+    return run_split(j, n, threads, r255_mul_worker);
+}
+
+int64_t pec_psi_r255_valid(const uint8_t *points, size_t n, int threads) {
+    job_t j;
+    memset(&j, 0, sizeof j);
+    j.points = points;
+    return run_split(j, n, threads, r255_valid_worker);
+}
+
+void pec_psi_r255_blinds(size_t n, uint8_t *r, uint8_t *r_inv, int threads) {
+    job_t j;
+    memset(&j, 0, sizeof j);
+    j.out = r; j.out2 = r_inv;
+    run_split(j, n, threads, r255_blinds_worker);
+}
+
+void pec_psi_r255_finish(const uint8_t *data, const int64_t *offsets, size_t n,
+                         const uint8_t *domain, size_t domain_len, const uint8_t *points,
+                         size_t width, uint8_t *out, int threads) {
+    job_t j;
+    memset(&j, 0, sizeof j);
+    j.data = data; j.offsets = offsets; j.domain = domain; j.domain_len = domain_len;
+    j.points = points; j.width = width; j.out = out;
+    run_split(j, n, threads, r255_finish_worker);
+}
+
+void pec_psi_r255_base(const uint8_t *scalar, uint8_t *out) {
+    if (crypto_scalarmult_ristretto255_base(out, scalar) != 0) memset(out, 0, 32);
 }

@@ -44,6 +44,7 @@ from appliance.operators.base import OperatorError, PartyContext
 from appliance.operators.psi import ecdh_engine as engine
 
 REVEALS = ("both", "initiator", "cardinality")
+MODES = ("balanced", "unbalanced")
 DEFAULT_BATCH = 1 << 16
 MAX_BATCH = 1 << 20  # 32 MiB of stage-1 points: under the channel's 64 MiB byte message
 HEADER = struct.Struct("<4sBBHII")  # magic, stage, last, reserved, batch index, count
@@ -93,14 +94,17 @@ def _columns(name: str, value: Any) -> tuple[str, ...]:
 
 
 def parse_params(params: dict[str, Any]) -> Params:
-    unknown = set(params) - {"reveal", "batch_size", "join", "peer_join"}
+    unknown = set(params) - {"reveal", "batch_size", "join", "peer_join", "mode"}
     if "output_dir" in unknown:
         # the parameters come from the initiator: a peer must not choose where this node writes
         raise OperatorError("output_dir is not a job parameter: each node writes its result "
                             "under its own output directory")
     if unknown:
         raise OperatorError(f"psi: unknown parameter(s) {', '.join(sorted(unknown))}; known: "
-                            "reveal, batch_size, join, peer_join")
+                            "reveal, batch_size, join, peer_join, mode")
+    if params.get("mode", "balanced") not in MODES:
+        raise OperatorError(f"psi: mode must be one of {', '.join(MODES)} "
+                            f"(got {params.get('mode')!r})")
     reveal = params.get("reveal", "both")
     if reveal not in REVEALS:
         raise OperatorError(f"psi: reveal must be one of {', '.join(REVEALS)} (got {reveal!r})")
@@ -129,7 +133,9 @@ def stated_for(role: str | None, params: dict[str, Any]) -> dict[str, str]:
     intersect become known to the guest), the more revealing of the two, so a policy never
     lets through more than it allowed.
     """
-    reveal = params.get("reveal", "both")
+    # unbalanced: only the guest (the client) learns rows, so its default is initiator
+    reveal = params.get("reveal",
+                        "initiator" if params.get("mode") == "unbalanced" else "both")
     if reveal == "both":
         return {"reveal": "both"}
     if reveal == "cardinality":
@@ -157,6 +163,10 @@ def batch_sizes(rows: int, batch: int) -> list[int]:
 
 
 def run(ctx: PartyContext) -> dict[str, Any]:
+    if ctx.params.get("mode") == "unbalanced":
+        # imported here: unbalanced_job uses this module's helpers
+        from appliance.operators.psi import unbalanced_job
+        return unbalanced_job.run(ctx)
     p = parse_params(ctx.params)
     peer, session = _peer_session(ctx)
     if ctx.role not in ("guest", "host"):
