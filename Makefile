@@ -19,7 +19,8 @@ DEB_PACKAGES := build-essential pkg-config python3-dev python3-venv libgmp-dev \
 IMAGE_DEB_PACKAGES := mmdebstrap qemu-system-x86 ovmf dosfstools mtools fdisk e2fsprogs \
 	swtpm swtpm-tools curl
 
-.PHONY: all deps venv lock test lint run bench gpu-check clean image-deps image image-test
+.PHONY: all deps venv lock test lint run bench gpu-check clean image-deps image image-test \
+	reference-venv
 
 all: test
 
@@ -84,9 +85,28 @@ run: deps venv
 	echo; echo "Panel: http://$(PANEL_LISTEN)/ - log in as admin, password: cat $(STATE)/admin-password"; echo; \
 	$(PY) -m appliance.cli panel --state-dir $(STATE) --listen $(PANEL_LISTEN)
 
-bench: deps venv
+bench: deps venv reference-venv
 	$(PY) -m accel.bench paillier --bits 2048
 	$(PY) -m accel.bench ntt
+	$(PY) -m appliance.bench channel
+	$(PY) -m appliance.bench psi --size 100000
+
+# SecretFlow's PSI (the `spu` package) is the reference `python -m appliance.bench psi` measures
+# against. spu 0.9.5 needs numpy<2 and jax<=0.4.34 (the appliance venv has numpy 2) and ships
+# cp310/cp311 wheels only, so it gets its own venv, pinned by scripts/reference_engines.txt, and
+# the bench runs it as separate processes. To refresh the pins, see that file's header.
+REF_VENV := build/reference-venv
+REF_PINS := scripts/reference_engines.txt
+$(REF_VENV)/.installed: $(REF_PINS)
+	$(PYTHON) -c 'import sys; assert sys.version_info[:2] in ((3, 10), (3, 11)), "spu 0.9.5 needs Python 3.10 or 3.11"'
+	rm -rf $(REF_VENV) && $(PYTHON) -m venv $(REF_VENV)
+	PIP_CONSTRAINT=$(CURDIR)/$(REF_PINS) $(REF_VENV)/bin/python -m pip install -q \
+		--disable-pip-version-check spu==0.9.5
+	diff <(grep -v '^#' $(REF_PINS) | sort -f) <($(REF_VENV)/bin/python -m pip freeze | sort -f)
+	$(REF_VENV)/bin/python -c 'import spu.psi, spu.libspu'
+	touch $@
+
+reference-venv: $(REF_VENV)/.installed
 
 # On a machine with an NVIDIA GPU: CUDA tests and GPU benchmarks as one JSON document. It
 # installs nothing, so it runs with the venv's Python when there is one, else $(PYTHON).

@@ -3,6 +3,8 @@
 Each runs the field's reference on the same machine in the same run and prints ratios, with
 CPU time and load beside wall time (the machines are shared). Names:
 
+- `psi`: private set intersection, SecretFlow's PSI (spu, in its own venv: `make
+  reference-venv`) and the native ECDH engine on the same generated ids.
 - `channel`: the federation's mTLS channel between two processes (loopback, and a 100 Mbit/s,
   10 ms WAN link: netem where the kernel has it, else a labelled userspace link emulator)
   against one core's AES-GCM.
@@ -16,6 +18,8 @@ from collections.abc import Callable
 BENCHES: dict[str, tuple[str, str]] = {
     "channel": ("appliance.federation.channel.bench", "the federation channel's throughput "
                 "and round trip"),
+    "psi": ("appliance.bench.psi", "private set intersection: SecretFlow (spu) and the native "
+            "engine on the same ids"),
 }
 
 

@@ -36,4 +36,13 @@ PSI = register(Operator(
     run=run, family="psi", stated=stated_for,
 ))
 
-__all__ = ["PSI", "stated_for"]
+
+
+def run_local_pair(a_ids: list[str], b_ids: list[str], reveal: str = "both") -> dict:
+    """Both parties in this process (the benchmark's native row); see ``local``."""
+    from appliance.operators.psi.local import run_local_pair as run
+
+    return run(a_ids, b_ids, reveal)
+
+
+__all__ = ["PSI", "run_local_pair", "stated_for"]

@@ -521,3 +521,12 @@ def test_the_fast_backend_agrees_with_libsodium():
         print(f"\nX25519 backend: {fast}")
     finally:
         ecdh_engine.use_backend("libsodium" if in_use == "libsodium" else "auto")
+
+
+def test_the_benchmarks_local_pair_gives_the_exact_intersection():
+    from appliance.operators.psi import run_local_pair
+
+    guest, host = sets(3000, 2000, 700, seed=5)
+    out = run_local_pair(guest, host)
+    assert out["intersection"] == set(guest) & set(host)
+    assert out["intersection_size"] == 700 and out["wall_s"] > 0

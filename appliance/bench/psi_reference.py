@@ -1,0 +1,205 @@
+"""One party of SecretFlow's two-party PSI (``spu.psi.psi_execute``), for the PSI benchmark.
+
+    build/reference-venv/bin/python appliance/bench/psi_reference.py --role 0|1 \
+        --port0 P --port1 Q --input A.csv --id-column id --output OUT.csv \
+        --protocol ecdh|kkrt|rr22 [--keys-unique] [--link-timeout-s 120]
+
+Run by the reference venv's interpreter (``make reference-venv``), never the appliance's: spu
+0.9.5 needs numpy<2 and jax<=0.4.34, the appliance venv has numpy 2. So this file imports only
+the standard library and spu, and nothing from ``appliance`` (it is run as a plain script).
+
+Both parties run on this machine as two processes; each gets a link description with both
+addresses (party 0 on 127.0.0.1:P, party 1 on 127.0.0.1:Q), listens on its own and connects to
+the other's. Party 0 is the receiver; the result is broadcast, so both write the intersection.
+The last stdout line is one JSON object: wall_s (link set-up + PSI), psi_s (inside
+psi_execute), link_s, cpu_s (user + sys of the whole process, all threads), peak_rss_kb,
+intersection_size, input_count, and bytes_sent / bytes_recv. spu 0.9.5's Python link exposes
+no traffic counters, so those are read from the kernel instead: just before the link closes,
+``ss -tinp`` lists this process's TCP connections to or from either party port, and their
+tcp_info bytes_sent / bytes_received are summed (TCP payload: spu's messages with brpc's
+framing, no TCP/IP headers). Without ``ss`` the two fields are left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+PROTOCOLS = {"ecdh": "PROTOCOL_ECDH", "kkrt": "PROTOCOL_KKRT", "rr22": "PROTOCOL_RR22"}
+PARTIES = ("alice", "bob")  # rank 0, rank 1
+
+
+def _cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+_SS_ADDR = re.compile(r":(\d+)\s+\S+:(\d+)\s+users:.*\bpid=(\d+),")
+_SS_BYTES = re.compile(r"\bbytes_(sent|received):(\d+)")
+
+
+def _link_bytes(ports: tuple[int, int]) -> dict[str, int] | None:
+    """This process's TCP payload bytes on connections touching either party port."""
+    ss = shutil.which("ss")
+    if ss is None:
+        return None
+    try:
+        out = subprocess.run([ss, "-tinpH", "state", "established"], capture_output=True,
+                             text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    pid, sent, recv, mine = os.getpid(), 0, 0, False
+    # ss prints a connection's addresses on one line and its tcp_info on the next, indented.
+    for line in out.splitlines():
+        if not line[:1].isspace():
+            m = _SS_ADDR.search(line)
+            mine = bool(m) and int(m.group(3)) == pid and (
+                int(m.group(1)) in ports or int(m.group(2)) in ports)
+            continue
+        if mine:
+            for kind, n in _SS_BYTES.findall(line):
+                if kind == "sent":
+                    sent += int(n)
+                else:
+                    recv += int(n)
+    return {"bytes_sent": sent, "bytes_recv": recv}
+
+
+def _start_line(ready_dir: str, role: int, timeout_s: float) -> None:
+    """Wait until the peer has imported spu too.
+
+    If one party builds its link while the other is still importing (0.3-0.7 s, more under
+    load), its first connect is refused and brpc tries that peer again only after about 3 s:
+    link set-up measured 3 s instead of 0.2 s in about a third of the runs. A file each side
+    writes and polls for lines the two up to a few ms.
+    """
+    Path(ready_dir, f"ready{role}").touch()
+    peer = Path(ready_dir, f"ready{1 - role}")
+    deadline = time.monotonic() + timeout_s
+    while not peer.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"peer not ready after {timeout_s:.0f} s")
+        time.sleep(0.002)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="one party of spu.psi two-party PSI")
+    p.add_argument("--role", type=int, choices=(0, 1), required=True)
+    p.add_argument("--port0", type=int, required=True, help="party 0's port on 127.0.0.1")
+    p.add_argument("--port1", type=int, required=True, help="party 1's port on 127.0.0.1")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--input", required=True, help="CSV with a header row")
+    p.add_argument("--id-column", default="id")
+    p.add_argument("--output", required=True, help="CSV written by spu (the intersection)")
+    p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="ecdh")
+    p.add_argument("--keys-unique", action="store_true",
+                   help="tell spu the ids are unique (skips its duplicate handling)")
+    p.add_argument("--ready-dir", default=None,
+                   help="start-line between the parties: each writes ready<role> here after its "
+                        "imports and waits for the other's before building the link")
+    p.add_argument("--link-timeout-s", type=float, default=120.0,
+                   help="how long to wait for the peer to connect and for each message")
+    return p.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    # Imported here, not at module top, so `--help` works without spu and the import's cost
+    # (jax is pulled in by spu's package __init__) stays outside the timed section.
+    t_import = time.perf_counter()
+    from spu import psi
+    from spu.libspu import link
+    import_s = time.perf_counter() - t_import
+    if args.ready_dir:
+        _start_line(args.ready_dir, args.role, args.link_timeout_s)
+
+    cpu0 = _cpu_s()
+    t0 = time.perf_counter()
+    desc = link.Desc()
+    desc.id = f"psi-bench-{args.port0}-{args.port1}"  # both sides must name the same link
+    for name, port in zip(PARTIES, (args.port0, args.port1), strict=True):
+        desc.add_party(name, f"{args.host}:{port}")
+    # The two processes start together; the one that comes up first retries until the other
+    # listens. 100 ms x N keeps a hung peer bounded by --link-timeout-s.
+    desc.connect_retry_interval_ms = 100
+    desc.connect_retry_times = max(1, int(args.link_timeout_s * 10))
+    desc.recv_timeout_ms = int(args.link_timeout_s * 1000)
+    desc.http_timeout_ms = int(args.link_timeout_s * 1000)
+    # A send that meets a peer not yet listening is retried after retry_interval_ms, growing
+    # by retry_interval_incr_ms (defaults 1 s and +2 s): with them link set-up took about 4 s
+    # in every first trial run, so retry soon and often instead.
+    desc.retry_opts.retry_interval_ms = 100
+    desc.retry_opts.retry_interval_incr_ms = 0
+    desc.retry_opts.max_retry = max(3, int(args.link_timeout_s * 10))
+    # TLS is off on purpose: both parties are on loopback, and the engine's own figures are
+    # what is compared. (desc.enable_ssl with server_/client_ssl_opts turns it on.)
+    desc.enable_ssl = False
+    lctx = link.create_brpc(desc, args.role)
+    # A round trip on the fresh link before psi_execute. Without it, a few runs in a hundred
+    # stalled under load: both parties waited in AbstractPsiParty::Init for a message that
+    # never came, until recv_timeout_ms, then aborted (SIGABRT). Measured with two pairs at
+    # once on 2 CPUs, 200 runs each: 9 stalls without the round trip, 0 with it (and 0 / 0 in
+    # 120 runs each alone). Counted in link_s, not psi_s.
+    lctx.barrier()
+    lctx.all_gather("ready")
+    link_s = time.perf_counter() - t0
+
+    proto = psi.PsiProtocolConfig(
+        protocol=psi.parse_protocol(PROTOCOLS[args.protocol]),
+        receiver_rank=0,
+        broadcast_result=True,  # both parties learn the intersection (reveal=both)
+        ecdh_params=psi.EcdhParams(curve=psi.parse_curve_type("CURVE_25519")),
+    )
+    config = psi.PsiExecuteConfig(
+        protocol_conf=proto,
+        # spu resolves relative paths against its own working assumptions; absolute is safe.
+        input_params=psi.InputParams(path=os.path.abspath(args.input),
+                                     selected_keys=[args.id_column],
+                                     keys_unique=args.keys_unique),
+        output_params=psi.OutputParams(path=os.path.abspath(args.output)),
+        join_conf=psi.ResultJoinConfig(),
+    )
+    t1 = time.perf_counter()
+    report = psi.psi_execute(config, lctx)
+    psi_s = time.perf_counter() - t1
+    wall_s = time.perf_counter() - t0
+    cpu_s = _cpu_s() - cpu0
+    # Read before stop_link: the counters live with the sockets. After the timings are taken,
+    # so the `ss` call costs them nothing.
+    traffic = _link_bytes((args.port0, args.port1))
+    lctx.stop_link()
+    return {
+        "role": args.role,
+        "protocol": args.protocol,
+        "wall_s": round(wall_s, 4),
+        "psi_s": round(psi_s, 4),
+        "link_s": round(link_s, 4),
+        "import_s": round(import_s, 4),
+        "cpu_s": round(cpu_s, 4),
+        # ru_maxrss is the process's lifetime peak in KiB on Linux (includes the interpreter
+        # and spu/jax imports, about as much as any deployment of this engine pays).
+        "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "intersection_size": report.intersection_count,
+        "input_count": report.original_count,
+        **(traffic or {}),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    result = run(args)
+    sys.stdout.write(json.dumps(result) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
