@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +94,27 @@ def register(op: Operator) -> Operator:
         raise ValueError(f"operator {op.name!r} is registered twice")
     REGISTRY[op.name] = op
     return op
+
+
+def run_parties(run: Callable[[PartyContext], dict[str, Any]], ctxs: list[PartyContext],
+                timeout: float | None = None) -> dict[str, Any]:
+    """Every party of a protocol in this process, one thread each (tests and the benchmarks;
+    real jobs run one party per daemon): node id -> its outputs, or the exception it raised."""
+    results: dict[str, Any] = {}
+
+    def one(ctx: PartyContext) -> None:
+        try:
+            results[ctx.node_id] = run(ctx)
+        except Exception as exc:  # the caller looks at each party's outcome
+            results[ctx.node_id] = exc
+
+    threads = [threading.Thread(target=one, args=(c,), name=f"party-{c.node_id}")
+               for c in ctxs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    return results
 
 
 def canonical(obj: Any) -> bytes:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import resource
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 import pyarrow as pa
 
 from appliance.federation.channel import memory_pair
-from appliance.operators.base import PartyContext
+from appliance.operators.base import PartyContext, run_parties
 from appliance.operators.psi import PSI
 
 
@@ -48,21 +47,9 @@ def run_local_pair(a_ids: list[str], b_ids: list[str], reveal: str = "both") -> 
                              dataset=_Ids(ids), timeout=600, output_dir=Path(tmp) / n)
                 for n, other, s, ids in (("guest-a", "host-b", sa, a_ids),
                                          ("host-b", "guest-a", sb, b_ids))]
-        results: dict[str, Any] = {}
-
-        def one(ctx: PartyContext) -> None:
-            try:
-                results[ctx.node_id] = PSI.run(ctx)
-            except Exception as exc:  # reported below, for the bench to print
-                results[ctx.node_id] = exc
-
         cpu0 = resource.getrusage(resource.RUSAGE_SELF)
         start = time.perf_counter()
-        threads = [threading.Thread(target=one, args=(c,)) for c in ctxs]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        results = run_parties(PSI.run, ctxs)
         wall = time.perf_counter() - start
         cpu1 = resource.getrusage(resource.RUSAGE_SELF)
         for node, res in results.items():

@@ -4,7 +4,6 @@ session code, framing and checks), real data sets and real node keys."""
 from __future__ import annotations
 
 import sqlite3
-import threading
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from appliance.federation.channel import memory_pair
 from appliance.federation.datasets import DatasetRegistry
-from appliance.operators.base import OperatorError, PartyContext, canonical
+from appliance.operators.base import OperatorError, PartyContext, canonical, run_parties
 from appliance.operators.count import COUNT
 
 
@@ -45,21 +44,8 @@ def sign_with(key):
     return lambda data: key.sign(data, ec.ECDSA(hashes.SHA256()))
 
 
-def run_parties(ctxs: list[PartyContext]) -> dict[str, object]:
-    results: dict[str, object] = {}
-
-    def one(ctx: PartyContext) -> None:
-        try:
-            results[ctx.node_id] = COUNT.run(ctx)
-        except Exception as exc:
-            results[ctx.node_id] = exc
-
-    threads = [threading.Thread(target=one, args=(c,)) for c in ctxs]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    return results
+def run_count(ctxs: list[PartyContext]) -> dict[str, object]:
+    return run_parties(COUNT.run, ctxs, timeout=30)
 
 
 def three_parties(tmp_path: Path, rows=(1000, 2500, 40)):
@@ -82,7 +68,7 @@ def three_parties(tmp_path: Path, rows=(1000, 2500, 40)):
 
 def test_three_parties_learn_each_others_signed_counts(tmp_path):
     ctxs, _ = three_parties(tmp_path)
-    results = run_parties(ctxs)
+    results = run_count(ctxs)
     for node_id, res in results.items():
         assert not isinstance(res, Exception), (node_id, res)
         assert res["total_rows"] == 1000 + 2500 + 40
@@ -93,7 +79,7 @@ def test_three_parties_learn_each_others_signed_counts(tmp_path):
 def test_a_statement_signed_by_the_wrong_key_is_refused(tmp_path):
     ctxs, _ = three_parties(tmp_path)
     ctxs[2].sign = sign_with(keys()[0])  # hospital-c signs with a key nobody pinned
-    results = run_parties(ctxs)
+    results = run_count(ctxs)
     assert isinstance(results["bank-a"], OperatorError)
     assert "hospital-c's count statement is not signed by its pinned node key" in str(
         results["bank-a"])

@@ -19,7 +19,7 @@ import pytest
 
 from appliance.federation.channel import memory_pair
 from appliance.federation.datasets import DatasetRegistry
-from appliance.operators.base import REGISTRY, OperatorError, PartyContext
+from appliance.operators.base import REGISTRY, OperatorError, PartyContext, run_parties
 from appliance.operators.psi import PSI, ecdh_engine, stated_for
 from appliance.operators.psi.protocol import HELLO, encode_batch
 
@@ -67,20 +67,7 @@ def context(node: str, session: Any, data: Any, params: dict[str, Any], out: Pat
 
 
 def run_two(ctxs: list[PartyContext]) -> dict[str, Any]:
-    results: dict[str, Any] = {}
-
-    def one(ctx: PartyContext) -> None:
-        try:
-            results[ctx.node_id] = PSI.run(ctx)
-        except Exception as exc:
-            results[ctx.node_id] = exc
-
-    threads = [threading.Thread(target=one, args=(c,)) for c in ctxs]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    return results
+    return run_parties(PSI.run, ctxs, timeout=60)
 
 
 def sets(n_guest: int, n_host: int, overlap: int, seed: int) -> tuple[list[str], list[str]]:

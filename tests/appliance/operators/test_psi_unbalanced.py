@@ -16,7 +16,7 @@ import pytest
 
 from appliance.federation.channel import memory_pair
 from appliance.federation.datasets import DatasetRegistry
-from appliance.operators.base import OperatorError, PartyContext
+from appliance.operators.base import OperatorError, PartyContext, run_parties
 from appliance.operators.psi import PSI, r255, stated_for, unbalanced_job
 from appliance.operators.psi.unbalanced import (
     Client,
@@ -287,7 +287,6 @@ def dataset(where: Path, name: str, ids: list[str]) -> Reader:
 def job(tmp_path: Path, guest: Reader, host: Reader, secrets: MemorySecrets,
         params: dict[str, Any] | None = None) -> dict[str, Any]:
     a, b = memory_pair("job:9:ab", "psi", names=(GUEST, HOST))
-    results: dict[str, Any] = {}
     ctxs = []
     for node, session, data in ((GUEST, a, guest), (HOST, b, host)):
         ctx = PartyContext(job_id="job:9:ab", role=ROLES[node], node_id=node,
@@ -300,19 +299,7 @@ def job(tmp_path: Path, guest: Reader, host: Reader, secrets: MemorySecrets,
         if node == HOST:
             ctx.secrets = secrets  # type: ignore[attr-defined]
         ctxs.append(ctx)
-
-    def one(ctx: PartyContext) -> None:
-        try:
-            results[ctx.node_id] = PSI.run(ctx)
-        except Exception as exc:
-            results[ctx.node_id] = exc
-
-    threads = [threading.Thread(target=one, args=(c,)) for c in ctxs]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    return results
+    return run_parties(PSI.run, ctxs, timeout=60)
 
 
 def rows_of(result: dict[str, Any]) -> list[str]:
