@@ -2,7 +2,7 @@
 
     python -m appliance.bench psi [--size 100000] [--overlap 0.5] [--protocols ecdh,rr22,kkrt]
         [--seed 13] [--timeout-s 600] [--link-timeout-s S] [--retries 1] [--keys-unique]
-        [--no-native] [--json]
+        [--no-native] [--end-to-end] [--json]
 
 Generates two CSV files (header ``id``) of N distinct random 11-digit, phone-number-like ids
 each, sharing round(N * overlap) of them (seeded, so every run sees the same sets), and for each
@@ -17,6 +17,10 @@ so CPU time says more than wall time when the load is high.
 ``run_native`` is the hook for our engine (``appliance.operators.psi``): if that module has
 ``run_local_pair(a_ids, b_ids, reveal="both")``, it runs on the same sets and its row gets the
 ratio to SecretFlow's ECDH (target <= 1.0); otherwise the bench says it is not available.
+
+``--end-to-end`` also runs the same sets through two real daemons (``psi_daemons``: data sets
+registered, a psi job over the mTLS channel, output data sets written) and gives its ratio to
+the in-process native row and to SecretFlow's ECDH.
 """
 
 from __future__ import annotations
@@ -412,6 +416,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--retries", type=int, default=1,
                    help="rerun a protocol whose parties crashed or timed out (default 1)")
     p.add_argument("--no-native", action="store_true", help="skip the native engine's row")
+    p.add_argument("--end-to-end", action="store_true",
+                   help="also run a psi job through two real daemons (temporary state dirs)")
     p.add_argument("--reference-venv", type=Path, default=REFERENCE_VENV)
     p.add_argument("--json", action="store_true", help="also print the results as one JSON line")
     args = p.parse_args(argv)
@@ -473,6 +479,12 @@ def main(argv: list[str] | None = None) -> int:
                 inter = next(iter(inter.values()))  # the sides agree when correct
             if inter is not None:
                 native["intersection_size"] = len(_as_id_set(inter))
+        e2e = None
+        if args.end_to_end:
+            # imported here: psutil and the daemon's modules are only needed for this row
+            from appliance.bench import psi_daemons
+
+            e2e = psi_daemons.run_end_to_end(a_csv, b_csv, expected, args.timeout_s)
     print()
     print(format_table(rows, native, args.size))
     print("wall s: the slower party's time inside psi_execute (CSV read, sort, protocol, "
@@ -491,12 +503,19 @@ def main(argv: list[str] | None = None) -> int:
         verdict = "meets" if ratio <= RATIO_TARGET else "MISSES"
         print(f"ratio pec ecdh / secretflow ecdh (wall): {ratio:.2f} "
               f"({verdict} target <= {RATIO_TARGET})")
+    if e2e is not None:
+        from appliance.bench import psi_daemons
+
+        ecdh_wall = ref_wall(ecdh) if ecdh is not None else None
+        native_wall = native["wall_s"] if native is not None and native["correct"] else None
+        print(psi_daemons.format_report(e2e, native_wall, ecdh_wall))
     print(f"load average at end: {_fmt_load(_load())}")
     if args.json:
         print(json.dumps({"machine": machine, "size": args.size, "overlap": args.overlap,
                           "seed": args.seed, "reference": rows, "native": native,
-                          "ratio": ratio}))
-    ok = all(r["correct"] for r in rows) and (native is None or native["correct"])
+                          "ratio": ratio, "end_to_end": e2e}))
+    ok = (all(r["correct"] for r in rows) and (native is None or native["correct"])
+          and (e2e is None or e2e["correct"]))
     return 0 if ok else 1
 
 
