@@ -21,7 +21,8 @@ from appliance.operators.base import REGISTRY, Operator
 DATASET_NAME = re.compile(NAME_PATTERN)
 
 # operator modules whose import registers them
-OPERATOR_MODULES = ("appliance.operators.count", "appliance.operators.psi")
+OPERATOR_MODULES = ("appliance.operators.count", "appliance.operators.psi",
+                    "appliance.operators.stats")
 
 _INITIATOR_KEYS = {"peers", "dataset", "peer_datasets", "params", "approval_timeout_s"}
 MAX_APPROVAL_WAIT_S = 7 * 24 * 3600

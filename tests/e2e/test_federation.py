@@ -451,3 +451,25 @@ def test_unbalanced_psi_reuses_the_servers_offline_table(nodes, tmp_path):
         assert read_ids(out["rows_file"]) == expected
     tables = list((b.state / "psi-oprf").rglob("*.tbl"))
     assert len(tables) == 1  # built once, offline work reused
+
+
+def test_joint_statistics_across_three_daemons_match_numpy(nodes):
+    import numpy as np
+
+    a = nodes[0]
+    job = a.api.post("/v1/jobs", {"kind": "stats", "params": {
+        "peers": ["node-b", "node-c"], "dataset": "customers",
+        "peer_datasets": {"node-b": "customers", "node-c": "customers"},
+        "columns": "v", "stats": "count,sum,mean,var"}})
+    job = a.daemon.wait_job(job["id"], {"done", "failed"}, timeout=90)
+    assert job["state"] == "done", job
+    pooled = np.concatenate([np.arange(n.rows, dtype=float) for n in nodes])
+    stats = job["result"]["outputs"]["stats"]
+    assert stats["count"]["v"] == len(pooled) == 1200 + 3400 + 50
+    assert stats["sum"]["v"] == pooled.sum()
+    assert abs(stats["mean"]["v"] - pooled.mean()) <= 1e-6 * abs(pooled.mean())
+    assert abs(stats["var"]["v"] - pooled.var()) <= 1e-6 * pooled.var()
+    for n in nodes[1:]:  # every party ran its side and got the result
+        side = n.api.get("/v1/jobs", kind="stats")["jobs"][0]
+        assert side["state"] == "done"
+        assert side["result"]["outputs"]["stats"]["count"]["v"] == len(pooled)

@@ -1,0 +1,44 @@
+"""Joint statistics, provider ``pec``: additive secret sharing over Z_2^128 among 2 to 5
+parties (semi-honest). Built: the rows layout's linear statistics (count, sum, mean, var,
+std, cov, corr, histograms). Not built yet, refused by name: the columns layout, the
+comparison-based statistics, group-by, differential privacy. docs/stats.md says who learns
+what.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from appliance.operators.base import Operator, register
+from appliance.operators.stats.protocol import run
+
+
+def stated_for(role: str | None, params: dict[str, Any]) -> dict[str, str]:
+    """The grade policy's stats ``noise``: dp only when a dp_epsilon is stated."""
+    return {"noise": "dp" if params.get("dp_epsilon") not in (None, "") else "none"}
+
+
+STATS = register(Operator(
+    name="stats", provider="pec", version="0.1", roles=("guest", "host"),
+    description="joint statistics over the union of the parties' rows by additive secret "
+                "sharing (Z_2^128, fixed point), 2 to 5 parties",
+    params={
+        "dataset": "this party's data set",
+        "columns": "the numeric columns, C1[,C2...], present at every party",
+        "stats": "count,sum,mean,var,std,cov,corr,hist (default count,sum,mean,var,std); "
+                 "min, max, median, quantile and threshold are not built yet",
+        "hist": "histogram bin edges E0,E1,... (numpy's bins: the last bin is closed)",
+        "layout": "rows (default); columns is not built yet",
+        "receivers": "all (default: every party learns the result) or initiator (only the "
+                     "guest does; the others get a receipt)",
+        "dp_epsilon": "differential-privacy noise at release: not built yet",
+        "threshold": "count and sum of rows above T: not built yet",
+        "group_by": "group-by sums and counts: not built yet",
+        "key": "the id column that aligns rows in layout=columns: not built yet",
+    },
+    inputs=("dataset",),
+    outputs=("stats", "undefined", "received"),
+    run=run, family="stats", stated=stated_for,
+))
+
+__all__ = ["STATS", "stated_for"]

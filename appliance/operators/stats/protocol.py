@@ -1,0 +1,402 @@
+"""One party's side of the rows-layout linear statistics (docs/stats.md).
+
+Three rounds over the job's pairwise sessions, every party alike:
+
+1. header: the parameters' digest, this party's column types and its local problems (missing
+   or non-numeric column, NaN, nulls, an aggregate past the ring's bound); any problem at any
+   party fails the job at every party with the same message, before a share is sent;
+2. shares: each party's local aggregates, computed with numpy over its own rows, split into n
+   additive shares over Z_2^128; share j goes to party j;
+3. reveal: each party adds the shares it holds and sends that sum to the receivers, who add
+   the n sums and so learn only the pooled aggregates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from appliance.operators.base import OperatorError, PartyContext, canonical
+from appliance.operators.stats import ring
+
+VERSION = 1
+LINEAR = ("count", "sum", "mean", "var", "std", "cov", "corr", "hist")
+COMPARISON = ("min", "max", "median", "quantile", "quantiles", "threshold")
+DEFAULT_STATS = ("count", "sum", "mean", "var", "std")
+MIN_PARTIES, MAX_PARTIES = 2, 5
+MAX_PROBLEMS = 20  # per party, so a header stays small however bad the data
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to compute, the same at every party (its digest is checked in the header)."""
+
+    columns: tuple[str, ...]
+    stats: tuple[str, ...]
+    edges: tuple[float, ...]
+    receivers: str  # all | initiator
+
+    @property
+    def need_sums(self) -> bool:
+        return bool({"sum", "mean", "var", "std", "cov", "corr"} & set(self.stats))
+
+    @property
+    def need_cross(self) -> bool:  # the full cross-product matrix (upper triangle)
+        return bool({"cov", "corr"} & set(self.stats))
+
+    @property
+    def need_squares(self) -> bool:  # only its diagonal
+        return not self.need_cross and bool({"var", "std"} & set(self.stats))
+
+    def digest(self) -> str:
+        body = {"v": VERSION, "columns": list(self.columns), "stats": list(self.stats),
+                "edges": list(self.edges), "receivers": self.receivers, "layout": "rows"}
+        return hashlib.sha256(canonical(body)).hexdigest()
+
+
+def _names(value: Any, what: str) -> list[str]:
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) and v for v in value):
+        raise OperatorError(f"{what} must be a comma-separated list of names (got {value!r})")
+    return list(value)
+
+
+def plan_of(params: dict[str, Any]) -> Plan:
+    """The job's parameters checked; what is not built yet is refused by name."""
+    layout = params.get("layout", "rows")
+    if layout == "columns":
+        raise OperatorError("stats: layout=columns (vertical, aligned by PSI) is not built yet")
+    if layout != "rows":
+        raise OperatorError(f"stats: layout must be rows or columns (got {layout!r})")
+    for key, what in (("dp_epsilon", "differential privacy (dp_epsilon)"),
+                      ("threshold", "the threshold count and sum (threshold)"),
+                      ("group_by", "group-by sums and counts (group_by)"),
+                      ("key", "the key column (key, for layout=columns)")):
+        if params.get(key) not in (None, ""):
+            raise OperatorError(f"stats: {what} is not built yet")
+    if "columns" not in params:
+        raise OperatorError("stats needs columns=C1[,C2...]")
+    columns = _names(params["columns"], "columns")
+    if len(set(columns)) != len(columns):
+        raise OperatorError(f"stats: a column is named twice in {','.join(columns)}")
+    stats = _names(params.get("stats", ",".join(DEFAULT_STATS)), "stats")
+    for s in stats:
+        if s in COMPARISON:
+            raise OperatorError(f"stats: {s} needs secure comparison, which is not built yet")
+        if s not in LINEAR:
+            raise OperatorError(f"stats: unknown statistic {s!r} (built: {', '.join(LINEAR)})")
+    edges: list[float] = []
+    if params.get("hist") not in (None, ""):
+        raw = params["hist"]
+        raw = raw.split(",") if isinstance(raw, str) else raw
+        try:
+            edges = [float(e) for e in raw]
+        except (TypeError, ValueError):
+            raise OperatorError(f"stats: hist must be bin edges E0,E1,... (got {raw!r})") from None
+        if (len(edges) < 2 or not all(math.isfinite(e) for e in edges)
+                or any(b <= a for a, b in itertools.pairwise(edges))):
+            raise OperatorError("stats: hist needs at least two finite, increasing bin edges")
+        if "hist" not in stats:
+            stats.append("hist")
+    elif "hist" in stats:
+        raise OperatorError("stats: hist needs its bin edges, hist=E0,E1,...")
+    receivers = params.get("receivers", "all")
+    if receivers not in ("all", "initiator"):
+        raise OperatorError(f"stats: receivers must be all or initiator (got {receivers!r})")
+    return Plan(tuple(columns), tuple(dict.fromkeys(stats)), tuple(edges), receivers)
+
+
+@dataclass
+class Local:
+    """One party's aggregates over its own rows, and what was wrong with them."""
+
+    kinds: dict[str, str] | None = None  # column -> int | float | decimal | ...; None: no rows
+    rows: int = 0
+    sums: np.ndarray | None = None
+    cross: np.ndarray | None = None
+    hist: np.ndarray | None = None
+    problems: list[str] = field(default_factory=list)
+
+
+def _kind(t: pa.DataType) -> str:
+    if pa.types.is_integer(t):
+        return "int"
+    if pa.types.is_floating(t):
+        return "float"
+    if pa.types.is_decimal(t):
+        return "decimal"
+    return f"non-numeric ({t})"
+
+
+def _batches(ctx: PartyContext, columns: list[str], local: Local) -> Iterator[pa.RecordBatch]:
+    """The data set's batches of these columns; a missing column becomes a problem (the
+    schema is read from the whole set's first batch to say which)."""
+    assert ctx.dataset is not None
+    try:
+        yield from ctx.dataset.batches(columns)
+        return
+    except Exception as exc:  # the reader says why in its own words; we name the columns
+        first_error = exc
+    try:
+        first = next(iter(ctx.dataset.batches(None)), None)
+    except Exception as exc:
+        local.problems.append(f"cannot read its data set: {exc}")
+        return
+    names = set(first.schema.names) if first is not None else set()
+    missing = [c for c in columns if c not in names]
+    if missing:
+        local.problems.extend(f"has no column {c!r}" for c in missing)
+    else:
+        local.problems.append(f"cannot read its data set: {first_error}")
+
+
+def local_aggregates(ctx: PartyContext, plan: Plan) -> Local:
+    cols = list(plan.columns)
+    k, m = len(cols), max(len(plan.edges) - 1, 0)
+    local = Local(sums=np.zeros(k), cross=np.zeros((k, k)),
+                  hist=np.zeros((k, m), dtype=np.int64))
+    for batch in _batches(ctx, cols, local):
+        kinds = {c: _kind(batch.schema.field(c).type) for c in cols}
+        if local.kinds is None:
+            local.kinds = kinds
+        bad = [c for c in cols if kinds[c].startswith("non-numeric")]
+        if bad:
+            local.problems.extend(f"column {c!r} is {kinds[c]}" for c in bad)
+            break
+        if batch.num_rows == 0:
+            continue
+        x = np.empty((batch.num_rows, k))
+        for i, c in enumerate(cols):
+            arr = batch.column(c)
+            if arr.null_count:
+                local.problems.append(f"column {c!r} has {arr.null_count} empty (null) values")
+                continue
+            if not pa.types.is_floating(arr.type):  # ints and decimals, as float64
+                arr = pc.cast(arr, pa.float64(), safe=False)
+            x[:, i] = arr.to_numpy(zero_copy_only=False)
+        nan = np.isnan(x).any(axis=0)
+        inf = np.isinf(x).any(axis=0)
+        local.problems.extend(f"column {c!r} has NaN values" for c, b in zip(cols, nan,
+                                                                           strict=True) if b)
+        local.problems.extend(f"column {c!r} has infinite values"
+                              for c, b in zip(cols, inf, strict=True) if b)
+        if local.problems:
+            break
+        local.rows += batch.num_rows
+        local.sums += x.sum(axis=0)
+        if plan.need_cross:
+            local.cross += x.T @ x  # BLAS, float64
+        elif plan.need_squares:
+            local.cross[np.diag_indices(k)] += np.einsum("ij,ij->j", x, x)
+        for i in range(k if m else 0):
+            local.hist[i] += np.histogram(x[:, i], bins=np.asarray(plan.edges))[0]
+        ctx.progress(5, f"read {local.rows} rows")
+    return local
+
+
+def vector_of(plan: Plan, local: Local, parties: int) -> list[int]:
+    """The local aggregates as ring elements, in the plan's fixed order; each one past the
+    per-party bound becomes a problem instead (refused, never wrapped)."""
+    cols, k = plan.columns, len(plan.columns)
+    assert local.sums is not None and local.cross is not None and local.hist is not None
+    items: list[tuple[float, bool, str]] = [(local.rows, False, "row count")]
+    if plan.need_sums:
+        items += [(float(local.sums[i]), True, f"column {cols[i]!r}: its sum")
+                  for i in range(k)]
+    if plan.need_cross:
+        items += [(float(local.cross[i, j]), True,
+                   f"column {cols[i]!r}: its sum of squares" if i == j else
+                   f"columns {cols[i]!r} and {cols[j]!r}: their sum of products")
+                  for i in range(k) for j in range(i, k)]
+    elif plan.need_squares:
+        items += [(float(local.cross[i, i]), True, f"column {cols[i]!r}: its sum of squares")
+                  for i in range(k)]
+    if plan.edges:
+        items += [(int(local.hist[i, b]), False, f"column {cols[i]!r}: a bin count")
+                  for i in range(k) for b in range(local.hist.shape[1])]
+    out: list[int] = []
+    for value, scaled, what in items:
+        enc = ring.encode(value, parties, scaled)
+        if enc is None:
+            local.problems.append(
+                # the value itself stays out: every party reads this message
+                f"{what} is not below the bound {ring.bound(parties, scaled):.6g}"
+                f" (2^{ring.RING_BITS - 1 - (ring.FRAC_BITS if scaled else 0)}/{parties}) that"
+                f" {parties} parties may each add in the {ring.RING_BITS}-bit ring with"
+                f" {ring.FRAC_BITS} fractional bits; refused rather than wrapped")
+            enc = 0
+        out.append(enc)
+    return out
+
+
+def _recv(ctx: PartyContext, peer: str, what: str) -> Any:
+    try:
+        return ctx.sessions[peer].recv(timeout=ctx.timeout)
+    except OperatorError:
+        raise
+    except Exception as exc:
+        raise OperatorError(f"party {peer} did not send its {what}: {exc}") from exc
+
+
+def _check_header(peer: str, msg: Any) -> dict[str, Any]:
+    if (not isinstance(msg, dict) or set(msg) != {"t", "params", "columns", "problems"}
+            or msg["t"] != "stats/header" or not isinstance(msg["params"], str)):
+        raise OperatorError(f"party {peer} sent a malformed stats header")
+    cols, probs = msg["columns"], msg["problems"]
+    if cols is not None and not (isinstance(cols, dict) and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in cols.items())):
+        raise OperatorError(f"party {peer} sent a malformed stats header (columns)")
+    if not (isinstance(probs, list) and len(probs) <= MAX_PROBLEMS + 1
+            and all(isinstance(p, str) and len(p) < 1000 for p in probs)):
+        raise OperatorError(f"party {peer} sent a malformed stats header (problems)")
+    return msg
+
+
+def _ring_list(peer: str, msg: Any, tag: str, length: int) -> list[int]:
+    if not isinstance(msg, dict) or set(msg) != {"t", "s"} or msg["t"] != tag:
+        raise OperatorError(f"party {peer} sent a malformed {tag} message")
+    got = ring.from_wire(msg["s"], length)
+    if isinstance(got, str):
+        raise OperatorError(f"party {peer} sent a malformed {tag} message: {got}")
+    return got
+
+
+def run(ctx: PartyContext) -> dict[str, Any]:
+    plan = plan_of(ctx.params)
+    if ctx.dataset is None:
+        raise OperatorError("stats needs a data set on every party")
+    order = sorted(ctx.parties)
+    n = len(order)
+    if not MIN_PARTIES <= n <= MAX_PARTIES:
+        raise OperatorError(f"stats runs among {MIN_PARTIES} to {MAX_PARTIES} parties, not {n}")
+    peers = [p for p in order if p != ctx.node_id]
+    if ctx.node_id not in ctx.parties or set(ctx.sessions) != set(peers):
+        raise OperatorError("stats needs a session to every other party of the job")
+    if plan.receivers == "all":
+        receivers = order
+    else:
+        receivers = [p for p in order if ctx.parties[p] == "guest"]
+        if len(receivers) != 1:
+            raise OperatorError("receivers=initiator needs exactly one guest (the initiator)")
+
+    # 1. header: every party's problems, so that all fail alike before any share is sent
+    local = local_aggregates(ctx, plan)
+    vector = vector_of(plan, local, n) if not local.problems else []
+    problems = local.problems[:MAX_PROBLEMS]
+    if len(local.problems) > MAX_PROBLEMS:
+        problems.append(f"and {len(local.problems) - MAX_PROBLEMS} more problems")
+    header = {"t": "stats/header", "params": plan.digest(), "columns": local.kinds,
+              "problems": problems}
+    for p in peers:
+        ctx.sessions[p].send(header)
+    headers = {ctx.node_id: header}
+    for p in peers:
+        headers[p] = _check_header(p, _recv(ctx, p, "stats header"))
+    all_problems: list[str] = []
+    for p in order:
+        h = headers[p]
+        if h["params"] != plan.digest():
+            all_problems.append(f"party {p} runs with different stats parameters")
+        all_problems.extend(f"party {p}: {msg}" for msg in h["problems"])
+    if all_problems:
+        raise OperatorError("stats refused: " + "; ".join(all_problems))
+    ctx.progress(30, "headers agree")
+
+    # 2. shares: party j gets share j of every aggregate; fresh randomness per job
+    length = len(vector)
+    shares = ring.share(vector, n)
+    me = order.index(ctx.node_id)
+    for j, p in enumerate(order):
+        if p != ctx.node_id:
+            ctx.sessions[p].send({"t": "stats/shares", "s": ring.to_wire(shares[j])})
+    held = [shares[me]]
+    for p in peers:
+        held.append(_ring_list(p, _recv(ctx, p, "shares"), "stats/shares", length))
+    mine = ring.add(held)
+    ctx.progress(60, "shares added")
+
+    # 3. reveal: only the receivers get the share sums, so only they learn the aggregates
+    for p in receivers:
+        if p != ctx.node_id:
+            ctx.sessions[p].send({"t": "stats/sum", "s": ring.to_wire(mine)})
+    base = {"layout": "rows", "parties": n, "receivers": receivers,
+            "columns": list(plan.columns), "statistics": list(plan.stats)}
+    if ctx.node_id not in receivers:
+        ctx.progress(100, "share sums sent to the receivers")
+        return {**base, "received": False}
+    sums = [mine] + [_ring_list(p, _recv(ctx, p, "share sum"), "stats/sum", length)
+                     for p in peers]
+    total = [ring.decode(v) for v in ring.add(sums)]
+    ctx.progress(100, "aggregates reconstructed")
+    return {**base, "received": True, **results(plan, total)}
+
+
+def results(plan: Plan, total: list[int]) -> dict[str, Any]:
+    """The statistics from the pooled aggregates (ring units, exact integers): the
+    numerators are formed in exact integer arithmetic, so the only rounding is each party's
+    float64 local sums, its fixed-point rounding, and the final division."""
+    cols, k, s = plan.columns, len(plan.columns), ring.SCALE
+    it = iter(total)
+    count = next(it)
+    sums = [next(it) for _ in range(k)] if plan.need_sums else []
+    cross: dict[tuple[int, int], int] = {}
+    if plan.need_cross:
+        for i in range(k):
+            for j in range(i, k):
+                cross[i, j] = cross[j, i] = next(it)
+    elif plan.need_squares:
+        for i in range(k):
+            cross[i, i] = next(it)
+    bins = max(len(plan.edges) - 1, 0)
+    hist = [[next(it) for _ in range(bins)] for _ in range(k)] if plan.edges else []
+
+    def cov(i: int, j: int) -> float:  # population: divides by the count
+        num = count * cross[i, j] * s - sums[i] * sums[j]
+        v = num / (count * count * s * s)
+        return max(v, 0.0) if i == j else v  # rounding must not make a variance negative
+
+    out: dict[str, Any] = {}
+    undefined: dict[str, str] = {}
+    empty = "the pooled data set has no rows"
+    for st in plan.stats:
+        if st == "count":
+            out[st] = {c: count for c in cols}
+        elif st == "sum":
+            out[st] = {c: sums[i] / s for i, c in enumerate(cols)}
+        elif st == "hist":
+            out[st] = {c: {"edges": list(plan.edges), "counts": hist[i]}
+                       for i, c in enumerate(cols)}
+        elif count == 0:
+            out[st] = {c: None for c in cols}
+            undefined[st] = empty
+        elif st == "mean":
+            out[st] = {c: sums[i] / (count * s) for i, c in enumerate(cols)}
+        elif st in ("var", "std"):
+            v = [cov(i, i) for i in range(k)]
+            out[st] = {c: (v[i] if st == "var" else math.sqrt(v[i]))
+                       for i, c in enumerate(cols)}
+        elif st == "cov":
+            out[st] = {a: {b: cov(i, j) for j, b in enumerate(cols)}
+                       for i, a in enumerate(cols)}
+        elif st == "corr":
+            var = [cov(i, i) for i in range(k)]
+            out[st] = {a: {b: (cov(i, j) / math.sqrt(var[i] * var[j])
+                               if var[i] > 0 and var[j] > 0 else None)
+                           for j, b in enumerate(cols)} for i, a in enumerate(cols)}
+            flat = [c for i, c in enumerate(cols) if var[i] <= 0]
+            if flat:
+                undefined[st] = f"no variance in {', '.join(flat)}: its correlations are null"
+    result: dict[str, Any] = {"stats": out,
+                              "variance": "population (divides by the count, numpy ddof=0)"}
+    if undefined:
+        result["undefined"] = undefined
+    return result

@@ -1,0 +1,277 @@
+"""The pec stats operator (rows layout, linear statistics) with 2, 3 and 5 parties in one
+process over in-memory sessions (the real session code), real data sets, results against
+numpy on the pooled rows, and a hand-driven peer for the malformed-share cases."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from appliance.federation.channel import memory_pair
+from appliance.federation.datasets import DatasetRegistry
+from appliance.operators.base import REGISTRY, OperatorError, PartyContext, run_parties
+from appliance.operators.stats import STATS, ring, stated_for
+from appliance.operators.stats.protocol import plan_of
+
+NAMES = ["bank-a", "carrier-b", "hospital-c", "city-d", "broker-e"]
+COLS = ["a", "b", "c"]
+
+
+class Reader:
+    def __init__(self, registry: DatasetRegistry, name: str) -> None:
+        self.registry, self.name = registry, name
+        ds = registry.show(name)
+        self.fingerprint, self.id_column = ds.fingerprint, ds.id_column
+
+    def batches(self, columns=None):
+        yield from self.registry.open(self.name, columns)
+
+
+class TableReader:
+    """An in-memory set (NaN, which a CSV reads as null, and the empty set the registry
+    refuses)."""
+
+    fingerprint, id_column = "0" * 64, "id"
+
+    def __init__(self, table: pa.Table | None) -> None:
+        self.table = table
+
+    def batches(self, columns=None):
+        if self.table is None:
+            return iter(())
+        return iter(self.table.select(columns or self.table.column_names).to_batches())
+
+
+def csv_set(tmp_path: Path, name: str, header: list[str], rows: list[list[Any]]) -> Reader:
+    path = tmp_path / f"{name}.csv"
+    path.write_text(",".join(["id", *header]) + "\n" + "".join(
+        ",".join([f"{name}{i}", *map(str, r)]) + "\n" for i, r in enumerate(rows)))
+    registry = DatasetRegistry(sqlite3.connect(tmp_path / f"{name}.db", check_same_thread=False))
+    registry.add(name, str(path), "id", actor="test")
+    return Reader(registry, name)
+
+
+def contexts(names: list[str], data: dict[str, Any], params: dict[str, Any]
+             ) -> list[PartyContext]:
+    sessions: dict[str, dict[str, Any]] = {n: {} for n in names}
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            sa, sb = memory_pair("job-s", "stats", names=(a, b))
+            sessions[a][b], sessions[b][a] = sa, sb
+    roles = {n: ("guest" if i == 0 else "host") for i, n in enumerate(names)}
+    return [PartyContext(job_id="job-s", role=roles[n], node_id=n, parties=roles,
+                         sessions=sessions[n], params=dict(params), dataset=data[n], timeout=10)
+            for n in names]
+
+
+def run_all(names: list[str], data: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    return run_parties(STATS.run, contexts(names, data, params), timeout=30)
+
+
+def party_rows(rng: np.random.Generator, rows: int) -> np.ndarray:
+    a = rng.normal(-20.0, 15.0, rows).round(3)  # mostly negative
+    b = rng.integers(-5, 6, rows).astype(float)  # small ints, many zeros
+    c = 0.5 * a + rng.normal(1000.0, 3.0, rows).round(4)  # correlated with a
+    return np.column_stack([a, b, c])
+
+
+EDGES = [-60.0, -30.0, -10.0, 0.0, 10.0, 2000.0]
+ALL = "count,sum,mean,var,std,cov,corr"
+
+
+@pytest.mark.parametrize("n", [2, 3, 5])
+def test_linear_statistics_match_numpy_on_the_pooled_rows(tmp_path, n):
+    rng = np.random.default_rng(n)
+    names = NAMES[:n]
+    sizes = [1] + [int(rng.integers(50, 3000)) for _ in range(n - 1)]  # one party: one row
+    parts = {nm: party_rows(rng, r) for nm, r in zip(names, sizes, strict=True)}
+    parts[names[-1]][:3, 1] = 0.0
+    data = {nm: csv_set(tmp_path, nm, COLS, parts[nm].tolist()) for nm in names}
+    res = run_all(names, data, {"columns": "a,b,c", "stats": ALL,
+                                "hist": ",".join(map(str, EDGES))})
+    pooled = np.concatenate([parts[nm] for nm in names])
+    want_cov = np.cov(pooled, rowvar=False, bias=True)
+    want_corr = np.corrcoef(pooled, rowvar=False)
+    for node, r in res.items():
+        assert not isinstance(r, Exception), (node, r)
+        assert r["received"] is True and r["parties"] == n
+        s = r["stats"]
+        for i, col in enumerate(COLS):
+            x = pooled[:, i]
+            assert s["count"][col] == len(x)
+            assert s["sum"][col] == pytest.approx(x.sum(), rel=1e-6)
+            assert s["mean"][col] == pytest.approx(x.mean(), rel=1e-6)
+            assert s["var"][col] == pytest.approx(x.var(), rel=1e-6)
+            assert s["std"][col] == pytest.approx(x.std(), rel=1e-6)
+            assert s["hist"][col]["counts"] == np.histogram(x, bins=EDGES)[0].tolist()
+            for j, other in enumerate(COLS):
+                assert s["cov"][col][other] == pytest.approx(want_cov[i, j], rel=1e-6)
+                assert s["corr"][col][other] == pytest.approx(want_corr[i, j], rel=1e-6)
+    assert res[names[0]] == res[names[-1]]
+
+
+def test_only_the_initiator_learns_with_receivers_initiator(tmp_path):
+    rng = np.random.default_rng(7)
+    names = NAMES[:3]
+    parts = {nm: party_rows(rng, 40) for nm in names}
+    data = {nm: csv_set(tmp_path, nm, COLS, parts[nm].tolist()) for nm in names}
+    res = run_all(names, data, {"columns": ["a"], "stats": "sum,mean",
+                                "receivers": "initiator"})
+    pooled = np.concatenate([parts[nm] for nm in names])[:, 0]
+    assert res["bank-a"]["received"] is True
+    assert res["bank-a"]["stats"]["mean"]["a"] == pytest.approx(pooled.mean(), rel=1e-6)
+    for host in names[1:]:
+        assert res[host]["received"] is False and "stats" not in res[host]
+        assert res[host]["receivers"] == ["bank-a"]
+
+
+def test_an_empty_party_and_an_empty_pool(tmp_path):
+    names = NAMES[:2]
+    one = csv_set(tmp_path, "one", ["a", "b"], [[4.5, -2]])
+    res = run_all(names, {"bank-a": one, "carrier-b": TableReader(None)},
+                  {"columns": "a,b", "stats": "count,mean,var,corr"})
+    for r in res.values():
+        assert not isinstance(r, Exception), r
+        s = r["stats"]
+        assert s["count"] == {"a": 1, "b": 1}
+        assert s["mean"] == {"a": 4.5, "b": -2.0} and s["var"] == {"a": 0.0, "b": 0.0}
+        assert s["corr"]["a"]["b"] is None and "corr" in r["undefined"]
+    res = run_all(names, {n: TableReader(None) for n in names},
+                  {"columns": "a", "stats": "count,sum,mean,std"})
+    for r in res.values():
+        s = r["stats"]
+        assert s["count"] == {"a": 0} and s["sum"] == {"a": 0.0}
+        assert s["mean"] == {"a": None} and s["std"] == {"a": None}
+        assert r["undefined"]["mean"] == "the pooled data set has no rows"
+
+
+def test_values_near_the_fixed_point_limit_are_refused_not_wrapped(tmp_path):
+    names = NAMES[:2]
+    # 2 parties: each may add below 2^95 / 2 (about 1.98e28); 3 * (1e14)^2 = 3e28 is past it
+    big = [[1e14], [1e14], [1e14]]
+    data = {"bank-a": csv_set(tmp_path, "big", ["a"], big),
+            "carrier-b": csv_set(tmp_path, "small", ["a"], [[1.0]])}
+    res = run_all(names, data, {"columns": "a", "stats": "var"})
+    for r in res.values():
+        assert isinstance(r, OperatorError), r
+        msg = str(r)
+        assert "party bank-a: column 'a': its sum of squares is not below" in msg
+        assert "bound 1.98" in msg and "2^95/2" in msg and "refused rather than wrapped" in msg
+    # the sum alone is far inside the bound, and exact
+    res = run_all(names, data, {"columns": "a", "stats": "sum"})
+    assert res["carrier-b"]["stats"]["sum"]["a"] == 3e14 + 1
+    # a value whose square overflows float64 is refused too
+    data["carrier-b"] = TableReader(pa.table({"a": [1e200]}))
+    res = run_all(names, data, {"columns": "a", "stats": "std"})
+    assert "party carrier-b: column 'a': its sum of squares is not below" in str(res["bank-a"])
+
+
+def test_the_bound_keeps_every_pooled_total_in_the_signed_range():
+    for n in range(2, 6):
+        for sign in (1, -1):
+            v = sign * ring.bound(n) * (1 - 1e-9)  # every party just inside the bound
+            enc = [ring.encode(v, n) for _ in range(n)]
+            assert all(e is not None for e in enc)
+            held = [ring.share([e], n) for e in enc if e is not None]  # party -> its n shares
+            sums = [ring.add([held[k][j] for k in range(n)]) for j in range(n)]
+            total = ring.decode(ring.add(sums)[0])
+            assert total == n * ring.decode(enc[0] or 0) and (total > 0) == (sign > 0)
+        assert ring.encode(ring.bound(n) * 1.0000001, n) is None
+        assert ring.encode(float("inf"), n) is None
+        assert ring.decode(ring.add(ring.share([ring.encode(-1.25, n) or 0], n))[0]) == (
+            -1.25 * ring.SCALE)
+
+
+def test_a_column_missing_at_one_party_fails_everywhere(tmp_path):
+    names = NAMES[:3]
+    data = {"bank-a": csv_set(tmp_path, "x", ["a", "b"], [[1, 2]]),
+            "carrier-b": csv_set(tmp_path, "y", ["a"], [[3]]),
+            "hospital-c": csv_set(tmp_path, "z", ["a", "b"], [[5, 6]])}
+    res = run_all(names, data, {"columns": "a,b"})
+    for r in res.values():
+        assert isinstance(r, OperatorError), r
+        assert "party carrier-b: has no column 'b'" in str(r)
+
+
+def test_non_numeric_nan_and_null_columns_fail_everywhere(tmp_path):
+    names = NAMES[:3]
+    data = {"bank-a": csv_set(tmp_path, "x", ["a", "b"], [[1, "x"], [2, "y"]]),
+            "carrier-b": TableReader(pa.table({"a": [1.0, float("nan")], "b": [1.0, 2.0]})),
+            "hospital-c": csv_set(tmp_path, "z", ["a", "b"], [[5, ""], [6, 7]])}
+    res = run_all(names, data, {"columns": "a,b"})
+    for r in res.values():
+        assert isinstance(r, OperatorError), r
+        msg = str(r)
+        assert "party bank-a: column 'b' is non-numeric (string)" in msg
+        assert "party carrier-b: column 'a' has NaN values" in msg
+        assert "party hospital-c: column 'b' has 1 empty (null) values" in msg
+
+
+@pytest.mark.parametrize(
+    ("message", "needle"),
+    [
+        ({"t": "stats/shares", "s": ["00" * 16]}, "1 ring elements where 3 belong"),
+        ({"t": "stats/shares", "s": "00" * 48}, "a str where a list"),
+        ({"t": "stats/shares", "s": ["00" * 16, 7, "00" * 16]}, "element 1 is not"),
+        ({"t": "stats/shares", "s": ["00" * 17] * 3}, "element 0 is not"),
+        ({"t": "stats/sum", "s": ["00" * 16] * 3}, "malformed stats/shares"),
+        ([1, 2, 3], "malformed stats/shares"),
+    ],
+)
+def test_a_malformed_share_names_its_sender(tmp_path, message, needle):
+    params = {"columns": "a,b", "stats": "sum"}  # count + 2 sums: 3 ring elements
+    a, b = memory_pair("job-s", "stats", names=("bank-a", "carrier-b"))
+    ctx = PartyContext(job_id="job-s", role="guest", node_id="bank-a",
+                       parties={"bank-a": "guest", "carrier-b": "host"},
+                       sessions={"carrier-b": a}, params=params,
+                       dataset=csv_set(tmp_path, "x", ["a", "b"], [[1, 2]]), timeout=5)
+    b.send({"t": "stats/header", "params": plan_of(params).digest(),
+            "columns": {"a": "int", "b": "int"}, "problems": []})
+    b.send(message)
+    with pytest.raises(OperatorError, match="party carrier-b sent a malformed") as err:
+        STATS.run(ctx)
+    assert needle in str(err.value)
+
+
+def test_a_malformed_header_names_its_sender(tmp_path):
+    a, b = memory_pair("job-s", "stats", names=("bank-a", "carrier-b"))
+    ctx = PartyContext(job_id="job-s", role="guest", node_id="bank-a",
+                       parties={"bank-a": "guest", "carrier-b": "host"},
+                       sessions={"carrier-b": a}, params={"columns": "a"},
+                       dataset=csv_set(tmp_path, "x", ["a"], [[1]]), timeout=5)
+    b.send({"t": "stats/header", "params": "x", "columns": None, "problems": "none"})
+    with pytest.raises(OperatorError, match="party carrier-b sent a malformed stats header"):
+        STATS.run(ctx)
+
+
+@pytest.mark.parametrize(
+    ("params", "needle"),
+    [
+        ({"columns": "a", "stats": "sum,median"}, "median needs secure comparison, which is "
+                                                  "not built yet"),
+        ({"columns": "a", "stats": "min"}, "min needs secure comparison"),
+        ({"columns": "a", "layout": "columns"}, "layout=columns .* not built yet"),
+        ({"columns": "a", "dp_epsilon": "1.0"}, "differential privacy .* not built yet"),
+        ({"columns": "a", "threshold": "5"}, "threshold .* not built yet"),
+        ({"columns": "a", "stats": "hist"}, "hist needs its bin edges"),
+        ({"columns": "a", "hist": "3,1"}, "increasing bin edges"),
+        ({"columns": "a", "stats": "mode"}, "unknown statistic 'mode'"),
+        ({"stats": "sum"}, "needs columns"),
+        ({"columns": "a", "receivers": "bob"}, "receivers must be"),
+    ],
+)
+def test_what_is_not_built_or_wrong_is_refused_by_name(params, needle):
+    with pytest.raises(OperatorError, match=needle):
+        plan_of(params)
+
+
+def test_registered_with_its_grade_policy_statement():
+    assert REGISTRY["stats"] is STATS and STATS.family == "stats"
+    assert STATS.describe()["provider"] == "pec"
+    assert stated_for("guest", {"columns": "a"}) == {"noise": "none"}
+    assert stated_for("host", {"columns": "a", "dp_epsilon": "0.5"}) == {"noise": "dp"}
