@@ -100,6 +100,8 @@ def test_two_daemons_run_the_count_operator_with_signed_ledger_records(nodes):
     assert job["state"] == "done", job
     out = job["result"]["outputs"]
     assert out["own_rows"] == 1200 and out["peer_rows"] == {"node-b": 3400}
+    b_job = b.api.get("/v1/jobs", kind="count")["jobs"][0]
+    assert b.daemon.wait_job(b_job["id"], {"done", "failed"}, timeout=30)["state"] == "done"
     parties = a.api.get(f"/v1/jobs/{job['id']}/parties")["parties"]
     assert {(p["node_id"], p["role"], p["state"]) for p in parties} == {
         ("node-a", "guest", "done"), ("node-b", "host", "done")}
@@ -347,6 +349,7 @@ def test_psi_between_two_daemons_gives_the_exact_intersection(nodes, tmp_path):
     kept = a.api.get(f"/v1/datasets/{out['dataset']}")  # and a data set for the next job
     assert kept["row_count"] == 250 and kept["grade"] == "L2" and kept["id_column"] == "phone"
     b_job = b.api.get("/v1/jobs", kind="psi")["jobs"][0]
+    b_job = b.daemon.wait_job(b_job["id"], {"done", "failed"}, timeout=30)  # b may finish last
     assert b_job["state"] == "done"
     assert read_ids(b_job["result"]["outputs"]["rows_file"]) == expected
     # the result through the API and the CLI; --out copies this node's rows, never over a file
@@ -474,5 +477,6 @@ def test_joint_statistics_across_three_daemons_match_numpy(nodes):
     assert abs(stats["var"]["v"] - pooled.var()) <= 1e-6 * pooled.var()
     for n in nodes[1:]:  # every party ran its side and got the result
         side = n.api.get("/v1/jobs", kind="stats")["jobs"][0]
-        assert side["state"] == "done"
+        side = n.daemon.wait_job(side["id"], {"done", "failed"}, timeout=30)
+        assert side["state"] == "done", side["error"]
         assert side["result"]["outputs"]["stats"]["count"]["v"] == len(pooled)
