@@ -12,7 +12,6 @@ returns a verdict naming the first failed check, like the attestation verifier i
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -24,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from appliance.federation.channel.identity import fingerprint
+from appliance.operators.base import canonical
 from appliance.trust.bundle import verify_bundle
 
 CARD_FORMAT = "pec-node-card/1"
@@ -36,10 +36,6 @@ _FIELDS = ("format", "node_id", "organisation", "endpoint", "time", "certificate
 # The part of a card the attestation nonce commits to (everything but the bundle and signature).
 _BOUND = ("format", "node_id", "organisation", "endpoint", "time", "certificate_pem",
           "ledger_head", "node_public_pem")
-
-
-def canonical(obj: Mapping[str, Any]) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def binding_nonce(card: Mapping[str, Any]) -> bytes:

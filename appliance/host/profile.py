@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import importlib.resources
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -87,21 +87,12 @@ UNCLASSIFIED_PROFILE = Profile(
 )
 
 # Never matched from hardware (rank 0, like unclassified): only an override chooses it.
-DEVELOPMENT_PROFILE = Profile(
+DEVELOPMENT_PROFILE = replace(
+    UNCLASSIFIED_PROFILE,
     name=DEVELOPMENT,
-    rank=0,
     description="development machine: every capability the hardware can carry, whatever its "
                 "size; not for production",
     router_policy="fastest-healthy",
-    cores=0,
-    memory_gb=0,
-    disk_tb=0,
-    nic_ports=0,
-    nic_speed_mbps=0,
-    accelerators=0,
-    accelerator_kinds=ACCELERATOR_KINDS,
-    memory_tolerance=0,
-    disk_tolerance=0,
     always=CAPABILITIES,
 )
 
