@@ -8,6 +8,8 @@ CPU time and load beside wall time (the machines are shared). Names:
 - `channel`: the federation's mTLS channel between two processes (loopback, and a 100 Mbit/s,
   10 ms WAN link: netem where the kernel has it, else a labelled userspace link emulator)
   against one core's AES-GCM.
+- `stats`: joint statistics (per-column sum, mean, variance), SecretFlow SPU's simulator
+  (SEMI2K/ABY3, same reference venv) and the native secret-sharing operator on the same data.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ BENCHES: dict[str, tuple[str, str]] = {
                 "and round trip"),
     "psi": ("appliance.bench.psi", "private set intersection: SecretFlow (spu) and the native "
             "engine on the same ids"),
+    "stats": ("appliance.bench.stats", "joint statistics: SPU (SEMI2K/ABY3) and the native "
+              "secret-sharing operator"),
 }
 
 

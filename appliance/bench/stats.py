@@ -1,0 +1,209 @@
+"""Joint statistics benchmark: SecretFlow SPU as the reference, and our stats operator beside it.
+
+    python -m appliance.bench stats [--rows 100000] [--parties 2] [--columns 4] [--seed 13]
+        [--reference-venv build/reference-venv] [--timeout-s 600]
+
+Generates K parties' float data (--rows rows per party, --columns columns, seeded) and computes
+per-column sum, mean and population variance of the pooled rows three ways, in the same run on
+the same machine:
+
+- numpy on the concatenated rows (the truth both engines are checked against);
+- ours: the native stats operator (``appliance.operators.stats``), all K parties in this process
+  (one thread each, ``run_parties``) over in-memory sessions (the channel's real session code,
+  without gRPC), data sets in memory;
+- SPU: ``stats_reference.py`` under the reference venv's python (spu 0.9.5 needs numpy<2),
+  SPU's simulator (all parties in one process), SEMI2K for 2 parties, ABY3 for 3, FM128.
+
+The table gives wall and CPU time, the largest relative error against numpy (ours must be
+within 1e-6; SPU's is reported as measured), load average before and after, and the ratio
+ours/SPU on wall time (target <= 1.0). Exit 2 if the reference venv is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from appliance.bench.psi import REFERENCE_VENV, _fmt_load, _load, _machine
+
+REFERENCE_SCRIPT = Path(__file__).resolve().with_name("stats_reference.py")
+RATIO_TARGET = 1.0  # ours wall / SPU wall
+OUR_REL_TOL = 1e-6
+STATS = ("sum", "mean", "var")
+
+
+class _Rows:
+    """One party's rows in memory, as the operator reads a data set."""
+
+    id_column = "id"
+    grade = "internal"
+
+    def __init__(self, name: str, data: np.ndarray, columns: list[str],
+                 batch: int = 1 << 16) -> None:
+        self._data, self._columns, self._batch = data, columns, batch
+        self._name = name
+        self.fingerprint = f"in-memory:{name}:{data.shape[0]}x{data.shape[1]}"
+
+    def batches(self, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+        want = list(columns or [self.id_column, *self._columns])
+        for lo in range(0, self._data.shape[0], self._batch):
+            hi = min(lo + self._batch, self._data.shape[0])
+            arrays = []
+            for c in want:
+                if c == self.id_column:
+                    arrays.append(pa.array([f"{self._name}-{i}" for i in range(lo, hi)]))
+                else:
+                    arrays.append(pa.array(self._data[lo:hi, self._columns.index(c)]))
+            yield pa.record_batch(arrays, names=want)
+
+
+def make_data(parties: int, rows: int, columns: int, seed: int) -> list[np.ndarray]:
+    """K parties' rows: per column its own location and scale, shifted a little per party."""
+    rng = np.random.default_rng(seed)
+    loc = rng.uniform(-500.0, 500.0, columns)
+    scale = rng.uniform(0.5, 100.0, columns)
+    return [rng.normal(loc + 10.0 * p, scale, (rows, columns)) for p in range(parties)]
+
+
+def truth(parts: list[np.ndarray]) -> dict[str, np.ndarray]:
+    x = np.concatenate(parts)
+    return {"sum": x.sum(axis=0), "mean": x.mean(axis=0), "var": x.var(axis=0)}
+
+
+def max_rel_err(got: dict[str, Any], want: dict[str, np.ndarray]) -> float:
+    worst = 0.0
+    for s in STATS:
+        g = np.asarray(got[s], dtype=float)
+        w = want[s]
+        worst = max(worst, float(np.max(np.abs(g - w) / np.maximum(np.abs(w), 1e-300))))
+    return worst
+
+
+def run_ours(parts: list[np.ndarray], columns: list[str], timeout: float) -> dict[str, Any]:
+    from appliance.federation.channel import memory_pair
+    from appliance.operators.base import PartyContext, run_parties
+    from appliance.operators.stats import STATS as OPERATOR
+
+    names = [f"party-{i}" for i in range(len(parts))]
+    sessions: dict[str, dict[str, Any]] = {n: {} for n in names}
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            sa, sb = memory_pair("bench-stats", "stats", names=(a, b))
+            sessions[a][b], sessions[b][a] = sa, sb
+    roles = {n: ("guest" if i == 0 else "host") for i, n in enumerate(names)}
+    params = {"columns": ",".join(columns), "stats": ",".join(STATS)}
+    ctxs = [PartyContext(job_id="bench-stats", role=roles[n], node_id=n, parties=dict(roles),
+                         sessions=sessions[n], params=dict(params),
+                         dataset=_Rows(n, d, columns), timeout=timeout)
+            for n, d in zip(names, parts, strict=True)]
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+    start = time.perf_counter()
+    results = run_parties(OPERATOR.run, ctxs, timeout=timeout)
+    wall = time.perf_counter() - start
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    for node, res in results.items():
+        if isinstance(res, Exception):
+            raise RuntimeError(f"stats operator failed at {node}: {res}") from res
+    s = results[names[0]]["stats"]
+    cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
+    return {"wall_s": wall, "cpu_s": cpu,
+            **{k: [s[k][c] for c in columns] for k in STATS}}
+
+
+def run_spu(py: Path, parts: list[np.ndarray], timeout: float) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="pec-stats-bench-") as d:
+        paths = []
+        for i, p in enumerate(parts):
+            path = Path(d) / f"p{i}.npy"
+            np.save(path, p)
+            paths.append(str(path))
+        cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        proc = subprocess.run([str(py), str(REFERENCE_SCRIPT), str(len(parts)), *paths],
+                              capture_output=True, text=True, timeout=timeout)
+        cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    res = None
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith("{"):
+            res = json.loads(line)
+            break
+    if proc.returncode != 0 or res is None or "error" in res:
+        raise RuntimeError(f"SPU reference exited {proc.returncode}:\n{proc.stdout[-2000:]}"
+                           f"\n{proc.stderr[-4000:]}")
+    res["process_cpu_s"] = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
+    return res
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m appliance.bench stats",
+                                 description="joint statistics: SPU and the native operator")
+    ap.add_argument("--rows", type=int, default=100_000, help="rows per party")
+    ap.add_argument("--parties", type=int, default=2, choices=(2, 3))
+    ap.add_argument("--columns", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=13)
+    ap.add_argument("--reference-venv", type=Path, default=REFERENCE_VENV)
+    ap.add_argument("--timeout-s", type=float, default=600.0)
+    return ap.parse_args(argv)
+
+
+def reference_python(venv: Path) -> Path | None:
+    py = venv / "bin" / "python"
+    if not py.exists() or not list(venv.glob("lib/python3*/site-packages/spu/libspu*.so")):
+        return None
+    return py
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    py = reference_python(args.reference_venv)
+    if py is None:
+        print(f"reference venv missing: {args.reference_venv} has no python with spu installed.\n"
+              "Build it with `make reference-venv`, or by hand:\n"
+              "  python3 -m venv build/reference-venv && PIP_CONSTRAINT="
+              "scripts/reference_engines.txt build/reference-venv/bin/pip install spu==0.9.5",
+              file=sys.stderr)
+        return 2
+    machine = _machine()
+    load0 = _load()
+    print(f"machine: {machine['nproc']} CPUs ({machine['cpu_model']}), "
+          f"Linux {machine['kernel']}; load {_fmt_load(load0)} (1/5/15 min) before")
+    columns = [f"c{i}" for i in range(args.columns)]
+    parts = make_data(args.parties, args.rows, args.columns, args.seed)
+    print(f"data: {args.parties} parties x {args.rows} rows x {args.columns} float64 columns "
+          f"({args.parties * args.rows} pooled rows), seed {args.seed}; "
+          f"per-column {', '.join(STATS)} (population variance)")
+    want = truth(parts)
+    ours = run_ours(parts, columns, args.timeout_s)
+    ours_err = max_rel_err(ours, want)
+    spu = run_spu(py, parts, args.timeout_s)
+    spu_err = max_rel_err(spu, want)
+    load1 = _load()
+    print()
+    print(f"{'engine':<44} {'wall s':>9} {'CPU s':>9} {'max rel err vs numpy':>21}")
+    print(f"{'ours: stats operator, ' + str(args.parties) + ' parties, in-memory':<44} "
+          f"{ours['wall_s']:>9.3f} {ours['cpu_s']:>9.3f} {ours_err:>21.3e}")
+    print(f"{spu['engine']:<44} {spu['wall_s']:>9.3f} {spu['cpu_s']:>9.3f} {spu_err:>21.3e}")
+    print(f"(SPU process, start to exit incl. jax/spu import: CPU {spu['process_cpu_s']:.3f} s)")
+    print(f"load {_fmt_load(load1)} (1/5/15 min) after")
+    ok = ours_err <= OUR_REL_TOL
+    print(f"ours vs numpy: max rel err {ours_err:.3e} "
+          f"{'<=' if ok else '>'} {OUR_REL_TOL:g}: {'ok' if ok else 'FAILED'}")
+    ratio = ours["wall_s"] / spu["wall_s"]
+    met = ratio <= RATIO_TARGET
+    print(f"ratio ours/SPU (wall): {ratio:.3f} (target <= {RATIO_TARGET:g}: "
+          f"{'met' if met else 'missed'})")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

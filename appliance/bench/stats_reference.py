@@ -1,0 +1,59 @@
+"""The reference side of `python -m appliance.bench stats`: SecretFlow SPU's simulator.
+
+Run with the reference venv's python (spu 0.9.5, numpy<2), not the appliance's:
+
+    build/reference-venv/bin/python appliance/bench/stats_reference.py K P0.npy [P1.npy ...]
+
+Each file is one party's rows (float64, rows x columns). All K parties run in this one process
+(``spu.utils.simulation``: one thread per party over in-memory links), SEMI2K for 2 parties
+and ABY3 for 3, on FM128. The inputs are secret-shared, then SPU computes per-column sum,
+mean and population variance of the concatenated rows and reveals them. Prints one JSON line:
+wall_s (share + compile + run + reveal), cpu_s (this process), and the results.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+
+
+def main(argv: list[str]) -> int:
+    k, paths = int(argv[0]), argv[1:]
+    import jax.numpy as jnp
+    import numpy as np
+    import spu
+    import spu.utils.simulation as spsim
+
+    parts = [np.load(p) for p in paths]
+    if k not in (2, 3) or len(parts) != k:
+        print(json.dumps({"error": f"need 2 or 3 parties' files, got k={k}, {len(parts)}"}))
+        return 2
+    prot = spu.ProtocolKind.SEMI2K if k == 2 else spu.ProtocolKind.ABY3
+    sim = spsim.Simulator.simple(k, prot, spu.FieldType.FM128)
+
+    def stats(*xs):
+        x = jnp.concatenate(xs, axis=0)
+        s = jnp.sum(x, axis=0)
+        m = s / x.shape[0]
+        v = jnp.mean((x - m) ** 2, axis=0)
+        return s, m, v
+
+    fn = spsim.sim_jax(sim, stats)
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+    start = time.perf_counter()
+    s, m, v = fn(*parts)
+    wall = time.perf_counter() - start
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
+    print(json.dumps({"engine": f"spu {spu.__version__} {prot.name} FM128 (simulator)",
+                      "wall_s": wall, "cpu_s": cpu,
+                      "sum": np.asarray(s, dtype=float).tolist(),
+                      "mean": np.asarray(m, dtype=float).tolist(),
+                      "var": np.asarray(v, dtype=float).tolist()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
