@@ -39,6 +39,8 @@ ROUTED_OPS: dict[str, str] = {
     "invmod": "invmod",
     # the router's size is the number of coefficients of the batch
     "ntt": "ntt",
+    # the private-query pass; the router's size is matrix entries times queries
+    "lwe": "lwe",
 }
 
 Thresholds = dict[str, dict[str, int | None]]

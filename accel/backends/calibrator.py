@@ -31,6 +31,7 @@ RANDOMNESS_MARGIN_BITS = 128  # as accel.paillier.keys: DJN exponents are |n|/2 
 PLAINTEXT_BITS = 64  # one limb: the width of an encoded plaintext factor
 NTT_N = 1024  # one measured NTT element is a polynomial of this size over one prime
 NTT_PRIME_BITS = 50
+LWE_COLS = 1024  # one measured LWE element is a database row of this many bytes
 
 Progress = Callable[[float, str], None]
 Batch = Callable[[], object]  # one timed call, its inputs already made
@@ -154,6 +155,18 @@ def _ntt(be: Backend, key: _Key, rng: np.random.Generator) -> Callable[[int], Ba
     return batch
 
 
+def _lwe(be: Backend, key: _Key, rng: np.random.Generator) -> Callable[[int], Batch]:
+    from accel.lwe import Matrix  # accel.lwe imports accel.backends: load it only here
+
+    # ``count`` rows of LWE_COLS bytes against one query: the memory pass of a private query
+    def batch(count: int) -> Batch:
+        matrix = Matrix(rng.integers(0, 256, size=(count, LWE_COLS), dtype=np.uint8))
+        query = rng.integers(0, 1 << 32, size=(1, LWE_COLS), dtype=np.uint64).astype(np.uint32)
+        return lambda: matrix.mul(query, backend=be)
+
+    return batch
+
+
 WORKLOADS: dict[str, Workload] = {
     "encrypt": _encrypt,
     "decrypt": _decrypt,
@@ -163,9 +176,10 @@ WORKLOADS: dict[str, Workload] = {
     "prodmod": _prodmod,
     "invmod": _invmod,
     "ntt": _ntt,
+    "lwe": _lwe,
 }
 # The router's size unit per measured element, where it is not one element.
-UNITS = {"ntt": NTT_N}
+UNITS = {"ntt": NTT_N, "lwe": LWE_COLS}
 
 
 def crossover(points: Sequence[tuple[int, float, float]]) -> int | None:

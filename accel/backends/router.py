@@ -48,7 +48,7 @@ POLICIES = ("cpu-only", "fastest-healthy")
 # ``resolve`` takes any op name: callers route whole operations too ("encrypt", "decrypt");
 # calibration.ROUTED_OPS lists the ones the accel code uses.
 FAULT_OPS = (
-    "mulmod", "powmod", "fixed_base_table", "powmod_fixed", "multiexp", "invmod", "ntt",
+    "mulmod", "powmod", "fixed_base_table", "powmod_fixed", "multiexp", "invmod", "ntt", "lwe",
 )
 FAULT_KINDS = ("kernel", "lost", "oom")
 FAULT_ENV = "PEC_ACCEL_FAULT"
@@ -405,6 +405,15 @@ class RoutedBackend(Backend):
         if not hasattr(self.target, f"ntt_{what}"):
             return on_cpu(plan, *arrays)
         return self._call("ntt", plan, *arrays, method=f"ntt_{what}", on_cpu=on_cpu)
+
+    def lwe_matmul(self, matrix: Any, queries: np.ndarray) -> np.ndarray:
+        """The LWE pass of a validated batch (``accel.lwe.Matrix.mul``); the CPU's is the C
+        kernel of ``accel.lwe.cpu``, not a method of the CPU backend."""
+        from accel.lwe import cpu as lwe_cpu
+
+        if not hasattr(self.target, "lwe_matmul"):
+            return lwe_cpu.matmul(matrix, queries)
+        return self._call("lwe", matrix, queries, method="lwe_matmul", on_cpu=lwe_cpu.matmul)
 
     def ntt_forward(self, plan: Any, a: np.ndarray) -> np.ndarray:
         """Forward NTT of a validated ``(B, L, n)`` batch (``accel.ntt.Plan.forward``)."""

@@ -40,7 +40,7 @@ def compile_cuda(source: Path, out: Path, mode: str, limbs: int) -> None:
 
 
 def test_there_are_cuda_sources() -> None:
-    assert {"montgomery.cu", "ntt.cu"} <= {p.name for p in kernel_sources()}
+    assert {"lwe.cu", "montgomery.cu", "ntt.cu"} <= {p.name for p in kernel_sources()}
 
 
 # cubin runs ptxas too (register allocation), which is where 64-limb kernels are slowest to

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import accel
-from accel import backends
+from accel import backends, lwe
 from accel.backends import ROUTED_OPS, BackendError, Calibration, calibrator, router
 from accel.backends.base import ints_to_limbs, limbs_to_ints
 from tests.accel.reference_backend import ReferenceBackend
@@ -272,7 +272,8 @@ def test_every_op_the_accel_code_routes_is_calibrated(monkeypatch: pytest.Monkey
     y.to_bytes()  # a computed array is re-randomised first
     plan = Plan(16, primes(30, 1, 16))
     plan.polymul(np.ones((1, 1, 16), np.uint64), np.ones((1, 1, 16), np.uint64))
-    assert {"encrypt", "decrypt", "ntt"} <= seen
+    lwe.Matrix(np.ones((4, 8), np.uint8)).mul(np.ones((1, 8), np.uint32))
+    assert {"encrypt", "decrypt", "ntt", "lwe"} <= seen
     assert seen == set(ROUTED_OPS)
 
 

@@ -21,6 +21,7 @@ SOURCES = [
     "ifma_batch.c",
     "ifma_multiexp.c",
     "ifma_pow.c",
+    "lwe.c",
     "multiexp.c",
     "thread_pool.c",
 ]
@@ -56,7 +57,9 @@ ffibuilder.set_source(
     sources=[_relative(s) for s in SOURCES],
     include_dirs=[_relative(".")],
     libraries=["gmp", "pthread"],
-    extra_compile_args=["-O3", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+    # -fwrapv: the LWE kernel's 32-bit accumulators wrap mod 2^32 by design (lwe.c)
+    extra_compile_args=["-O3", "-fwrapv", "-std=gnu11", "-Wall", "-Wextra",
+                        "-Wno-unused-parameter"],
     depends=[_relative(n) for n in HEADERS],
 )
 

@@ -61,6 +61,11 @@ int pec_invmod(const pec_modulus *m, const uint64_t *a, uint64_t *out, int64_t r
 int pec_prodmod(const pec_modulus *m, const uint64_t *a, int64_t K, int64_t N, uint64_t *out,
                 int threads, int simd);
 
+/* out[k][i] = sum_j db[i][j] * q[k][j] mod 2^32 (db rows x cols bytes, q batch x cols words,
+ * out batch x rows words): the LWE pass of private query. */
+int pec_lwe_matmul_u8(const uint8_t *db, int64_t rows, int64_t cols, const uint32_t *q,
+                      int64_t batch, uint32_t *out, int threads);
+
 /* Non-zero when this CPU runs the AVX-512 IFMA kernels. */
 int pec_simd_available(void);
 

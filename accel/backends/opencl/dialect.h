@@ -6,6 +6,7 @@
 #if defined(__CUDACC__) || defined(__CUDACC_RTC__)
 typedef unsigned long long u64;
 typedef unsigned int u32;
+typedef unsigned char u8;
 #define KERNEL extern "C" __global__ void
 #define GLOBAL
 #define SHARED __shared__
@@ -21,6 +22,7 @@ typedef unsigned int u32;
 #else
 typedef ulong u64;
 typedef uint u32;
+typedef uchar u8;
 #define KERNEL __kernel void
 #define GLOBAL __global
 #define SHARED __local

@@ -39,6 +39,8 @@ _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$', re.MULTILINE)
 # offers), and global-memory stages fused into one pass (docs in ntt.cl).
 NTT_MAX_CHUNK = 4096
 NTT_MAX_FUSED = 4
+#: work-items that share one database row in the LWE kernel (lwe.cl)
+LWE_GROUP = 128
 
 # Largest operand of one launch, in words (128 MiB): bigger batches go in slices, so that a
 # large call neither exhausts device memory nor overflows the kernels' 32-bit counts.
@@ -118,6 +120,7 @@ class KernelBackend(Backend):
         self._ntt_tables: weakref.WeakKeyDictionary[Any, dict[str, Any]] = (
             weakref.WeakKeyDictionary()
         )
+        self._lwe_tables: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
         # One launch sequence at a time: kernel argument slots and queues are shared state.
         self._lock = threading.RLock()
 
@@ -423,6 +426,25 @@ class KernelBackend(Backend):
                 except ZeroDivisionError:
                     raise ValueError(f"element {i} has no inverse modulo the modulus") from None
             return ints_to_limbs(out, limbs)
+
+    # -- LWE (accel.lwe: the server's pass of private query) --------------------------------
+
+    def lwe_matmul(self, matrix: Any, queries: np.ndarray) -> np.ndarray:
+        """``queries @ matrix.entries.T mod 2^32`` (see lwe.cl). The device keeps its copy of
+        the matrix for as long as the ``Matrix`` lives, so a query moves only its own words."""
+        batch, rows = queries.shape[0], matrix.rows
+        with self._device_call("lwe"):
+            db = self._lwe_tables.get(matrix)
+            if db is None:
+                db = self._upload(matrix.entries)
+                self._lwe_tables[matrix] = db
+            out = self._alloc((batch * rows + 1) // 2)
+            self._launch(self._program("lwe", LWE_GROUP=LWE_GROUP), "lwe_matmul_u8",
+                         rows * LWE_GROUP, [db, self._upload(queries), out, np.uint64(rows),
+                                            np.uint64(matrix.cols), np.uint64(batch)],
+                         group=LWE_GROUP)
+            words = self._download(out, ((batch * rows + 1) // 2,))
+            return words.view(np.uint32)[: batch * rows].reshape(batch, rows).copy()
 
     # -- NTT (docs/ntt.md: same tables and steps as the CPU path) --------------------------
 
