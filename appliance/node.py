@@ -26,6 +26,7 @@ from appliance.federation.card import make_card
 from appliance.federation.grade_policy import GradePolicy
 from appliance.federation.mpjobs import Datasets, MultiParty
 from appliance.federation.peers import PeerError, Peers
+from appliance.federation.private_query import PrivateQuery
 from appliance.federation.service import Federation, Identity
 from appliance.host import live
 from appliance.host.inventory import Inventory, detect
@@ -99,6 +100,7 @@ class Node:
         self.datasets = Datasets(str(state.db_path))
         self.federation: Federation | None = None
         self.multiparty: MultiParty | None = None
+        self.pir: PrivateQuery | None = None
         self.federation_error: str | None = None
         self.started = time.monotonic()
         self._lock = threading.Lock()
@@ -148,6 +150,7 @@ class Node:
             submit=self.submit_job, cancel=self.runner.cancel, job=self.runner.get,
             sign=signer.sign, output_root=self.state.path / "outputs", secrets=trust)
         self.runner.multiparty = self.multiparty
+        self.pir = PrivateQuery(fed, self.datasets, self.grade_policy, self.state.path, trust)
         self.federation_error = None
 
     def grade_policy(self) -> GradePolicy:
@@ -196,7 +199,7 @@ class Node:
         self.runner.stop()
         if self.federation is not None:
             self.federation.stop()
-            self.federation = self.multiparty = self.runner.multiparty = None
+            self.federation = self.multiparty = self.runner.multiparty = self.pir = None
         self.datasets.close()
         audit.bind(None)
         self.runner.trust = None

@@ -167,3 +167,47 @@ def get_job_parties(node: Node, query: Query, body: Any, m: Match) -> Reply:
     if fed is None:
         raise ApiError(404, f"job {m['id']} is not a multi-party job")
     return 200, fed
+
+
+# private query ---------------------------------------------------------------------------------
+
+def _pir(node: Node) -> Any:
+    if node.pir is None:
+        raise PeerError(node.federation_error or "federation off", 503)
+    return node.pir
+
+
+@route("GET", "/v1/pir/services")
+def list_pir_services(node: Node, query: Query, body: Any, m: Match) -> Reply:
+    return 200, {"services": _pir(node).services()}
+
+
+@route("POST", "/v1/pir/services")
+def publish_pir_service(node: Node, query: Query, body: Any, m: Match) -> Reply:
+    actor = _actor(body)
+    req = _obj(body)
+    fields = [req.get(k) for k in ("name", "dataset", "key_column")]
+    if not all(isinstance(v, str) and v for v in fields):
+        raise ApiError(400, "fields 'name', 'dataset', 'key_column' (strings) and "
+                       "'label_columns' (a list) needed")
+    return 201, _pir(node).publish(*fields, req.get("label_columns"), actor)
+
+
+@route("DELETE", rf"/v1/pir/services/{_DATASET}")
+def unpublish_pir_service(node: Node, query: Query, body: Any, m: Match) -> Reply:
+    return 200, _pir(node).unpublish(m["name"], _actor(body))
+
+
+@route("GET", rf"/v1/peers/{_NAME}/pir/services")
+def list_peer_pir_services(node: Node, query: Query, body: Any, m: Match) -> Reply:
+    return 200, {"peer": m["name"], "services": _pir(node).peer_services(m["name"])}
+
+
+@route("POST", "/v1/pir/query")
+def pir_query(node: Node, query: Query, body: Any, m: Match) -> Reply:
+    actor = _actor(body)
+    req = _obj(body)
+    peer, service, keys = req.get("peer"), req.get("service"), req.get("keys")
+    if not isinstance(peer, str) or not isinstance(service, str) or not isinstance(keys, list):
+        raise ApiError(400, "fields 'peer', 'service' (strings) and 'keys' (a list) needed")
+    return 200, _pir(node).query(peer, service, keys, actor)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.client import DaemonClient
+from appliance.federation.pir_client import PirClient
 from appliance.state.statedir import default_state_dir
 
 _STATE_HELP = "state directory (default $PEC_STATE_DIR or /var/lib/pec)"
@@ -149,6 +150,75 @@ def cmd_ds_remove(args: argparse.Namespace) -> int:
     return 0
 
 
+# private query ----------------------------------------------------------------------------
+
+def _pir(args: argparse.Namespace) -> PirClient:
+    return PirClient(getattr(args, "state_dir", None))
+
+
+def _mib(n: int | None) -> str:
+    return "-" if n is None else f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 1024:.1f} KiB"
+
+
+def cmd_pir_publish(args: argparse.Namespace) -> int:
+    labels = [c.strip() for c in args.label_columns.split(",") if c.strip()]
+    info = _pir(args).publish(args.name, args.dataset, args.key_column, labels)
+    if args.json:
+        _emit(info)
+        return 0
+    cost = info["cost"]
+    print(f"service {info['name']} version {info['version']} published: {info['records']} "
+          f"records, labels {', '.join(info['label_columns'])}; encoded in "
+          f"{cost['setup_seconds']} s; a client downloads {_mib(cost['hint_bytes'])} once, "
+          f"then sends {_mib(cost['query_bytes'])} and receives {_mib(cost['answer_bytes'])} "
+          "per key")
+    return 0
+
+
+def cmd_pir_list(args: argparse.Namespace) -> int:
+    client = _pir(args)
+    services = client.peer_services(args.peer) if args.peer else client.services()
+    if args.json:
+        _emit({"services": services})
+        return 0
+    rows = [{"name": s["name"], "version": s["version"], "records": s["records"],
+             "labels": ",".join(s["label_columns"]),
+             "setup_s": s["cost"]["setup_seconds"], "hint": _mib(s["cost"]["hint_bytes"]),
+             "per_key": f"{_mib(s['cost']['query_bytes'])} up / "
+                        f"{_mib(s['cost']['answer_bytes'])} down",
+             "served": s.get("queries_served", "-")} for s in services]
+    _table(rows, ["name", "version", "records", "labels", "setup_s", "hint", "per_key",
+                  "served"])
+    return 0
+
+
+def cmd_pir_query(args: argparse.Namespace) -> int:
+    keys = list(args.keys)
+    if args.keys_file:
+        text = sys.stdin.read() if args.keys_file == "-" else Path(args.keys_file).read_text()
+        keys += [line.strip() for line in text.splitlines() if line.strip()]
+    if not keys:
+        raise ValueError("give keys on the command line or with --keys-file")
+    answer = _pir(args).query_with_cost(args.peer, args.service, keys)
+    if args.json:
+        _emit({"results": answer["results"]})
+        return 0
+    for r in answer["results"]:
+        labels = ", ".join(f"{k}={v}" for k, v in r["labels"].items())
+        print(f"{r['key']}: {labels if r['found'] else 'not found'}")
+    cost = answer["cost"]
+    print(f"({len(keys)} keys in {cost['seconds']} s; sent {_mib(cost['bytes_sent'])}, "
+          f"received {_mib(cost['bytes_received'])}; {args.peer} learnt neither the keys nor "
+          "the records read)", file=sys.stderr)
+    return 0
+
+
+def cmd_pir_unpublish(args: argparse.Namespace) -> int:
+    info = _pir(args).unpublish(args.name)
+    print(f"service {info['name']} removed; peers' queries to it are refused from now on")
+    return 0
+
+
 def register(subparsers: Any) -> None:
     peers = subparsers.add_parser("peers", help="enrol, list, attest and remove peer nodes")
     sub = peers.add_subparsers(dest="peers_command", metavar="ACTION", required=True)
@@ -197,6 +267,34 @@ def register(subparsers: Any) -> None:
         p = sub.add_parser(action, help=text)
         p.add_argument("name")
         p.set_defaults(func=func)
+    for action in sub.choices.values():
+        action.add_argument("--state-dir", default=None, help=_STATE_HELP)
+        action.add_argument("--json", action="store_true")
+
+    pir = subparsers.add_parser("pir", help="private query: publish services, query peers' "
+                                "without revealing the key")
+    sub = pir.add_subparsers(dest="pir_command", metavar="ACTION", required=True)
+    p = sub.add_parser("publish", help="encode a data set's key and label columns as a "
+                       "service peers may query (again: re-encode it)")
+    p.add_argument("name")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--key-column", required=True)
+    p.add_argument("--label-columns", required=True, metavar="A,B",
+                   help="the columns a query returns")
+    p.set_defaults(func=cmd_pir_publish)
+    p = sub.add_parser("list", help="this node's services (or a peer's, with --peer)")
+    p.add_argument("--peer", default=None)
+    p.set_defaults(func=cmd_pir_list)
+    p = sub.add_parser("query", help="look keys up at a peer's service privately")
+    p.add_argument("--peer", required=True)
+    p.add_argument("--service", required=True)
+    p.add_argument("--keys-file", default=None, metavar="FILE",
+                   help="one key per line (- for standard input)")
+    p.add_argument("keys", nargs="*", metavar="KEY")
+    p.set_defaults(func=cmd_pir_query)
+    p = sub.add_parser("unpublish", help="stop serving a service and delete its encoding")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_pir_unpublish)
     for action in sub.choices.values():
         action.add_argument("--state-dir", default=None, help=_STATE_HELP)
         action.add_argument("--json", action="store_true")

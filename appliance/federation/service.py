@@ -57,6 +57,7 @@ class Identity:
 
 
 Handler = Callable[[dict[str, Any], dict[str, Any]], Any]  # (peer row, body) -> data
+TopicHandler = Callable[[Session, dict[str, Any]], None]  # (session, peer row), own thread
 
 
 class Federation:
@@ -67,6 +68,9 @@ class Federation:
         self._attest = attest
         self.options = options or ChannelOptions()
         self.handlers: dict[str, Handler] = {"attest": self._on_attest}
+        # services with their own session topic (private query): each session a peer opens
+        # on one is handed, after the peer checks, to its handler on a thread of its own
+        self.topics: dict[str, TopicHandler] = {}
         self._server: ChannelServer | None = None
         self._channels: dict[str, PeerChannel] = {}
         self._lock = threading.Lock()
@@ -134,16 +138,20 @@ class Federation:
         if ch is not None:
             ch.close()
 
-    def request(self, peer: dict[str, Any], method: str, body: dict[str, Any],
-                timeout: float = CONTROL_TIMEOUT) -> Any:
-        """One control request; the peer's answer's `data`, or PeerError with its `msg`."""
+    def open_session(self, peer: dict[str, Any], topic: str,
+                     timeout: float = CONTROL_TIMEOUT) -> Session:
+        """A new session to ``peer`` on ``topic``, or PeerError when it cannot be reached."""
         try:
-            session = self._channel(peer).open_session(uuid.uuid4().hex, CONTROL,
-                                                       timeout=timeout)
+            return self._channel(peer).open_session(uuid.uuid4().hex, topic, timeout=timeout)
         except ChannelError as exc:
             self._drop_channel(peer)  # a fresh connection next time
             raise PeerError(f"peer {peer['name']} ({peer['endpoint']}) unreachable: {exc}",
                             502) from exc
+
+    def request(self, peer: dict[str, Any], method: str, body: dict[str, Any],
+                timeout: float = CONTROL_TIMEOUT) -> Any:
+        """One control request; the peer's answer's `data`, or PeerError with its `msg`."""
+        session = self.open_session(peer, CONTROL, timeout)
         try:
             session.send({"method": method, "body": body})
             reply = session.recv(timeout=timeout)
@@ -257,6 +265,9 @@ class Federation:
         elif session.topic == CONTROL:
             threading.Thread(target=self._serve_control, args=(session,), daemon=True,
                              name=f"control-{session.peer_id}").start()
+        elif session.topic in self.topics:
+            threading.Thread(target=self._serve_topic, args=(session,), daemon=True,
+                             name=f"{session.topic}-{session.peer_id}").start()
         else:
             log.warning("peer %s opened a session on unknown topic %r", session.peer_id,
                         session.topic)
@@ -275,6 +286,30 @@ class Federation:
         except ChannelError as exc:
             log.info("could not answer %s: %s", session.peer_id, exc)
 
+    def _serve_topic(self, session: Session) -> None:
+        try:
+            peer = self._checked_peer(session.peer_id, session.peer_fingerprint, session.topic)
+        except PeerError as exc:
+            log.info("refused a %s session from %s: %s", session.topic, session.peer_id, exc)
+            session.abort(str(exc))
+            return
+        try:
+            self.topics[session.topic](session, peer)
+        except Exception:  # a bug in one service must not kill the listener
+            log.exception("%s session from %s failed", session.topic, session.peer_id)
+            session.abort(f"{session.topic} failed at this node (its administrator has the "
+                          "details in the daemon's log)")
+
+    def _checked_peer(self, node_id: str, fingerprint: str, method: str) -> dict[str, Any]:
+        """The peer row of a caller that holds the pinned certificate and is active (or asks
+        only for what a quarantined peer may: ``attest``, ``job.stop``)."""
+        peer = self.peers.by_node_id(node_id)
+        if fingerprint and peer["policy"]["certificate_sha256"] != fingerprint:
+            raise PeerError("the connection's certificate is not the one pinned", 403)
+        if peer["state"] != "active" and method not in ("attest", "job.stop"):
+            raise PeerError(f"this node has quarantined you: {peer['state_reason']}", 403)
+        return peer
+
     def answer(self, node_id: str, fingerprint: str, msg: Any) -> dict[str, Any]:
         """The `{code, msg, data}` reply to one control request from peer `node_id`."""
         if not (isinstance(msg, dict) and isinstance(msg.get("method"), str)
@@ -282,11 +317,7 @@ class Federation:
             return {"code": 400, "msg": "a control request is {method, body}", "data": None}
         method = msg["method"]
         try:
-            peer = self.peers.by_node_id(node_id)
-            if fingerprint and peer["policy"]["certificate_sha256"] != fingerprint:
-                raise PeerError("the connection's certificate is not the one pinned", 403)
-            if peer["state"] != "active" and method not in ("attest", "job.stop"):
-                raise PeerError(f"this node has quarantined you: {peer['state_reason']}", 403)
+            peer = self._checked_peer(node_id, fingerprint, method)
             handler = self.handlers.get(method)
             if handler is None:
                 raise PeerError(f"unknown method {method!r}; known: {', '.join(METHODS)}", 404)

@@ -84,6 +84,11 @@ class OprfKey:
     def public(self) -> bytes:
         return r255.public(self.scalar)
 
+    def evaluate(self, ids: pa.Array, width: int) -> np.ndarray:
+        """F(x) = H2(x, k H1(x)) of the server's own ids (canonical id bytes), ``(N, width)``:
+        what a client learns for one id through a blinded round trip."""
+        return r255.finish(ids, r255.mul(r255.hash_to_group(ids), self.scalar), width)
+
     @staticmethod
     def secret_name(name: str) -> str:
         if not _NAME.fullmatch(name):
@@ -189,8 +194,7 @@ class ServerTable:
         tails = np.empty(n, dtype=np.uint32)
         for at in range(0, n, BUILD_CHUNK):
             part = arr.slice(at, BUILD_CHUNK)
-            values = r255.finish(part, r255.mul(r255.hash_to_group(part), key.scalar),
-                                 OUTPUT_BYTES)
+            values = key.evaluate(part, OUTPUT_BYTES)
             heads[at: at + len(part)], tails[at: at + len(part)] = _split(values)
         # pseudorandom 64-bit heads rarely tie (about N^2 / 2^65); lookup scans a tied run, so
         # sorting by head alone is enough, and the sort is what hides the server's row order
@@ -410,20 +414,27 @@ class Client:
     def _evaluate(part: pa.Array,
                   server_answer_fn: Callable[[bytes], bytes | bytearray | memoryview]
                   ) -> np.ndarray:
-        """F(x) for each id of ``part`` through one round trip to the server."""
-        n = len(part)
-        # a fresh r per id: each blinded point is a uniform group element whatever the id, so
-        # the server learns only the count (not even which queries repeat)
-        r, r_inv = r255.blinds(n)
-        blinded = r255.mul_each(r255.hash_to_group(part), r)
-        answer = _wire_points(server_answer_fn(blinded.tobytes()), "the server's answer")
-        if len(answer) != n:
-            raise OperatorError(f"psi: the server answered {len(answer)} points to {n} queries")
-        try:
-            unblinded = r255.mul_each(answer, r_inv)
-        except r255.InvalidPoint as exc:
-            raise r255.InvalidPoint(exc.index, f"of the server's answer {exc.reason}") from None
-        return r255.finish(part, unblinded, OUTPUT_BYTES)
+        return evaluate_blinded(part, server_answer_fn, OUTPUT_BYTES)
+
+
+def evaluate_blinded(part: pa.Array,
+                     server_answer_fn: Callable[[bytes], bytes | bytearray | memoryview],
+                     width: int) -> np.ndarray:
+    """F(x) for each id of ``part`` (canonical id bytes), ``(N, width)``, through one round
+    trip to the server, which sees only blinded points."""
+    n = len(part)
+    # a fresh r per id: each blinded point is a uniform group element whatever the id, so
+    # the server learns only the count (not even which queries repeat)
+    r, r_inv = r255.blinds(n)
+    blinded = r255.mul_each(r255.hash_to_group(part), r)
+    answer = _wire_points(server_answer_fn(blinded.tobytes()), "the server's answer")
+    if len(answer) != n:
+        raise OperatorError(f"psi: the server answered {len(answer)} points to {n} queries")
+    try:
+        unblinded = r255.mul_each(answer, r_inv)
+    except r255.InvalidPoint as exc:
+        raise r255.InvalidPoint(exc.index, f"of the server's answer {exc.reason}") from None
+    return r255.finish(part, unblinded, width)
 
 
 def _wire_points(data: Any, what: str) -> np.ndarray:
