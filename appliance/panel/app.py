@@ -23,6 +23,7 @@ from appliance.panel import (
     keys,
     overview,
     partners,
+    pir,
     security,
     users,
 )
@@ -43,6 +44,7 @@ NAVIGATION = (
     ("attestation.index", "Attestation"),
     ("partners.index", "Partners"),
     ("datasets.index", "Data sets"),
+    ("pir.index", "Private query"),
     ("jobs.index", "Jobs"),
     ("audit.index", "Audit"),
     ("users.index", "Users & settings"),
@@ -74,8 +76,8 @@ def create_app(config: Mapping[str, Any]) -> Flask:
 
     auth.install(app)  # the idle timeout runs before the write guards
     security.install(app)
-    for module in (overview, accelerators, keys, attestation, partners, datasets, jobs, audit,
-                   users):
+    for module in (overview, accelerators, keys, attestation, partners, datasets, pir, jobs,
+                   audit, users):
         app.register_blueprint(module.bp)
     _install_error_pages(app)
     filters.install(app)

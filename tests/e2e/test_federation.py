@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import json
 import socket
 import time
 from pathlib import Path
@@ -480,3 +481,141 @@ def test_joint_statistics_across_three_daemons_match_numpy(nodes):
         side = n.daemon.wait_job(side["id"], {"done", "failed"}, timeout=30)
         assert side["state"] == "done", side["error"]
         assert side["result"]["outputs"]["stats"]["count"]["v"] == len(pooled)
+
+
+# -- private query ----------------------------------------------------------------------------
+
+def _scores(path: Path, rows: int) -> dict[str, tuple[int, str]]:
+    """A carrier's risk table: phone -> (score, segment); every 7th segment empty."""
+    table = {f"1380000{i:05d}": (i * 37 % 1000, "" if i % 7 == 0 else f"seg-{i % 5}")
+             for i in range(rows)}
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["phone", "score", "segment"])
+        for phone, (score, segment) in table.items():
+            w.writerow([phone, score, segment])
+    return table
+
+
+def _expected(table: dict[str, tuple[int, str]], key: str) -> dict:
+    if key not in table:
+        return {"key": key, "found": False, "labels": {}}
+    score, segment = table[key]
+    return {"key": key, "found": True, "labels": {"score": score, "segment": segment}}
+
+
+@pytest.fixture(scope="module")
+def risk_service(nodes, tmp_path_factory):
+    """node-b publishes its L1 risk table as service "risk" through the CLI."""
+    b = nodes[1]
+    path = tmp_path_factory.mktemp("pir") / "scores.csv"
+    table = _scores(path, 2000)
+    b.api.post("/v1/datasets", {"name": "scores", "path": str(path), "id_column": "phone",
+                                "grade": "L1"})
+    run = cli("pir", "publish", "risk", "--dataset", "scores", "--key-column", "phone",
+              "--label-columns", "score,segment", "--json", "--state-dir", str(b.state),
+              timeout=120)
+    assert run.returncode == 0, run.stderr
+    info = json.loads(run.stdout)
+    assert info["records"] == 2000 and info["label_columns"] == ["score", "segment"]
+    return table, path
+
+
+def test_private_query_between_two_daemons_returns_exactly_the_stored_labels(
+        nodes, risk_service, tmp_path):
+    from appliance.federation.pir_client import PirClient
+
+    a, b, _ = nodes
+    table, _path = risk_service
+    present = ["138000000000", "138000000007", "138000001999", "138000000123"]
+    absent = ["138000002000", "13900000001"]
+    run = cli("pir", "query", "--peer", "node-b", "--service", "risk", *present, *absent,
+              "--json", "--state-dir", str(a.state), timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout) == {"results": [_expected(table, k)
+                                                  for k in present + absent]}
+    # every key of a sample, from a keys file, through the CLI's plain output
+    sample = [*list(table)[::97], "0", "138000000001x"]
+    keys_file = tmp_path / "keys.txt"
+    keys_file.write_text("\n".join(sample[:-1]) + "\n")
+    run = cli("pir", "query", "--peer", "node-b", "--service", "risk", "--keys-file",
+              str(keys_file), "--json", "--state-dir", str(a.state), timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["results"] == [_expected(table, k) for k in sample[:-1]]
+    # the Python client for applications
+    client = PirClient(a.state)
+    assert client.query("node-b", "risk", present[:2]) == [_expected(table, k)
+                                                           for k in present[:2]]
+    listed = client.peer_services("node-b")
+    assert [s["name"] for s in listed] == ["risk"] and "source" not in listed[0]
+    # both ledgers hold every query, neither holds a key
+    served = ledger_actions(b, "pir.query.served")
+    asked = ledger_actions(a, "pir.query")
+    assert len(served) >= 3 and len(asked) >= 3
+    for record in served + asked:
+        text = json.dumps(record)
+        assert not any(k in text for k in present + absent)
+    assert {r["details"]["count"] for r in served} >= {6, len(sample) - 1, 2}
+    assert all(len(r["details"]["keys_hmac"]) == 64 for r in asked)
+
+
+def test_private_query_through_the_panel(nodes, risk_service):
+    from tests.appliance.panel.browser_forms import post
+
+    a, b, _ = nodes
+    table, _ = risk_service
+    client, token = panel_of(b)
+    page = client.get("/pir").get_data(as_text=True)
+    assert "risk" in page and "2,000" in page and "score, segment" in page
+    client, token = panel_of(a)
+    page = client.get("/pir?peer=node-b").get_data(as_text=True)
+    assert 'id="peer-services"' in page and "risk" in page
+    answer = post(client, "/pir/query", {"peer": "node-b", "service": "risk",
+                                         "keys": "138000000042\n138000009999\n"}, token=token)
+    assert answer.status_code == 200, answer.get_data(as_text=True)[:500]
+    page = answer.get_data(as_text=True)
+    score, segment = table["138000000042"]
+    assert 'id="pir-results"' in page
+    assert f"<td>{score}</td>" in page and f"<td>{segment}</td>" in page
+    assert "not found" in page
+
+
+def test_private_query_refusals_are_clear_and_the_daemons_keep_serving(nodes, risk_service):
+    a, b, _ = nodes
+    table, _ = risk_service
+    # L3 data may not be served: the grade policy names its rule
+    with pytest.raises(DaemonError, match=r"rule L3.pir.serve forbids serving records"):
+        b.api.post("/v1/pir/services", {"name": "leak", "dataset": "customers",
+                                        "key_column": "id", "label_columns": ["v"]})
+    with pytest.raises(DaemonError, match="no service named nope is published") as exc:
+        a.api.post("/v1/pir/query", {"peer": "node-b", "service": "nope", "keys": ["1"]})
+    assert exc.value.status == 404
+    with pytest.raises(DaemonError, match="no keys to ask"):
+        a.api.post("/v1/pir/query", {"peer": "node-b", "service": "risk", "keys": []})
+    with pytest.raises(DaemonError, match="key 1 is float, not text"):
+        a.api.post("/v1/pir/query", {"peer": "node-b", "service": "risk", "keys": ["1", 1.5]})
+    with pytest.raises(DaemonError, match="split them"):
+        a.api.post("/v1/pir/query", {"peer": "node-b", "service": "risk",
+                                     "keys": ["1"] * 1025})
+    key = "138000000005"
+    answer = a.api.post("/v1/pir/query", {"peer": "node-b", "service": "risk", "keys": [key]})
+    assert answer["results"] == [_expected(table, key)]
+
+
+def test_private_query_follows_a_re_encoded_service(nodes, risk_service):
+    a, b, _ = nodes
+    _table, path = risk_service
+    key = "138000000011"
+    before = a.api.post("/v1/pir/query", {"peer": "node-b", "service": "risk", "keys": [key]})
+    changed = _scores(path, 2100)  # the file grows: register it again, publish again
+    b.api.delete("/v1/datasets/scores", {})
+    b.api.post("/v1/datasets", {"name": "scores", "path": str(path), "id_column": "phone",
+                                "grade": "L1"})
+    info = b.api.post("/v1/pir/services", {"name": "risk", "dataset": "scores",
+                                           "key_column": "phone",
+                                           "label_columns": ["score", "segment"]})
+    assert info["version"] == before["cost"]["version"] + 1 and info["records"] == 2100
+    after = a.api.post("/v1/pir/query", {"peer": "node-b", "service": "risk",
+                                         "keys": [key, "138000002050"]})
+    assert after["cost"]["version"] == info["version"]
+    assert after["results"] == [_expected(changed, key), _expected(changed, "138000002050")]

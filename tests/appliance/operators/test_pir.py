@@ -169,7 +169,7 @@ def test_every_key_of_a_small_service_reads_back(store: ServiceStore, tmp_path: 
     store.publish("names", pa.array(keys), {"v": pa.array([f"value of {k}" for k in keys])},
                   source={})
     client = Server(store).client(tmp_path / "cache")
-    results, _ = client.query("names", keys + ["user-300", "USER-1"])
+    results, _ = client.query("names", [*keys, "user-300", "USER-1"])
     assert all(r["found"] and r["labels"] == {"v": f"value of {r['key']}"}
                for r in results[:n])
     assert not results[n]["found"] and not results[n + 1]["found"]
