@@ -24,6 +24,7 @@ psi      reveal           count (only the intersection size), self (this node le
                           this node's ids intersect), both
 pir      serve            none (this node only queries; its query ids leave encrypted),
                           records (this node answers queries: matching records leave)
+pir      column           each label column a published service serves (asked per column)
 stats    noise            dp (aggregates with differential-privacy noise), none (exact)
 fl       aggregation      secure (updates leave only under secure aggregation), plain
 count    (none)           the signed row count leaves
