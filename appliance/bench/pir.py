@@ -100,42 +100,54 @@ def run(records: int, label_bytes: int, batch: int, repeats: int,
         all_keys = keys.to_pylist()
         resident.mul(np.zeros((1, info["cols"]), np.uint32), backend=backend)  # warm up
         for size in (1, batch):
-            server, client, server_cpu, client_cpu = [], [], [], []
+            # three phases, each over every repeat: the client's queries, the server's passes,
+            # the client's decoding. Interleaved, the client's BLAS threads (which spin for a
+            # while after each call) would steal the server's cores: on two machines they
+            # would not meet.
+            runs = []
             for r in range(repeats):
                 asked = [str(k) for k in all_keys[r * size:(r + 1) * size]]
                 asked[-1] = "1"  # one absent key in every batch
                 ids = id_bytes(pa.array(asked))
-                spent = {"s": 0.0, "sc": 0.0}
+                run_: dict[str, Any] = {"server_s": 0.0, "server_cpu_s": 0.0}
 
-                def oprf(blinded: bytes, spent: dict[str, float] = spent) -> bytes:
+                def oprf(blinded: bytes, run_: dict[str, Any] = run_) -> bytes:
                     answer, w, c = _timed(lambda: loaded.oprf.answer(blinded))
-                    spent["s"] += w
-                    spent["sc"] += c
+                    run_["server_s"] += w
+                    run_["server_cpu_s"] += c
                     return answer
 
-                t0, c0 = time.perf_counter(), time.process_time()
-                f = evaluate_blinded(ids, oprf, lay.F_BYTES)
-                s, q = scheme.make_queries(a_t, lay.buckets(f, info["cols"]))
-                answers, w, c = _timed(lambda q=q: resident.mul(q, backend=backend))
-                spent["s"] += w
-                spent["sc"] += c
-                read = scheme.decode(answers, s, hint_t)
-                found = [lay.find(read[i], lay_, f[i]) for i in range(size)]
-                total_w, total_c = time.perf_counter() - t0, time.process_time() - c0
+                def prepare(ids: pa.Array = ids, oprf: Any = oprf) -> tuple[Any, ...]:
+                    f = evaluate_blinded(ids, oprf, lay.F_BYTES)
+                    return (f, *scheme.make_queries(a_t, lay.buckets(f, info["cols"])))
+
+                (run_["f"], run_["s"], run_["q"]), w, c = _timed(prepare)
+                run_["client_s"] = w - run_["server_s"]
+                run_["client_cpu_s"] = c - run_["server_cpu_s"]
+                runs.append(run_)
+            time.sleep(0.5)
+            for run_ in runs:
+                run_["answers"], w, c = _timed(
+                    lambda q=run_["q"]: resident.mul(q, backend=backend))
+                run_["server_s"] += w
+                run_["server_cpu_s"] += c
+            for run_ in runs:
+                def finish(run_: dict[str, Any] = run_) -> list[Any]:
+                    read = scheme.decode(run_["answers"], run_["s"], hint_t)
+                    return [lay.find(read[i], lay_, run_["f"][i]) for i in range(len(read))]
+
+                found, w, c = _timed(finish)
+                run_["client_s"] += w
+                run_["client_cpu_s"] += c
                 if any(x is None for x in found[:-1]) or found[-1] is not None:
                     raise RuntimeError("a present key was not found or an absent one was")
-                server.append(spent["s"])
-                server_cpu.append(spent["sc"])
-                client.append(total_w - spent["s"])
-                client_cpu.append(total_c - spent["sc"])
+            med = {k: statistics.median(r[k] for r in runs)
+                   for k in ("server_s", "server_cpu_s", "client_s", "client_cpu_s")}
             out["single" if size == 1 else "batched"] = {
-                "keys": size, "server_s": statistics.median(server),
-                "server_cpu_s": statistics.median(server_cpu),
-                "client_s": statistics.median(client),
-                "client_cpu_s": statistics.median(client_cpu),
+                "keys": size, **med,
                 "sent_bytes": size * info["cost"]["query_bytes"],
                 "received_bytes": size * info["cost"]["answer_bytes"],
-                "ratio_to_floor": statistics.median(server) / floor}
+                "ratio_to_floor": med["server_s"] / floor}
     return out
 
 

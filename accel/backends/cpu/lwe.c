@@ -14,9 +14,9 @@
  *
  * A block of ROWS database rows meets QUERIES queries at a time, so each byte loaded is used
  * QUERIES times and each query word ROWS times; a row block stays in cache while the whole
- * batch passes over it, so a batch reads the database once. The block is cloned for
- * AVX-512 and AVX2 and the loader picks the clone for this CPU (the rest of the extension is
- * built for plain x86-64).
+ * batch passes over it, so a batch reads the database once. The block is compiled three
+ * times (AVX-512 VNNI, AVX2, plain x86-64: the rest of the extension is built for plain
+ * x86-64) and each call runs the best one this CPU has.
  */
 #include "pec_cpu.h"
 #include "thread_pool.h"
@@ -27,55 +27,90 @@
 #define ROWS 4
 #define QUERIES 4
 
+
+/* acc[k][r] for ROWS rows of d (row stride `stride`) and QUERIES queries of lo/hi. */
+#define DEFINE_BLOCK(name, attr)                                                              \
+    attr static void name(const uint8_t *restrict d, int64_t stride,                          \
+                          const int16_t *restrict lo, const int16_t *restrict hi,             \
+                          int64_t cols, uint32_t acc[QUERIES][ROWS]) {                        \
+        int32_t a[ROWS][QUERIES] = {{0}}, b[ROWS][QUERIES] = {{0}};                           \
+        for (int64_t j = 0; j < cols; j++) {                                                  \
+            for (int k = 0; k < QUERIES; k++) {                                               \
+                int16_t l = lo[k * cols + j], h = hi[k * cols + j];                           \
+                for (int r = 0; r < ROWS; r++) {                                              \
+                    int16_t x = d[r * stride + j];                                            \
+                    a[r][k] += x * l;                                                         \
+                    b[r][k] += x * h;                                                         \
+                }                                                                             \
+            }                                                                                 \
+        }                                                                                     \
+        for (int r = 0; r < ROWS; r++)                                                        \
+            for (int k = 0; k < QUERIES; k++)                                                 \
+                acc[k][r] = (uint32_t)a[r][k] + ((uint32_t)b[r][k] << 16);                    \
+    }
+
+/* The same for one query: the batch's last batch % QUERIES queries (and a single query). */
+#define DEFINE_BLOCK_ONE(name, attr)                                                          \
+    attr static void name(const uint8_t *restrict d, int64_t stride,                          \
+                          const int16_t *restrict lo, const int16_t *restrict hi,             \
+                          int64_t cols, uint32_t acc[ROWS]) {                                 \
+        int32_t a[ROWS] = {0}, b[ROWS] = {0};                                                 \
+        for (int64_t j = 0; j < cols; j++) {                                                  \
+            int16_t l = lo[j], h = hi[j];                                                     \
+            for (int r = 0; r < ROWS; r++) {                                                  \
+                int16_t x = d[r * stride + j];                                                \
+                a[r] += x * l;                                                                \
+                b[r] += x * h;                                                                \
+            }                                                                                 \
+        }                                                                                     \
+        for (int r = 0; r < ROWS; r++)                                                        \
+            acc[r] = (uint32_t)a[r] + ((uint32_t)b[r] << 16);                                 \
+    }
+
+typedef void (*block_fn)(const uint8_t *, int64_t, const int16_t *, const int16_t *, int64_t,
+                         uint32_t[QUERIES][ROWS]);
+typedef void (*block_one_fn)(const uint8_t *, int64_t, const int16_t *, const int16_t *,
+                             int64_t, uint32_t[ROWS]);
+
+DEFINE_BLOCK(block_base, )
+DEFINE_BLOCK_ONE(block_one_base, )
+
+#if defined(__x86_64__) && defined(__GNUC__)
+/* Chosen by CPU feature, not by model name, so that any vendor's CPU gets its best path:
+ * AVX-512 VNNI fuses the 16-bit multiply-add with the accumulation (vpdpwssd). */
+#define VNNI __attribute__((target("avx2,avx512f,avx512bw,avx512vl,avx512vnni")))
+#define AVX2 __attribute__((target("avx2")))
+DEFINE_BLOCK(block_vnni, VNNI)
+DEFINE_BLOCK_ONE(block_one_vnni, VNNI)
+DEFINE_BLOCK(block_avx2, AVX2)
+DEFINE_BLOCK_ONE(block_one_avx2, AVX2)
+#endif
+
+typedef struct {
+    block_fn block;
+    block_one_fn one;
+} kernels;
+
+static kernels pick_kernels(void) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl"))
+        return (kernels){block_vnni, block_one_vnni};
+    if (__builtin_cpu_supports("avx2"))
+        return (kernels){block_avx2, block_one_avx2};
+#endif
+    return (kernels){block_base, block_one_base};
+}
+
 typedef struct {
     const uint8_t *db;
     const int16_t *lo, *hi; /* batch x cols */
     uint32_t *out;
     int64_t rows, cols, batch;
+    block_fn block;
+    block_one_fn one;
 } lwe_ctx;
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define PEC_CLONES __attribute__((target_clones("arch=skylake-avx512", "avx2", "default")))
-#else
-#define PEC_CLONES
-#endif
-
-/* acc[k][r] for ROWS rows of d (row stride `stride`) and QUERIES queries of lo/hi. */
-PEC_CLONES
-static void block(const uint8_t *restrict d, int64_t stride, const int16_t *restrict lo,
-                  const int16_t *restrict hi, int64_t cols, uint32_t acc[QUERIES][ROWS]) {
-    int32_t a[ROWS][QUERIES] = {{0}}, b[ROWS][QUERIES] = {{0}};
-    for (int64_t j = 0; j < cols; j++) {
-        for (int k = 0; k < QUERIES; k++) {
-            int16_t l = lo[k * cols + j], h = hi[k * cols + j];
-            for (int r = 0; r < ROWS; r++) {
-                int16_t x = d[r * stride + j];
-                a[r][k] += x * l;
-                b[r][k] += x * h;
-            }
-        }
-    }
-    for (int r = 0; r < ROWS; r++)
-        for (int k = 0; k < QUERIES; k++)
-            acc[k][r] = (uint32_t)a[r][k] + ((uint32_t)b[r][k] << 16);
-}
-
-/* The same for one query: the batch's last batch % QUERIES queries (and a single query). */
-PEC_CLONES
-static void block_one(const uint8_t *restrict d, int64_t stride, const int16_t *restrict lo,
-                      const int16_t *restrict hi, int64_t cols, uint32_t acc[ROWS]) {
-    int32_t a[ROWS] = {0}, b[ROWS] = {0};
-    for (int64_t j = 0; j < cols; j++) {
-        int16_t l = lo[j], h = hi[j];
-        for (int r = 0; r < ROWS; r++) {
-            int16_t x = d[r * stride + j];
-            a[r] += x * l;
-            b[r] += x * h;
-        }
-    }
-    for (int r = 0; r < ROWS; r++)
-        acc[r] = (uint32_t)a[r] + ((uint32_t)b[r] << 16);
-}
 
 static int lwe_range(void *vctx, int64_t begin, int64_t end, mp_limb_t *scratch) {
     (void)scratch;
@@ -95,14 +130,14 @@ static int lwe_range(void *vctx, int64_t begin, int64_t end, mp_limb_t *scratch)
         int64_t k = 0;
         for (; k + QUERIES <= c->batch; k += QUERIES) {
             uint32_t acc[QUERIES][ROWS];
-            block(d, c->cols, c->lo + k * c->cols, c->hi + k * c->cols, c->cols, acc);
+            c->block(d, c->cols, c->lo + k * c->cols, c->hi + k * c->cols, c->cols, acc);
             for (int kk = 0; kk < QUERIES; kk++)
                 for (int r = 0; r < n_rows; r++)
                     c->out[(k + kk) * c->rows + i + r] = acc[kk][r];
         }
         for (; k < c->batch; k++) {
             uint32_t acc[ROWS];
-            block_one(d, c->cols, c->lo + k * c->cols, c->hi + k * c->cols, c->cols, acc);
+            c->one(d, c->cols, c->lo + k * c->cols, c->hi + k * c->cols, c->cols, acc);
             for (int r = 0; r < n_rows; r++)
                 c->out[k * c->rows + i + r] = acc[r];
         }
@@ -129,7 +164,8 @@ int pec_lwe_matmul_u8(const uint8_t *db, int64_t rows, int64_t cols, const uint3
         lo[t] = (int16_t)(uint16_t)l;
         hi[t] = (int16_t)(uint16_t)h;
     }
-    lwe_ctx c = {db, lo, hi, out, rows, cols, batch};
+    kernels k = pick_kernels();
+    lwe_ctx c = {db, lo, hi, out, rows, cols, batch, k.block, k.one};
     int64_t steps = (rows + ROWS - 1) / ROWS;
     /* about 256 KiB of database per chunk: enough to amortise the hand-out, small enough
      * that the threads split even a small database evenly */
