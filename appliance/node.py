@@ -26,7 +26,11 @@ from appliance.federation.card import make_card
 from appliance.federation.grade_policy import GradePolicy
 from appliance.federation.mpjobs import Datasets, MultiParty
 from appliance.federation.peers import PeerError, Peers
-from appliance.federation.private_query import PrivateQuery
+from appliance.federation.private_query import (
+    BUDGET_SETTING,
+    DEFAULT_KEY_BUDGET,
+    PrivateQuery,
+)
 from appliance.federation.service import Federation, Identity
 from appliance.host import live
 from appliance.host.inventory import Inventory, detect
@@ -150,7 +154,9 @@ class Node:
             submit=self.submit_job, cancel=self.runner.cancel, job=self.runner.get,
             sign=signer.sign, output_root=self.state.path / "outputs", secrets=trust)
         self.runner.multiparty = self.multiparty
-        self.pir = PrivateQuery(fed, self.datasets, self.grade_policy, self.state.path, trust)
+        self.pir = PrivateQuery(
+            fed, self.datasets, self.grade_policy, self.state.path, trust,
+            budget=lambda: self.store.get_setting(BUDGET_SETTING, DEFAULT_KEY_BUDGET))
         self.federation_error = None
 
     def grade_policy(self) -> GradePolicy:

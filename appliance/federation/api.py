@@ -190,7 +190,10 @@ def publish_pir_service(node: Node, query: Query, body: Any, m: Match) -> Reply:
     if not all(isinstance(v, str) and v for v in fields):
         raise ApiError(400, "fields 'name', 'dataset', 'key_column' (strings) and "
                        "'label_columns' (a list) needed")
-    return 201, _pir(node).publish(*fields, req.get("label_columns"), actor)
+    rotate = req.get("rotate_key", False)
+    if not isinstance(rotate, bool):
+        raise ApiError(400, "field 'rotate_key' is true or false")
+    return 201, _pir(node).publish(*fields, req.get("label_columns"), actor, rotate)
 
 
 @route("DELETE", rf"/v1/pir/services/{_DATASET}")

@@ -162,7 +162,8 @@ def _mib(n: int | None) -> str:
 
 def cmd_pir_publish(args: argparse.Namespace) -> int:
     labels = [c.strip() for c in args.label_columns.split(",") if c.strip()]
-    info = _pir(args).publish(args.name, args.dataset, args.key_column, labels)
+    info = _pir(args).publish(args.name, args.dataset, args.key_column, labels,
+                              args.rotate_key)
     if args.json:
         _emit(info)
         return 0
@@ -281,6 +282,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--key-column", required=True)
     p.add_argument("--label-columns", required=True, metavar="A,B",
                    help="the columns a query returns")
+    p.add_argument("--rotate-key", action="store_true",
+                   help="replace the service's OPRF key (what clients learnt stops working)")
     p.set_defaults(func=cmd_pir_publish)
     p = sub.add_parser("list", help="this node's services (or a peer's, with --peer)")
     p.add_argument("--peer", default=None)

@@ -43,11 +43,11 @@ class PirClient:
         """This node's published services with their cost figures."""
         return self._daemon.get("/v1/pir/services")["services"]
 
-    def publish(self, name: str, dataset: str, key_column: str,
-                label_columns: list[str]) -> dict[str, Any]:
+    def publish(self, name: str, dataset: str, key_column: str, label_columns: list[str],
+                rotate_key: bool = False) -> dict[str, Any]:
         return self._daemon.post("/v1/pir/services", {
             "name": name, "dataset": dataset, "key_column": key_column,
-            "label_columns": list(label_columns)})
+            "label_columns": list(label_columns), "rotate_key": rotate_key})
 
     def unpublish(self, name: str) -> dict[str, Any]:
         return self._daemon.delete(f"/v1/pir/services/{name}")

@@ -619,3 +619,18 @@ def test_private_query_follows_a_re_encoded_service(nodes, risk_service):
                                          "keys": [key, "138000002050"]})
     assert after["cost"]["version"] == info["version"]
     assert after["results"] == [_expected(changed, key), _expected(changed, "138000002050")]
+
+
+def test_a_tightened_grade_policy_stops_a_published_service_at_once(nodes, risk_service):
+    a, b, _ = nodes
+    ask = {"peer": "node-b", "service": "risk", "keys": ["138000000003"]}
+    assert a.api.post("/v1/pir/query", ask)["results"][0]["found"]
+    b.api.put("/v1/federation/grade-policy", {"overrides": {"grades": {
+        "L1": {"pir": {"serve": ["records"], "column": ["score"]}}}}})
+    try:
+        with pytest.raises(DaemonError, match=r"rule L1\.pir\.column") as exc:
+            a.api.post("/v1/pir/query", ask)
+        assert exc.value.status == 403
+    finally:
+        b.api.put("/v1/federation/grade-policy", {"overrides": None})
+    assert a.api.post("/v1/pir/query", ask)["results"][0]["found"]

@@ -46,7 +46,23 @@ from appliance.state.atomicfile import write_atomic, write_json
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 #: most keys one request may ask (a batch is one pass over the database)
 MAX_BATCH = 1024
+#: a query or an answer batch stays below the channel's 64 MiB message limit
+MAX_MESSAGE = 60 << 20
 HINT_CHUNK = 1 << 20
+#: what a client checks the description against (a server of another version is refused)
+PROTOCOL = 1
+
+
+def oprf_key_name(service: str) -> str:
+    """The sealed OPRF key's name: the dot keeps it apart from unbalanced PSI's keys, which are
+    named by data sets (whose names have no dot)."""
+    return f"pir.{service}"
+
+
+def max_batch(rows: int, cols: int) -> int:
+    """Keys per request for a database of this shape: at most MAX_BATCH, and few enough that
+    the queries (4 bytes a column each) and the answers (4 bytes a row) fit one message."""
+    return max(1, min(MAX_BATCH, MAX_MESSAGE // (4 * max(rows, cols))))
 
 
 def check_name(name: str) -> str:
@@ -80,15 +96,24 @@ def label_type_of(t: pa.DataType) -> str:
     return "string"
 
 
+LABEL_TYPES = ("bool", "int", "float", "string")
+
+
 def typed(value: str | None, kind: str) -> Any:
-    """A label's text back as the JSON value of its column's type."""
+    """A label's text back as the JSON value of its column's type; PirError when the text is
+    not one of that type (a corrupt record or a server that lies about its types)."""
     if value is None or kind == "string":
         return value
-    if kind == "int":
-        return int(value)
-    if kind == "float":
-        return float(value)
-    return value == "true"
+    try:
+        if kind == "int":
+            return int(value)
+        if kind == "float":
+            return float(value)
+    except ValueError:
+        raise PirError(f"pir: label {value[:40]!r} is not a {kind}", 502) from None
+    if kind == "bool" and value in ("true", "false"):
+        return value == "true"
+    raise PirError(f"pir: label {value[:40]!r} is not a {kind}", 502)
 
 
 @dataclass
@@ -115,24 +140,25 @@ class ServiceStore:
 
     def publish(self, name: str, keys: pa.Array | pa.ChunkedArray,
                 labels: dict[str, pa.Array | pa.ChunkedArray], *,
-                source: dict[str, Any]) -> dict[str, Any]:
+                source: dict[str, Any], rotate_key: bool = False) -> dict[str, Any]:
         """Encode ``keys`` with their ``labels`` as the next version of service ``name`` and
         make it current; returns its description. ``source`` (data set, fingerprint, key
-        column) is kept for this node's administrators and never sent to peers."""
+        column) is kept for this node's administrators and never sent to peers.
+        ``rotate_key`` replaces the service's OPRF key first (clients' F values change)."""
         check_name(name)
         with self._lock:
             if name in self._building:
                 raise PirError(f"pir: service {name} is being encoded already; wait for it", 409)
             self._building.add(name)
         try:
-            return self._publish(name, keys, labels, source)
+            return self._publish(name, keys, labels, source, rotate_key)
         finally:
             with self._lock:
                 self._building.discard(name)
 
     def _publish(self, name: str, keys: pa.Array | pa.ChunkedArray,
                  labels: dict[str, pa.Array | pa.ChunkedArray],
-                 source: dict[str, Any]) -> dict[str, Any]:
+                 source: dict[str, Any], rotate_key: bool) -> dict[str, Any]:
         started = time.perf_counter()
         if not labels:
             raise PirError("pir: a service needs at least one label column", 400)
@@ -141,7 +167,11 @@ class ServiceStore:
         if len(pc.unique(ids)) != len(ids):
             raise PirError(f"pir: the key column has {len(ids) - len(pc.unique(ids))} "
                            "repeated key(s); a key must name one record", 400)
-        key = OprfKey.load_or_create(self.secrets, f"pir-{name}")
+        empty = len(ids) - pc.sum(pc.greater(pc.binary_length(ids), 0)).as_py() if len(ids) else 0
+        if empty:
+            raise PirError(f"pir: the key column has {empty} empty key(s)", 400)
+        key = (OprfKey.rotate if rotate_key else OprfKey.load_or_create)(
+            self.secrets, oprf_key_name(name))
         f = key.evaluate(ids, lay.F_BYTES)
         texts = [_texts(col) for col in labels.values()]
         encoded, width = lay.encode_labels(texts)
@@ -154,15 +184,17 @@ class ServiceStore:
 
         service_dir = self.root / name
         service_dir.mkdir(parents=True, exist_ok=True)
-        version = self._current_version(name) + 1
+        version = self._next_version(name)
         final = service_dir / f"v{version}"
         tmp = service_dir / f".v{version}.building"
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(final, ignore_errors=True)  # never current: left by a crash
         tmp.mkdir()
         write_atomic(tmp / "matrix.u8", entries.tobytes())
         hint_bytes = hint_t.astype("<u4").tobytes()
         write_atomic(tmp / "hint.u32", hint_bytes)
         info = {
+            "protocol": PROTOCOL,
             "name": name,
             "version": version,
             "key_type": key_type,
@@ -177,6 +209,7 @@ class ServiceStore:
             "oprf": {"group": "ristretto255", "key_version": key.version,
                      "key_public": key.public.hex()},
             "hint_sha256": hashlib.sha256(hint_bytes).hexdigest(),
+            "max_batch": max_batch(shape.rows, shape.cols),
             "cost": {
                 "setup_seconds": round(time.perf_counter() - started, 3),
                 "database_bytes": shape.rows * shape.cols,
@@ -198,13 +231,31 @@ class ServiceStore:
         return self.describe(name)
 
     def remove(self, name: str) -> dict[str, Any]:
+        """Stop serving ``name``: its encodings go, its OPRF key is replaced (F values clients
+        learnt no longer match anything) and its version count is kept, so that a service
+        published again under the name never reuses a version a client may have cached."""
         info = self.describe(check_name(name))
         with self._lock:
             if name in self._building:
                 raise PirError(f"pir: service {name} is being encoded; remove it after", 409)
             self._loaded.pop(name, None)
-            shutil.rmtree(self.root / name)
+            for part in (self.root / name).iterdir():
+                if part.name != "LAST_VERSION":
+                    shutil.rmtree(part) if part.is_dir() else part.unlink()
+        OprfKey.rotate(self.secrets, oprf_key_name(name))
         return info
+
+    def _next_version(self, name: str) -> int:
+        """One more than any version this name ever had, recorded before the build starts."""
+        path = self.root / name / "LAST_VERSION"
+        try:
+            last = int(path.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            last = 0
+        versions = [int(p.name[1:]) for p in (self.root / name).glob("v*") if p.name[1:].isdigit()]
+        version = max([last, self._current_version(name), *versions]) + 1
+        write_atomic(path, f"{version}\n".encode())
+        return version
 
     # -- reading -------------------------------------------------------------------------
 
@@ -249,11 +300,11 @@ class ServiceStore:
             raise PirError(f"pir: service {name} version {version}'s matrix is missing or "
                            "truncated: publish it again", 500)
         entries = np.memmap(path, dtype=np.uint8, mode="r", shape=(shape.rows, shape.cols))
-        key = OprfKey.load_or_create(self.secrets, f"pir-{name}")
+        key = OprfKey.load_or_create(self.secrets, oprf_key_name(name))
         if key.public.hex() != info["oprf"]["key_public"]:
             raise PirError(f"pir: service {name}'s OPRF key changed since it was encoded: "
                            "publish it again", 500)
-        loaded = Loaded(info, lwe.Matrix(entries), OprfServer(key, max_batch=MAX_BATCH))
+        loaded = Loaded(info, lwe.Matrix(entries), OprfServer(key, max_batch=info["max_batch"]))
         with self._lock:
             self._loaded[name] = loaded
         return loaded
@@ -270,6 +321,10 @@ class ServiceStore:
 
     def list(self) -> list[dict[str, Any]]:
         return [self.describe(n) for n in self.names()]
+
+    def source(self, name: str) -> dict[str, Any]:
+        """Where the current version came from (data set, fingerprint, key column)."""
+        return dict(self.loaded(name).info.get("source") or {})
 
     def public_info(self, name: str) -> dict[str, Any]:
         info = dict(self.loaded(name).info)
@@ -309,8 +364,10 @@ class ServiceStore:
     def answer_queries(self, name: str, version: Any, count: int, data: bytes) -> bytes:
         loaded = self.current(name, version)
         cols = loaded.info["cols"]
-        if not (isinstance(count, int) and 1 <= count <= MAX_BATCH):
-            raise PirError(f"pir: a batch is 1..{MAX_BATCH} queries, not {count!r}", 400)
+        most = loaded.info["max_batch"]
+        if isinstance(count, bool) or not (isinstance(count, int) and 1 <= count <= most):
+            raise PirError(f"pir: a batch of service {name} is 1..{most} queries, not "
+                           f"{count!r}", 400)
         if len(data) != count * cols * 4:
             raise PirError(f"pir: {count} queries are {count * cols * 4} bytes, got "
                            f"{len(data)}: a malformed query", 400)

@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import re
+import shutil
 import threading
 import time
 from collections import OrderedDict
@@ -35,7 +36,15 @@ from appliance.operators.base import OperatorError
 from appliance.operators.pir import layout as lay
 from appliance.operators.pir import scheme
 from appliance.operators.pir.scheme import PirError
-from appliance.operators.pir.service import MAX_BATCH, ServiceStore, check_name, typed
+from appliance.operators.pir.service import (
+    LABEL_TYPES,
+    MAX_BATCH,
+    NAME,
+    PROTOCOL,
+    ServiceStore,
+    check_name,
+    typed,
+)
 from appliance.operators.psi import r255
 from appliance.operators.psi.ecdh_engine import id_bytes
 from appliance.operators.psi.unbalanced import evaluate_blinded
@@ -48,7 +57,7 @@ OPS = ("list", "info", "hint", "oprf", "query")
 #: how long either side waits for the other's next message
 TIMEOUT = 120.0
 MAX_KEY_BYTES = 1024
-_INT = re.compile(r"[+-]?[0-9]{1,19}")
+_INT = re.compile(r"[+-]?[0-9]{1,20}")
 
 
 class Session(Protocol):
@@ -64,11 +73,16 @@ class Session(Protocol):
 # -- the server ------------------------------------------------------------------------------
 
 Served = Callable[[str, dict[str, Any]], None]  # (op, facts) after each answered request
+#: (op, service or None, keys asked) before each request; raises PirError to refuse it
+Allow = Callable[[str, str | None, int], None]
 
 
-def serve(session: Any, store: ServiceStore, on_served: Served) -> None:
+def serve(session: Any, store: ServiceStore, on_served: Served,
+          allow: Allow = lambda op, service, count: None) -> None:
     """Answer one peer's requests until it closes the session (or stays silent TIMEOUT s).
-    Channel failures end the session; nothing a peer sends can stop the node serving."""
+    ``allow`` is asked before each request (the peer still active, the service's data still
+    servable under the grade policy, the peer's key budget). Channel failures end the
+    session; nothing a peer sends can stop the node serving."""
     from appliance.federation.channel import ChannelError, RecvTimeout
 
     while True:
@@ -80,7 +94,7 @@ def serve(session: Any, store: ServiceStore, on_served: Served) -> None:
         except ChannelError:
             return  # closed by the client, or lost: either way this session is over
         try:
-            reply, payload = _answer(session, store, msg, on_served)
+            reply, payload = _answer(session, store, msg, on_served, allow)
         except ChannelError as exc:
             log.info("private query session ended mid-request: %s", exc)
             return
@@ -91,10 +105,14 @@ def serve(session: Any, store: ServiceStore, on_served: Served) -> None:
         except ChannelError as exc:  # the client went away mid-answer
             log.info("private query answer not delivered: %s", exc)
             return
+        finally:
+            close = getattr(payload, "close", None)
+            if close is not None:
+                close()  # the hint file, when the answer was a stream of it
 
 
-def _answer(session: Any, store: ServiceStore, msg: Any,
-            on_served: Served) -> tuple[dict[str, Any], Any]:
+def _answer(session: Any, store: ServiceStore, msg: Any, on_served: Served,
+            allow: Allow) -> tuple[dict[str, Any], Any]:
     op = msg.get("op") if isinstance(msg, dict) else None
     data: bytes | None = None
     if op in ("oprf", "query"):
@@ -106,8 +124,11 @@ def _answer(session: Any, store: ServiceStore, msg: Any,
                         f"{', '.join(OPS)}; got {str(op)[:40]!r}"), None
     try:
         if op == "list":
+            allow(op, None, 0)
             return _ok({"services": [store.public_info(n) for n in store.names()]}), None
         name = check_name(msg.get("service"))
+        count = msg.get("count")
+        allow(op, name, count if op in ("oprf", "query") and isinstance(count, int) else 0)
         if op == "info":
             return _ok(store.public_info(name)), None
         version = msg.get("version")
@@ -117,7 +138,6 @@ def _answer(session: Any, store: ServiceStore, msg: Any,
             chunks = store.hint_chunks(name, version)
             on_served("hint", {"service": name, "version": version, "bytes": size})
             return _ok({"bytes": size}), chunks
-        count = msg.get("count")
         if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_BATCH:
             raise PirError(f"private query: a batch is 1..{MAX_BATCH} keys, not {count!r}")
         assert data is not None
@@ -126,6 +146,7 @@ def _answer(session: Any, store: ServiceStore, msg: Any,
                 raise PirError(f"private query: {count} blinded keys are "
                                f"{count * r255.POINT_BYTES} bytes, got {len(data)}")
             out = store.answer_oprf(name, version, data)
+            on_served("oprf", {"service": name, "version": version, "count": count})
         else:
             out = store.answer_queries(name, version, count, data)
             on_served("query", {"service": name, "version": version, "count": count})
@@ -145,6 +166,57 @@ def _refusal(code: int, msg: str) -> dict[str, Any]:
 
 
 # -- the client --------------------------------------------------------------------------------
+
+_HEX = re.compile(r"[0-9a-f]+")
+
+
+def check_info(info: Any, peer: str) -> dict[str, Any]:
+    """A peer's description of a service, or PirError (502) saying what is malformed: nothing
+    a peer sends reaches the arithmetic, the cache paths or the results unchecked."""
+    def bad(what: str) -> PirError:
+        return PirError(f"private query: peer {peer} described a service with {what}", 502)
+
+    if not isinstance(info, dict):
+        raise bad("no description")
+    if info.get("protocol") != PROTOCOL:
+        raise bad(f"protocol {info.get('protocol')!r} (this node speaks {PROTOCOL})")
+    if info.get("lwe") != {"n": scheme.N, "log_q": scheme.LOG_Q, "p": scheme.P,
+                           "sigma": scheme.SIGMA}:
+        raise bad(f"LWE parameters {info.get('lwe')!r} other than this node's")
+    ints = ("version", "records", "rows", "cols", "max_batch")
+    if not all(isinstance(info.get(k), int) and not isinstance(info.get(k), bool)
+               and info[k] >= 1 for k in ints):
+        raise bad(f"a field among {', '.join(ints)} that is not a positive integer")
+    if not (isinstance(info.get("name"), str) and NAME.fullmatch(info["name"])):
+        raise bad("a bad name")
+    if info.get("key_type") not in ("int", "string"):
+        raise bad(f"key type {info.get('key_type')!r}")
+    cols, types = info.get("label_columns"), info.get("label_types")
+    if not (isinstance(cols, list) and isinstance(types, list) and cols
+            and len(cols) == len(types) and all(isinstance(c, str) for c in cols)
+            and all(t in LABEL_TYPES for t in types)):
+        raise bad("label columns and types that do not match")
+    for field, size in (("seed", 2 * scheme.SEED_BYTES), ("hint_sha256", 64)):
+        if not (isinstance(info.get(field), str) and len(info[field]) == size
+                and _HEX.fullmatch(info[field])):
+            raise bad(f"a malformed {field}")
+    try:
+        shape = scheme.Shape(info["rows"], info["cols"])
+        shape.check()
+        if lay.Layout.from_dict(info.get("layout") or {}).shape != shape:
+            raise PirError("its layout and its shape disagree")
+    except PirError as exc:
+        raise bad(f"a bad shape ({exc})") from None
+    if info["max_batch"] > MAX_BATCH:
+        raise bad(f"batches of {info['max_batch']} keys")
+    cost = info.get("cost")
+    if not (isinstance(cost, dict) and all(
+            isinstance(cost.get(k), int | float) and not isinstance(cost.get(k), bool)
+            for k in ("setup_seconds", "database_bytes", "hint_bytes", "query_bytes",
+                      "answer_bytes"))):
+        raise bad("malformed cost figures")
+    return info
+
 
 class _Cached:
     def __init__(self, info: dict[str, Any], hint_t: np.ndarray) -> None:
@@ -190,6 +262,9 @@ class HintCache:
         d.mkdir(parents=True, exist_ok=True)
         write_atomic(d / "hint.u32", raw)
         write_json(d / "info.json", info)
+        for old in d.parent.iterdir():  # a service's older versions are of no more use
+            if old != d:
+                shutil.rmtree(old, ignore_errors=True)
         return self._remember((peer, info["name"], int(info["version"])), info, raw)
 
     def _remember(self, key: tuple[str, str, int], info: dict[str, Any], raw: bytes) -> _Cached:
@@ -204,7 +279,9 @@ class HintCache:
 
 
 def normalise_keys(keys: list[Any], key_type: str, service: str) -> list[str]:
-    """The keys as the server's canonical text, or PirError naming the first bad one."""
+    """The keys as the server's canonical text, or PirError naming the first bad one. Text
+    keys are taken exactly as given (no trimming: " 42" is not "42"); integer keys may be
+    written with a sign or leading zeros."""
     if not keys:
         raise PirError("private query: no keys to ask")
     if len(keys) > MAX_BATCH:
@@ -214,9 +291,9 @@ def normalise_keys(keys: list[Any], key_type: str, service: str) -> list[str]:
     for i, k in enumerate(keys):
         if isinstance(k, bool) or not isinstance(k, str | int):
             raise PirError(f"private query: key {i} is {type(k).__name__}, not text")
-        text = str(k).strip() if isinstance(k, str) else str(k)
+        text = str(k)
         if key_type == "int":
-            if not _INT.fullmatch(text) or not -(2**63) <= int(text) < 2**63:
+            if not _INT.fullmatch(text.strip()) or not -(2**63) <= int(text) < 2**64:
                 raise PirError(f"private query: key {text[:40]!r} is not an integer, and "
                                f"service {service}'s keys are integers")
             text = str(int(text))
@@ -247,7 +324,10 @@ class Client:
             if reply["code"] != 0:
                 status = reply["code"] if 400 <= reply["code"] < 600 else 502
                 raise PirError(f"peer {self.peer}: {reply.get('msg')}", status)
-            if body["op"] in ("hint", "oprf", "query"):
+            if body["op"] == "hint":
+                data = self._receive_hint(reply.get("data"))
+                return reply.get("data"), data
+            if body["op"] in ("oprf", "query"):
                 data = self.session.recv(timeout=TIMEOUT)
                 if not isinstance(data, bytes):
                     raise PirError(f"private query: peer {self.peer} sent no answer bytes", 502)
@@ -258,27 +338,36 @@ class Client:
             raise PirError(f"private query: peer {self.peer} was lost mid-request "
                            f"({type(exc).__name__}: {exc})", 502) from exc
 
+    def _receive_hint(self, meta: Any) -> bytes:
+        """The hint, streamed in chunks (it may be larger than one message may be), at most
+        the size the server announced."""
+        size = meta.get("bytes") if isinstance(meta, dict) else None
+        if not isinstance(size, int) or not 0 < size <= scheme.N * 4 * (1 << 24):
+            raise PirError(f"private query: peer {self.peer} announced a hint of {size!r} "
+                           "bytes", 502)
+        buf = bytearray()
+        for chunk in self.session.recv_chunks(timeout=TIMEOUT):
+            buf += chunk
+            if len(buf) > size:
+                raise PirError(f"private query: peer {self.peer} sent more hint than the "
+                               f"{size} bytes it announced", 502)
+        self.received += len(buf)
+        return bytes(buf)
+
     def services(self) -> list[dict[str, Any]]:
         data, _ = self._request({"op": "list"})
         if not isinstance(data, dict) or not isinstance(data.get("services"), list):
             raise PirError(f"private query: peer {self.peer} sent a malformed list", 502)
-        return data["services"]
+        return [check_info(s, self.peer) for s in data["services"]]
 
     def _service(self, name: str) -> _Cached:
         info, _ = self._request({"op": "info", "service": name})
-        if not isinstance(info, dict) or info.get("name") != name:
+        info = check_info(info, self.peer)
+        if info["name"] != name:
             raise PirError(f"private query: peer {self.peer} described another service", 502)
         cached = self.cache.get(self.peer, info)
         if cached is not None:
             return cached
-        try:
-            shape = scheme.Shape(int(info["rows"]), int(info["cols"]))
-            shape.check()
-            if lay.Layout.from_dict(info["layout"]).shape != shape:
-                raise PirError("its layout and its shape disagree")
-        except (KeyError, TypeError, ValueError, PirError) as exc:
-            raise PirError(f"private query: peer {self.peer}'s service {name} is described "
-                           f"malformed ({exc})", 502) from None
         _meta, raw = self._request({"op": "hint", "service": name, "version": info["version"]})
         if len(raw) != scheme.N * int(info["rows"]) * 4 or \
                 hashlib.sha256(raw).hexdigest() != info["hint_sha256"]:
@@ -291,9 +380,13 @@ class Client:
         check_name(name)
         started = time.perf_counter()
         for attempt in (1, 2):
-            svc = self._service(name)
             try:
-                results = self._ask(svc, keys)
+                svc = self._service(name)
+                results = []
+                step = svc.info["max_batch"]
+                normalise_keys(list(keys), svc.info["key_type"], name)  # all, before asking
+                for at in range(0, len(keys), step):
+                    results += self._ask(svc, keys[at: at + step])
                 break
             except PirError as exc:
                 if exc.status != 409 or attempt == 2:

@@ -128,12 +128,12 @@ def store(tmp_path: Path) -> ServiceStore:
 class Server:
     """A server thread answering one client session."""
 
-    def __init__(self, store: ServiceStore) -> None:
+    def __init__(self, store: ServiceStore, allow: Any = None) -> None:
         self.client_side, server_side = memory_pair(topic="pir")
         self.served: list[tuple[str, dict[str, Any]]] = []
         self.thread = threading.Thread(
             target=wire.serve, args=(server_side, store, lambda op, f: self.served.append(
-                (op, f))), daemon=True)
+                (op, f)), allow or (lambda op, service, count: None)), daemon=True)
         self.thread.start()
         self.server_side = server_side
 
@@ -159,8 +159,8 @@ def test_present_and_absent_keys_return_exactly_the_stored_labels(
     assert results[4]["labels"]["segment"] is None
     assert results[3]["labels"] == {}
     assert cost["bytes_received"] >= info["cost"]["hint_bytes"]  # the first query downloads
-    assert [op for op, _ in srv.served] == ["hint", "query"]
-    assert srv.served[1][1] == {"service": "risk", "version": 1, "count": 6}
+    assert [op for op, _ in srv.served] == ["hint", "oprf", "query"]
+    assert srv.served[2][1] == {"service": "risk", "version": 1, "count": 6}
 
 
 def test_every_key_of_a_small_service_reads_back(store: ServiceStore, tmp_path: Path) -> None:
@@ -188,7 +188,7 @@ def test_the_hint_is_downloaded_once_and_cached_on_disk(store: ServiceStore,
     srv2 = Server(store)
     fresh = srv2.client(tmp_path / "cache")
     fresh.query("risk", [13800000003])
-    assert [op for op, _ in srv2.served] == ["query"]
+    assert [op for op, _ in srv2.served] == ["oprf", "query"]
 
 
 def test_re_encoding_switches_versions_and_the_client_follows(store: ServiceStore,
@@ -261,6 +261,7 @@ def test_a_crash_mid_build_leaves_the_current_version_serving(
     (pa.array([1.5, 2.5]), {"v": pa.array(["a", "b"])}, "not supported"),
     (pa.array([1, 2]), {}, "at least one label"),
     (pa.array([1]), {"v": pa.array(["x" * 5000])}, "over 4096"),
+    (pa.array(["a", ""]), {"v": pa.array(["a", "b"])}, "1 empty key"),
 ])
 def test_bad_services_are_refused(store: ServiceStore, keys: pa.Array,
                                   labels: dict[str, pa.Array], match: str) -> None:
@@ -369,3 +370,97 @@ def test_a_truncated_matrix_is_refused_not_read(store: ServiceStore) -> None:
     with pytest.raises(PirError, match="missing or truncated") as exc:
         store.loaded("risk")
     assert exc.value.status == 500
+
+
+def test_the_server_asks_before_every_request_and_a_refusal_is_clear(
+        store: ServiceStore, tmp_path: Path) -> None:
+    _publish(store)
+    asked: list[tuple[str, str | None, int]] = []
+
+    def allow(op: str, service: str | None, count: int) -> None:
+        asked.append((op, service, count))
+        if op == "query":
+            raise PirError("peer node-a has used its key budget (10 per hour)", 429)
+
+    with pytest.raises(PirError, match="used its key budget") as exc:
+        Server(store, allow).client(tmp_path / "c").query("risk", [13800000001, 13800000002])
+    assert exc.value.status == 429
+    assert asked == [("info", "risk", 0), ("hint", "risk", 0), ("oprf", "risk", 2),
+                     ("query", "risk", 2)]
+
+
+def test_big_batches_are_split_to_what_one_message_holds(
+        store: ServiceStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from appliance.operators.pir import service as svc
+
+    shape = _publish(store)
+    # 7 keys a request at this shape (the next version has the same one: same records)
+    monkeypatch.setattr(svc, "MAX_MESSAGE", 4 * max(shape["rows"], shape["cols"]) * 7)
+    info = _publish(store)
+    assert (info["rows"], info["cols"]) == (shape["rows"], shape["cols"])
+    assert info["max_batch"] == 7 < 20
+    srv = Server(store)
+    keys = [13800000000 + i for i in range(20)]
+    results, _ = srv.client(tmp_path / "c").query("risk", keys)
+    assert all(r["found"] for r in results)
+    assert [f["count"] for op, f in srv.served if op == "query"] == [7, 7, 6]
+    with pytest.raises(PirError, match=r"a batch of service risk is 1\.\.7"):
+        store.answer_queries("risk", 2, 8, bytes(8 * info["cols"] * 4))
+
+
+def test_unpublish_rotates_the_key_and_versions_are_never_reused(store: ServiceStore,
+                                                                 tmp_path: Path) -> None:
+    first = _publish(store)
+    store.remove("risk")
+    assert store.names() == []
+    again = _publish(store)
+    assert again["version"] == first["version"] + 1
+    assert again["oprf"]["key_public"] != first["oprf"]["key_public"]
+    assert again["oprf"]["key_version"] == first["oprf"]["key_version"] + 1
+    rotated = store.publish("risk", pa.array([5, 6]), {"v": pa.array(["a", "b"])}, source={},
+                            rotate_key=True)
+    assert rotated["oprf"]["key_version"] == again["oprf"]["key_version"] + 1
+    assert Server(store).client(tmp_path / "c").query("risk", [6])[0][0]["labels"] == {"v": "b"}
+
+
+def test_a_left_over_version_directory_does_not_block_publishing(store: ServiceStore) -> None:
+    _publish(store)
+    (store.root / "risk" / "v2").mkdir()  # as if a build crashed after its rename
+    (store.root / "risk" / "LAST_VERSION").write_text("1\n")
+    assert _publish(store)["version"] == 3
+
+
+@pytest.mark.parametrize(("change", "match"), [
+    ({"protocol": 2}, "protocol 2"),
+    ({"lwe": {"n": 512, "log_q": 32, "p": 256, "sigma": 6.4}}, "LWE parameters"),
+    ({"version": "1"}, "not a positive integer"),
+    ({"name": "../etc"}, "a bad name"),
+    ({"label_types": ["int"]}, "do not match"),
+    ({"label_types": ["int", "string", "float", "date"]}, "do not match"),
+    ({"seed": "zz" * 16}, "malformed seed"),
+    ({"rows": 7}, "bad shape"),
+    ({"max_batch": 5000}, "batches of 5000"),
+    ({"cost": {"hint_bytes": "big"}}, "cost figures"),
+])
+def test_a_malformed_service_description_is_refused(store: ServiceStore, change: dict,
+                                                    match: str) -> None:
+    info = {**store.public_info(_publish(store)["name"]), **change}
+    with pytest.raises(PirError, match=match) as exc:
+        wire.check_info(info, "node-b")
+    assert exc.value.status == 502
+
+
+def test_labels_that_do_not_parse_as_their_type_are_an_error_not_a_value() -> None:
+    from appliance.operators.pir.service import typed
+
+    assert typed("42", "int") == 42 and typed("false", "bool") is False
+    for value, kind in (("4x", "int"), ("yes", "bool"), ("nan?", "float"), ("1", "date")):
+        with pytest.raises(PirError, match=f"is not a {kind}"):
+            typed(value, kind)
+
+
+def test_text_keys_are_taken_exactly(store: ServiceStore, tmp_path: Path) -> None:
+    store.publish("names", pa.array(["a", " a", "b "]),
+                  {"v": pa.array(["plain", "leading", "trailing"])}, source={})
+    results, _ = Server(store).client(tmp_path / "c").query("names", ["a", " a", "b ", "b"])
+    assert [r["labels"].get("v") for r in results] == ["plain", "leading", "trailing", None]
