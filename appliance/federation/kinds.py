@@ -22,7 +22,7 @@ DATASET_NAME = re.compile(NAME_PATTERN)
 
 # operator modules whose import registers them
 OPERATOR_MODULES = ("appliance.operators.count", "appliance.operators.psi",
-                    "appliance.operators.stats")
+                    "appliance.operators.stats", "appliance.operators.fl")
 
 _INITIATOR_KEYS = {"peers", "dataset", "peer_datasets", "params", "approval_timeout_s"}
 MAX_APPROVAL_WAIT_S = 7 * 24 * 3600

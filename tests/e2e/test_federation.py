@@ -634,3 +634,76 @@ def test_a_tightened_grade_policy_stops_a_published_service_at_once(nodes, risk_
     finally:
         b.api.put("/v1/federation/grade-policy", {"overrides": None})
     assert a.api.post("/v1/pir/query", ask)["results"][0]["found"]
+
+
+# -- horizontal federated learning ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def digits_sets(nodes, tmp_path_factory):
+    """scikit-learn's digits split by rows over the three nodes (L3 data sets "digits")."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    owner = np.random.default_rng(3).integers(0, 3, len(y))
+    base = tmp_path_factory.mktemp("fl")
+    for i, n in enumerate(nodes):
+        path = base / f"{n.node_id}-digits.csv"
+        rows = np.flatnonzero(owner == i)
+        with path.open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["id", *(f"p{j}" for j in range(64)), "digit"])
+            for r in rows:
+                w.writerow([f"{n.node_id}-{r}", *(int(v) for v in x[r]), int(y[r])])
+        n.api.post("/v1/datasets", {"name": "digits", "path": str(path), "id_column": "id",
+                                    "grade": "L3"})
+    return x, y
+
+
+def test_three_daemons_train_a_classifier_with_masked_aggregation(nodes, digits_sets):
+    a = nodes[0]
+    run = cli("jobs", "submit", "train", "--peer", "node-b", "--peer", "node-c",
+              "--param", "algorithm=homo_lr", "--param", "dataset=digits",
+              "--param", "peer_datasets=node-b=digits,node-c=digits", "--param", "label=digit",
+              "--param", "rounds=5", "--param", "secure_aggregation=mask", "--wait", "--json",
+              "--state-dir", str(a.state), timeout=180)
+    assert run.returncode == 0, run.stderr
+    job = json.loads(run.stdout)
+    assert job["state"] == "done", job.get("error")
+    out = job["result"]["outputs"]
+    assert out["parties"] == 3 and out["dropped"] == [] and len(out["history"]) == 5
+    assert out["final"]["val_accuracy"] > 0.9
+    for n in nodes[1:]:  # every party stores the same model
+        side = n.api.get("/v1/jobs", kind="train")["jobs"][0]
+        side = n.daemon.wait_job(side["id"], {"done", "failed"}, timeout=30)
+        assert side["state"] == "done", side["error"]
+        assert side["result"]["outputs"]["model_sha256"] == out["model_sha256"]
+
+
+def test_paillier_aggregation_between_daemons_and_plain_refused_on_l4(nodes, digits_sets):
+    a = nodes[0]
+    params = {"peers": ["node-b", "node-c"], "dataset": "digits",
+              "peer_datasets": {"node-b": "digits", "node-c": "digits"},
+              "algorithm": "homo_kmeans", "clusters": 10, "rounds": 3}
+    job = a.api.post("/v1/jobs", {"kind": "train", "params": {
+        **params, "secure_aggregation": "paillier"}})
+    job = a.daemon.wait_job(job["id"], {"done", "failed"}, timeout=180)
+    assert job["state"] == "done", job["error"]
+    out = job["result"]["outputs"]
+    assert len(out["centroids"]) == 10 and out["he_seconds"] > 0
+    assert out["history"][-1]["inertia"] <= out["history"][0]["inertia"]
+    # an L4 data set allows model updates only under secure aggregation
+    path = Path(a.api.get("/v1/datasets/digits")["path"])
+    a.api.delete("/v1/datasets/digits", {})
+    a.api.post("/v1/datasets", {"name": "digits", "path": str(path), "id_column": "id",
+                                "grade": "L4"})
+    try:
+        job = a.api.post("/v1/jobs", {"kind": "train", "params": {
+            **params, "secure_aggregation": "none"}})
+        job = a.daemon.wait_job(job["id"], {"done", "failed"}, timeout=60)
+        assert job["state"] == "failed" and "L4.fl.aggregation" in job["error"], job
+    finally:
+        a.api.delete("/v1/datasets/digits", {})
+        a.api.post("/v1/datasets", {"name": "digits", "path": str(path), "id_column": "id",
+                                    "grade": "L3"})
+

@@ -1,0 +1,270 @@
+"""Horizontal federated learning (appliance.operators.fl): FedAvg of logistic regression, an
+MLP and k-means among three parties in one process, with each secure aggregation, against the
+same model trained on the pooled rows; faults and bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from sklearn.datasets import load_digits, make_blobs
+from sklearn.model_selection import train_test_split
+
+from appliance.federation.channel import memory_pair
+from appliance.operators.base import OperatorError, PartyContext, run_parties
+from appliance.operators.fl import TRAIN, homo, models, secagg
+
+NAMES = ["node-a", "node-b", "node-c"]
+
+
+class TableReader:
+    fingerprint, id_column = "0" * 64, "id"
+
+    def __init__(self, table: pa.Table) -> None:
+        self.table = table
+
+    def batches(self, columns=None):
+        return iter(self.table.select(columns or self.table.column_names).to_batches())
+
+
+def table(x: np.ndarray, y: np.ndarray | None, start: int = 0) -> pa.Table:
+    cols = {"id": pa.array([f"r{start + i}" for i in range(len(x))])}
+    cols |= {f"f{j}": pa.array(x[:, j]) for j in range(x.shape[1])}
+    if y is not None:
+        cols["label"] = pa.array(y.astype(np.int64))
+    return pa.table(cols)
+
+
+def contexts(data: dict[str, pa.Table], params: dict[str, Any], tmp_path: Path | None = None,
+             names: list[str] = NAMES) -> list[PartyContext]:
+    sessions: dict[str, dict[str, Any]] = {n: {} for n in names}
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            sa, sb = memory_pair("job-f", "fl", names=(a, b))
+            sessions[a][b], sessions[b][a] = sa, sb
+    roles = {n: ("guest" if i == 0 else "host") for i, n in enumerate(names)}
+    return [PartyContext(job_id="job-f", role=roles[n], node_id=n, parties=roles,
+                         sessions=sessions[n], params=dict(params),
+                         dataset=TableReader(data[n]), timeout=20,
+                         output_dir=(tmp_path / n) if tmp_path else None)
+            for n in names]
+
+
+def run_all(data: dict[str, pa.Table], params: dict[str, Any],
+            tmp_path: Path | None = None) -> dict[str, Any]:
+    return run_parties(TRAIN.run, contexts(data, params, tmp_path), timeout=300)
+
+
+def ok(results: dict[str, Any]) -> dict[str, Any]:
+    for name, r in results.items():
+        assert not isinstance(r, BaseException), f"{name}: {r!r}"
+    return results
+
+
+@pytest.fixture(scope="module")
+def digits():
+    x, y = load_digits(return_X_y=True)
+    return train_test_split(x, y, test_size=0.25, random_state=0, stratify=y)
+
+
+def split_parties(x: np.ndarray, y: np.ndarray, skewed: bool) -> dict[str, pa.Table]:
+    """Three parties: IID thirds, or label-skewed (each party mostly holds its own digits)."""
+    rng = np.random.default_rng(3)
+    if skewed:
+        owner = np.where(rng.random(len(y)) < 0.8, y % 3, rng.integers(0, 3, len(y)))
+    else:
+        owner = rng.integers(0, 3, len(y))
+    return {n: table(x[owner == i], y[owner == i], 10000 * i) for i, n in enumerate(NAMES)}
+
+
+def test_accuracy(model: Any, doc_w: np.ndarray, x: np.ndarray, y: np.ndarray,
+                  mean: np.ndarray, scale: np.ndarray) -> float:
+    return float((model.proba(doc_w, (x - mean) / scale).argmax(axis=1) == y).mean())
+
+
+test_accuracy.__test__ = False  # a helper, not a test
+
+
+def pooled_model(algorithm: str, x: np.ndarray, y: np.ndarray, params: dict[str, Any]
+                 ) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray]:
+    """The same model, the same code, on all rows in one place for rounds x local_epochs."""
+    plan = homo.plan_of(params)
+    mean, std = x.mean(axis=0), x.std(axis=0)
+    scale = np.where(std > 1e-6, std, 1.0)
+    model = models.make(algorithm, x.shape[1], 10, plan)
+    w = model.initial(np.random.default_rng(plan["seed"]))
+    rng = np.random.default_rng(0)
+    for _ in range(plan["rounds"]):
+        w = model.fit(w, (x - mean) / scale, y, rng)
+    return model, w, mean, scale
+
+
+@pytest.mark.parametrize(("algorithm", "skewed"), [("homo_lr", False), ("homo_lr", True),
+                                                   ("homo_nn", False), ("homo_nn", True)])
+def test_fedavg_is_within_two_points_of_the_pooled_model(digits, algorithm, skewed, tmp_path):
+    x_train, x_test, y_train, y_test = digits
+    params = {"algorithm": algorithm, "label": "label", "rounds": 15, "local_epochs": 1,
+              "learning_rate": 0.1 if algorithm == "homo_lr" else 0.01, "batch_size": 32,
+              "secure_aggregation": "mask", "validation": 0.1, "hidden": "32"}
+    results = ok(run_all(split_parties(x_train, y_train, skewed), params, tmp_path))
+    out = results["node-a"]
+    assert out["parties"] == 3 and out["dropped"] == [] and len(out["history"]) == 15
+    assert {r["model_sha256"] for r in results.values()} == {out["model_sha256"]}
+    import json
+
+    doc = json.loads((tmp_path / "node-b" / "model.json").read_text())
+    model = models.make(algorithm, 64, 10, homo.plan_of(params))
+    fed = test_accuracy(model, np.array(doc["weights"]), x_test, y_test,
+                        np.array(doc["mean"]), np.array(doc["scale"]))
+    pm, pw, pmean, pscale = pooled_model(algorithm, x_train, y_train, params)
+    pooled = test_accuracy(pm, pw, x_test, y_test, pmean, pscale)
+    assert fed >= pooled - 0.02, (fed, pooled)
+    assert fed > 0.85
+    assert out["final"]["val_accuracy"] > 0.8
+
+
+def test_mask_paillier_and_none_give_the_same_model(digits):
+    x_train, _, y_train, _ = digits
+    data = split_parties(x_train[:600], y_train[:600], skewed=False)
+    base = {"algorithm": "homo_lr", "label": "label", "rounds": 3, "batch_size": 64}
+    weights = {}
+    for mode in ("none", "mask", "paillier"):
+        out = ok(run_all(data, {**base, "secure_aggregation": mode}))["node-a"]
+        weights[mode] = out
+    ref = weights["none"]["history"]
+    for mode in ("mask", "paillier"):
+        for a, b in zip(weights[mode]["history"], ref, strict=True):
+            assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-5)
+            assert a["val_accuracy"] == pytest.approx(b["val_accuracy"], abs=1e-9)
+    assert weights["paillier"]["he_seconds"] > 0
+
+
+def test_kmeans_matches_pooled_lloyd_from_the_same_start():
+    x, _ = make_blobs(n_samples=900, centers=4, n_features=3, random_state=5)
+    rng = np.random.default_rng(1)
+    owner = rng.integers(0, 3, len(x))
+    data = {n: table(x[owner == i], None, 1000 * i) for i, n in enumerate(NAMES)}
+    init = x[[0, 1, 2, 3]].tolist()
+    for mode in ("mask", "paillier", "none"):
+        out = ok(run_all(data, {"algorithm": "homo_kmeans", "clusters": 4, "rounds": 6,
+                                "init": init, "secure_aggregation": mode}))
+        c = np.array(init)
+        for _ in range(6):
+            sums, counts, _ = models.kmeans_stats(c, x)
+            c = models.kmeans_step(c, sums, counts)
+        np.testing.assert_allclose(np.array(out["node-b"]["centroids"]), c, atol=1e-6)
+        assert out["node-a"]["history"][-1]["inertia"] > 0
+
+
+def test_a_party_that_drops_out_after_masking_does_not_stop_the_round(digits, monkeypatch):
+    x_train, _, y_train, _ = digits
+    data = split_parties(x_train[:900], y_train[:900], skewed=False)
+    ctxs = contexts(data, {"algorithm": "homo_lr", "label": "label", "rounds": 4,
+                           "secure_aggregation": "mask"})
+    dropper = ctxs[2]  # node-c goes away instead of sending round 2's masked update
+    real = dropper.sessions["node-a"]
+
+    class Vanishing:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def send(self, obj, *a, **k):
+            if isinstance(obj, dict) and obj.get("t") == "fl/masked" and obj.get("r") == "r2":
+                real.abort("node-c lost power")
+                raise OperatorError("node-c lost power")
+            return real.send(obj, *a, **k)
+
+    dropper.sessions["node-a"] = Vanishing()
+    seen: list[np.ndarray] = []
+    real_unmask = secagg.unmask
+
+    def spy(total, survivors, dropped_seeds, tag):
+        out = real_unmask(total, survivors, dropped_seeds, tag)
+        seen.append(secagg.decode(out))
+        return out
+
+    monkeypatch.setattr(secagg, "unmask", spy)
+    results = run_parties(TRAIN.run, ctxs, timeout=120)
+    assert isinstance(results["node-c"], BaseException)
+    a, b = results["node-a"], results["node-b"]
+    assert not isinstance(a, BaseException), a
+    assert a["dropped"] == ["node-c"] and a["parties"] == 2 and len(a["history"]) == 4
+    assert b["model_sha256"] == a["model_sha256"]
+    # what the aggregator unmasked in round 2 is the sum of node-a's and node-b's updates
+    n_rows = seen[3][-4]  # scale, r0, r1, r2: the fourth sum, its training-row count
+    assert n_rows == pytest.approx(sum(len(homo.split(len(data[n]), 0.2, 7, n)[0])
+                                       for n in ("node-a", "node-b")))
+
+
+@pytest.mark.parametrize(("params", "match"), [
+    ({"algorithm": "hetero_lr"}, "not built yet"),
+    ({"algorithm": "svm"}, "must be one of"),
+    ({"algorithm": "homo_lr"}, "needs label"),
+    ({"algorithm": "homo_lr", "label": "label", "rounds": 0}, "rounds must be"),
+    ({"algorithm": "homo_lr", "label": "label", "secure_aggregation": "magic"}, "must be one"),
+    ({"algorithm": "homo_nn", "label": "label", "hidden": "a"}, "layer widths"),
+])
+def test_bad_parameters_are_refused(params, match):
+    with pytest.raises(OperatorError, match=match):
+        homo.plan_of(params)
+
+
+def test_different_feature_columns_fail_everywhere(digits):
+    x_train, _, y_train, _ = digits
+    data = split_parties(x_train[:300], y_train[:300], skewed=False)
+    data["node-c"] = data["node-c"].rename_columns(
+        [c if c != "f5" else "g5" for c in data["node-c"].column_names])
+    results = run_all(data, {"algorithm": "homo_lr", "label": "label", "rounds": 1})
+    for r in results.values():
+        assert isinstance(r, OperatorError) and "feature columns" in str(r)
+
+
+def test_a_label_present_at_one_party_only_fails_everywhere(digits):
+    x_train, _, y_train, _ = digits
+    data = split_parties(x_train[:300], y_train[:300], skewed=False)
+    data["node-b"] = data["node-b"].drop(["label"])
+    results = run_all(data, {"algorithm": "homo_lr", "label": "label", "rounds": 1,
+                             "features": ",".join(f"f{j}" for j in range(64))})
+    for r in results.values():
+        assert isinstance(r, OperatorError) and "missing at node-b" in str(r)
+
+
+def test_an_update_of_the_wrong_shape_is_refused(digits):
+    x_train, _, y_train, _ = digits
+    data = split_parties(x_train[:300], y_train[:300], skewed=False)
+    ctxs = contexts(data, {"algorithm": "homo_lr", "label": "label", "rounds": 2,
+                           "secure_aggregation": "none"})
+    real = ctxs[1].sessions["node-a"]
+
+    class Short:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def send(self, obj, *a, **k):
+            if isinstance(obj, dict) and obj.get("t") == "fl/plain" and obj.get("r") == "r1":
+                obj = {**obj, "v": obj["v"][:-3]}
+            return real.send(obj, *a, **k)
+
+    ctxs[1].sessions["node-a"] = Short()
+    results = run_parties(TRAIN.run, ctxs, timeout=60)
+    assert isinstance(results["node-a"], OperatorError)
+    assert "node-b sent a malformed fl/plain" in str(results["node-a"])
+
+
+def test_two_parties_cannot_mask():
+    with pytest.raises(OperatorError, match="three or more parties"):
+        TRAIN.run(contexts({n: table(np.zeros((3, 2)), np.array([0, 1, 0]))
+                            for n in NAMES[:2]}, {"algorithm": "homo_lr", "label": "label"},
+                           names=NAMES[:2])[0])
+
+
+def test_fixed_point_refuses_values_it_cannot_add():
+    with pytest.raises(OperatorError, match="past the"):
+        secagg.encode(np.array([2.0**40]), 3)
+    with pytest.raises(OperatorError, match="NaN"):
+        secagg.encode(np.array([np.nan]), 3)
+    x = np.array([-1.5, 0.0, 123.456])
+    np.testing.assert_allclose(secagg.decode(secagg.encode(x, 3)), x, atol=2**-24)
