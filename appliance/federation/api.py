@@ -214,3 +214,25 @@ def pir_query(node: Node, query: Query, body: Any, m: Match) -> Reply:
     if not isinstance(peer, str) or not isinstance(service, str) or not isinstance(keys, list):
         raise ApiError(400, "fields 'peer', 'service' (strings) and 'keys' (a list) needed")
     return 200, _pir(node).query(peer, service, keys, actor)
+
+
+# models ----------------------------------------------------------------------------------------
+
+def _outputs(node: Node) -> Any:
+    if node.multiparty is None:
+        raise PeerError(node.federation_error or "federation off", 503)
+    return node.multiparty.output_root
+
+
+@route("GET", "/v1/models")
+def list_models(node: Node, query: Query, body: Any, m: Match) -> Reply:
+    from appliance.federation.predict import list_models as models_here
+
+    return 200, {"models": models_here(_outputs(node))}
+
+
+@route("POST", r"/v1/models/(?P<model>[A-Za-z0-9._:-]{1,160})/predict")
+def predict_model(node: Node, query: Query, body: Any, m: Match) -> Reply:
+    from appliance.federation.predict import predict_online
+
+    return 200, predict_online(_outputs(node), m["model"], _obj(body).get("rows"))

@@ -17,7 +17,8 @@ from appliance.jobs.runner import JobContext, JobKind
 KINDS: dict[str, JobKind] = {}
 
 # modules whose import registers kinds every node has
-BUILTIN_KIND_MODULES = ("appliance.jobs.kinds", "appliance.federation.kinds")
+BUILTIN_KIND_MODULES = ("appliance.jobs.kinds", "appliance.federation.kinds",
+                        "appliance.federation.predict")
 
 RunFn = Callable[[JobContext, dict[str, Any]], dict[str, Any]]
 

@@ -142,3 +142,54 @@ def benchmark_chart(result: Mapping[str, Any] | None) -> BenchmarkChart | None:
         bits=result.get("bits"),
         machine=str(result.get("machine") or ""),
     )
+
+
+# -- a training job's rounds ------------------------------------------------------------------
+
+TRAIN_WIDTH, TRAIN_HEIGHT, TRAIN_PAD = 600, 180, 30
+
+
+@dataclass(frozen=True)
+class Series:
+    name: str
+    css: str
+    points: str  # SVG polyline points
+    first: float
+    last: float
+
+
+@dataclass(frozen=True)
+class TrainingChart:
+    width: int
+    height: int
+    rounds: int
+    series: list[Series]
+    table: list[dict[str, Any]]
+
+
+def training_chart(result: Mapping[str, Any] | None) -> TrainingChart | None:
+    """Validation loss and accuracy (or k-means inertia) per round of a train job's outputs,
+    each series scaled to the chart's height on its own range."""
+    outputs = (result or {}).get("outputs") if isinstance(result, Mapping) else None
+    history = outputs.get("history") if isinstance(outputs, Mapping) else None
+    if not isinstance(history, list) or not history:
+        return None
+    names = [("val_loss", "loss"), ("val_accuracy", "accuracy"), ("inertia", "inertia")]
+    series = []
+    for key, css in names:
+        values = [h.get(key) for h in history if isinstance(h, Mapping)]
+        if not values or not all(isinstance(v, int | float) for v in values):
+            continue
+        low, high = min(values), max(values)
+        span = (high - low) or 1.0
+        step = (TRAIN_WIDTH - 2 * TRAIN_PAD) / max(1, len(values) - 1)
+        points = " ".join(
+            f"{TRAIN_PAD + i * step:.1f},"
+            f"{TRAIN_HEIGHT - TRAIN_PAD - (v - low) / span * (TRAIN_HEIGHT - 2 * TRAIN_PAD):.1f}"
+            for i, v in enumerate(values))
+        series.append(Series(key.replace("val_", "validation "), css, points, float(values[0]),
+                             float(values[-1])))
+    if not series:
+        return None
+    return TrainingChart(TRAIN_WIDTH, TRAIN_HEIGHT, len(history), series,
+                         [dict(h) for h in history if isinstance(h, Mapping)])

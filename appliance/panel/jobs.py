@@ -11,7 +11,7 @@ from flask_login import current_user
 from werkzeug.datastructures import MultiDict
 
 from appliance.jobs.states import FINAL, RESUMABLE, STATES
-from appliance.panel.charts import benchmark_chart
+from appliance.panel.charts import benchmark_chart, training_chart
 from appliance.panel.daemon import DaemonError, daemon, error_message
 from appliance.panel.datasets import LISTED_NAME, dataset_name
 from appliance.panel.forms import FormError, choice_field, page_number, text_field
@@ -208,6 +208,7 @@ def detail(job_id: int) -> str:
         if job.get("result") is not None
         else None,
         chart=benchmark_chart(job.get("result")) if job.get("kind") == "benchmark" else None,
+        training=training_chart(job.get("result")) if job.get("kind") == "train" else None,
         selftest=selftest_rows(job.get("result")) if job.get("kind") == "selftest" else [],
         summary=outputs_summary(job) if is_multi_party(job) else [],
     )

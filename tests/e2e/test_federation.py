@@ -707,3 +707,45 @@ def test_paillier_aggregation_between_daemons_and_plain_refused_on_l4(nodes, dig
         a.api.post("/v1/datasets", {"name": "digits", "path": str(path), "id_column": "id",
                                     "grade": "L3"})
 
+
+
+def test_the_panel_charts_a_training_job_round_by_round(nodes, digits_sets):
+    a = nodes[0]
+    job = a.api.get("/v1/jobs", kind="train")["jobs"]
+    done = [j for j in job if j["state"] == "done"]
+    assert done, job
+    client, _ = panel_of(a)
+    page = client.get(f"/jobs/{done[-1]['id']}").get_data(as_text=True)
+    assert 'id="training-chart"' in page and "<polyline" in page
+    assert "validation accuracy" in page or "inertia" in page
+
+
+def test_every_party_predicts_locally_with_the_trained_model(nodes, digits_sets):
+    import numpy as np
+
+    x, y = digits_sets
+    a, b, _ = nodes
+    trained = [j for j in a.api.get("/v1/jobs", kind="train")["jobs"]
+               if j["state"] == "done" and j["result"]["outputs"]["algorithm"] == "homo_lr"]
+    model = trained[0]["result"]["outputs"]["model"]
+    assert model in [m["model"] for m in b.api.get("/v1/models")["models"]]
+    run = cli("jobs", "submit", "predict", "--param", f"model={model}",
+              "--param", "dataset=digits", "--wait", "--json", "--state-dir", str(b.state),
+              timeout=120)
+    assert run.returncode == 0, run.stderr
+    job = json.loads(run.stdout)
+    assert job["state"] == "done", job.get("error")
+    text = b.api.get(f"/v1/jobs/{job['id']}/result", rows=1)
+    rows = list(csv.DictReader(text.splitlines()))
+    assert len(rows) == job["result"]["outputs"]["rows"] > 400
+    truth = {f"node-b-{i}": int(y[i]) for i in range(len(y))}
+    accuracy = np.mean([int(r["prediction"]) == truth[r["id"]] for r in rows])
+    assert accuracy > 0.9
+    # online: rows sent to the API, the same model
+    sample = [{f"p{j}": int(v) for j, v in enumerate(x[i])} for i in range(20)]
+    online = b.api.post(f"/v1/models/{model}/predict", {"rows": sample})["predictions"]
+    assert np.mean([int(p["prediction"]) == int(y[i]) for i, p in enumerate(online)]) > 0.8
+    with pytest.raises(DaemonError, match="lack 63 of the model's 64 feature columns: p1, p2"):
+        b.api.post(f"/v1/models/{model}/predict", {"rows": [{"p0": 1}]})
+    with pytest.raises(DaemonError, match="no model homo_lr-nope"):
+        b.api.post("/v1/models/homo_lr-nope/predict", {"rows": sample})
