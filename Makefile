@@ -20,7 +20,7 @@ IMAGE_DEB_PACKAGES := mmdebstrap qemu-system-x86 ovmf dosfstools mtools fdisk e2
 	swtpm swtpm-tools curl
 
 .PHONY: all deps venv lock test lint run bench gpu-check clean image-deps image image-test \
-	reference-venv
+	reference-venv flower-venv
 
 all: test
 
@@ -107,6 +107,19 @@ $(REF_VENV)/.installed: $(REF_PINS)
 	touch $@
 
 reference-venv: $(REF_VENV)/.installed
+
+# Flower (`flwr` with Ray), the reference `python -m appliance.bench homo` measures against:
+# its own pins (numpy, protobuf, grpcio) and Ray do not belong in the appliance's venv.
+FLOWER_VENV := build/flower-venv
+FLOWER_PINS := scripts/flower_engines.txt
+$(FLOWER_VENV)/.installed: $(FLOWER_PINS)
+	rm -rf $(FLOWER_VENV) && $(PYTHON) -m venv $(FLOWER_VENV)
+	PIP_CONSTRAINT=$(CURDIR)/$(FLOWER_PINS) $(FLOWER_VENV)/bin/python -m pip install -q \
+		--disable-pip-version-check 'flwr[simulation]==1.42.0'
+	$(FLOWER_VENV)/bin/python -c 'import flwr.simulation, ray'
+	touch $@
+
+flower-venv: $(FLOWER_VENV)/.installed
 
 # On a machine with an NVIDIA GPU: CUDA tests and GPU benchmarks as one JSON document. It
 # installs nothing, so it runs with the venv's Python when there is one, else $(PYTHON).

@@ -8,6 +8,8 @@ CPU time and load beside wall time (the machines are shared). Names:
 - `channel`: the federation's mTLS channel between two processes (loopback, and a 100 Mbit/s,
   10 ms WAN link: netem where the kernel has it, else a labelled userspace link emulator)
   against one core's AES-GCM.
+- `homo`: horizontal FedAvg, Flower's simulation engine (its own venv: `make flower-venv`)
+  and ours between three daemons, plain, masked and Paillier aggregation.
 - `pir`: private query (LWE PIR behind an OPRF): set-up, server and client time per key and
   per batch, and communication, against one pass over the encoded database at memory speed.
 - `stats`: joint statistics (per-column sum, mean, variance), SecretFlow SPU's simulator
@@ -24,6 +26,8 @@ BENCHES: dict[str, tuple[str, str]] = {
                 "and round trip"),
     "psi": ("appliance.bench.psi", "private set intersection: SecretFlow (spu) and the native "
             "engine on the same ids"),
+    "homo": ("appliance.bench.homo", "horizontal FedAvg: Flower's simulation and ours "
+             "between daemons"),
     "pir": ("appliance.bench.pir", "private query: set-up, per-key server and client time "
             "and bytes, against the memory floor"),
     "stats": ("appliance.bench.stats", "joint statistics: SPU (SEMI2K/ABY3) and the native "
