@@ -14,7 +14,7 @@ from appliance.jobs.states import FINAL, RESUMABLE, STATES
 from appliance.panel.charts import benchmark_chart, training_chart
 from appliance.panel.daemon import DaemonError, daemon, error_message
 from appliance.panel.datasets import LISTED_NAME, dataset_name
-from appliance.panel.forms import FormError, choice_field, page_number, text_field
+from appliance.panel.forms import FormError, choice_field, int_field, page_number, text_field
 from appliance.panel.partners import peer_name
 
 bp = Blueprint("jobs", __name__, url_prefix="/jobs")
@@ -34,6 +34,17 @@ PSI_REVEALS = {
     "cardinality": "both learn only the size of the intersection",
 }
 DEFAULT_REVEAL = "both"
+# the train operator's choices (docs/fl.md)
+TRAIN_ALGORITHMS = {
+    "homo_lr": "logistic regression (needs a label column)",
+    "homo_nn": "multi-layer perceptron (needs a label column)",
+    "homo_kmeans": "k-means clustering (no label)",
+}
+AGGREGATIONS = {
+    "mask": "pairwise masks: the aggregator sees only the sum (three or more parties)",
+    "paillier": "Paillier: a host holds the key and decrypts only the sum (three or more)",
+    "none": "plain updates to the aggregator (for comparison; L4 data refuses it)",
+}
 # What the job page sums up of a multi-party job's outputs, in this order.
 OUTPUT_LABELS = {
     "intersection_size": "Intersection size",
@@ -150,6 +161,17 @@ def multi_party_params(form: MultiDict[str, str], kinds: list[str], peers: list[
         params["peer_datasets"] = theirs
     if kind == "psi":
         params["params"] = {"reveal": choice_field(form, "reveal", PSI_REVEALS)}
+    if kind == "train":
+        algorithm = choice_field(form, "algorithm", TRAIN_ALGORITHMS)
+        train: dict[str, Any] = {
+            "algorithm": algorithm,
+            "rounds": int_field(form, "rounds", minimum=1, maximum=1000),
+            "secure_aggregation": choice_field(form, "secure_aggregation", AGGREGATIONS)}
+        if algorithm == "homo_kmeans":
+            train["clusters"] = int_field(form, "clusters", minimum=1, maximum=1024)
+        else:
+            train["label"] = text_field(form, "label", max_len=256)
+        params["params"] = train
     return kind, params
 
 
@@ -185,6 +207,8 @@ def index() -> str:
         datasets=datasets,
         reveals=PSI_REVEALS,
         default_reveal=DEFAULT_REVEAL,
+        algorithms=TRAIN_ALGORITHMS,
+        aggregations=AGGREGATIONS,
         finished=FINISHED_STATES,
     )
 

@@ -749,3 +749,46 @@ def test_every_party_predicts_locally_with_the_trained_model(nodes, digits_sets)
         b.api.post(f"/v1/models/{model}/predict", {"rows": [{"p0": 1}]})
     with pytest.raises(DaemonError, match="no model homo_lr-nope"):
         b.api.post("/v1/models/homo_lr-nope/predict", {"rows": sample})
+
+
+def test_the_panel_starts_a_training_with_partners_through_its_form(nodes, digits_sets):
+    import re
+
+    from tests.appliance.panel.browser_forms import post
+
+    a = nodes[0]
+    client, token = panel_of(a)
+    page = client.get("/jobs").get_data(as_text=True)
+    assert 'value="train"' in page and 'id="mp-algorithm"' in page
+    answer = post(client, "/jobs/multi-party", {
+        "operator": "train", "dataset": "digits", "peers": ["node-b", "node-c"],
+        "dataset_of_node-b": "digits", "dataset_of_node-c": "digits",
+        "algorithm": "homo_nn", "label": "digit", "rounds": "2", "clusters": "3",
+        "secure_aggregation": "mask", "reveal": "both"}, token=token,
+        headers={"Referer": "http://localhost/jobs"})
+    assert answer.status_code == 302, answer.get_data(as_text=True)[:500]
+    found = re.fullmatch(r"/jobs/(\d+)", answer.headers["Location"])
+    job = a.daemon.wait_job(int(found.group(1)), {"done", "failed"}, timeout=120)
+    assert job["state"] == "done", job["error"]
+    assert job["params"]["params"]["algorithm"] == "homo_nn"
+    assert job["result"]["outputs"]["final"]["val_accuracy"] > 0.7
+    page = client.get(answer.headers["Location"]).get_data(as_text=True)
+    assert 'id="training-chart"' in page
+
+
+@pytest.mark.parametrize("algorithm", ["homo_lr", "homo_nn", "homo_kmeans"])
+@pytest.mark.parametrize("mode", ["none", "mask", "paillier"])
+def test_every_algorithm_with_every_aggregation_between_three_daemons(nodes, digits_sets,
+                                                                     algorithm, mode):
+    a = nodes[0]
+    extra = {"clusters": 10} if algorithm == "homo_kmeans" else {"label": "digit"}
+    job = a.api.post("/v1/jobs", {"kind": "train", "params": {
+        "peers": ["node-b", "node-c"], "dataset": "digits",
+        "peer_datasets": {"node-b": "digits", "node-c": "digits"},
+        "algorithm": algorithm, "rounds": 2, "secure_aggregation": mode, **extra}})
+    job = a.daemon.wait_job(job["id"], {"done", "failed"}, timeout=120)
+    assert job["state"] == "done", job["error"]
+    out = job["result"]["outputs"]
+    assert out["parties"] == 3 and len(out["history"]) == 2
+    if algorithm != "homo_kmeans":
+        assert out["final"]["val_accuracy"] > 0.6
