@@ -20,7 +20,8 @@ from appliance.operators.base import OperatorError
 from appliance.operators.fl.predict import check_model, features_of, predict
 from appliance.trust import audit
 
-MODEL_ID = re.compile(r"(homo_lr|homo_nn|homo_kmeans)-([A-Za-z0-9._:-]{1,128})")
+# a job id as the federation writes them: no "." or ".." that could name another directory
+MODEL_ID = re.compile(r"(homo_lr|homo_nn|homo_kmeans)-([A-Za-z0-9][A-Za-z0-9_:-]{0,127})")
 MAX_ONLINE_ROWS = 10_000
 
 

@@ -47,6 +47,9 @@ DEFAULTS: dict[str, Any] = {
     "clusters": 3, "max_iter": None,
 }
 MAX_ROUNDS = 1000
+#: the aggregator and at least two others: of fewer, the aggregator could subtract its own
+#: update from the sum and read the other's
+MIN_MASKED = 3
 MAX_FEATURES = 4096
 MAX_CLASSES = 256
 
@@ -104,6 +107,7 @@ class Local:
         self.features: list[str] = []
         self.x = np.zeros((0, 0))
         self.labels: list[Any] | None = None
+        self.label_type: str | None = None
         self.problems: list[str] = []
 
 
@@ -154,6 +158,7 @@ def load(ctx: PartyContext, plan: dict[str, Any]) -> Local:
             if arr.null_count:
                 local.problems.append(f"label {label!r} has {arr.null_count} empty values")
             local.labels = arr.to_pylist()
+            local.label_type = "integer" if pa.types.is_integer(arr.type) else str(arr.type)
     return local
 
 
@@ -175,8 +180,6 @@ def _recv(ctx: PartyContext, peer: str, tag: str) -> Any:
         raise
     except Exception as exc:
         raise OperatorError(f"party {peer} did not send its {tag}: {exc}") from exc
-    if isinstance(msg, dict) and msg.get("t") == "fl/abort":
-        raise OperatorError(f"party {peer} stopped the training: {msg.get('reason')}")
     if not (isinstance(msg, dict) and msg.get("t") == tag):
         raise OperatorError(f"party {peer} sent a malformed {tag}")
     return msg
@@ -260,60 +263,65 @@ class Aggregation:
         return total
 
     def _masked(self, x: np.ndarray, tag: str) -> np.ndarray | None:
+        from appliance.federation.channel import ChannelError
+
         assert self.keys is not None
         ctx, n = self.ctx, len(self.alive)
-        self_seed = os.urandom(32)
+        self_key = os.urandom(32)
         round_tag = tag.encode()
-        y = self.keys.masked(secagg.encode(x, n), round_tag, self_seed)
+        y = self.keys.masked(secagg.encode(x, n), round_tag, self_key)
         if not self.is_aggregator:
             ctx.sessions[self.aggregator].send({"t": "fl/masked", "r": tag, "v": secagg.wire(y)})
             ask = _recv(ctx, self.aggregator, "fl/unmask")
             dropped = ask.get("dropped")
             if not (isinstance(dropped, list) and all(d in self.keys.seeds for d in dropped)):
                 raise OperatorError(f"party {self.aggregator} sent a malformed fl/unmask")
-            # the self-mask of a survivor, the pairwise seeds with the parties that dropped:
-            # never both for one party, so no x is ever unmasked alone
+            if len(self.alive) - len(dropped) < MIN_MASKED:
+                raise OperatorError(f"fl: fewer than {MIN_MASKED} parties would be left; the "
+                                    "aggregator could take its own update from the sum")
+            # a survivor's self-mask key, and this round's keys with the parties that dropped:
+            # never both for one party, so no x is ever unmasked alone, and no seed leaves
             ctx.sessions[self.aggregator].send({
-                "t": "fl/seeds", "b": self_seed.hex(),
-                "s": {d: self.keys.seeds[d].hex() for d in dropped}})
+                "t": "fl/seeds", "b": self_key.hex(),
+                "s": {d: secagg.round_key(self.keys.seeds[d], round_tag).hex()
+                      for d in dropped}})
             for d in dropped:
                 self.keys.seeds.pop(d)
             self.alive = [p for p in self.alive if p not in dropped]
             return None
-        total, survivors, dropped = y.copy(), [self.me], []
+        total, survivors, dropped = y, [self.me], []
         for p in [p for p in self.alive if p != self.me]:
             try:
                 msg = ctx.sessions[p].recv(timeout=ctx.timeout)
-            except Exception as exc:  # gone after masking: its y never came
+            except (ChannelError, TimeoutError) as exc:  # gone after masking: no y came
                 log.info("party %s dropped out of round %s: %s", p, tag, exc)
                 dropped.append(p)
                 continue
-            if isinstance(msg, dict) and msg.get("t") == "fl/abort":
-                raise OperatorError(f"party {p} stopped the training: {msg.get('reason')}")
-            total += secagg.parse_vector(msg, "fl/masked", len(x), p)
+            total = secagg.add(total, secagg.parse_vector(msg, "fl/masked", len(x), p))
             survivors.append(p)
-        if len(survivors) < 2:
-            raise OperatorError("fl: fewer than two parties are left; the sum of one party "
-                                "would be its own update")
-        seeds_b = {self.me: self_seed}
-        dropped_seeds = [(self.me, d, self.keys.seeds[d]) for d in dropped]
+        if len(survivors) < MIN_MASKED:
+            raise OperatorError(f"fl: {', '.join(dropped)} dropped out and fewer than "
+                                f"{MIN_MASKED} parties are left: the aggregator could take "
+                                "its own update from the sum of the others")
+        self_keys = {self.me: self_key}
+        dropped_keys = [(self.me, d, secagg.round_key(self.keys.seeds[d], round_tag))
+                        for d in dropped]
         for p in survivors[1:]:
             ctx.sessions[p].send({"t": "fl/unmask", "dropped": dropped})
         for p in survivors[1:]:
             msg = _recv(ctx, p, "fl/seeds")
-            seeds_b[p] = secagg.check_seed(msg.get("b"), p, "self-mask seed")
+            self_keys[p] = secagg.check_seed(msg.get("b"), p, "self-mask key")
             s = msg.get("s")
             if not (isinstance(s, dict) and set(s) == set(dropped)):
                 raise OperatorError(f"party {p} sent malformed fl/seeds")
-            dropped_seeds += [(p, d, secagg.check_seed(s[d], p, "pairwise seed"))
-                              for d in dropped]
+            dropped_keys += [(p, d, secagg.check_seed(s[d], p, "round key")) for d in dropped]
         for d in dropped:
             self.keys.seeds.pop(d)
         self.alive = [p for p in self.alive if p not in dropped]
         if dropped:
             ctx.progress(-1, f"party {', '.join(dropped)} dropped out; {len(self.alive)} "
                          "parties go on")
-        return secagg.decode(secagg.unmask(total, seeds_b, dropped_seeds, round_tag))
+        return secagg.decode(secagg.unmask(total, self_keys, dropped_keys))
 
     def _paillier(self, x: np.ndarray, tag: str) -> np.ndarray | None:
         from accel.paillier import EncryptedArray
@@ -376,7 +384,7 @@ def run(ctx: PartyContext) -> dict[str, Any]:
     others = [p for p in order if p != ctx.node_id]
     if set(ctx.sessions) != set(others):
         raise OperatorError("train needs a session to every other party of the job")
-    if plan["secure_aggregation"] == "mask" and len(order) < 3:
+    if plan["secure_aggregation"] == "mask" and len(order) < MIN_MASKED:
         raise OperatorError("train: secure_aggregation=mask needs three or more parties (of "
                             "two, the aggregator could subtract its own update from the sum)")
     if plan["secure_aggregation"] == "paillier" and len(order) < 3:
@@ -390,7 +398,7 @@ def run(ctx: PartyContext) -> dict[str, Any]:
     # 1. header and setup
     classes_here = sorted({str(v) for v in local.labels}) if local.labels is not None else None
     header = {"t": "fl/header", "params": digest(plan), "features": local.features,
-              "classes": classes_here, "rows": len(local.x),
+              "classes": classes_here, "label_type": local.label_type, "rows": len(local.x),
               "problems": local.problems[:20]}
     if not me_agg:
         ctx.sessions[aggregator].send(header)
@@ -428,9 +436,11 @@ def run(ctx: PartyContext) -> dict[str, Any]:
         w = None
         if kmeans:
             stats_for_init(agg, x, d)
+    size = plan["clusters"] * d if kmeans else (
+        model.size() if hasattr(model, "size") else (d + 1) * k)
     history: list[dict[str, Any]] = []
     for r in range(plan["rounds"]):
-        w = _exchange_model(ctx, agg, w, f"model{r}")
+        w = _exchange_model(ctx, agg, w, f"model{r}", size)
         if kmeans:
             centroids = w.reshape(plan["clusters"], d)
             sums, counts, inertia = models.kmeans_stats(centroids, x)
@@ -464,7 +474,7 @@ def run(ctx: PartyContext) -> dict[str, Any]:
             _recv(ctx, aggregator, "fl/progress")
 
     # 4. the final model, its last validation, to every party
-    w = _exchange_model(ctx, agg, w, "final")
+    w = _exchange_model(ctx, agg, w, "final", size)
     final: dict[str, Any] = {}
     if not kmeans:
         loss, correct = models.evaluate(model, w, x[val_rows], y[val_rows])
@@ -516,8 +526,13 @@ def _setup(ctx: PartyContext, plan: dict[str, Any], mine: dict[str, Any],
     classes = None
     if plan["algorithm"] != "homo_kmeans" and not problems:
         without = sorted(p for p, h in headers.items() if h.get("classes") is None)
+        types = {p: h.get("label_type") for p, h in headers.items()}
         if without:
             problems.append(f"the label {plan['label']!r} is missing at {', '.join(without)}")
+        elif len(set(types.values())) != 1:
+            # 1 and 1.0 would be two classes: refuse rather than train on the wrong labels
+            problems.append("the label's type differs between parties: " + ", ".join(
+                f"{p} {t}" for p, t in sorted(types.items())))
         else:
             # the union of the label values each party holds (which values, not how many:
             # docs/fl.md)
@@ -551,16 +566,14 @@ def _send_all(ctx: PartyContext, agg: Aggregation, msg: dict[str, Any]) -> None:
 
 
 def _exchange_model(ctx: PartyContext, agg: Aggregation, w: np.ndarray | None,
-                    tag: str) -> np.ndarray:
+                    tag: str, size: int) -> np.ndarray:
+    """The aggregator's global model to every party; a host takes only one of exactly the
+    size its own model has."""
     if agg.is_aggregator:
         assert w is not None
         _send_all(ctx, agg, {"t": "fl/model", "r": tag, "w": w.tolist()})
         return w
-    msg = _recv(ctx, agg.aggregator, "fl/model")
-    v = msg.get("w")
-    if not isinstance(v, list) or len(v) > 50_000_000:
-        raise OperatorError(f"party {agg.aggregator} sent a malformed model")
-    return _floats(msg, "w", len(v), agg.aggregator)
+    return _floats(_recv(ctx, agg.aggregator, "fl/model"), "w", size, agg.aggregator)
 
 
 def _broadcast_scaling(ctx: PartyContext, agg: Aggregation, stats: np.ndarray | None,
@@ -574,7 +587,12 @@ def _broadcast_scaling(ctx: PartyContext, agg: Aggregation, stats: np.ndarray | 
         _send_all(ctx, agg, {"t": "fl/scale", "mean": mean.tolist(), "scale": scale.tolist()})
         return mean, scale
     msg = _recv(ctx, agg.aggregator, "fl/scale")
-    return (_floats(msg, "mean", d, agg.aggregator), _floats(msg, "scale", d, agg.aggregator))
+    mean, scale = _floats(msg, "mean", d, agg.aggregator), _floats(msg, "scale", d,
+                                                                  agg.aggregator)
+    if not (scale > 0).all():
+        raise OperatorError(f"party {agg.aggregator} sent a scaling with zero or negative "
+                            "deviations")
+    return mean, scale
 
 
 def stats_for_init(agg: Aggregation, x: np.ndarray, d: int) -> np.ndarray | None:

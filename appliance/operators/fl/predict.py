@@ -16,9 +16,24 @@ MODEL_KEYS = {"algorithm", "features", "classes", "mean", "scale", "weights"}
 
 
 def check_model(doc: Any) -> dict[str, Any]:
+    """A stored model whose parts fit together, or OperatorError (a damaged file)."""
+    bad = OperatorError("predict: the model file is not one this node's training wrote")
     if not (isinstance(doc, dict) and set(doc) >= MODEL_KEYS
-            and doc["algorithm"] in homo.ALGORITHMS and isinstance(doc["features"], list)):
-        raise OperatorError("predict: the model file is not one this node's training wrote")
+            and doc["algorithm"] in homo.ALGORITHMS and isinstance(doc["features"], list)
+            and all(isinstance(doc[k], list) for k in ("weights", "mean", "scale"))):
+        raise bad
+    d = len(doc["features"])
+    classes = doc["classes"] if isinstance(doc["classes"], list) else []
+    if doc["algorithm"] == "homo_kmeans":
+        clusters = doc.get("clusters")
+        size = clusters * d if isinstance(clusters, int) else -1
+    elif doc["algorithm"] == "homo_lr":
+        size = (d + 1) * len(classes)
+    else:
+        size = len(doc["weights"])  # the MLP checks its layers when the weights are set
+    if (len(doc["mean"]) != d or len(doc["scale"]) != d or len(doc["weights"]) != size
+            or (doc["algorithm"] != "homo_kmeans" and len(classes) < 2)):
+        raise bad
     return doc
 
 

@@ -159,11 +159,19 @@ def test_kmeans_matches_pooled_lloyd_from_the_same_start():
         assert out["node-a"]["history"][-1]["inertia"] > 0
 
 
+FOUR = [*NAMES, "node-d"]
+
+
+def four_parties(x: np.ndarray, y: np.ndarray) -> dict[str, pa.Table]:
+    owner = np.random.default_rng(4).integers(0, 4, len(y))
+    return {n: table(x[owner == i], y[owner == i], 10000 * i) for i, n in enumerate(FOUR)}
+
+
 def test_a_party_that_drops_out_after_masking_does_not_stop_the_round(digits, monkeypatch):
     x_train, _, y_train, _ = digits
-    data = split_parties(x_train[:900], y_train[:900], skewed=False)
+    data = four_parties(x_train[:1200], y_train[:1200])
     ctxs = contexts(data, {"algorithm": "homo_lr", "label": "label", "rounds": 4,
-                           "secure_aggregation": "mask"})
+                           "secure_aggregation": "mask"}, names=FOUR)
     dropper = ctxs[2]  # node-c goes away instead of sending round 2's masked update
     real = dropper.sessions["node-a"]
 
@@ -179,24 +187,83 @@ def test_a_party_that_drops_out_after_masking_does_not_stop_the_round(digits, mo
 
     dropper.sessions["node-a"] = Vanishing()
     seen: list[np.ndarray] = []
+    revealed: list[list[tuple[str, str, bytes]]] = []
     real_unmask = secagg.unmask
 
-    def spy(total, survivors, dropped_seeds, tag):
-        out = real_unmask(total, survivors, dropped_seeds, tag)
+    def spy(total, self_keys, dropped_keys):
+        out = real_unmask(total, self_keys, dropped_keys)
         seen.append(secagg.decode(out))
+        revealed.append(list(dropped_keys))
         return out
 
     monkeypatch.setattr(secagg, "unmask", spy)
     results = run_parties(TRAIN.run, ctxs, timeout=120)
     assert isinstance(results["node-c"], BaseException)
-    a, b = results["node-a"], results["node-b"]
+    a = results["node-a"]
     assert not isinstance(a, BaseException), a
-    assert a["dropped"] == ["node-c"] and a["parties"] == 2 and len(a["history"]) == 4
-    assert b["model_sha256"] == a["model_sha256"]
-    # what the aggregator unmasked in round 2 is the sum of node-a's and node-b's updates
+    assert a["dropped"] == ["node-c"] and a["parties"] == 3 and len(a["history"]) == 4
+    assert {results[n]["model_sha256"] for n in ("node-b", "node-d")} == {a["model_sha256"]}
+    # what the aggregator unmasked in round 2 is the sum of the three survivors' updates
     n_rows = seen[3][-4]  # scale, r0, r1, r2: the fourth sum, its training-row count
     assert n_rows == pytest.approx(sum(len(homo.split(len(data[n]), 0.2, 7, n)[0])
-                                       for n in ("node-a", "node-b")))
+                                       for n in ("node-a", "node-b", "node-d")))
+    # only that round's keys with node-c were revealed, never a pair's seed: they differ
+    # from round to round, so no other round of node-c opens
+    keys = revealed[3]
+    assert {(s, d) for s, d, _ in keys} == {("node-a", "node-c"), ("node-b", "node-c"),
+                                            ("node-d", "node-c")}
+    assert all(len(k) == 32 for _, _, k in keys)
+    assert not any(r for r in revealed[:3])
+
+
+def test_with_fewer_than_three_left_masking_stops_rather_than_expose_an_update(digits):
+    x_train, _, y_train, _ = digits
+    data = split_parties(x_train[:600], y_train[:600], skewed=False)
+    ctxs = contexts(data, {"algorithm": "homo_lr", "label": "label", "rounds": 3,
+                           "secure_aggregation": "mask"})
+    real = ctxs[2].sessions["node-a"]
+
+    class Vanishing:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def send(self, obj, *a, **k):
+            if isinstance(obj, dict) and obj.get("t") == "fl/masked" and obj.get("r") == "r1":
+                real.abort("node-c lost power")
+                raise OperatorError("node-c lost power")
+            return real.send(obj, *a, **k)
+
+    ctxs[2].sessions["node-a"] = Vanishing()
+    results = run_parties(TRAIN.run, ctxs, timeout=120)
+    assert isinstance(results["node-a"], OperatorError)
+    assert "fewer than 3 parties are left" in str(results["node-a"])
+    assert isinstance(results["node-b"], BaseException)
+
+
+def test_labels_of_different_types_fail_everywhere(digits):
+    x_train, _, y_train, _ = digits
+    data = split_parties(x_train[:300], y_train[:300], skewed=False)
+    t = data["node-b"]
+    data["node-b"] = t.set_column(t.column_names.index("label"), "label",
+                                  pa.array(t.column("label").to_numpy().astype(float)))
+    results = run_all(data, {"algorithm": "homo_lr", "label": "label", "rounds": 1})
+    for r in results.values():
+        assert isinstance(r, OperatorError) and "label's type differs" in str(r)
+
+
+def test_secagg_ring_arithmetic_is_exact():
+    rng = np.random.default_rng(2)
+    x = np.concatenate([rng.standard_normal(50) * 1e6, [2.0**70, -(2.0**70), 0.0, -1.5]])
+    parts = [secagg.encode(x / 3, 3) for _ in range(3)]
+    total = parts[0]
+    for p in parts[1:]:
+        total = secagg.add(total, p)
+    np.testing.assert_allclose(secagg.decode(total), x, rtol=1e-12, atol=3 * 2**-24)
+    back = secagg.parse_vector({"t": "v", "v": secagg.wire(total)}, "v", len(x), "p")
+    assert all((a == b).all() for a, b in zip(back, total, strict=True))
+    m = secagg.prg(b"k" * 32, len(x))
+    np.testing.assert_allclose(secagg.decode(secagg.sub(secagg.add(total, m), m)), x,
+                               rtol=1e-12, atol=3 * 2**-24)
 
 
 @pytest.mark.parametrize(("params", "match"), [
@@ -263,8 +330,8 @@ def test_two_parties_cannot_mask():
 
 def test_fixed_point_refuses_values_it_cannot_add():
     with pytest.raises(OperatorError, match="past the"):
-        secagg.encode(np.array([2.0**40]), 3)
+        secagg.encode(np.array([2.0**102]), 3)
     with pytest.raises(OperatorError, match="NaN"):
         secagg.encode(np.array([np.nan]), 3)
-    x = np.array([-1.5, 0.0, 123.456])
+    x = np.array([-1.5, 0.0, 123.456, 1e15])
     np.testing.assert_allclose(secagg.decode(secagg.encode(x, 3)), x, atol=2**-24)
