@@ -174,10 +174,17 @@ def training_chart(result: Mapping[str, Any] | None) -> TrainingChart | None:
     history = outputs.get("history") if isinstance(outputs, Mapping) else None
     if not isinstance(history, list) or not history:
         return None
-    names = [("val_loss", "loss"), ("val_accuracy", "accuracy"), ("inertia", "inertia")]
+    local = outputs.get("local_history")
+    names = [("val_loss", "loss", history, "pooled "), ("val_accuracy", "accuracy", history,
+                                                        "pooled "),
+             ("inertia", "inertia", history, "")]
+    if isinstance(local, list) and local:
+        # this party's own validation figures, which never left it, beside the pooled ones
+        names += [("val_loss", "local-loss", local, "this party's "),
+                  ("val_accuracy", "local-accuracy", local, "this party's ")]
     series = []
-    for key, css in names:
-        values = [h.get(key) for h in history if isinstance(h, Mapping)]
+    for key, css, rows, who in names:
+        values = [h.get(key) for h in rows if isinstance(h, Mapping)]
         if not values or not all(isinstance(v, int | float) for v in values):
             continue
         low, high = min(values), max(values)
@@ -187,8 +194,8 @@ def training_chart(result: Mapping[str, Any] | None) -> TrainingChart | None:
             f"{TRAIN_PAD + i * step:.1f},"
             f"{TRAIN_HEIGHT - TRAIN_PAD - (v - low) / span * (TRAIN_HEIGHT - 2 * TRAIN_PAD):.1f}"
             for i, v in enumerate(values))
-        series.append(Series(key.replace("val_", "validation "), css, points, float(values[0]),
-                             float(values[-1])))
+        series.append(Series(who + key.replace("val_", "validation "), css, points,
+                             float(values[0]), float(values[-1])))
     if not series:
         return None
     return TrainingChart(TRAIN_WIDTH, TRAIN_HEIGHT, len(history), series,

@@ -711,13 +711,16 @@ def test_paillier_aggregation_between_daemons_and_plain_refused_on_l4(nodes, dig
 
 def test_the_panel_charts_a_training_job_round_by_round(nodes, digits_sets):
     a = nodes[0]
-    job = a.api.get("/v1/jobs", kind="train")["jobs"]
-    done = [j for j in job if j["state"] == "done"]
-    assert done, job
+    job = a.api.post("/v1/jobs", {"kind": "train", "params": {
+        "peers": ["node-b", "node-c"], "dataset": "digits",
+        "peer_datasets": {"node-b": "digits", "node-c": "digits"},
+        "algorithm": "homo_lr", "label": "digit", "rounds": 3}})
+    job = a.daemon.wait_job(job["id"], {"done", "failed"}, timeout=120)
+    assert job["state"] == "done", job["error"]
     client, _ = panel_of(a)
-    page = client.get(f"/jobs/{done[-1]['id']}").get_data(as_text=True)
-    assert 'id="training-chart"' in page and "<polyline" in page
-    assert "validation accuracy" in page or "inertia" in page
+    page = client.get(f"/jobs/{job['id']}").get_data(as_text=True)
+    assert 'id="training-chart"' in page and page.count("<polyline") == 4
+    assert "pooled validation accuracy" in page and "this party&#39;s validation" in page
 
 
 def test_every_party_predicts_locally_with_the_trained_model(nodes, digits_sets):

@@ -439,6 +439,7 @@ def run(ctx: PartyContext) -> dict[str, Any]:
     size = plan["clusters"] * d if kmeans else (
         model.size() if hasattr(model, "size") else (d + 1) * k)
     history: list[dict[str, Any]] = []
+    mine: list[dict[str, Any]] = []
     for r in range(plan["rounds"]):
         w = _exchange_model(ctx, agg, w, f"model{r}", size)
         if kmeans:
@@ -455,6 +456,10 @@ def run(ctx: PartyContext) -> dict[str, Any]:
         else:
             tr, va = train_rows, val_rows
             loss, correct = models.evaluate(model, w, x[va], y[va])
+            # this party's own figures: kept here, never sent (the sum is what leaves)
+            mine.append({"round": r + 1,
+                         "val_loss": loss / len(va) if len(va) else None,
+                         "val_accuracy": correct / len(va) if len(va) else None})
             trained = model.fit(w, x[tr], y[tr], rng)
             n = float(len(tr))
             total = agg.sum(np.concatenate([n * trained, [n, loss, correct, len(va)]]),
@@ -498,6 +503,7 @@ def run(ctx: PartyContext) -> dict[str, Any]:
             "secure_aggregation": plan["secure_aggregation"], "rounds": plan["rounds"],
             "parties": len(agg.alive), "dropped": [p for p in order if p not in agg.alive],
             "history": history["rounds"], "final": history["final"],
+            **({"local_history": mine} if mine else {}),
             "model_sha256": hashlib.sha256(canonical(model_doc)).hexdigest(),
             "seconds": round(time.perf_counter() - started, 3),
             "he_seconds": round(agg.he_seconds, 3), "rows": len(local.x),

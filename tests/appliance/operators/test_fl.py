@@ -335,3 +335,41 @@ def test_fixed_point_refuses_values_it_cannot_add():
         secagg.encode(np.array([np.nan]), 3)
     x = np.array([-1.5, 0.0, 123.456, 1e15])
     np.testing.assert_allclose(secagg.decode(secagg.encode(x, 3)), x, atol=2**-24)
+
+
+def test_a_malformed_masked_update_names_its_sender(digits):
+    x_train, _, y_train, _ = digits
+    data = split_parties(x_train[:300], y_train[:300], skewed=False)
+    ctxs = contexts(data, {"algorithm": "homo_lr", "label": "label", "rounds": 2,
+                           "secure_aggregation": "mask"})
+    real = ctxs[1].sessions["node-a"]
+
+    class Oversized:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def send(self, obj, *a, **k):
+            if isinstance(obj, dict) and obj.get("t") == "fl/masked" and obj.get("r") == "r0":
+                obj = {**obj, "v": [str(1 << 128), *obj["v"][1:]]}
+            return real.send(obj, *a, **k)
+
+    ctxs[1].sessions["node-a"] = Oversized()
+    results = run_parties(TRAIN.run, ctxs, timeout=60)
+    assert isinstance(results["node-a"], OperatorError)
+    assert "node-b sent a fl/masked value outside Z_2^128" in str(results["node-a"])
+
+
+def test_each_party_keeps_its_own_validation_figures(digits):
+    x_train, _, y_train, _ = digits
+    data = split_parties(x_train[:600], y_train[:600], skewed=True)
+    results = ok(run_all(data, {"algorithm": "homo_lr", "label": "label", "rounds": 3}))
+    local = {n: r["local_history"] for n, r in results.items()}
+    assert all(len(h) == 3 for h in local.values())
+    assert len({json_key(h) for h in local.values()}) == 3  # each party's own
+    assert results["node-a"]["history"] == results["node-b"]["history"]  # the pooled ones
+
+
+def json_key(rows: list[dict[str, Any]]) -> str:
+    import json
+
+    return json.dumps(rows, sort_keys=True)
