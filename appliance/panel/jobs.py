@@ -40,6 +40,11 @@ TRAIN_ALGORITHMS = {
     "homo_nn": "multi-layer perceptron (needs a label column)",
     "homo_kmeans": "k-means clustering (no label)",
 }
+# the stats operator's receivers (docs/stats.md)
+RECEIVERS = {
+    "all": "every party learns the statistics",
+    "initiator": "only this node learns them; the partners get a receipt",
+}
 AGGREGATIONS = {
     "mask": "pairwise masks: the aggregator sees only the sum (three or more parties)",
     "paillier": "Paillier: a host holds the key and decrypts only the sum (three or more)",
@@ -161,6 +166,11 @@ def multi_party_params(form: MultiDict[str, str], kinds: list[str], peers: list[
         params["peer_datasets"] = theirs
     if kind == "psi":
         params["params"] = {"reveal": choice_field(form, "reveal", PSI_REVEALS)}
+    if kind == "stats":
+        params["params"] = {
+            "columns": text_field(form, "columns", max_len=4096),
+            "stats": text_field(form, "stats", max_len=256),
+            "receivers": choice_field(form, "receivers", RECEIVERS)}
     if kind == "train":
         algorithm = choice_field(form, "algorithm", TRAIN_ALGORITHMS)
         train: dict[str, Any] = {
@@ -208,6 +218,7 @@ def index() -> str:
         reveals=PSI_REVEALS,
         default_reveal=DEFAULT_REVEAL,
         algorithms=TRAIN_ALGORITHMS,
+        receivers=RECEIVERS,
         aggregations=AGGREGATIONS,
         finished=FINISHED_STATES,
     )

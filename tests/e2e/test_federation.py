@@ -795,3 +795,28 @@ def test_every_algorithm_with_every_aggregation_between_three_daemons(nodes, dig
     assert out["parties"] == 3 and len(out["history"]) == 2
     if algorithm != "homo_kmeans":
         assert out["final"]["val_accuracy"] > 0.6
+
+
+def test_the_panel_runs_joint_statistics_through_its_form(nodes):
+    import re
+
+    from tests.appliance.panel.browser_forms import post
+
+    a = nodes[0]
+    client, token = panel_of(a)
+    page = client.get("/jobs").get_data(as_text=True)
+    assert 'id="mp-columns"' in page and 'id="mp-receivers"' in page
+    answer = post(client, "/jobs/multi-party", {
+        "operator": "stats", "dataset": "customers", "peers": ["node-b", "node-c"],
+        "dataset_of_node-b": "customers", "dataset_of_node-c": "customers",
+        "columns": "v", "stats": "count,sum,mean", "receivers": "initiator",
+        "reveal": "both", "algorithm": "homo_lr", "label": "", "rounds": "10",
+        "clusters": "3", "secure_aggregation": "mask"}, token=token,
+        headers={"Referer": "http://localhost/jobs"})
+    assert answer.status_code == 302, answer.get_data(as_text=True)[:500]
+    found = re.fullmatch(r"/jobs/(\d+)", answer.headers["Location"])
+    job = a.daemon.wait_job(int(found.group(1)), {"done", "failed"}, timeout=90)
+    assert job["state"] == "done", job["error"]
+    stats = job["result"]["outputs"]["stats"]
+    assert stats["count"]["v"] == 1200 + 3400 + 50
+    assert stats["sum"]["v"] == sum(range(1200)) + sum(range(3400)) + sum(range(50))
