@@ -209,6 +209,7 @@ class Aggregation:
         self.pk: Any = None
         self.sk: Any = None
         self.he_seconds = 0.0
+        self.percent = 0.0  # the job's progress, for messages sent from inside a round
 
     @property
     def is_aggregator(self) -> bool:
@@ -319,8 +320,8 @@ class Aggregation:
             self.keys.seeds.pop(d)
         self.alive = [p for p in self.alive if p not in dropped]
         if dropped:
-            ctx.progress(-1, f"party {', '.join(dropped)} dropped out; {len(self.alive)} "
-                         "parties go on")
+            ctx.progress(self.percent, f"party {', '.join(dropped)} dropped out; "
+                         f"{len(self.alive)} parties go on")
         return secagg.decode(secagg.unmask(total, self_keys, dropped_keys))
 
     def _paillier(self, x: np.ndarray, tag: str) -> np.ndarray | None:
@@ -473,7 +474,8 @@ def run(ctx: PartyContext) -> dict[str, Any]:
                                 "val_loss": float(total[-3] / val_n) if val_n else None,
                                 "val_accuracy": float(total[-2] / val_n) if val_n else None})
         if me_agg:
-            ctx.progress(100 * (r + 1) / plan["rounds"], f"round {r + 1} of {plan['rounds']}")
+            agg.percent = 100 * (r + 1) / plan["rounds"]
+            ctx.progress(agg.percent, f"round {r + 1} of {plan['rounds']}")
             _send_all(ctx, agg, {"t": "fl/progress", "history": history[-1:]})
         else:
             _recv(ctx, aggregator, "fl/progress")
