@@ -820,3 +820,38 @@ def test_the_panel_runs_joint_statistics_through_its_form(nodes):
     stats = job["result"]["outputs"]["stats"]
     assert stats["count"]["v"] == 1200 + 3400 + 50
     assert stats["sum"]["v"] == sum(range(1200)) + sum(range(3400)) + sum(range(50))
+
+
+# -- information value across a vertical split ----------------------------------------------------
+
+def test_information_value_across_two_daemons_matches_the_pooled_computation(nodes, tmp_path):
+    import numpy as np
+    from sklearn.datasets import load_breast_cancer
+
+    from appliance.operators.fl import iv
+
+    a, b, _ = nodes
+    x, y = load_breast_cancer(return_X_y=True)
+    order = np.random.default_rng(2).permutation(len(y))  # node-b's rows in another order
+    for n, rows, cols, with_label in ((a, np.arange(len(y)), range(15), True),
+                                      (b, order, range(15, 30), False)):
+        path = tmp_path / f"{n.node_id}-bc.csv"
+        with path.open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["id", *(["label"] if with_label else []), *(f"f{j}" for j in cols)])
+            for i in rows:
+                w.writerow([f"p{i}", *([int(y[i])] if with_label else []),
+                            *(repr(float(x[i, j])) for j in cols)])
+        n.api.post("/v1/datasets", {"name": "bc", "path": str(path), "id_column": "id",
+                                    "grade": "L3"})
+    run = cli("jobs", "submit", "iv", "--peer", "node-b", "--param", "dataset=bc",
+              "--param", "peer_dataset=bc", "--param", "label=label", "--param", "key=id",
+              "--wait", "--json", "--state-dir", str(a.state), timeout=120)
+    assert run.returncode == 0, run.stderr
+    job = json.loads(run.stdout)
+    assert job["state"] == "done", job.get("error")
+    got = job["result"]["outputs"]["iv"]
+    pooled = iv.local_iv({f"f{j}": x[:, j] for j in range(30)}, y.astype(float), 10)
+    for j in range(30):
+        side = "node-a" if j < 15 else "node-b"
+        assert abs(got[side][f"f{j}"] - pooled[f"f{j}"]) < 1e-9

@@ -1,7 +1,9 @@
 """Federated learning, provider ``pec``. Built: horizontal learning (FedAvg) of logistic
 regression, a multi-layer perceptron and k-means among two or more parties, with secure
-aggregation by pairwise masks or Paillier (``accel``). Vertical learning (hetero_lr,
-hetero_secureboost) is refused by name: not built yet. docs/fl.md says who learns what.
+aggregation by pairwise masks or Paillier (``accel``); and, of vertical learning, the
+information value of every feature across a vertical split (``iv``). Vertical training
+(hetero_lr, hetero_secureboost) is refused by name: not built yet. docs/fl.md says who learns
+what.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from appliance.operators.base import Operator, register
+from appliance.operators.fl import iv
 from appliance.operators.fl.homo import run
 
 
@@ -46,4 +49,20 @@ TRAIN = register(Operator(
     run=run, family="fl", stated=stated_for,
 ))
 
-__all__ = ["TRAIN", "stated_for"]
+IV = register(Operator(
+    name="iv", provider="pec", version="0.1", roles=("guest", "host"),
+    description="information value and WOE of every feature across a vertical split: the "
+                "guest's label encrypted (Paillier, accel), summed per host bin",
+    params={
+        "dataset": "this party's data set",
+        "label": "the guest's binary label column",
+        "key": "the column that aligns the parties' rows (the same ids at every party)",
+        "bins": "equal-frequency bins per feature (default 10)",
+    },
+    inputs=("dataset",),
+    outputs=("iv", "woe"),
+    # the label leaves only encrypted; a host learns per-bin counts, the guest IVs
+    run=iv.run, family="fl", stated=lambda role, params: {"aggregation": "secure"},
+))
+
+__all__ = ["IV", "TRAIN", "stated_for"]

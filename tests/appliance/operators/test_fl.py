@@ -4,6 +4,7 @@ same model trained on the pooled rows; faults and bad input."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -373,3 +374,67 @@ def json_key(rows: list[dict[str, Any]]) -> str:
     import json
 
     return json.dumps(rows, sort_keys=True)
+
+
+# -- information value across a vertical split ---------------------------------------------------
+
+def vertical(x: np.ndarray, y: np.ndarray, cols_guest: list[int], cols_host: list[int],
+             shuffle_host: bool = True) -> dict[str, pa.Table]:
+    ids = [f"p{i:04d}" for i in range(len(y))]
+    guest = {"id": pa.array(ids), "label": pa.array(y.astype(np.int64))}
+    guest |= {f"g{j}": pa.array(x[:, j]) for j in cols_guest}
+    order = np.random.default_rng(9).permutation(len(y)) if shuffle_host else np.arange(len(y))
+    host = {"id": pa.array([ids[i] for i in order])}
+    host |= {f"h{j}": pa.array(x[order, j]) for j in cols_host}
+    return {"node-a": pa.table(guest), "node-b": pa.table(host)}
+
+
+def test_iv_across_parties_equals_the_pooled_computation():
+    from sklearn.datasets import load_breast_cancer
+
+    from appliance.operators.fl import IV, iv
+
+    x, y = load_breast_cancer(return_X_y=True)
+    data = vertical(x, y, list(range(15)), list(range(15, 30)))
+    results = ok(run_parties(IV.run, contexts(data, {"label": "label", "key": "id",
+                                                     "bins": 10}, names=NAMES[:2]),
+                             timeout=120))
+    pooled = iv.local_iv({f"f{j}": x[:, j] for j in range(30)}, y.astype(float), 10)
+    got = results["node-a"]["iv"]
+    for j in range(15):
+        assert got["node-a"][f"g{j}"] == pytest.approx(pooled[f"f{j}"], abs=1e-9)
+    for j in range(15, 30):
+        assert got["node-b"][f"h{j}"] == pytest.approx(pooled[f"f{j}"], abs=1e-9)
+        assert results["node-b"]["iv"][f"h{j}"] == got["node-b"][f"h{j}"]
+    assert results["node-b"]["he_seconds"] > 0 and "woe" in results["node-b"]
+
+
+def test_iv_refuses_keys_that_do_not_align_and_a_label_that_is_not_binary():
+    from appliance.operators.fl import IV
+
+    x = np.random.default_rng(1).standard_normal((40, 4))
+    y = np.arange(40) % 2
+    data = vertical(x, y, [0, 1], [2, 3])
+    data["node-b"] = data["node-b"].slice(0, 39)
+    results = run_parties(IV.run, contexts(data, {"label": "label", "key": "id"},
+                                           names=NAMES[:2]), timeout=60)
+    for r in results.values():
+        assert isinstance(r, OperatorError) and "do not align" in str(r)
+    data = vertical(x, np.arange(40) % 3, [0, 1], [2, 3])
+    results = run_parties(IV.run, contexts(data, {"label": "label", "key": "id"},
+                                           names=NAMES[:2]), timeout=60)
+    assert "must be binary" in str(results["node-a"])
+
+
+def test_iv_a_missing_key_column_at_the_host_fails_both_at_once():
+    from appliance.operators.fl import IV
+
+    x = np.random.default_rng(1).standard_normal((40, 4))
+    data = vertical(x, np.arange(40) % 2, [0, 1], [2, 3])
+    data["node-b"] = data["node-b"].rename_columns(["ident", "h2", "h3"])
+    t0 = time.monotonic()
+    results = run_parties(IV.run, contexts(data, {"label": "label", "key": "id"},
+                                           names=NAMES[:2]), timeout=60)
+    assert time.monotonic() - t0 < 10
+    for r in results.values():
+        assert isinstance(r, OperatorError) and "node-b has no key column 'id'" in str(r)
