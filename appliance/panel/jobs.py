@@ -171,6 +171,10 @@ def multi_party_params(form: MultiDict[str, str], kinds: list[str], peers: list[
             "columns": text_field(form, "columns", max_len=4096),
             "stats": text_field(form, "stats", max_len=256),
             "receivers": choice_field(form, "receivers", RECEIVERS)}
+    if kind == "iv":
+        params["params"] = {"label": text_field(form, "label", max_len=256),
+                            "key": text_field(form, "key", max_len=256),
+                            "bins": int_field(form, "bins", minimum=2, maximum=100)}
     if kind == "train":
         algorithm = choice_field(form, "algorithm", TRAIN_ALGORITHMS)
         train: dict[str, Any] = {

@@ -855,3 +855,21 @@ def test_information_value_across_two_daemons_matches_the_pooled_computation(nod
     for j in range(30):
         side = "node-a" if j < 15 else "node-b"
         assert abs(got[side][f"f{j}"] - pooled[f"f{j}"]) < 1e-9
+    # the same through the panel's form, with five bins
+    import re
+
+    from tests.appliance.panel.browser_forms import post
+
+    client, token = panel_of(a)
+    answer = post(client, "/jobs/multi-party", {
+        "operator": "iv", "dataset": "bc", "peers": "node-b", "dataset_of_node-b": "bc",
+        "label": "label", "key": "id", "bins": "5", "reveal": "both", "columns": "",
+        "stats": "", "receivers": "all", "algorithm": "homo_lr", "rounds": "10",
+        "clusters": "3", "secure_aggregation": "mask"}, token=token,
+        headers={"Referer": "http://localhost/jobs"})
+    assert answer.status_code == 302, answer.get_data(as_text=True)[:500]
+    found = re.fullmatch(r"/jobs/(\d+)", answer.headers["Location"])
+    job = a.daemon.wait_job(int(found.group(1)), {"done", "failed"}, timeout=90)
+    assert job["state"] == "done", job["error"]
+    five = iv.local_iv({"f20": x[:, 20]}, y.astype(float), 5)["f20"]
+    assert abs(job["result"]["outputs"]["iv"]["node-b"]["f20"] - five) < 1e-9
