@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from appliance.bench.psi import _fmt_load, _load, _machine
+from appliance.bench import machine
 from appliance.bench.psi_daemons import BenchNode
 from appliance.operators.fl.models import SoftmaxLR, evaluate
 
@@ -153,17 +153,17 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv or [])
     if args.parties < 3:
         p.error("--parties: at least 3 (masking needs three)")
-    machine = _machine()
-    load0 = _load()
-    print(f"homo bench: {machine['nproc']} CPUs ({machine['cpu_model']}); {args.parties} "
+    host = machine.describe()
+    load0 = machine.load()
+    print(f"homo bench: {host['nproc']} CPUs ({host['cpu_model']}); {args.parties} "
           f"parties x {args.rows} rows x {args.features} features, {args.rounds} rounds; "
-          f"load {_fmt_load(load0)} before", flush=True)
+          f"load {machine.fmt_load(load0)} before", flush=True)
     data = make_data(args.parties, args.rows, args.features)
     with tempfile.TemporaryDirectory() as tmp:
         flower = run_flower(data, args.rounds, Path(tmp), args.timeout)
     ours = run_ours(data, args.rounds, args.modes.split(","), args.timeout)
-    report = {"machine": machine, "flower": flower, "ours": ours, "load_before": load0,
-              "load_after": _load()}
+    report = {"machine": host, "flower": flower, "ours": ours, "load_before": load0,
+              "load_after": machine.load()}
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -193,5 +193,5 @@ def main(argv: list[str] | None = None) -> int:
               + (f"; mask <= 1.5 x plain: {mask / plain:.2f} "
                  f"({'met' if mask / plain <= TARGETS['mask_over_none'] else 'MISSED'})"
                  if mask else ""))
-    print(f"load {_fmt_load(_load())} after")
+    print(f"load {machine.fmt_load(machine.load())} after")
     return 0

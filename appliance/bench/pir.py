@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from accel import lwe
-from appliance.bench.psi import _fmt_load, _load, _machine
+from appliance.bench import machine
 from appliance.operators.pir import layout as lay
 from appliance.operators.pir import scheme
 from appliance.operators.pir.service import ServiceStore
@@ -172,14 +172,14 @@ def _mib(n: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv or [])
-    machine = _machine()
-    load0 = _load()
-    print(f"pir bench: {machine['nproc']} CPUs ({machine['cpu_model']}), Python "
-          f"{machine['python']}, Linux {machine['kernel']}; load {_fmt_load(load0)} "
+    host = machine.describe()
+    load0 = machine.load()
+    print(f"pir bench: {host['nproc']} CPUs ({host['cpu_model']}), Python "
+          f"{host['python']}, Linux {host['kernel']}; load {machine.fmt_load(load0)} "
           "(1/5/15 min) before")
     r = run(args.records, args.label_bytes, args.batch, args.repeats, args.backend)
-    load1 = _load()
-    r["machine"], r["load_before"], r["load_after"] = machine, load0, load1
+    load1 = machine.load()
+    r["machine"], r["load_before"], r["load_after"] = host, load0, load1
     if args.json:
         print(json.dumps(r, indent=2))
         return 0
@@ -207,5 +207,5 @@ def main(argv: list[str] | None = None) -> int:
     per_key = r["single"]["sent_bytes"] + r["single"]["received_bytes"]
     print(f"communication per key {_mib(per_key)} (target <= 1 MiB: "
           f"{'met' if per_key <= TARGETS['query_bytes'] else 'MISSED'})")
-    print(f"load {_fmt_load(load1)} (1/5/15 min) after")
+    print(f"load {machine.fmt_load(load1)} (1/5/15 min) after")
     return 0

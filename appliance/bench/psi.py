@@ -30,7 +30,6 @@ import contextlib
 import csv
 import json
 import os
-import platform
 import random
 import re
 import resource
@@ -45,6 +44,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from appliance.bench import machine
+
 ROOT = Path(__file__).resolve().parents[2]
 REFERENCE_VENV = ROOT / "build" / "reference-venv"
 REFERENCE_SCRIPT = Path(__file__).resolve().with_name("psi_reference.py")
@@ -54,34 +55,6 @@ RATIO_TARGET = 1.0  # pec ECDH wall / SecretFlow ECDH wall, issue 13
 # spu writes a perfetto trace to a fixed /tmp/psi_*.trace (not under TMPDIR) and says where on
 # stdout; the bench removes exactly the files its parties name.
 _TRACE_RE = re.compile(r"Trace has been written to (/tmp/psi_[A-Za-z0-9_-]+\.trace)")
-
-
-# -- machine and load --------------------------------------------------------------------------
-
-
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def _machine() -> dict[str, Any]:
-    return {
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu_model": _cpu_model(),
-        "python": platform.python_version(),
-        "kernel": platform.release(),
-    }
-
-
-def _load() -> tuple[float, float, float]:
-    return os.getloadavg()
-
-
-def _fmt_load(load: tuple[float, float, float]) -> str:
-    return "/".join(f"{v:.2f}" for v in load)
 
 
 # -- data --------------------------------------------------------------------------------------
@@ -122,10 +95,17 @@ def read_ids(path: Path, column: str = ID_COLUMN) -> list[str]:
 # -- the reference engine ----------------------------------------------------------------------
 
 
-def reference_python(venv: Path = REFERENCE_VENV) -> Path | None:
-    """The reference venv's interpreter if spu is installed in it, else None."""
+def reference_python(venv: Path = REFERENCE_VENV, library: str = "libpsi") -> Path | None:
+    """The reference venv's interpreter if spu (with its ``library``: libpsi for PSI,
+    libspu for the SPU simulator) is installed in it, else None, having said how to build
+    it."""
     py = venv / "bin" / "python"
-    if not py.exists() or not list(venv.glob("lib/python3*/site-packages/spu/libpsi*.so")):
+    if not py.exists() or not list(venv.glob(f"lib/python3*/site-packages/spu/{library}*.so")):
+        print(f"reference venv missing: {venv} has no python with spu installed.\n"
+              "Build it with `make reference-venv`, or by hand:\n"
+              "  python3 -m venv build/reference-venv && PIP_CONSTRAINT="
+              "scripts/reference_engines.txt build/reference-venv/bin/pip install spu==0.9.5",
+              file=sys.stderr)
         return None
     return py
 
@@ -215,7 +195,7 @@ def run_reference(py: Path, protocol: str, a_csv: Path, b_csv: Path, work: Path,
     procs: list[subprocess.Popen[bytes]] = []
     logs: list[tuple[Path, Path]] = []
     outputs: list[Path] = []
-    load_before = _load()
+    load_before = machine.load()
     t0 = time.perf_counter()
     try:
         for role, inp in enumerate((a_csv, b_csv)):
@@ -248,7 +228,7 @@ def run_reference(py: Path, protocol: str, a_csv: Path, b_csv: Path, work: Path,
     elapsed = time.perf_counter() - t0
     row: dict[str, Any] = {"engine": "secretflow", "protocol": protocol,
                            "elapsed_s": round(elapsed, 3), "load_before": load_before,
-                           "load_after": _load(), "parties": [], "correct": False}
+                           "load_after": machine.load(), "parties": [], "correct": False}
     errors: list[str] = []
     if timed_out:
         errors.append(f"timed out after {timeout_s:.0f} s")
@@ -296,7 +276,7 @@ def run_native(a_csv: Path, b_csv: Path) -> dict[str, Any] | None:
         print("native engine: not available (appliance.operators.psi has no run_local_pair)")
         return None
     a_ids, b_ids = read_ids(a_csv), read_ids(b_csv)
-    load_before = _load()
+    load_before = machine.load()
     r0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
     try:
@@ -318,7 +298,7 @@ def run_native(a_csv: Path, b_csv: Path) -> dict[str, Any] | None:
             "peak_rss_kb": r1.ru_maxrss,  # the bench process's peak, which includes the sets
             "intersection": result.get("intersection"),
             **({"error": str(result["error"])} if "error" in result else {}),
-            "load_before": load_before, "load_after": _load()}
+            "load_before": load_before, "load_after": machine.load()}
 
 
 def _as_id_set(values: Iterable[Any]) -> set[str]:
@@ -384,14 +364,15 @@ def format_table(rows: list[dict[str, Any]], native: dict[str, Any] | None,
             f"{(f'{max(link):.2f}' if link else '-'):>6} {_pair(get('cpu_s'), '.2f'):>15} "
             f"{_pair(rss, '.0f'):>21} {mb:>7} {per_id:>5} {'-' if inter is None else inter:>8} "
             f"{'yes' if row['correct'] else 'NO':>7}  "
-            f"{_fmt_load(row['load_before'])} -> {_fmt_load(row['load_after'])}")
+            f"{machine.fmt_load(row['load_before'])} -> {machine.fmt_load(row['load_after'])}")
     if native is not None:
         lines.append(
             f"{'pec ecdh':<24} {native['wall_s']:>7.2f} {'(one process)':>15} {'-':>6} "
             f"{native['cpu_s']:>15.2f} {native['peak_rss_kb'] / 1024:>21.0f} "
             f"{'-':>7} {'-':>5} {native.get('intersection_size', '-'):>8} "
             f"{'yes' if native['correct'] else 'NO':>7}  "
-            f"{_fmt_load(native['load_before'])} -> {_fmt_load(native['load_after'])}")
+            f"{machine.fmt_load(native['load_before'])} -> "
+            f"{machine.fmt_load(native['load_after'])}")
     return "\n".join(lines)
 
 
@@ -436,15 +417,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     py = reference_python(args.reference_venv)
     if py is None:
-        print(f"reference venv missing: {args.reference_venv} has no python with spu installed.\n"
-              "Build it with `make reference-venv`, or by hand:\n"
-              "  python3 -m venv build/reference-venv && PIP_CONSTRAINT="
-              "scripts/reference_engines.txt build/reference-venv/bin/pip install spu==0.9.5",
-              file=sys.stderr)
         return 2
-    machine = _machine()
-    print(f"machine: {machine['nproc']} CPUs ({machine['cpu_model']}), "
-          f"Linux {machine['kernel']}; load {_fmt_load(_load())} (1/5/15 min)")
+    host = machine.describe()
+    print(f"machine: {host['nproc']} CPUs ({host['cpu_model']}), "
+          f"Linux {host['kernel']}; load {machine.fmt_load(machine.load())} (1/5/15 min)")
     print(f"sets: {args.size} ids per party, overlap {args.overlap} "
           f"(|I| = {round(args.size * args.overlap)}), seed {args.seed}")
     with tempfile.TemporaryDirectory(prefix="pec-psi-bench-") as d:
@@ -509,9 +485,9 @@ def main(argv: list[str] | None = None) -> int:
         ecdh_wall = ref_wall(ecdh) if ecdh is not None else None
         native_wall = native["wall_s"] if native is not None and native["correct"] else None
         print(psi_daemons.format_report(e2e, native_wall, ecdh_wall))
-    print(f"load average at end: {_fmt_load(_load())}")
+    print(f"load average at end: {machine.fmt_load(machine.load())}")
     if args.json:
-        print(json.dumps({"machine": machine, "size": args.size, "overlap": args.overlap,
+        print(json.dumps({"machine": host, "size": args.size, "overlap": args.overlap,
                           "seed": args.seed, "reference": rows, "native": native,
                           "ratio": ratio, "end_to_end": e2e}))
     ok = (all(r["correct"] for r in rows) and (native is None or native["correct"])

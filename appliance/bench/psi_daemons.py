@@ -31,6 +31,7 @@ from typing import Any
 
 import psutil
 
+from appliance.bench.psi import read_ids
 from appliance.client import DaemonClient, DaemonError
 from appliance.provision import init_state_dir
 from appliance.state.statedir import StateDir
@@ -163,18 +164,6 @@ class BenchNode:
             time.sleep(poll_s)
 
 
-def _read_rows(path: str, column: str = "id") -> list[str]:
-    import csv
-
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None:
-            return []
-        col = header.index(column)
-        return [r[col] for r in reader if r]
-
-
 def run_end_to_end(a_csv: Path, b_csv: Path, expected: set[str],
                    timeout_s: float = 600.0) -> dict[str, Any]:
     """Both daemons, one psi job (reveal=both); timings, per-daemon CPU and peak RSS, and the
@@ -239,7 +228,7 @@ def run_end_to_end(a_csv: Path, b_csv: Path, expected: set[str],
         sides = []
         for n, j in ((a, a_job), (b, b_job)):
             out = j["result"]["outputs"]
-            got = _read_rows(out["rows_file"])
+            got = read_ids(Path(out["rows_file"]))
             kept = n.api.get(f"/v1/datasets/{out['dataset']}")  # the output data set
             sides.append({"node": n.node_id, "intersection_size": out["intersection_size"],
                           "rows": len(got), "dataset": out["dataset"],

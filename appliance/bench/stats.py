@@ -35,7 +35,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from appliance.bench.psi import REFERENCE_VENV, _fmt_load, _load, _machine
+from appliance.bench import machine
+from appliance.bench.psi import REFERENCE_VENV, reference_python
 
 REFERENCE_SCRIPT = Path(__file__).resolve().with_name("stats_reference.py")
 RATIO_TARGET = 1.0  # ours wall / SPU wall
@@ -91,22 +92,14 @@ def max_rel_err(got: dict[str, Any], want: dict[str, np.ndarray]) -> float:
 
 
 def run_ours(parts: list[np.ndarray], columns: list[str], timeout: float) -> dict[str, Any]:
-    from appliance.federation.channel import memory_pair
-    from appliance.operators.base import PartyContext, run_parties
+    from appliance.operators.base import local_contexts, run_parties
     from appliance.operators.stats import STATS as OPERATOR
 
     names = [f"party-{i}" for i in range(len(parts))]
-    sessions: dict[str, dict[str, Any]] = {n: {} for n in names}
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            sa, sb = memory_pair("bench-stats", "stats", names=(a, b))
-            sessions[a][b], sessions[b][a] = sa, sb
-    roles = {n: ("guest" if i == 0 else "host") for i, n in enumerate(names)}
     params = {"columns": ",".join(columns), "stats": ",".join(STATS)}
-    ctxs = [PartyContext(job_id="bench-stats", role=roles[n], node_id=n, parties=dict(roles),
-                         sessions=sessions[n], params=dict(params),
-                         dataset=_Rows(n, d, columns), timeout=timeout)
-            for n, d in zip(names, parts, strict=True)]
+    ctxs = local_contexts(names, params, {n: _Rows(n, d, columns) for n, d in
+                                          zip(names, parts, strict=True)},
+                          job_id="bench-stats", timeout=timeout)
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
     results = run_parties(OPERATOR.run, ctxs, timeout=timeout)
@@ -156,27 +149,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def reference_python(venv: Path) -> Path | None:
-    py = venv / "bin" / "python"
-    if not py.exists() or not list(venv.glob("lib/python3*/site-packages/spu/libspu*.so")):
-        return None
-    return py
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
-    py = reference_python(args.reference_venv)
+    py = reference_python(args.reference_venv, "libspu")
     if py is None:
-        print(f"reference venv missing: {args.reference_venv} has no python with spu installed.\n"
-              "Build it with `make reference-venv`, or by hand:\n"
-              "  python3 -m venv build/reference-venv && PIP_CONSTRAINT="
-              "scripts/reference_engines.txt build/reference-venv/bin/pip install spu==0.9.5",
-              file=sys.stderr)
         return 2
-    machine = _machine()
-    load0 = _load()
-    print(f"machine: {machine['nproc']} CPUs ({machine['cpu_model']}), "
-          f"Linux {machine['kernel']}; load {_fmt_load(load0)} (1/5/15 min) before")
+    host = machine.describe()
+    load0 = machine.load()
+    print(f"machine: {host['nproc']} CPUs ({host['cpu_model']}), "
+          f"Linux {host['kernel']}; load {machine.fmt_load(load0)} (1/5/15 min) before")
     columns = [f"c{i}" for i in range(args.columns)]
     parts = make_data(args.parties, args.rows, args.columns, args.seed)
     print(f"data: {args.parties} parties x {args.rows} rows x {args.columns} float64 columns "
@@ -187,14 +168,14 @@ def main(argv: list[str] | None = None) -> int:
     ours_err = max_rel_err(ours, want)
     spu = run_spu(py, parts, args.timeout_s)
     spu_err = max_rel_err(spu, want)
-    load1 = _load()
+    load1 = machine.load()
     print()
     print(f"{'engine':<44} {'wall s':>9} {'CPU s':>9} {'max rel err vs numpy':>21}")
     print(f"{'ours: stats operator, ' + str(args.parties) + ' parties, in-memory':<44} "
           f"{ours['wall_s']:>9.3f} {ours['cpu_s']:>9.3f} {ours_err:>21.3e}")
     print(f"{spu['engine']:<44} {spu['wall_s']:>9.3f} {spu['cpu_s']:>9.3f} {spu_err:>21.3e}")
     print(f"(SPU process, start to exit incl. jax/spu import: CPU {spu['process_cpu_s']:.3f} s)")
-    print(f"load {_fmt_load(load1)} (1/5/15 min) after")
+    print(f"load {machine.fmt_load(load1)} (1/5/15 min) after")
     ok = ours_err <= OUR_REL_TOL
     print(f"ours vs numpy: max rel err {ours_err:.3e} "
           f"{'<=' if ok else '>'} {OUR_REL_TOL:g}: {'ok' if ok else 'FAILED'}")

@@ -119,9 +119,8 @@ class PrivateQuery:
                     raise PirError(f"this node has quarantined you: {current['state_reason']}",
                                    403)
                 if service is not None:
-                    source = self.store.source(service)
-                    self._servable(source["dataset"], self.store.public_info(service)[
-                        "label_columns"])
+                    info = self.store.loaded(service).info
+                    self._servable(info["source"]["dataset"], info["label_columns"])
             except (PeerError, DatasetError) as exc:
                 raise PirError(f"private query refused: {exc}", exc.status) from None
             if count:

@@ -96,6 +96,26 @@ def register(op: Operator) -> Operator:
     return op
 
 
+def local_contexts(names: list[str], params: Mapping[str, Any], datasets: Mapping[str, Any], *,
+                   job_id: str = "local", timeout: float = 60.0,
+                   output_root: Path | None = None) -> list[PartyContext]:
+    """The parties of one job in this process (tests and the benchmarks): the first name is
+    the guest, the others hosts, an in-memory session between every pair (the real session
+    code), each with its own copy of ``params`` and, under ``output_root``, a directory."""
+    from appliance.federation.channel import memory_pair
+
+    sessions: dict[str, dict[str, Any]] = {n: {} for n in names}
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            sessions[a][b], sessions[b][a] = memory_pair(job_id, "job", names=(a, b))
+    roles = {n: ("guest" if i == 0 else "host") for i, n in enumerate(names)}
+    return [PartyContext(job_id=job_id, role=roles[n], node_id=n, parties=dict(roles),
+                         sessions=sessions[n], params=dict(params), dataset=datasets[n],
+                         timeout=timeout,
+                         output_dir=output_root / n if output_root is not None else None)
+            for n in names]
+
+
 def run_parties(run: Callable[[PartyContext], dict[str, Any]], ctxs: list[PartyContext],
                 timeout: float | None = None) -> dict[str, Any]:
     """Every party of a protocol in this process, one thread each (tests and the benchmarks;

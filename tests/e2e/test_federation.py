@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import re
 import socket
 import time
 from pathlib import Path
@@ -294,6 +295,20 @@ def panel_of(n: Node):
     return client, login(client, "admin", ADMIN_PASSWORD)
 
 
+def run_with_partners(n: Node, client, token: str, form: dict, timeout: float = 120
+                      ) -> tuple[dict, str]:
+    """Submit the panel's "Run with partners" form at ``n``; the job once finished and the
+    path of its page."""
+    from tests.appliance.panel.browser_forms import post
+
+    answer = post(client, "/jobs/multi-party", form, token=token,
+                  headers={"Referer": "http://localhost/jobs"})
+    assert answer.status_code == 302, answer.get_data(as_text=True)[:500]
+    found = re.fullmatch(r"/jobs/(\d+)", answer.headers["Location"])
+    assert found, answer.headers["Location"]
+    return n.daemon.wait_job(int(found.group(1)), {"done", "failed"}, timeout), found.group(0)
+
+
 def test_the_panel_shows_partners_cards_parties_and_approves_a_peer_job(nodes):
     from tests.appliance.panel.browser_forms import post
 
@@ -413,25 +428,16 @@ def test_psi_reveal_both_on_l3_data_is_refused_by_rule(nodes):
 
 
 def test_the_panel_runs_a_count_with_a_partner_through_its_form(nodes):
-    import re
-
-    from tests.appliance.panel.browser_forms import post
-
     a = nodes[0]
     client, token = panel_of(a)
     page = client.get("/jobs").get_data(as_text=True)
     assert 'id="mp-operator"' in page and 'value="node-b"' in page and "customers" in page
-    answer = post(client, "/jobs/multi-party", {
+    job, where = run_with_partners(a, client, token, {
         "operator": "count", "dataset": "customers", "peers": "node-b",
-        "dataset_of_node-b": "customers", "reveal": "both"}, token=token,
-        headers={"Referer": "http://localhost/jobs"})
-    assert answer.status_code == 302, answer.get_data(as_text=True)[:500]
-    found = re.fullmatch(r"/jobs/(\d+)", answer.headers["Location"])
-    assert found, answer.headers["Location"]
-    job = a.daemon.wait_job(int(found.group(1)), {"done", "failed"}, timeout=90)
+        "dataset_of_node-b": "customers", "reveal": "both"}, timeout=90)
     assert job["state"] == "done", job
     assert job["params"]["peer_datasets"] == {"node-b": "customers"}
-    page = client.get(answer.headers["Location"]).get_data(as_text=True)
+    page = client.get(where).get_data(as_text=True)
     assert f"Job {job['id']} (count with node-b) queued" in page
     assert 'id="parties-heading"' in page and "node-b" in page and "host" in page
     assert 'id="summary-heading"' in page and "4,600" in page  # rows of all parties
@@ -755,27 +761,19 @@ def test_every_party_predicts_locally_with_the_trained_model(nodes, digits_sets)
 
 
 def test_the_panel_starts_a_training_with_partners_through_its_form(nodes, digits_sets):
-    import re
-
-    from tests.appliance.panel.browser_forms import post
-
     a = nodes[0]
     client, token = panel_of(a)
     page = client.get("/jobs").get_data(as_text=True)
     assert 'value="train"' in page and 'id="mp-algorithm"' in page
-    answer = post(client, "/jobs/multi-party", {
+    job, where = run_with_partners(a, client, token, {
         "operator": "train", "dataset": "digits", "peers": ["node-b", "node-c"],
         "dataset_of_node-b": "digits", "dataset_of_node-c": "digits",
         "algorithm": "homo_nn", "label": "digit", "rounds": "2", "clusters": "3",
-        "secure_aggregation": "mask", "reveal": "both"}, token=token,
-        headers={"Referer": "http://localhost/jobs"})
-    assert answer.status_code == 302, answer.get_data(as_text=True)[:500]
-    found = re.fullmatch(r"/jobs/(\d+)", answer.headers["Location"])
-    job = a.daemon.wait_job(int(found.group(1)), {"done", "failed"}, timeout=120)
+        "secure_aggregation": "mask", "reveal": "both"})
     assert job["state"] == "done", job["error"]
     assert job["params"]["params"]["algorithm"] == "homo_nn"
     assert job["result"]["outputs"]["final"]["val_accuracy"] > 0.7
-    page = client.get(answer.headers["Location"]).get_data(as_text=True)
+    page = client.get(where).get_data(as_text=True)
     assert 'id="training-chart"' in page
 
 
@@ -798,24 +796,16 @@ def test_every_algorithm_with_every_aggregation_between_three_daemons(nodes, dig
 
 
 def test_the_panel_runs_joint_statistics_through_its_form(nodes):
-    import re
-
-    from tests.appliance.panel.browser_forms import post
-
     a = nodes[0]
     client, token = panel_of(a)
     page = client.get("/jobs").get_data(as_text=True)
     assert 'id="mp-columns"' in page and 'id="mp-receivers"' in page
-    answer = post(client, "/jobs/multi-party", {
+    job, _ = run_with_partners(a, client, token, {
         "operator": "stats", "dataset": "customers", "peers": ["node-b", "node-c"],
         "dataset_of_node-b": "customers", "dataset_of_node-c": "customers",
         "columns": "v", "stats": "count,sum,mean", "receivers": "initiator",
         "reveal": "both", "algorithm": "homo_lr", "label": "", "rounds": "10",
-        "clusters": "3", "secure_aggregation": "mask"}, token=token,
-        headers={"Referer": "http://localhost/jobs"})
-    assert answer.status_code == 302, answer.get_data(as_text=True)[:500]
-    found = re.fullmatch(r"/jobs/(\d+)", answer.headers["Location"])
-    job = a.daemon.wait_job(int(found.group(1)), {"done", "failed"}, timeout=90)
+        "clusters": "3", "secure_aggregation": "mask"}, timeout=90)
     assert job["state"] == "done", job["error"]
     stats = job["result"]["outputs"]["stats"]
     assert stats["count"]["v"] == 1200 + 3400 + 50
@@ -856,20 +846,12 @@ def test_information_value_across_two_daemons_matches_the_pooled_computation(nod
         side = "node-a" if j < 15 else "node-b"
         assert abs(got[side][f"f{j}"] - pooled[f"f{j}"]) < 1e-9
     # the same through the panel's form, with five bins
-    import re
-
-    from tests.appliance.panel.browser_forms import post
-
     client, token = panel_of(a)
-    answer = post(client, "/jobs/multi-party", {
+    job, _ = run_with_partners(a, client, token, {
         "operator": "iv", "dataset": "bc", "peers": "node-b", "dataset_of_node-b": "bc",
         "label": "label", "key": "id", "bins": "5", "reveal": "both", "columns": "",
         "stats": "", "receivers": "all", "algorithm": "homo_lr", "rounds": "10",
-        "clusters": "3", "secure_aggregation": "mask"}, token=token,
-        headers={"Referer": "http://localhost/jobs"})
-    assert answer.status_code == 302, answer.get_data(as_text=True)[:500]
-    found = re.fullmatch(r"/jobs/(\d+)", answer.headers["Location"])
-    job = a.daemon.wait_job(int(found.group(1)), {"done", "failed"}, timeout=90)
+        "clusters": "3", "secure_aggregation": "mask"}, timeout=90)
     assert job["state"] == "done", job["error"]
     five = iv.local_iv({"f20": x[:, 20]}, y.astype(float), 5)["f20"]
     assert abs(job["result"]["outputs"]["iv"]["node-b"]["f20"] - five) < 1e-9

@@ -37,6 +37,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from appliance.bench import machine
+
 MiB = 1024 * 1024
 _MOD = "appliance.federation.channel.bench"
 # The emulated WAN link, the same figures for netem and the userspace emulator.
@@ -49,14 +51,6 @@ NETEM_LABEL = f"netem delay {WAN_DELAY_MS}ms rate {WAN_RATE_MBIT}mbit on both ve
 def _cpu() -> dict[str, float]:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return {"user_s": r.ru_utime, "sys_s": r.ru_stime}
-
-
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def _emit(obj: dict[str, Any]) -> None:
@@ -345,7 +339,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {
         "machine": {
             "nproc": os.cpu_count(),
-            "cpu": _cpu_model(),
+            "cpu": machine.cpu_model(),
             "python": platform.python_version(),
             "kernel": platform.release(),
         },

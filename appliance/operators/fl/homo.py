@@ -33,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from appliance.federation.channel import ChannelError
 from appliance.operators.base import OperatorError, PartyContext, canonical
 from appliance.operators.fl import models, secagg
 
@@ -264,8 +265,6 @@ class Aggregation:
         return total
 
     def _masked(self, x: np.ndarray, tag: str) -> np.ndarray | None:
-        from appliance.federation.channel import ChannelError
-
         assert self.keys is not None
         ctx, n = self.ctx, len(self.alive)
         self_key = os.urandom(32)
@@ -419,26 +418,23 @@ def run(ctx: PartyContext) -> dict[str, Any]:
                                  ctx.node_id)
     rng = np.random.default_rng([plan["seed"], len(ctx.node_id)])
 
-    # 2. feature scaling from the pooled mean and deviation (lr, nn)
+    # 2. the pooled count, sums and sums of squares, by one secure aggregation: the features'
+    #    scaling (lr, nn) or the k-means start (the aggregator never sees a party's row)
     d = len(features)
+    moments = agg.sum(np.concatenate([[len(x)], x.sum(axis=0), (x * x).sum(axis=0)]),
+                      "moments")
     mean, scale = np.zeros(d), np.ones(d)
     if not kmeans:
-        stats = agg.sum(np.concatenate([[len(x)], x.sum(axis=0), (x * x).sum(axis=0)]),
-                        "scale")
-        mean, scale = _broadcast_scaling(ctx, agg, stats, d)
+        mean, scale = _broadcast_scaling(ctx, agg, moments, d)
         x = (x - mean) / scale
 
-    # 3. the initial model
+    # 3. the initial model, at the aggregator
     model = None if kmeans else models.make(plan["algorithm"], d, k, plan)
+    w = None
     if me_agg:
-        w = (_initial_centroids(plan, stats_for_init(agg, x, d)) if kmeans
+        w = (_initial_centroids(plan, moments) if kmeans
              else model.initial(np.random.default_rng(plan["seed"])))
-    else:
-        w = None
-        if kmeans:
-            stats_for_init(agg, x, d)
-    size = plan["clusters"] * d if kmeans else (
-        model.size() if hasattr(model, "size") else (d + 1) * k)
+    size = plan["clusters"] * d if kmeans else model.size()
     history: list[dict[str, Any]] = []
     mine: list[dict[str, Any]] = []
     for r in range(plan["rounds"]):
@@ -601,12 +597,6 @@ def _broadcast_scaling(ctx: PartyContext, agg: Aggregation, stats: np.ndarray | 
         raise OperatorError(f"party {agg.aggregator} sent a scaling with zero or negative "
                             "deviations")
     return mean, scale
-
-
-def stats_for_init(agg: Aggregation, x: np.ndarray, d: int) -> np.ndarray | None:
-    """k-means starts from points drawn around the pooled mean with the pooled deviation:
-    the aggregator never sees a party's row."""
-    return agg.sum(np.concatenate([[len(x)], x.sum(axis=0), (x * x).sum(axis=0)]), "init")
 
 
 def _initial_centroids(plan: dict[str, Any], stats: np.ndarray | None) -> np.ndarray:

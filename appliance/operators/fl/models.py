@@ -40,8 +40,11 @@ class SoftmaxLR:
         self.batch = int(params["batch_size"])
         self.epochs = int(params["local_epochs"])
 
+    def size(self) -> int:
+        return (self.d + 1) * self.k
+
     def initial(self, rng: np.random.Generator) -> np.ndarray:
-        return np.zeros((self.d + 1) * self.k)
+        return np.zeros(self.size())
 
     def _wb(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         m = w.reshape(self.d + 1, self.k)

@@ -164,9 +164,10 @@ class ServiceStore:
             raise PirError("pir: a service needs at least one label column", 400)
         key_type = key_type_of(keys.type)
         ids = id_bytes(keys)  # refuses null keys
-        if len(pc.unique(ids)) != len(ids):
-            raise PirError(f"pir: the key column has {len(ids) - len(pc.unique(ids))} "
-                           "repeated key(s); a key must name one record", 400)
+        repeated = len(ids) - len(pc.unique(ids))
+        if repeated:
+            raise PirError(f"pir: the key column has {repeated} repeated key(s); a key must "
+                           "name one record", 400)
         empty = len(ids) - pc.sum(pc.greater(pc.binary_length(ids), 0)).as_py() if len(ids) else 0
         if empty:
             raise PirError(f"pir: the key column has {empty} empty key(s)", 400)
@@ -321,10 +322,6 @@ class ServiceStore:
 
     def list(self) -> list[dict[str, Any]]:
         return [self.describe(n) for n in self.names()]
-
-    def source(self, name: str) -> dict[str, Any]:
-        """Where the current version came from (data set, fingerprint, key column)."""
-        return dict(self.loaded(name).info.get("source") or {})
 
     def public_info(self, name: str) -> dict[str, Any]:
         info = dict(self.loaded(name).info)

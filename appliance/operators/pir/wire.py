@@ -32,6 +32,7 @@ from typing import Any, Protocol
 import numpy as np
 import pyarrow as pa
 
+from appliance.federation.channel import ChannelError, RecvTimeout
 from appliance.operators.base import OperatorError
 from appliance.operators.pir import layout as lay
 from appliance.operators.pir import scheme
@@ -83,8 +84,6 @@ def serve(session: Any, store: ServiceStore, on_served: Served,
     ``allow`` is asked before each request (the peer still active, the service's data still
     servable under the grade policy, the peer's key budget). Channel failures end the
     session; nothing a peer sends can stop the node serving."""
-    from appliance.federation.channel import ChannelError, RecvTimeout
-
     while True:
         try:
             msg = session.recv(timeout=TIMEOUT)
@@ -311,8 +310,6 @@ class Client:
         self.sent = self.received = 0
 
     def _request(self, body: dict[str, Any], payload: bytes | None = None) -> tuple[Any, Any]:
-        from appliance.federation.channel import ChannelError
-
         try:
             self.session.send(body, timeout=TIMEOUT)
             self.sent += len(str(body))
@@ -382,11 +379,12 @@ class Client:
         for attempt in (1, 2):
             try:
                 svc = self._service(name)
+                # every key checked before anything is asked
+                texts = normalise_keys(list(keys), svc.info["key_type"], name)
                 results = []
                 step = svc.info["max_batch"]
-                normalise_keys(list(keys), svc.info["key_type"], name)  # all, before asking
                 for at in range(0, len(keys), step):
-                    results += self._ask(svc, keys[at: at + step])
+                    results += self._ask(svc, keys[at: at + step], texts[at: at + step])
                 break
             except PirError as exc:
                 if exc.status != 409 or attempt == 2:
@@ -396,9 +394,9 @@ class Client:
                 "bytes_received": self.received, "version": svc.info["version"]}
         return results, cost
 
-    def _ask(self, svc: _Cached, keys: list[Any]) -> list[dict[str, Any]]:
+    def _ask(self, svc: _Cached, keys: list[Any], texts: list[str]) -> list[dict[str, Any]]:
+        """One request's worth: ``keys`` as asked (for the results), ``texts`` normalised."""
         info = svc.info
-        texts = normalise_keys(list(keys), info["key_type"], info["name"])
         ids = id_bytes(pa.array(texts, pa.string()))
         version, n = info["version"], len(texts)
 

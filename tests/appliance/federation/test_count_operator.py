@@ -12,7 +12,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from appliance.federation.channel import memory_pair
 from appliance.federation.datasets import DatasetRegistry
-from appliance.operators.base import OperatorError, PartyContext, canonical, run_parties
+from appliance.operators.base import (
+    OperatorError,
+    PartyContext,
+    canonical,
+    local_contexts,
+    run_parties,
+)
 from appliance.operators.count import COUNT
 
 
@@ -52,17 +58,10 @@ def three_parties(tmp_path: Path, rows=(1000, 2500, 40)):
     names = ["bank-a", "carrier-b", "hospital-c"]
     ks = {n: keys() for n in names}
     data = {n: party_data(tmp_path, n.split("-")[1], r) for n, r in zip(names, rows, strict=True)}
-    sessions: dict[str, dict[str, object]] = {n: {} for n in names}
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            sa, sb = memory_pair("job-1", "job", names=(a, b))
-            sessions[a][b], sessions[b][a] = sa, sb
-    roles = {"bank-a": "guest", "carrier-b": "host", "hospital-c": "host"}
-    ctxs = [PartyContext(job_id="job-1", role=roles[n], node_id=n, parties=roles,
-                         sessions=sessions[n], params={}, dataset=data[n],
-                         sign=sign_with(ks[n][0]),
-                         peer_keys={m: ks[m][1] for m in names if m != n}, timeout=10)
-            for n in names]
+    ctxs = local_contexts(names, {}, data, job_id="job-1", timeout=10)
+    for c in ctxs:
+        c.sign = sign_with(ks[c.node_id][0])
+        c.peer_keys = {m: ks[m][1] for m in names if m != c.node_id}
     return ctxs, ks
 
 

@@ -14,21 +14,13 @@ import pytest
 from sklearn.datasets import load_digits, make_blobs
 from sklearn.model_selection import train_test_split
 
-from appliance.federation.channel import memory_pair
-from appliance.operators.base import OperatorError, PartyContext, run_parties
+from appliance.operators.base import OperatorError, PartyContext, local_contexts, run_parties
 from appliance.operators.fl import TRAIN, homo, models, secagg
+from tests.appliance.operators.readers import TableReader
 
 NAMES = ["node-a", "node-b", "node-c"]
 
 
-class TableReader:
-    fingerprint, id_column = "0" * 64, "id"
-
-    def __init__(self, table: pa.Table) -> None:
-        self.table = table
-
-    def batches(self, columns=None):
-        return iter(self.table.select(columns or self.table.column_names).to_batches())
 
 
 def table(x: np.ndarray, y: np.ndarray | None, start: int = 0) -> pa.Table:
@@ -41,17 +33,8 @@ def table(x: np.ndarray, y: np.ndarray | None, start: int = 0) -> pa.Table:
 
 def contexts(data: dict[str, pa.Table], params: dict[str, Any], tmp_path: Path | None = None,
              names: list[str] = NAMES) -> list[PartyContext]:
-    sessions: dict[str, dict[str, Any]] = {n: {} for n in names}
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            sa, sb = memory_pair("job-f", "fl", names=(a, b))
-            sessions[a][b], sessions[b][a] = sa, sb
-    roles = {n: ("guest" if i == 0 else "host") for i, n in enumerate(names)}
-    return [PartyContext(job_id="job-f", role=roles[n], node_id=n, parties=roles,
-                         sessions=sessions[n], params=dict(params),
-                         dataset=TableReader(data[n]), timeout=20,
-                         output_dir=(tmp_path / n) if tmp_path else None)
-            for n in names]
+    return local_contexts(names, params, {n: TableReader(data[n]) for n in names},
+                          job_id="job-f", timeout=20, output_root=tmp_path)
 
 
 def run_all(data: dict[str, pa.Table], params: dict[str, Any],
@@ -168,25 +151,36 @@ def four_parties(x: np.ndarray, y: np.ndarray) -> dict[str, pa.Table]:
     return {n: table(x[owner == i], y[owner == i], 10000 * i) for i, n in enumerate(FOUR)}
 
 
+def tamper(ctx: PartyContext, peer: str, tag: str, round_tag: str, change: Any) -> None:
+    """Route ``ctx``'s session to ``peer`` through ``change`` for the one message of type
+    ``tag`` in round ``round_tag``: it returns the message to send instead, or raises after
+    aborting the session (a party that vanishes)."""
+    real = ctx.sessions[peer]
+
+    class Tampered:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+        def send(self, obj: Any, *a: Any, **k: Any) -> Any:
+            if isinstance(obj, dict) and obj.get("t") == tag and obj.get("r") == round_tag:
+                obj = change(obj, real)
+            return real.send(obj, *a, **k)
+
+    ctx.sessions[peer] = Tampered()
+
+
+def vanish(obj: Any, real: Any) -> Any:
+    real.abort("node-c lost power")
+    raise OperatorError("node-c lost power")
+
+
 def test_a_party_that_drops_out_after_masking_does_not_stop_the_round(digits, monkeypatch):
     x_train, _, y_train, _ = digits
     data = four_parties(x_train[:1200], y_train[:1200])
     ctxs = contexts(data, {"algorithm": "homo_lr", "label": "label", "rounds": 4,
                            "secure_aggregation": "mask"}, names=FOUR)
-    dropper = ctxs[2]  # node-c goes away instead of sending round 2's masked update
-    real = dropper.sessions["node-a"]
-
-    class Vanishing:
-        def __getattr__(self, name):
-            return getattr(real, name)
-
-        def send(self, obj, *a, **k):
-            if isinstance(obj, dict) and obj.get("t") == "fl/masked" and obj.get("r") == "r2":
-                real.abort("node-c lost power")
-                raise OperatorError("node-c lost power")
-            return real.send(obj, *a, **k)
-
-    dropper.sessions["node-a"] = Vanishing()
+    # node-c goes away instead of sending round 2's masked update
+    tamper(ctxs[2], "node-a", "fl/masked", "r2", vanish)
     seen: list[np.ndarray] = []
     revealed: list[list[tuple[str, str, bytes]]] = []
     real_unmask = secagg.unmask
@@ -222,19 +216,7 @@ def test_with_fewer_than_three_left_masking_stops_rather_than_expose_an_update(d
     data = split_parties(x_train[:600], y_train[:600], skewed=False)
     ctxs = contexts(data, {"algorithm": "homo_lr", "label": "label", "rounds": 3,
                            "secure_aggregation": "mask"})
-    real = ctxs[2].sessions["node-a"]
-
-    class Vanishing:
-        def __getattr__(self, name):
-            return getattr(real, name)
-
-        def send(self, obj, *a, **k):
-            if isinstance(obj, dict) and obj.get("t") == "fl/masked" and obj.get("r") == "r1":
-                real.abort("node-c lost power")
-                raise OperatorError("node-c lost power")
-            return real.send(obj, *a, **k)
-
-    ctxs[2].sessions["node-a"] = Vanishing()
+    tamper(ctxs[2], "node-a", "fl/masked", "r1", vanish)
     results = run_parties(TRAIN.run, ctxs, timeout=120)
     assert isinstance(results["node-a"], OperatorError)
     assert "fewer than 3 parties are left" in str(results["node-a"])
@@ -305,18 +287,7 @@ def test_an_update_of_the_wrong_shape_is_refused(digits):
     data = split_parties(x_train[:300], y_train[:300], skewed=False)
     ctxs = contexts(data, {"algorithm": "homo_lr", "label": "label", "rounds": 2,
                            "secure_aggregation": "none"})
-    real = ctxs[1].sessions["node-a"]
-
-    class Short:
-        def __getattr__(self, name):
-            return getattr(real, name)
-
-        def send(self, obj, *a, **k):
-            if isinstance(obj, dict) and obj.get("t") == "fl/plain" and obj.get("r") == "r1":
-                obj = {**obj, "v": obj["v"][:-3]}
-            return real.send(obj, *a, **k)
-
-    ctxs[1].sessions["node-a"] = Short()
+    tamper(ctxs[1], "node-a", "fl/plain", "r1", lambda obj, real: {**obj, "v": obj["v"][:-3]})
     results = run_parties(TRAIN.run, ctxs, timeout=60)
     assert isinstance(results["node-a"], OperatorError)
     assert "node-b sent a malformed fl/plain" in str(results["node-a"])
@@ -343,18 +314,8 @@ def test_a_malformed_masked_update_names_its_sender(digits):
     data = split_parties(x_train[:300], y_train[:300], skewed=False)
     ctxs = contexts(data, {"algorithm": "homo_lr", "label": "label", "rounds": 2,
                            "secure_aggregation": "mask"})
-    real = ctxs[1].sessions["node-a"]
-
-    class Oversized:
-        def __getattr__(self, name):
-            return getattr(real, name)
-
-        def send(self, obj, *a, **k):
-            if isinstance(obj, dict) and obj.get("t") == "fl/masked" and obj.get("r") == "r0":
-                obj = {**obj, "v": [str(1 << 128), *obj["v"][1:]]}
-            return real.send(obj, *a, **k)
-
-    ctxs[1].sessions["node-a"] = Oversized()
+    tamper(ctxs[1], "node-a", "fl/masked", "r0",
+           lambda obj, real: {**obj, "v": [str(1 << 128), *obj["v"][1:]]})
     results = run_parties(TRAIN.run, ctxs, timeout=60)
     assert isinstance(results["node-a"], OperatorError)
     assert "node-b sent a fl/masked value outside Z_2^128" in str(results["node-a"])

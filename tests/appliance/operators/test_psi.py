@@ -22,19 +22,10 @@ from appliance.federation.datasets import DatasetRegistry
 from appliance.operators.base import REGISTRY, OperatorError, PartyContext, run_parties
 from appliance.operators.psi import PSI, ecdh_engine, stated_for
 from appliance.operators.psi.protocol import HELLO, encode_batch
+from tests.appliance.operators.readers import Reader
 
 GUEST, HOST = "bank-a", "carrier-b"
 ROLES = {GUEST: "guest", HOST: "host"}
-
-
-class Reader:
-    def __init__(self, registry: DatasetRegistry, name: str) -> None:
-        self.registry, self.name = registry, name
-        ds = registry.show(name)
-        self.fingerprint, self.id_column = ds.fingerprint, ds.id_column
-
-    def batches(self, columns=None):
-        yield from self.registry.open(self.name, columns)
 
 
 class EmptyReader:

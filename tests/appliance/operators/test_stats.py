@@ -14,37 +14,21 @@ import pytest
 
 from appliance.federation.channel import memory_pair
 from appliance.federation.datasets import DatasetRegistry
-from appliance.operators.base import REGISTRY, OperatorError, PartyContext, run_parties
+from appliance.operators.base import (
+    REGISTRY,
+    OperatorError,
+    PartyContext,
+    local_contexts,
+    run_parties,
+)
 from appliance.operators.stats import STATS, ring, stated_for
 from appliance.operators.stats.protocol import plan_of
+from tests.appliance.operators.readers import Reader, TableReader
 
 NAMES = ["bank-a", "carrier-b", "hospital-c", "city-d", "broker-e"]
 COLS = ["a", "b", "c"]
 
 
-class Reader:
-    def __init__(self, registry: DatasetRegistry, name: str) -> None:
-        self.registry, self.name = registry, name
-        ds = registry.show(name)
-        self.fingerprint, self.id_column = ds.fingerprint, ds.id_column
-
-    def batches(self, columns=None):
-        yield from self.registry.open(self.name, columns)
-
-
-class TableReader:
-    """An in-memory set (NaN, which a CSV reads as null, and the empty set the registry
-    refuses)."""
-
-    fingerprint, id_column = "0" * 64, "id"
-
-    def __init__(self, table: pa.Table | None) -> None:
-        self.table = table
-
-    def batches(self, columns=None):
-        if self.table is None:
-            return iter(())
-        return iter(self.table.select(columns or self.table.column_names).to_batches())
 
 
 def csv_set(tmp_path: Path, name: str, header: list[str], rows: list[list[Any]]) -> Reader:
@@ -58,15 +42,7 @@ def csv_set(tmp_path: Path, name: str, header: list[str], rows: list[list[Any]])
 
 def contexts(names: list[str], data: dict[str, Any], params: dict[str, Any]
              ) -> list[PartyContext]:
-    sessions: dict[str, dict[str, Any]] = {n: {} for n in names}
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            sa, sb = memory_pair("job-s", "stats", names=(a, b))
-            sessions[a][b], sessions[b][a] = sa, sb
-    roles = {n: ("guest" if i == 0 else "host") for i, n in enumerate(names)}
-    return [PartyContext(job_id="job-s", role=roles[n], node_id=n, parties=roles,
-                         sessions=sessions[n], params=dict(params), dataset=data[n], timeout=10)
-            for n in names]
+    return local_contexts(names, params, data, job_id="job-s", timeout=10)
 
 
 def run_all(names: list[str], data: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
