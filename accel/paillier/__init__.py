@@ -8,12 +8,14 @@ Ciphertexts are python-paillier compatible (g = n + 1, negative values as n - |m
 array carries a bound on its plaintext magnitudes: an operation whose result could wrap modulo
 n raises ``OverflowError`` instead of producing a wrong number. ``precision(bits)`` /
 ``set_precision(bits)`` shorten plaintext float multipliers, ``sk.refresh(ea)`` resets a grown
-array's scale.
+array's scale. ``masking.mask`` / ``sk.decrypt_mantissas`` / ``masking.unmask`` let the key
+holder decrypt for another party without learning the values.
 """
 
+from accel.paillier import masking
 from accel.paillier.array import EncryptedArray
 from accel.paillier.encoding import operand_precision, precision, set_precision
 from accel.paillier.keys import PrivateKey, PublicKey, keygen
 
-__all__ = ["EncryptedArray", "PrivateKey", "PublicKey", "keygen", "operand_precision",
+__all__ = ["EncryptedArray", "PrivateKey", "PublicKey", "keygen", "masking", "operand_precision",
            "precision", "set_precision"]

@@ -46,6 +46,14 @@ def encrypt(
 
 def decrypt(sk: PrivateKey, array: EncryptedArray, *, backend: str | Backend | None = None
             ) -> np.ndarray:
+    mantissas = decrypt_mantissas(sk, array, backend=backend)
+    return decode(mantissas, array.scale, array.dtype.kind == "f", array.shape)
+
+
+def decrypt_mantissas(sk: PrivateKey, array: EncryptedArray, *,
+                      backend: str | Backend | None = None) -> list[int]:
+    """The signed fixed-point mantissas of ``array``, exactly (``decrypt`` divides them by
+    ``2**scale``); what a key holder returns for a masked array (accel.paillier.masking)."""
     if not isinstance(array, EncryptedArray):
         raise TypeError("decrypt expects an EncryptedArray")
     pk = sk.public_key
@@ -53,7 +61,7 @@ def decrypt(sk: PrivateKey, array: EncryptedArray, *, backend: str | Backend | N
         raise ValueError("the array was encrypted under a different public key")
     count = array.size
     if not count:
-        return decode([], array.scale, array.dtype.kind == "f", array.shape)
+        return []
     be = resolve(backend if backend is not None else array.backend, op="decrypt", size=count)
     cts = _mpz_rows(array.data.reshape(-1, pk.limbs))
     exp_p, exp_q = sk.decrypt_exponents
@@ -87,7 +95,7 @@ def decrypt(sk: PrivateKey, array: EncryptedArray, *, backend: str | Backend | N
                 "bounds, so the value cannot be trusted"
             )
         mantissas.append(m)
-    return decode(mantissas, array.scale, array.dtype.kind == "f", array.shape)
+    return mantissas
 
 
 def _mpz_rows(limbs: np.ndarray) -> list[mpz]:

@@ -223,6 +223,14 @@ class PrivateKey:
 
         return decrypt(self, array, backend=backend)
 
+    def decrypt_mantissas(self, array: EncryptedArray, *,
+                          backend: str | Backend | None = None) -> list[int]:
+        """The exact fixed-point mantissas (Python ints): what the key holder returns when it
+        decrypts a masked array for another party (``accel.paillier.masking``)."""
+        from accel.paillier.cipher import decrypt_mantissas
+
+        return decrypt_mantissas(self, array, backend=backend)
+
     def refresh(
         self,
         array: EncryptedArray,

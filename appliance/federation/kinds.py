@@ -79,7 +79,9 @@ def validate(params: dict[str, Any], op_params: frozenset[str] = frozenset()) ->
                 and isinstance(fed.get("initiator"), str)
                 and isinstance(fed.get("parties"), dict)):
             raise ValueError("federation must carry job_id, initiator and parties")
-        return {"federation": fed, "dataset": _dataset(params.get("dataset")),
+        # an arbiter's side has no data set (run_party checks the role)
+        dataset = params.get("dataset")
+        return {"federation": fed, "dataset": None if dataset is None else _dataset(dataset),
                 "params": inner}
     unknown = set(params) - _INITIATOR_KEYS
     if unknown:
@@ -94,7 +96,14 @@ def validate(params: dict[str, Any], op_params: frozenset[str] = frozenset()) ->
     if len(set(peers)) != len(peers):
         raise ValueError("a peer is named twice")
     datasets = _peer_datasets(params.get("peer_datasets", {}))
-    missing = [p for p in peers if p not in datasets]
+    arbiter = inner.get("arbiter")
+    if arbiter is not None:
+        # the arbiter of a vertical job holds keys, not data: it is a peer without a data set
+        if arbiter not in peers:
+            raise ValueError(f"arbiter {arbiter!r} must be one of the job's peers (--peer)")
+        if arbiter in datasets:
+            raise ValueError(f"the arbiter {arbiter} holds no data: give it no data set")
+    missing = [p for p in peers if p not in datasets and p != arbiter]
     extra = [p for p in datasets if p not in peers]
     if missing or extra:
         raise ValueError("peer_datasets must name one data set for each peer and no other "
@@ -111,7 +120,7 @@ def validate(params: dict[str, Any], op_params: frozenset[str] = frozenset()) ->
     return out
 
 
-def _runner_for(op: Operator) -> Any:
+def runner_for(op: Operator) -> Any:
     def run(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
         mp = getattr(ctx.runner, "multiparty", None)
         if mp is None:
@@ -133,8 +142,10 @@ def register_operators() -> None:
     for module in OPERATOR_MODULES:
         importlib.import_module(module)
     for op in REGISTRY.values():
+        if not op.kind:
+            continue
         own = frozenset(op.params) - {"dataset"}
-        register(JobKind(op.name, _runner_for(op),
+        register(JobKind(op.name, runner_for(op),
                          lambda params, own=own: validate(params, own), "mpc",
                          f"{op.description} (operator {op.provider}/{op.name} {op.version})",
                          on_cancel=_on_cancel))

@@ -190,7 +190,9 @@ class MultiParty:
                 raise JobError(f"peer {peer['name']} failed attestation and is quarantined: "
                                f"{verdict['reason']}")
         job_id = f"{me}:{ctx.job_id}:{uuid.uuid4().hex[:8]}"
-        parties = {me: "guest", **{p["node_id"]: "host" for p in peers}}
+        arbiter = params.get("params", {}).get("arbiter")
+        parties = {me: "guest", **{p["node_id"]: "arbiter" if p["name"] == arbiter else "host"
+                                   for p in peers}}
         for node_id, role in parties.items():
             self._note(job_id, node_id, role=role, initiator=me, operator=op.name,
                        state="created", local_job=ctx.job_id if node_id == me else None)
@@ -200,11 +202,11 @@ class MultiParty:
             for peer in peers:
                 data = self.fed.request(peer, "job.create", {
                     "job_id": job_id, "operator": op.name, "initiator": me,
-                    "parties": parties, "dataset": params["peer_datasets"][peer["name"]],
+                    "parties": parties, "dataset": params["peer_datasets"].get(peer["name"]),
                     "params": params.get("params", {})})
                 accepted.append(peer)
                 local = data.get("local_job") if isinstance(data, dict) else None
-                self._note(job_id, peer["node_id"], role="host", initiator=me,
+                self._note(job_id, peer["node_id"], role=parties[peer["node_id"]], initiator=me,
                            operator=op.name, state="accepted",
                            local_job=local if isinstance(local, int) else None)
         except PeerError as exc:
@@ -276,10 +278,18 @@ class MultiParty:
                         if not verdict["ok"]:
                             raise PeerError(f"party {node_id} failed attestation and is "
                                             f"quarantined: {verdict['reason']}", 403)
-            reader = _Reader(self.datasets, params["dataset"])
-            self.policy().check_use(reader.grade, op.family,
-                                    op.stated(role, params["params"]),
-                                    dataset=reader.name)
+            reader = None
+            if role == "arbiter":
+                # it holds keys and sees masked values only: no data set, no grade to check
+                if params["dataset"] is not None or "arbiter" not in op.roles:
+                    raise PeerError(f"operator {op.name} has no arbiter role here", 400)
+            else:
+                if params["dataset"] is None:
+                    raise PeerError(f"party {me} was given no data set", 400)
+                reader = _Reader(self.datasets, params["dataset"])
+                self.policy().check_use(reader.grade, op.family,
+                                        op.stated(role, params["params"]),
+                                        dataset=reader.name)
         except (DatasetError, PeerError) as exc:
             # what the other parties are told: a policy rule or a peer's state, never a local
             # file's path or a value from it (those stay in this node's job error)
@@ -320,7 +330,7 @@ class MultiParty:
                          {"operator": op.name, "role": role, "local_job": ctx.job_id,
                           "reason": reason})
             raise JobError(reason) from None
-        if outputs.get("rows_file") and outputs.get("intersection_size"):
+        if reader is not None and outputs.get("rows_file") and outputs.get("intersection_size"):
             # row-level outputs become a data set of this node, of the input's grade, for
             # the next job (vertical learning aligns on it); an empty result stays a file
             name = f"{op.name}-{ctx.job_id}"
@@ -338,7 +348,8 @@ class MultiParty:
         audit.record(audit.SYSTEM, "federation.job.done", f"job:{job_id}", {
             "operator": op.name, "provider": op.provider, "role": role,
             "peers": {n: parties[n] for n in others}, "local_job": ctx.job_id,
-            "dataset": reader.name, "dataset_fingerprint": reader.fingerprint,
+            "dataset": reader.name if reader else None,
+            "dataset_fingerprint": reader.fingerprint if reader else None,
             "output_hash": digest})
         for s in sessions.values():
             # the outputs are complete; a peer gone by now changes nothing
@@ -399,7 +410,10 @@ class MultiParty:
         for node_id in parties:
             if node_id != me:
                 self.fed.peers.require_active(self.fed.peers.by_node_id(node_id)["name"])
-        if not isinstance(dataset, str) or not DATASET_NAME.match(dataset):
+        if parties[me] == "arbiter" and dataset is not None:
+            raise PeerError("job.create: an arbiter is given no data set")
+        if parties[me] != "arbiter" and (not isinstance(dataset, str)
+                                         or not DATASET_NAME.match(dataset)):
             raise PeerError("job.create: dataset must name one of this node's data sets")
         # mutual: the initiator proved itself to us just now, not only when it was enrolled
         verdict = self.fed.attest_peer(peer["name"])

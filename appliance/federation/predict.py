@@ -1,5 +1,7 @@
-"""`predict`: a stored horizontal model applied to one of this node's data sets, locally; and
-the same for rows sent to the API (online prediction). The predictions stay on this node."""
+"""`predict`: a stored horizontal model applied to one of this node's data sets, locally; the
+same for rows sent to the API (online prediction); and, when peers are named, joint inference
+with a vertical model (the ``predict`` operator: each party scores its own features). The
+models this node holds: list, show, delete."""
 
 from __future__ import annotations
 
@@ -13,15 +15,18 @@ from typing import Any
 
 import pyarrow as pa
 
+from appliance.federation import kinds
 from appliance.federation.mpjobs import _safe
 from appliance.jobs.registry import job_kind
 from appliance.jobs.runner import JobContext, JobError
-from appliance.operators.base import OperatorError
+from appliance.operators.base import REGISTRY, OperatorError
 from appliance.operators.fl.predict import check_model, features_of, predict
 from appliance.trust import audit
 
 # a job id as the federation writes them: no "." or ".." that could name another directory
-MODEL_ID = re.compile(r"(homo_lr|homo_nn|homo_kmeans)-([A-Za-z0-9][A-Za-z0-9_:-]{0,127})")
+MODEL_ID = re.compile(r"(homo_lr|homo_nn|homo_kmeans|hetero_lr)-"
+                      r"([A-Za-z0-9][A-Za-z0-9_:-]{0,127})")
+VERTICAL = ("hetero_lr",)
 MAX_ONLINE_ROWS = 10_000
 
 
@@ -32,7 +37,12 @@ def model_path(output_root: Path, model: Any) -> Path:
 
 
 def load_model(output_root: Path, model: str) -> dict[str, Any]:
+    """A horizontal model, whole at this node."""
     path = model_path(output_root, model)
+    if model.split("-", 1)[0] in VERTICAL:
+        raise JobError(f"{model} is a vertical model: each party holds a part; predict with "
+                       "it jointly (jobs submit predict --peer P --param model=... "
+                       "--param peer_dataset=...)")
     try:
         doc = json.loads(path.read_text())
     except FileNotFoundError:
@@ -48,6 +58,16 @@ def load_model(output_root: Path, model: str) -> dict[str, Any]:
     return doc
 
 
+def _summary(doc: dict[str, Any]) -> dict[str, Any]:
+    vertical = doc["algorithm"] in VERTICAL
+    return {"model": f"{doc['algorithm']}-{doc['job']}", "algorithm": doc["algorithm"],
+            "kind": "vertical" if vertical else "horizontal",
+            "role": doc.get("role") if vertical else None,
+            "features": len(doc["features"]), "classes": doc.get("classes"),
+            "parties": doc.get("parties"),
+            "secure_aggregation": doc.get("secure_aggregation")}
+
+
 def list_models(output_root: Path) -> list[dict[str, Any]]:
     out = []
     for path in sorted(output_root.glob("*/model.json")):
@@ -55,15 +75,53 @@ def list_models(output_root: Path) -> list[dict[str, Any]]:
             doc = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        if isinstance(doc, dict) and "algorithm" in doc and "job" in doc:
-            out.append({"model": f"{doc['algorithm']}-{doc['job']}",
-                        "algorithm": doc["algorithm"], "features": len(doc["features"]),
-                        "classes": doc.get("classes"), "parties": doc.get("parties"),
-                        "secure_aggregation": doc.get("secure_aggregation")})
+        if (isinstance(doc, dict) and "algorithm" in doc and "job" in doc
+                and isinstance(doc.get("features"), list)):
+            out.append(_summary(doc))
     return out
 
 
+def show_model(output_root: Path, model: str) -> dict[str, Any]:
+    """This node's model (or its part of a vertical one): the summary, the features with
+    their weights' magnitudes where it is linear, and its final metrics."""
+    path = model_path(output_root, model)
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise JobError(f"no model {model} on this node", 404) from None
+    except ValueError as exc:
+        raise JobError(f"model {model}'s file is corrupt: {exc}", 500) from None
+    if not (isinstance(doc, dict) and f"{doc.get('algorithm')}-{doc.get('job')}" == model
+            and isinstance(doc.get("features"), list)):
+        raise JobError(f"model {model}'s file is not one this node's training wrote", 500)
+    out = _summary(doc) | {"feature_names": doc["features"], "final": doc.get("final")}
+    if doc["algorithm"] == "hetero_lr" and isinstance(doc.get("weights"), list):
+        out["importance"] = {f: abs(float(w)) for f, w in zip(doc["features"], doc["weights"],
+                                                               strict=False)}
+    return out
+
+
+def delete_model(output_root: Path, model: str, actor: str) -> dict[str, Any]:
+    """Remove this node's model file (a vertical model's other parts stay with their
+    parties: each administrator deletes its own)."""
+    path = model_path(output_root, model)
+    if not path.exists():
+        raise JobError(f"no model {model} on this node", 404)
+    path.unlink()
+    for extra in ("checkpoint.json",):
+        (path.parent / extra).unlink(missing_ok=True)
+    audit.record(actor, "model.delete", f"model:{model}", {})
+    return {"model": model, "deleted": True}
+
+
+def _joint(params: dict[str, Any]) -> bool:
+    return "peers" in params or "federation" in params
+
+
 def validate_predict(params: dict[str, Any]) -> dict[str, Any]:
+    if _joint(params):
+        op = REGISTRY["predict"]
+        return kinds.validate(params, frozenset(op.params) - {"dataset"})
     unknown = set(params) - {"model", "dataset"}
     if unknown:
         raise JobError(f"unknown param(s) {', '.join(sorted(unknown))}; known: model, dataset")
@@ -75,8 +133,11 @@ def validate_predict(params: dict[str, Any]) -> dict[str, Any]:
 
 
 @job_kind("predict", validate=validate_predict,
-          description="apply a stored federated model to one of this node's data sets, locally")
+          description="apply a stored federated model to one of this node's data sets: "
+                      "locally (a horizontal model), or with --peer jointly (a vertical one)")
 def run_predict(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
+    if _joint(params):
+        return kinds.runner_for(REGISTRY["predict"])(ctx, params)
     mp = getattr(ctx.runner, "multiparty", None)
     if mp is None:
         raise JobError("this node's federation is not running: models live with it")

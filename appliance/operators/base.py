@@ -76,6 +76,9 @@ class Operator:
     # node (the output parameters the policy table judges, e.g. psi's reveal)
     family: str = "count"
     stated: Callable[[str, dict[str, Any]], dict[str, str]] = lambda role, params: {}
+    # whether the daemon makes it a job kind of its own name; False where a kind of that
+    # name wraps it (predict: a horizontal model predicts locally, a vertical one jointly)
+    kind: bool = True
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -98,19 +101,21 @@ def register(op: Operator) -> Operator:
 
 def local_contexts(names: list[str], params: Mapping[str, Any], datasets: Mapping[str, Any], *,
                    job_id: str = "local", timeout: float = 60.0,
-                   output_root: Path | None = None) -> list[PartyContext]:
+                   output_root: Path | None = None,
+                   roles: Mapping[str, str] | None = None) -> list[PartyContext]:
     """The parties of one job in this process (tests and the benchmarks): the first name is
-    the guest, the others hosts, an in-memory session between every pair (the real session
-    code), each with its own copy of ``params`` and, under ``output_root``, a directory."""
+    the guest, the others hosts (unless ``roles`` says otherwise, e.g. an arbiter), an
+    in-memory session between every pair (the real session code), each with its own copy of
+    ``params`` and, under ``output_root``, a directory."""
     from appliance.federation.channel import memory_pair
 
     sessions: dict[str, dict[str, Any]] = {n: {} for n in names}
     for i, a in enumerate(names):
         for b in names[i + 1:]:
             sessions[a][b], sessions[b][a] = memory_pair(job_id, "job", names=(a, b))
-    roles = {n: ("guest" if i == 0 else "host") for i, n in enumerate(names)}
+    roles = dict(roles or {n: ("guest" if i == 0 else "host") for i, n in enumerate(names)})
     return [PartyContext(job_id=job_id, role=roles[n], node_id=n, parties=dict(roles),
-                         sessions=sessions[n], params=dict(params), dataset=datasets[n],
+                         sessions=sessions[n], params=dict(params), dataset=datasets.get(n),
                          timeout=timeout,
                          output_dir=output_root / n if output_root is not None else None)
             for n in names]

@@ -21,18 +21,15 @@ of 2^-32.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import time
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from appliance.operators.base import OperatorError, PartyContext
-from appliance.operators.psi.ecdh_engine import id_bytes
+from appliance.operators.fl import vertical
 
 MASK_BITS = 52
 #: WOE of a bin with no events or no non-events: 0.5 is added to both counts (the usual
@@ -77,61 +74,6 @@ def local_iv(features: dict[str, np.ndarray], y: np.ndarray, bins: int) -> dict[
     return out
 
 
-def _load(ctx: PartyContext, key: str, label: str | None) -> tuple[
-        np.ndarray, dict[str, np.ndarray], np.ndarray | None]:
-    """This party's rows ordered by key: the ordered keys' digest input, its numeric features
-    and (at the guest) the label as 0/1."""
-    if ctx.dataset is None:
-        raise OperatorError("iv needs a data set at every party")
-    table = pa.Table.from_batches(list(ctx.dataset.batches()))
-    if key not in table.column_names:
-        raise OperatorError(f"iv: party {ctx.node_id} has no key column {key!r}")
-    keys = id_bytes(table.column(key))
-    order = np.argsort(np.array(keys.to_pylist(), dtype=object), kind="stable")
-    table = table.take(pa.array(order))
-    y = None
-    if label is not None:
-        if label not in table.column_names:
-            raise OperatorError(f"iv: the guest has no label column {label!r}")
-        col = table.column(label)
-        if col.null_count:
-            raise OperatorError(f"iv: the label has {col.null_count} empty values")
-        values = sorted({str(v) for v in col.to_pylist()})
-        if len(values) != 2:
-            raise OperatorError(f"iv: the label must be binary; it has {len(values)} values")
-        positive = "1" if "1" in values else values[1]
-        y = np.array([str(v) == positive for v in col.to_pylist()], dtype=np.float64)
-    features: dict[str, np.ndarray] = {}
-    for f in table.schema:
-        if f.name in (key, label) or not (pa.types.is_integer(f.type)
-                                          or pa.types.is_floating(f.type)):
-            continue
-        col = table.column(f.name)
-        if col.null_count:
-            raise OperatorError(f"iv: feature {f.name!r} at {ctx.node_id} has empty values")
-        x = pc.cast(col, pa.float64()).to_numpy()
-        if not np.isfinite(x).all():
-            raise OperatorError(f"iv: feature {f.name!r} at {ctx.node_id} has NaN values")
-        features[f.name] = x
-    ordered = id_bytes(table.column(key)).to_pylist()
-    digest = hashlib.sha256(b"".join(len(k).to_bytes(4, "little") + k for k in ordered))
-    return np.frombuffer(digest.digest(), np.uint8), features, y
-
-
-def _recv(ctx: PartyContext, peer: str, tag: str) -> Any:
-    try:
-        msg = ctx.sessions[peer].recv(timeout=ctx.timeout)
-    except Exception as exc:
-        raise OperatorError(f"party {peer} did not send its {tag}: {exc}") from exc
-    if tag.startswith("bytes:"):
-        if not isinstance(msg, bytes):
-            raise OperatorError(f"party {peer} sent a malformed {tag[6:]}")
-        return msg
-    if not (isinstance(msg, dict) and msg.get("t") == tag):
-        raise OperatorError(f"party {peer} sent a malformed {tag}")
-    return msg
-
-
 def run(ctx: PartyContext) -> dict[str, Any]:
     from accel import paillier
     from accel.paillier import EncryptedArray
@@ -146,34 +88,29 @@ def run(ctx: PartyContext) -> dict[str, Any]:
     if not isinstance(key, str) or not key or not 2 <= bins <= 100:
         raise OperatorError("iv needs key=ID_COLUMN (the column that aligns the rows) and "
                             "bins in 2..100")
-    guests = [p for p, r in ctx.parties.items() if r == "guest"]
-    if len(guests) != 1:
-        raise OperatorError("iv needs one guest (the label holder, the initiator)")
-    guest = guests[0]
-    hosts = sorted(p for p in ctx.parties if p != guest)
+    roles = vertical.roles_of(ctx, "iv")
+    guest, hosts = roles.guest, roles.hosts
     me_guest = ctx.node_id == guest
     if me_guest and (not isinstance(label, str) or not label):
         raise OperatorError("iv needs label=COLUMN at the guest (the binary label)")
+    rows, problem = None, None
     try:
-        digest, features, y = _load(ctx, key, label if me_guest else None)
+        rows = vertical.load(ctx, "iv", key, label if me_guest else None)
     except OperatorError as exc:
-        # tell the others at once, so that nobody waits out a timeout
-        for p in ([guest] if not me_guest else hosts):
-            ctx.sessions[p].send({"t": "iv/setup" if me_guest else "iv/align",
-                                  "error": f"party {ctx.node_id}: {exc}"})
-        raise
+        problem = str(exc)
+    # 1. alignment (a party's problem stops every party at once)
+    vertical.check_alignment(ctx, roles, rows, "iv", problem)
+    assert rows is not None
+    features, y = rows.features, rows.y
 
     if not me_guest:
-        # 1. alignment, 2. the encrypted label
-        ctx.sessions[guest].send({"t": "iv/align", "digest": digest.tobytes().hex()})
-        setup = _recv(ctx, guest, "iv/setup")
-        if setup.get("error"):
-            raise OperatorError(str(setup["error"]))
+        # 2. the encrypted label
+        setup = vertical.recv(ctx, guest, "iv/setup")
         try:
             pk = paillier.PublicKey(int(setup["n"]))
             if pk.n.bit_length() != PAILLIER_BITS:
                 raise ValueError(f"a {pk.n.bit_length()}-bit key")
-            enc_y = EncryptedArray.from_bytes(_recv(ctx, guest, "bytes:labels"), pk)
+            enc_y = EncryptedArray.from_bytes(vertical.recv(ctx, guest, "bytes:labels"), pk)
             totals = (int(setup["events"]), int(setup["nonevents"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise OperatorError(f"party {guest} sent a malformed iv setup ({exc})") from None
@@ -201,7 +138,7 @@ def run(ctx: PartyContext) -> dict[str, Any]:
             return {"iv": {}, "rows": n, "he_seconds": round(he, 3)}
         ctx.sessions[guest].send({"t": "iv/masked", "bins": total})
         ctx.sessions[guest].send_bytes(masked.to_bytes())
-        opened = _recv(ctx, guest, "iv/opened").get("v")
+        opened = vertical.recv(ctx, guest, "iv/opened").get("v")
         if not (isinstance(opened, list) and len(opened) == total):
             raise OperatorError(f"party {guest} sent malformed opened counts")
         counts = np.array(opened, dtype=np.float64) - masks
@@ -219,20 +156,6 @@ def run(ctx: PartyContext) -> dict[str, Any]:
                 "seconds": round(time.perf_counter() - started, 3)}
 
     assert y is not None
-    aligned, errors = {}, []
-    for h in hosts:
-        msg = _recv(ctx, h, "iv/align")
-        if msg.get("error"):
-            errors.append(str(msg["error"])[:500])
-        aligned[h] = msg.get("digest") == digest.tobytes().hex()
-    if errors or not all(aligned.values()):
-        reason = "; ".join(errors) or (
-            "iv: the parties' keys do not align (" + ", ".join(
-                h for h, ok in aligned.items() if not ok) + " differ from the guest's): align "
-            "the data sets first, e.g. with psi mode=join")
-        for h in hosts:
-            ctx.sessions[h].send({"t": "iv/setup", "error": reason})
-        raise OperatorError(reason)
     t = time.perf_counter()
     pk, sk = paillier.keygen(PAILLIER_BITS)
     blob = pk.encrypt(y).to_bytes()
@@ -253,7 +176,7 @@ def run(ctx: PartyContext) -> dict[str, Any]:
             raise OperatorError(f"party {h} sent a malformed iv/masked")
         t = time.perf_counter()
         try:
-            masked = EncryptedArray.from_bytes(_recv(ctx, h, "bytes:masked counts"), pk)
+            masked = EncryptedArray.from_bytes(vertical.recv(ctx, h, "bytes:masked counts"), pk)
         except ValueError as exc:
             raise OperatorError(f"party {h} sent malformed masked counts ({exc})") from None
         if masked.shape != (msg["bins"],):
@@ -261,7 +184,7 @@ def run(ctx: PartyContext) -> dict[str, Any]:
         opened = np.asarray(sk.decrypt(masked), dtype=np.float64)
         he += time.perf_counter() - t
         ctx.sessions[h].send({"t": "iv/opened", "v": opened.tolist()})
-        ivs = _recv(ctx, h, "iv/result").get("iv")
+        ivs = vertical.recv(ctx, h, "iv/result").get("iv")
         if not (isinstance(ivs, dict) and all(
                 isinstance(k, str) and isinstance(v, float) and math.isfinite(v)
                 for k, v in ivs.items())):
