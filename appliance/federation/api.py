@@ -231,6 +231,20 @@ def list_models(node: Node, query: Query, body: Any, m: Match) -> Reply:
     return 200, {"models": models_here(_outputs(node))}
 
 
+@route("GET", r"/v1/models/(?P<model>[A-Za-z0-9._:-]{1,160})")
+def show_model(node: Node, query: Query, body: Any, m: Match) -> Reply:
+    from appliance.federation.predict import show_model as show
+
+    return 200, show(_outputs(node), m["model"])
+
+
+@route("DELETE", r"/v1/models/(?P<model>[A-Za-z0-9._:-]{1,160})")
+def delete_model(node: Node, query: Query, body: Any, m: Match) -> Reply:
+    from appliance.federation.predict import delete_model as delete
+
+    return 200, delete(_outputs(node), m["model"], _actor(body))
+
+
 @route("POST", r"/v1/models/(?P<model>[A-Za-z0-9._:-]{1,160})/predict")
 def predict_model(node: Node, query: Query, body: Any, m: Match) -> Reply:
     from appliance.federation.predict import predict_online

@@ -220,6 +220,45 @@ def cmd_pir_unpublish(args: argparse.Namespace) -> int:
     return 0
 
 
+# models ---------------------------------------------------------------------------------------
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    models = _client(args).get("/v1/models")["models"]
+    if args.json:
+        _emit({"models": models})
+        return 0
+    _table([{**m, "parties": ",".join(m.get("parties") or []),
+             "classes": ",".join(str(c) for c in m.get("classes") or []) or None}
+            for m in models], ["model", "kind", "role", "features", "classes", "parties"])
+    return 0
+
+
+def cmd_models_show(args: argparse.Namespace) -> int:
+    doc = _client(args).get(f"/v1/models/{args.model}")
+    if args.json:
+        _emit(doc)
+        return 0
+    print(f"model {doc['model']}: {doc['algorithm']} ({doc['kind']}"
+          + (f", this node is the {doc['role']}" if doc.get("role") else "") + ")")
+    print(f"parties: {', '.join(doc.get('parties') or [])}")
+    print(f"features here: {doc['features']}")
+    for k, v in (doc.get("final") or {}).items():
+        print(f"  {k}: {v:.6g}" if isinstance(v, float) else f"  {k}: {v}")
+    imp = doc.get("importance") or {}
+    if imp:
+        print("importance (|weight| on standardised features, this node's features):")
+        for f, v in sorted(imp.items(), key=lambda kv: -kv[1])[:20]:
+            print(f"  {f}: {v:.4g}")
+    return 0
+
+
+def cmd_models_delete(args: argparse.Namespace) -> int:
+    doc = _client(args).delete(f"/v1/models/{args.model}")
+    print(f"model {doc['model']} deleted from this node (a vertical model's other parts stay "
+          "with their parties)")
+    return 0
+
+
 def register(subparsers: Any) -> None:
     peers = subparsers.add_parser("peers", help="enrol, list, attest and remove peer nodes")
     sub = peers.add_subparsers(dest="peers_command", metavar="ACTION", required=True)
@@ -268,6 +307,20 @@ def register(subparsers: Any) -> None:
         p = sub.add_parser(action, help=text)
         p.add_argument("name")
         p.set_defaults(func=func)
+    for action in sub.choices.values():
+        action.add_argument("--state-dir", default=None, help=_STATE_HELP)
+        action.add_argument("--json", action="store_true")
+
+    models = subparsers.add_parser("models", help="the federated models this node holds")
+    sub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    p = sub.add_parser("list", help="every model (or part of a vertical one) on this node")
+    p.set_defaults(func=cmd_models_list)
+    p = sub.add_parser("show", help="a model's features, final metrics and importance")
+    p.add_argument("model")
+    p.set_defaults(func=cmd_models_show)
+    p = sub.add_parser("delete", help="delete this node's model (or its part)")
+    p.add_argument("model")
+    p.set_defaults(func=cmd_models_delete)
     for action in sub.choices.values():
         action.add_argument("--state-dir", default=None, help=_STATE_HELP)
         action.add_argument("--json", action="store_true")

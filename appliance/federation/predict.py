@@ -64,7 +64,7 @@ def _summary(doc: dict[str, Any]) -> dict[str, Any]:
             "kind": "vertical" if vertical else "horizontal",
             "role": doc.get("role") if vertical else None,
             "features": len(doc["features"]), "classes": doc.get("classes"),
-            "parties": doc.get("parties"),
+            "parties": list(doc.get("parties") or []),
             "secure_aggregation": doc.get("secure_aggregation")}
 
 

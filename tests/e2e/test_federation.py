@@ -855,3 +855,109 @@ def test_information_value_across_two_daemons_matches_the_pooled_computation(nod
     assert job["state"] == "done", job["error"]
     five = iv.local_iv({"f20": x[:, 20]}, y.astype(float), 5)["f20"]
     assert abs(job["result"]["outputs"]["iv"]["node-b"]["f20"] - five) < 1e-9
+
+
+# -- vertical logistic regression and joint inference --------------------------------------------
+
+def _cancer_split_sets(nodes_: tuple, tmp_path: Path) -> tuple:
+    """Breast cancer split by columns: node-a the label and 15 features, node-b the other 15
+    (rows in another order); train and test rows as data sets bct and bce at each."""
+    import numpy as np
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.model_selection import train_test_split
+
+    a, b, _ = nodes_
+    x, y = load_breast_cancer(return_X_y=True)
+    train, test = train_test_split(np.arange(len(y)), test_size=0.2, random_state=0,
+                                   stratify=y)
+    if any(d["name"] == "bct" for d in a.api.get("/v1/datasets")["datasets"]):
+        return x, y, train, test  # registered by an earlier test
+    for name, rows in (("bct", train), ("bce", test)):
+        for n, cols, with_label in ((a, range(15), True), (b, range(15, 30), False)):
+            order = rows if with_label else np.random.default_rng(5).permutation(rows)
+            path = tmp_path / f"{n.node_id}-{name}.csv"
+            with path.open("w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["id", *(["label"] if with_label else []),
+                            *(f"f{j}" for j in cols)])
+                for i in order:
+                    w.writerow([f"p{i}", *([int(y[i])] if with_label else []),
+                                *(repr(float(x[i, j])) for j in cols)])
+            n.api.post("/v1/datasets", {"name": name, "path": str(path), "id_column": "id",
+                                        "grade": "L3"})
+    return x, y, train, test
+
+
+def test_vertical_lr_trains_predicts_and_lists_models_across_daemons(nodes, tmp_path):
+    a, b, c = nodes
+    *_, test = _cancer_split_sets(nodes, tmp_path)
+    run = cli("jobs", "submit", "train", "--peer", "node-b", "--param", "algorithm=hetero_lr",
+              "--param", "dataset=bct", "--param", "peer_dataset=bct", "--param", "label=label",
+              "--param", "key=id", "--param", "epochs=8", "--param", "validation=0.2",
+              "--wait", "--json", "--state-dir", str(a.state), timeout=240)
+    assert run.returncode == 0, run.stderr
+    job = json.loads(run.stdout)
+    assert job["state"] == "done", job.get("error")
+    out = job["result"]["outputs"]
+    model = out["model"]
+    assert out["variant"] == "two-party" and len(out["history"]) == out["epochs_run"]
+    assert out["final"]["auc"] > 0.97
+    # each party lists its part; show gives this node's features only
+    listed = json.loads(cli("models", "list", "--json", "--state-dir", str(b.state)).stdout)
+    part = next(m for m in listed["models"] if m["model"] == model)
+    assert part["kind"] == "vertical" and part["role"] == "host" and part["features"] == 15
+    shown = cli("models", "show", model, "--state-dir", str(a.state))
+    assert shown.returncode == 0 and "this node is the guest" in shown.stdout
+    assert "f3" in shown.stdout and "f20" not in shown.stdout
+    # joint inference on the test rows, evaluated against the guest's labels
+    run = cli("jobs", "submit", "predict", "--peer", "node-b", "--param", f"model={model}",
+              "--param", "dataset=bce", "--param", "peer_dataset=bce", "--param", "label=label",
+              "--wait", "--json", "--state-dir", str(a.state), timeout=120)
+    assert run.returncode == 0, run.stderr
+    pred = json.loads(run.stdout)
+    assert pred["state"] == "done", pred.get("error")
+    metrics = pred["result"]["outputs"]["metrics"]
+    assert metrics["rows"] == len(test) and metrics["auc"] > 0.97
+    got = cli("jobs", "result", str(pred["id"]), "--out", str(tmp_path / "p.csv"),
+              "--state-dir", str(a.state))
+    assert got.returncode == 0, got.stderr
+    lines = (tmp_path / "p.csv").read_text().splitlines()
+    assert lines[0] == "id,score,prediction" and len(lines) == len(test) + 1
+    # a horizontal predict (no peer) with a vertical model says how to use it
+    run = cli("jobs", "submit", "predict", "--param", f"model={model}", "--param",
+              "dataset=bce", "--wait", "--json", "--state-dir", str(a.state), timeout=60)
+    assert "vertical model" in run.stdout + run.stderr
+    # node-c holds no part: delete is refused; node-b deletes its part, predict then fails
+    gone = cli("models", "delete", model, "--state-dir", str(c.state))
+    assert gone.returncode != 0 and "no model" in gone.stderr
+    assert cli("models", "delete", model, "--state-dir", str(b.state)).returncode == 0
+    run = cli("jobs", "submit", "predict", "--peer", "node-b", "--param", f"model={model}",
+              "--param", "dataset=bce", "--param", "peer_dataset=bce", "--wait", "--json",
+              "--state-dir", str(a.state), timeout=120)
+    failed = json.loads(run.stdout)
+    assert failed["state"] == "failed" and "node-b" in failed["error"]
+    assert "holds no part of model" in failed["error"]
+    assert b.api.get("/v1/status") is not None  # node-b keeps serving
+
+
+def test_vertical_lr_with_an_arbiter_across_three_daemons(nodes, tmp_path):
+    a = nodes[0]
+    _cancer_split_sets(nodes, tmp_path)
+    job = a.api.post("/v1/jobs", {"kind": "train", "params": {
+        "peers": ["node-b", "node-c"], "dataset": "bct", "peer_datasets": {"node-b": "bct"},
+        "params": {"algorithm": "hetero_lr", "label": "label", "key": "id", "epochs": 3,
+                   "arbiter": "node-c", "validation": 0.2}}})
+    done = a.daemon.wait_job(job["id"], {"done", "failed"}, timeout=240)
+    assert done["state"] == "done", done.get("error")
+    out = done["result"]["outputs"]
+    assert out["variant"] == "arbiter" and out["final"]["auc"] > 0.95
+    parties = a.api.get(f"/v1/jobs/{job['id']}/parties")["parties"]
+    assert {p["node_id"]: p["role"] for p in parties} == {
+        "node-a": "guest", "node-b": "host", "node-c": "arbiter"}
+    # an arbiter named with a data set is refused before anything starts
+    with pytest.raises(DaemonError, match="holds no data"):
+        a.api.post("/v1/jobs", {"kind": "train", "params": {
+            "peers": ["node-b", "node-c"], "dataset": "bct",
+            "peer_datasets": {"node-b": "bct", "node-c": "bct"},
+            "params": {"algorithm": "hetero_lr", "label": "label", "key": "id",
+                       "arbiter": "node-c"}}})
