@@ -10,6 +10,8 @@ CPU time and load beside wall time (the machines are shared). Names:
   against one core's AES-GCM.
 - `homo`: horizontal FedAvg, Flower's simulation engine (its own venv: `make flower-venv`)
   and ours between three daemons, plain, masked and Paillier aggregation.
+- `fl`: one epoch of vertical logistic regression (hetero_lr), the same protocol on
+  python-paillier (phe) as the baseline, FATE's benchmark shape (guest 30 features, host 300).
 - `pir`: private query (LWE PIR behind an OPRF): set-up, server and client time per key and
   per batch, and communication, against one pass over the encoded database at memory speed.
 - `stats`: joint statistics (per-column sum, mean, variance), SecretFlow SPU's simulator
@@ -28,6 +30,8 @@ BENCHES: dict[str, tuple[str, str]] = {
             "engine on the same ids"),
     "homo": ("appliance.bench.homo", "horizontal FedAvg: Flower's simulation and ours "
              "between daemons"),
+    "fl": ("appliance.bench.fl", "vertical logistic regression: one epoch, ours and the same "
+           "protocol on python-paillier"),
     "pir": ("appliance.bench.pir", "private query: set-up, per-key server and client time "
             "and bytes, against the memory floor"),
     "stats": ("appliance.bench.stats", "joint statistics: SPU (SEMI2K/ABY3) and the native "

@@ -168,7 +168,8 @@ class TrainingChart:
 
 
 def training_chart(result: Mapping[str, Any] | None) -> TrainingChart | None:
-    """Validation loss and accuracy (or k-means inertia) per round of a train job's outputs,
+    """Validation loss and accuracy (k-means inertia; a vertical model's loss and AUC) per
+    round or epoch of a train job's outputs,
     each series scaled to the chart's height on its own range."""
     outputs = (result or {}).get("outputs") if isinstance(result, Mapping) else None
     history = outputs.get("history") if isinstance(outputs, Mapping) else None
@@ -177,7 +178,10 @@ def training_chart(result: Mapping[str, Any] | None) -> TrainingChart | None:
     local = outputs.get("local_history")
     names = [("val_loss", "loss", history, "pooled "), ("val_accuracy", "accuracy", history,
                                                         "pooled "),
-             ("inertia", "inertia", history, "")]
+             ("inertia", "inertia", history, ""),
+             # vertical training: the guest's validation figures per epoch
+             ("loss", "loss", history, "validation "), ("auc", "accuracy", history,
+                                                         "validation ")]
     if isinstance(local, list) and local:
         # this party's own validation figures, which never left it, beside the pooled ones
         names += [("val_loss", "local-loss", local, "this party's "),

@@ -39,6 +39,8 @@ TRAIN_ALGORITHMS = {
     "homo_lr": "logistic regression (needs a label column)",
     "homo_nn": "multi-layer perceptron (needs a label column)",
     "homo_kmeans": "k-means clustering (no label)",
+    "hetero_lr": "vertical logistic regression: this node's binary label, the partners' "
+                 "features of the same people (label and key column; rounds are epochs)",
 }
 # the stats operator's receivers (docs/stats.md)
 RECEIVERS = {
@@ -177,10 +179,15 @@ def multi_party_params(form: MultiDict[str, str], kinds: list[str], peers: list[
                             "bins": int_field(form, "bins", minimum=2, maximum=100)}
     if kind == "train":
         algorithm = choice_field(form, "algorithm", TRAIN_ALGORITHMS)
-        train: dict[str, Any] = {
-            "algorithm": algorithm,
-            "rounds": int_field(form, "rounds", minimum=1, maximum=1000),
-            "secure_aggregation": choice_field(form, "secure_aggregation", AGGREGATIONS)}
+        train: dict[str, Any] = {"algorithm": algorithm}
+        if algorithm == "hetero_lr":
+            train |= {"label": text_field(form, "label", max_len=256),
+                      "key": text_field(form, "key", max_len=256),
+                      "epochs": int_field(form, "rounds", minimum=1, maximum=1000)}
+            params["params"] = train
+            return kind, params
+        train |= {"rounds": int_field(form, "rounds", minimum=1, maximum=1000),
+                  "secure_aggregation": choice_field(form, "secure_aggregation", AGGREGATIONS)}
         if algorithm == "homo_kmeans":
             train["clusters"] = int_field(form, "clusters", minimum=1, maximum=1024)
         else:

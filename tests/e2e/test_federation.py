@@ -961,3 +961,18 @@ def test_vertical_lr_with_an_arbiter_across_three_daemons(nodes, tmp_path):
             "peer_datasets": {"node-b": "bct", "node-c": "bct"},
             "params": {"algorithm": "hetero_lr", "label": "label", "key": "id",
                        "arbiter": "node-c"}}})
+
+
+def test_vertical_lr_through_the_panel_form_charts_loss_and_auc(nodes, tmp_path):
+    a = nodes[0]
+    _cancer_split_sets(nodes, tmp_path)
+    client, token = panel_of(a)
+    job, path = run_with_partners(a, client, token, {
+        "operator": "train", "dataset": "bct", "peers": "node-b", "dataset_of_node-b": "bct",
+        "algorithm": "hetero_lr", "label": "label", "key": "id", "rounds": "3",
+        "bins": "10", "reveal": "both", "columns": "", "stats": "", "receivers": "all",
+        "clusters": "3", "secure_aggregation": "mask"}, timeout=180)
+    assert job["state"] == "done", job["error"]
+    assert len(job["result"]["outputs"]["history"]) == 3
+    page = client.get(path).get_data(as_text=True)
+    assert "validation loss" in page and "validation auc" in page

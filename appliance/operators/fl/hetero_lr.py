@@ -189,7 +189,8 @@ def _opened(ctx: PartyContext, peer: str, mask: Any) -> np.ndarray:
         raise OperatorError(f"party {peer} sent malformed decrypted values ({exc})") from None
 
 
-def _open_for(ctx: PartyContext, peer: str, sk: Any, what: str, limit: int) -> int:
+def _open_for(ctx: PartyContext, peer: str, sk: Any, what: str, limit: int,
+              clock: Clock) -> int:
     """Decrypt a peer's masked array and send the mantissas back; how many there were."""
     from accel.paillier import EncryptedArray, masking
 
@@ -198,7 +199,8 @@ def _open_for(ctx: PartyContext, peer: str, sk: Any, what: str, limit: int) -> i
         ea = EncryptedArray.from_bytes(blob, sk.public_key)
         if not (ea.ndim == 1 and 0 < ea.size <= limit):
             raise ValueError(f"shape {ea.shape}")
-        values = sk.decrypt_mantissas(ea)
+        with clock:
+            values = sk.decrypt_mantissas(ea)
     except (ValueError, OverflowError) as exc:
         raise OperatorError(f"party {peer} sent a malformed {what} ({exc})") from None
     ctx.sessions[peer].send({"t": "lr/opened", "v": masking.mantissas_to_wire(values)})
@@ -306,8 +308,7 @@ def _guest(ctx: PartyContext, plan: dict[str, Any], roles: vertical.Roles,
                 with clock:
                     blob, mask = _masked_gradient(u + dg, party.xs[b], plan["precision"])
                 ctx.sessions[host].send_bytes(blob)
-                with clock:
-                    _open_for(ctx, host, sk, "masked gradient", MAX_FEATURES + 1)
+                _open_for(ctx, host, sk, "masked gradient", MAX_FEATURES + 1, clock)
                 grad = _opened(ctx, host, mask)
             else:
                 parts = [_encrypted(ctx, h, "partial scores", their_pk, len(b)) for h in hosts]
@@ -380,8 +381,7 @@ def _host(ctx: PartyContext, plan: dict[str, Any], roles: vertical.Roles, rows: 
                 with clock:
                     blob, mask = _masked_gradient(dg + u, party.xs[b], plan["precision"])
                 ctx.sessions[guest].send_bytes(blob)
-                with clock:
-                    _open_for(ctx, guest, sk, "masked gradient", MAX_FEATURES + 1)
+                _open_for(ctx, guest, sk, "masked gradient", MAX_FEATURES + 1, clock)
                 grad = _opened(ctx, guest, mask)
             else:
                 d = _encrypted(ctx, guest, "residuals", their_pk, len(b))
@@ -435,8 +435,7 @@ def _arbiter(ctx: PartyContext, plan: dict[str, Any], roles: vertical.Roles,
     while not stop:
         for _ in range(nb):
             for p in [roles.guest, *roles.hosts]:
-                with clock:
-                    opened += _open_for(ctx, p, sk, "masked gradient", MAX_FEATURES + 1)
+                opened += _open_for(ctx, p, sk, "masked gradient", MAX_FEATURES + 1, clock)
         msg = vertical.recv(ctx, roles.guest, "lr/epoch")
         epoch += 1
         stop = bool(msg.get("stop"))

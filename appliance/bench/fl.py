@@ -1,0 +1,169 @@
+"""`python -m appliance.bench fl`: one epoch of vertical logistic regression (hetero_lr), ours
+against the same protocol on python-paillier (phe), on the same machine in the same run.
+
+    python -m appliance.bench fl [--rows 100000] [--phe-rows 1000] [--batch-size 4096]
+                                 [--guest-features 30] [--host-features 300] [--arbiter]
+
+The data is shaped like FATE's published hetero-LR benchmark: the guest holds 30 features
+and the label, the host 300 features, generated (seed 5). Ours runs the operator itself, both
+parties in this process (one thread each, sessions in memory: no channel), one epoch, no
+validation. The baseline runs the same per-batch steps with phe 1.5 and gmpy2 on ``phe_rows``
+rows (a ciphertext-times-integer product per row and feature, 20-bit integers as ours, the
+same masks and decryptions), in one thread as phe computes, and is scaled to ``rows`` by the
+row count: every step is linear in it. The scaling is printed. CPU time of this process and
+the load average are printed beside wall time: the machines are shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import time
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from appliance.bench import machine
+
+TARGET_EPOCH_S = 60.0
+TARGET_RATIO = 20.0
+PRECISION = 20
+
+
+def make_data(rows: int, guest_features: int, host_features: int
+              ) -> tuple[pa.Table, pa.Table]:
+    rng = np.random.default_rng(5)
+    xg = rng.standard_normal((rows, guest_features))
+    xh = rng.standard_normal((rows, host_features))
+    w = rng.standard_normal(guest_features + host_features) / np.sqrt(
+        guest_features + host_features)
+    y = (np.column_stack([xg, xh]) @ w + 0.5 * rng.standard_normal(rows) > 0).astype(np.int64)
+    ids = pa.array([f"u{i:09d}" for i in range(rows)])
+    guest = pa.table({"id": ids, "y": y} | {f"g{j}": xg[:, j] for j in range(guest_features)})
+    host = pa.table({"id": ids} | {f"h{j}": xh[:, j] for j in range(host_features)})
+    return guest, host
+
+
+def run_ours(guest: pa.Table, host: pa.Table, batch_size: int, arbiter: bool
+             ) -> dict[str, Any]:
+    from appliance.operators.base import local_contexts, run_parties
+    from appliance.operators.fl import TRAIN
+
+    class Reader:
+        fingerprint, id_column = "0" * 64, "id"
+
+        def __init__(self, table: pa.Table | None) -> None:
+            self.table = table
+
+        def batches(self, columns: Any = None) -> Any:
+            return iter(self.table.to_batches()) if self.table is not None else iter(())
+
+    names = ["guest", "host"] + (["arbiter"] if arbiter else [])
+    roles = {"guest": "guest", "host": "host", **({"arbiter": "arbiter"} if arbiter else {})}
+    params = {"algorithm": "hetero_lr", "label": "y", "key": "id", "epochs": 1,
+              "validation": 0.0, "batch_size": batch_size, "precision": PRECISION}
+    ctxs = local_contexts(names, params, {"guest": Reader(guest), "host": Reader(host)},
+                          timeout=600, roles=roles)
+    load0, cpu0, t0 = machine.load(), time.process_time(), time.perf_counter()
+    results = run_parties(TRAIN.run, ctxs, timeout=3600)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    for name, r in results.items():
+        if isinstance(r, BaseException):
+            raise SystemExit(f"{name} failed: {r}")
+    return {"engine": "pec (accel)", "variant": "arbiter" if arbiter else "two-party",
+            "rows": guest.num_rows, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
+            "he_s": {n: r["he_seconds"] for n, r in results.items()},
+            "load_before": machine.fmt_load(load0), "load_after": machine.fmt_load(
+                machine.load())}
+
+
+def run_phe(guest: pa.Table, host: pa.Table, rows: int, batch_size: int) -> dict[str, Any]:
+    """The two-party protocol's per-batch steps on phe, one thread, on the first ``rows``."""
+    from phe import paillier as phe
+
+    xg = np.column_stack([guest.column(c).to_numpy() for c in guest.column_names[2:]])[:rows]
+    xh = np.column_stack([host.column(c).to_numpy() for c in host.column_names[1:]])[:rows]
+    y = guest.column("y").to_numpy()[:rows].astype(float)
+    xg = np.column_stack([(xg - xg.mean(0)) / xg.std(0), np.ones(rows)])
+    xh = (xh - xh.mean(0)) / xh.std(0)
+    # the same fixed point as ours: each column over its largest magnitude, 20 bits
+    qg = [[int(v) for v in col] for col in np.rint(xg / np.abs(xg).max(0) * 2**PRECISION).T]
+    qh = [[int(v) for v in col] for col in np.rint(xh / np.abs(xh).max(0) * 2**PRECISION).T]
+    wg, wh = np.zeros(xg.shape[1]), np.zeros(xh.shape[1])
+    # key generation is outside the timing: once per job, not per row (ours times it)
+    pk_g, sk_g = phe.generate_paillier_keypair(n_length=2048)
+    pk_h, sk_h = phe.generate_paillier_keypair(n_length=2048)
+    load0, cpu0, t0 = machine.load(), time.process_time(), time.perf_counter()
+    for at in range(0, rows, batch_size):
+        b = range(at, min(at + batch_size, rows))
+        dg = 0.25 * (xg[at: b.stop] @ wg) + 0.5 - y[at: b.stop]
+        u = 0.25 * (xh[at: b.stop] @ wh)
+        enc_dg = [pk_g.encrypt(float(v)) for v in dg]          # guest -> host
+        enc_u = [pk_h.encrypt(float(v)) for v in u]            # host -> guest
+        d_h = [e + float(v) for e, v in zip(enc_u, dg, strict=True)]  # at the guest
+        d_g = [e + float(v) for e, v in zip(enc_dg, u, strict=True)]  # at the host
+        for d, q, sk_open in ((d_h, qg, sk_h), (d_g, qh, sk_g)):
+            for col in q:
+                acc = d[0] * col[at]
+                for i in range(1, len(d)):
+                    acc = acc + d[i] * col[at + i]
+                # the other party opens the masked gradient
+                sk_open.decrypt(acc + secrets.randbits(160))
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    return {"engine": "python-paillier 1.5 (phe)", "variant": "two-party", "rows": rows,
+            "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
+            "load_before": machine.fmt_load(load0),
+            "load_after": machine.fmt_load(machine.load())}
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python -m appliance.bench fl", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=100_000)
+    ap.add_argument("--phe-rows", type=int, default=1000)
+    ap.add_argument("--batch-size", type=int, default=4096)
+    ap.add_argument("--guest-features", type=int, default=30)
+    ap.add_argument("--host-features", type=int, default=300)
+    ap.add_argument("--arbiter", action="store_true", help="also the arbiter variant")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    guest, host = make_data(args.rows, args.guest_features, args.host_features)
+    out: dict[str, Any] = {"machine": machine.describe(), "rows": args.rows,
+                           "guest_features": args.guest_features,
+                           "host_features": args.host_features,
+                           "batch_size": args.batch_size, "precision_bits": PRECISION}
+    runs = [run_ours(guest, host, args.batch_size, False)]
+    if args.arbiter:
+        runs.append(run_ours(guest, host, args.batch_size, True))
+    phe_rows = min(args.phe_rows, args.rows)
+    base = run_phe(guest, host, phe_rows, min(args.batch_size, phe_rows))
+    scale = args.rows / phe_rows
+    base["scaled_to_rows_s"] = round(base["wall_s"] * scale, 1)
+    out["runs"], out["phe"] = runs, base
+    ours = runs[0]["wall_s"]
+    out["ratio_vs_phe"] = round(base["scaled_to_rows_s"] / ours, 1)
+    out["targets"] = {
+        # the epoch target is set at 10^5 rows
+        "epoch_s": {"target": TARGET_EPOCH_S, "measured": ours,
+                    "met": ours <= TARGET_EPOCH_S if args.rows == 100_000 else None},
+        "ratio_vs_phe": {"target": TARGET_RATIO, "measured": out["ratio_vs_phe"],
+                         "met": out["ratio_vs_phe"] >= TARGET_RATIO}}
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    m = out["machine"]
+    print(f"hetero_lr, one epoch: {args.rows} rows, guest {args.guest_features} features + "
+          f"label, host {args.host_features}; batch {args.batch_size}; 2048-bit Paillier; "
+          f"{m['nproc']} CPUs ({m['cpu_model']})")
+    print(f"{'engine':<28} {'variant':<10} {'rows':>8} {'wall s':>9} {'cpu s':>8}  load")
+    for r in [*runs, base]:
+        print(f"{r['engine']:<28} {r['variant']:<10} {r['rows']:>8} {r['wall_s']:>9} "
+              f"{r['cpu_s']:>8}  {r['load_before']} -> {r['load_after']}")
+    print(f"phe scaled to {args.rows} rows (x{scale:g}): {base['scaled_to_rows_s']} s; "
+          f"ratio {out['ratio_vs_phe']}x (target >= {TARGET_RATIO:g}x); ours "
+          f"{ours} s per epoch (target <= {TARGET_EPOCH_S:g} s at 10^5 rows)")
+    for r in runs:
+        print(f"  {r['variant']}: time in HE per party {r['he_s']}")
+    return 0
