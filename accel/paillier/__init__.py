@@ -9,13 +9,14 @@ array carries a bound on its plaintext magnitudes: an operation whose result cou
 n raises ``OverflowError`` instead of producing a wrong number. ``precision(bits)`` /
 ``set_precision(bits)`` shorten plaintext float multipliers, ``sk.refresh(ea)`` resets a grown
 array's scale. ``masking.mask`` / ``sk.decrypt_mantissas`` / ``masking.unmask`` let the key
-holder decrypt for another party without learning the values.
+holder decrypt for another party without learning the values; ``grouping.group_sums`` and
+``grouping.pack`` make encrypted histograms and pack several values into one ciphertext.
 """
 
-from accel.paillier import masking
+from accel.paillier import grouping, masking
 from accel.paillier.array import EncryptedArray
 from accel.paillier.encoding import operand_precision, precision, set_precision
 from accel.paillier.keys import PrivateKey, PublicKey, keygen
 
-__all__ = ["EncryptedArray", "PrivateKey", "PublicKey", "keygen", "masking", "operand_precision",
-           "precision", "set_precision"]
+__all__ = ["EncryptedArray", "PrivateKey", "PublicKey", "grouping", "keygen", "masking",
+           "operand_precision", "precision", "set_precision"]

@@ -24,9 +24,9 @@ from appliance.operators.fl.predict import check_model, features_of, predict
 from appliance.trust import audit
 
 # a job id as the federation writes them: no "." or ".." that could name another directory
-MODEL_ID = re.compile(r"(homo_lr|homo_nn|homo_kmeans|hetero_lr)-"
+MODEL_ID = re.compile(r"(homo_lr|homo_nn|homo_kmeans|hetero_lr|hetero_secureboost)-"
                       r"([A-Za-z0-9][A-Za-z0-9_:-]{0,127})")
-VERTICAL = ("hetero_lr",)
+VERTICAL = ("hetero_lr", "hetero_secureboost")
 MAX_ONLINE_ROWS = 10_000
 
 
@@ -98,6 +98,15 @@ def show_model(output_root: Path, model: str) -> dict[str, Any]:
     if doc["algorithm"] == "hetero_lr" and isinstance(doc.get("weights"), list):
         out["importance"] = {f: abs(float(w)) for f, w in zip(doc["features"], doc["weights"],
                                                                strict=False)}
+    elif doc["algorithm"] == "hetero_secureboost":
+        # splits per feature of this node (a guest's own splits; a host's records)
+        used: dict[str, float] = {}
+        splits = (doc.get("records") or {}).values() if doc.get("role") == "host" else [
+            n for t in doc.get("trees") or [] for n in t.get("nodes", {}).values()
+            if "feature" in n]
+        for s in splits:
+            used[s["feature"]] = used.get(s["feature"], 0) + 1
+        out["importance"] = used
     return out
 
 

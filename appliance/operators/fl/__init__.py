@@ -1,9 +1,10 @@
 """Federated learning, provider ``pec``. Built: horizontal learning (FedAvg) of logistic
 regression, a multi-layer perceptron and k-means among two or more parties, with secure
 aggregation by pairwise masks or Paillier (``accel``); and, of vertical learning, logistic
-regression (``hetero_lr``, with or without an arbiter, Paillier through ``accel``), its joint
-inference, and the information value of every feature across a vertical split (``iv``).
-hetero_secureboost is refused by name: not built yet. docs/fl.md says who learns what.
+regression (``hetero_lr``, with or without an arbiter) and SecureBoost
+(``hetero_secureboost``), Paillier through ``accel``, their joint inference, and the
+information value of every feature across a vertical split (``iv``). docs/fl.md says who
+learns what.
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ from __future__ import annotations
 from typing import Any
 
 from appliance.operators.base import Operator, OperatorError, PartyContext, register
-from appliance.operators.fl import hetero_lr, homo, iv, joint_predict
+from appliance.operators.fl import hetero_lr, homo, iv, joint_predict, secureboost
 
 
 def run(ctx: PartyContext) -> dict[str, Any]:
     if ctx.params.get("algorithm") == hetero_lr.ALGORITHM:
         return hetero_lr.run(ctx)
+    if ctx.params.get("algorithm") == secureboost.ALGORITHM:
+        return secureboost.run(ctx)
     if ctx.role == "arbiter":
         raise OperatorError("train: only hetero_lr has an arbiter")
     return homo.run(ctx)
@@ -32,11 +35,10 @@ TRAIN = register(Operator(
     name="train", provider="pec", version="0.1", roles=("guest", "host", "arbiter"),
     description="federated training: horizontal FedAvg of logistic regression, an MLP or "
                 "k-means, with secure aggregation (pairwise masks or Paillier); vertical "
-                "logistic regression (Paillier, with or without an arbiter)",
+                "logistic regression (Paillier, with or without an arbiter) and SecureBoost",
     params={
         "dataset": "this party's data set",
-        "algorithm": "homo_lr, homo_nn, homo_kmeans or hetero_lr (hetero_secureboost is not "
-                     "built yet)",
+        "algorithm": "homo_lr, homo_nn, homo_kmeans, hetero_lr or hetero_secureboost",
         "label": "the class column (lr, nn; hetero_lr: the guest's binary label)",
         "key": "hetero_lr: the column that aligns the parties' rows",
         "arbiter": "hetero_lr: the peer that holds the key and decrypts masked gradients "
@@ -48,6 +50,12 @@ TRAIN = register(Operator(
         "tol": "hetero_lr: the smallest validation loss gain that counts (default 1e-4)",
         "precision": "hetero_lr: bits of each feature in the encrypted products (default 20)",
         "resume": "hetero_lr: a previous job's id, to go on from its last finished epoch",
+        "trees": "hetero_secureboost: boosting rounds (default 5)",
+        "depth": "hetero_secureboost: tree depth (default 3)",
+        "min_child_weight": "hetero_secureboost: the least hessian sum of a child (default 1)",
+        "bins": "hetero_secureboost: bins per feature (default 32)",
+        "reg_lambda": "hetero_secureboost: L2 regularisation of leaf weights (default 1)",
+        "gamma": "hetero_secureboost: the least gain of a split (default 0)",
         "features": "the feature columns, C1[,C2...] (default: every numeric column but the "
                     "label and the id column), the same at every party",
         "rounds": "federated rounds (default 10)",
@@ -89,7 +97,8 @@ PREDICT = register(Operator(
                 "features, the guest combines the partial scores",
     params={
         "dataset": "this party's data set (the model's features and key column)",
-        "model": "the vertical model's id (hetero_lr-JOB), trained by the same parties",
+        "model": "the vertical model's id (hetero_lr-JOB or hetero_secureboost-JOB), trained "
+                 "by the same parties",
         "label": "the guest's label column, to evaluate the model (AUC, KS, precision, "
                  "recall; optional)",
         "threshold": "the probability at which a row is predicted positive (default 0.5)",

@@ -41,7 +41,6 @@ log = logging.getLogger("pec.fl")
 
 VERSION = 1
 ALGORITHMS = ("homo_lr", "homo_nn", "homo_kmeans")
-NOT_BUILT = ("hetero_secureboost",)
 DEFAULTS: dict[str, Any] = {
     "rounds": 10, "local_epochs": 1, "learning_rate": 0.1, "batch_size": 64, "alpha": 0.0001,
     "secure_aggregation": "mask", "validation": 0.2, "seed": 7, "hidden": "32",
@@ -58,11 +57,9 @@ MAX_CLASSES = 256
 def plan_of(params: dict[str, Any]) -> dict[str, Any]:
     """The job's parameters, checked and with defaults; the same at every party (digest)."""
     algorithm = params.get("algorithm")
-    if algorithm in NOT_BUILT:
-        raise OperatorError(f"train: algorithm {algorithm} is not built yet")
     if algorithm not in ALGORITHMS:
-        raise OperatorError(f"train: algorithm must be one of {', '.join(ALGORITHMS)} or "
-                            f"hetero_lr (got {algorithm!r})")
+        raise OperatorError(f"train: algorithm must be one of {', '.join(ALGORITHMS)}, "
+                            f"hetero_lr or hetero_secureboost (got {algorithm!r})")
     plan = {**DEFAULTS, **{k: v for k, v in params.items() if v not in (None, "")}}
     try:
         for key in ("rounds", "local_epochs", "batch_size", "seed", "clusters"):

@@ -1,15 +1,17 @@
-"""Joint inference with a vertical model (``hetero_lr``): every party computes its part on its
-own rows and only partial scores move (docs/fl.md).
+"""Joint inference with a vertical model (``hetero_lr``, ``hetero_secureboost``): every party
+computes its part on its own rows and only partial results move (docs/fl.md).
 
 1. Each data party loads its part of the model (trained by the same parties, in the same
    roles) and its rows ordered by the model's key; the parties check that the rows align.
-2. Each host sends ``x_h . w_h`` of every row to the guest, in the clear.
-3. The guest adds its own part and the intercept, and writes each row's id, probability and
-   prediction on this node. If its data set holds the label, it also reports AUC, KS, log
-   loss, accuracy, precision and recall at the threshold.
+2. Each host sends the guest, for every row: ``x_h . w_h`` (logistic regression), or the side
+   of each of its tree splits (SecureBoost: left or right, not the threshold).
+3. The guest adds its own part (routes the rows through the trees), and writes each row's id,
+   probability and prediction on this node. If its data set holds the label, it also reports
+   AUC, KS, log loss, accuracy, precision and recall at the threshold.
 
-Who learns what (semi-honest): the guest learns the hosts' partial scores of the rows (as in
-FATE's hetero-LR inference) and the predictions; a host learns how many rows there were.
+Who learns what (semi-honest): the guest learns the hosts' partial scores, or the sides of
+their splits, for the rows (as in FATE's inference) and the predictions; a host learns how
+many rows there were.
 """
 
 from __future__ import annotations
@@ -26,12 +28,11 @@ from typing import Any
 import numpy as np
 
 from appliance.operators.base import OperatorError, PartyContext
-from appliance.operators.fl import hetero_lr, metrics, vertical
+from appliance.operators.fl import hetero_lr, metrics, secureboost, vertical
 
 #: hetero_lr-<the federation job id>; no "." or "/" that could name another directory
-MODEL_ID = re.compile(r"(hetero_lr)-([A-Za-z0-9][A-Za-z0-9_:-]{0,127})")
-PART_KEYS = {"algorithm", "role", "job", "key", "features", "mean", "scale", "weights",
-             "parties"}
+MODEL_ID = re.compile(r"(hetero_lr|hetero_secureboost)-([A-Za-z0-9][A-Za-z0-9_:-]{0,127})")
+PART_KEYS = {"algorithm", "role", "job", "key", "features", "parties"}
 
 
 def model_file(models_root: Path, model: Any) -> Path:
@@ -49,15 +50,27 @@ def check_part(doc: Any, model: str) -> dict[str, Any]:
     """A stored part whose pieces fit together, or OperatorError (a damaged file)."""
     bad = OperatorError(f"predict: this node's part of {model} is damaged")
     if not (isinstance(doc, dict) and set(doc) >= PART_KEYS
-            and doc["algorithm"] == hetero_lr.ALGORITHM
+            and doc["algorithm"] in (hetero_lr.ALGORITHM, secureboost.ALGORITHM)
             and doc["role"] in ("guest", "host") and isinstance(doc["parties"], dict)
-            and all(isinstance(doc[k], list) for k in ("features", "mean", "scale", "weights"))):
+            and isinstance(doc["features"], list)):
         raise bad
     d = len(doc["features"])
-    if not (len(doc["mean"]) == len(doc["scale"]) == len(doc["weights"]) == d):
+    guest = doc["role"] == "guest"
+    if guest and not isinstance(doc.get("classes"), list):
         raise bad
-    if doc["role"] == "guest" and not (isinstance(doc.get("intercept"), float)
-                                       and isinstance(doc.get("classes"), list)):
+    if doc["algorithm"] == hetero_lr.ALGORITHM:
+        if not (all(isinstance(doc.get(k), list) and len(doc[k]) == d
+                    for k in ("mean", "scale", "weights"))
+                and (not guest or isinstance(doc.get("intercept"), float))):
+            raise bad
+    elif guest:
+        if not (isinstance(doc.get("trees"), list) and isinstance(doc.get("init"), float)
+                and all(isinstance(t, dict) and isinstance(t.get("nodes"), dict)
+                        for t in doc["trees"])):
+            raise bad
+    elif not (isinstance(doc.get("records"), dict) and all(
+            isinstance(r, dict) and r.get("feature") in doc["features"]
+            and isinstance(r.get("threshold"), float) for r in doc["records"].values())):
         raise bad
     return doc
 
@@ -115,14 +128,24 @@ def run(ctx: PartyContext) -> dict[str, Any]:
         problem = f"party {ctx.node_id}: {exc}" if ctx.node_id not in str(exc) else str(exc)
     vertical.check_alignment(ctx, roles, rows, "predict", problem)
     assert rows is not None and doc is not None
-    z = partial_scores(doc, rows.matrix(doc["features"]))
+    x = rows.matrix(doc["features"])
+    lr = doc["algorithm"] == hetero_lr.ALGORITHM
     if not guest:
-        ctx.sessions[roles.guest].send({"t": "predict/scores", "z": z.tolist()})
+        if lr:
+            msg = {"t": "predict/scores", "z": partial_scores(doc, x).tolist()}
+        else:
+            msg = {"t": "predict/scores", "left": {
+                rec: secureboost._pack_bits(x[:, doc["features"].index(r["feature"])]
+                                            < r["threshold"])
+                for rec, r in doc["records"].items()}}
+        ctx.sessions[roles.guest].send(msg)
         vertical.recv(ctx, roles.guest, "predict/done")
         return {"model": model, "rows": rows.n,
                 "seconds": round(time.perf_counter() - started, 3)}
-    for h in roles.hosts:
-        z = z + hetero_lr._floats(vertical.recv(ctx, h, "predict/scores"), rows.n, h)
+    z = partial_scores(doc, x) if lr else _tree_scores(ctx, doc, x, roles.hosts)
+    if lr:
+        for h in roles.hosts:
+            z = z + hetero_lr._floats(vertical.recv(ctx, h, "predict/scores"), rows.n, h)
     for h in roles.hosts:
         ctx.sessions[h].send({"t": "predict/done"})
     p = metrics.sigmoid(z)
@@ -148,3 +171,32 @@ def run(ctx: PartyContext) -> dict[str, Any]:
                 "rows_sha256": hashlib.sha256(data).hexdigest()}
     out["seconds"] = round(time.perf_counter() - started, 3)
     return out
+
+
+def _tree_scores(ctx: PartyContext, doc: dict[str, Any], x: np.ndarray,
+                 hosts: list[str]) -> np.ndarray:
+    """The boosted trees' raw score of every row: the hosts' split sides, the guest's own."""
+    n = len(x)
+    decisions: dict[str, np.ndarray] = {}
+    for h in hosts:
+        left = vertical.recv(ctx, h, "predict/scores").get("left")
+        if not isinstance(left, dict):
+            raise OperatorError(f"party {h} sent malformed split sides")
+        for rec, bits in left.items():
+            decisions[str(rec)] = secureboost._bits(bits, n, h)
+    names = doc["features"]
+    z = np.full(n, doc["init"])
+    for tree in doc["trees"]:
+        nodes = tree["nodes"]
+        missing = [v["record"] for v in nodes.values()
+                   if "record" in v and v["record"] not in decisions]
+        if missing:
+            raise OperatorError(f"predict: no party sent the sides of split(s) "
+                                f"{', '.join(missing[:5])}: a host's part is incomplete")
+
+        def own(k: str, rows: np.ndarray, nodes: dict[str, Any] = nodes) -> np.ndarray:
+            node = nodes[k]
+            return x[rows, names.index(node["feature"])] < node["threshold"]
+
+        z = z + secureboost.route(tree, own, decisions, n)
+    return z

@@ -250,7 +250,6 @@ def test_secagg_ring_arithmetic_is_exact():
 
 
 @pytest.mark.parametrize(("params", "match"), [
-    ({"algorithm": "hetero_secureboost"}, "not built yet"),
     ({"algorithm": "svm"}, "must be one of"),
     ({"algorithm": "homo_lr"}, "needs label"),
     ({"algorithm": "homo_lr", "label": "label", "rounds": 0}, "rounds must be"),

@@ -35,15 +35,15 @@ def cancer() -> dict[str, Any]:
 
 
 def split_tables(x: np.ndarray, y: np.ndarray, rows: np.ndarray,
-                 host_cols: list[list[int]] = (HOST_COLS,), label: bool = True
-                 ) -> dict[str, pa.Table]:
+                 host_cols: list[list[int]] = (HOST_COLS,), label: bool = True,
+                 guest_cols: list[int] = GUEST_COLS) -> dict[str, pa.Table]:
     """The guest's table (id, label, its columns) and each host's (id, its columns), each
     host's rows in another order."""
     ids = [f"p{i:04d}" for i in range(len(y))]
     g = {"id": pa.array([ids[i] for i in rows])}
     if label:
         g["label"] = pa.array(y[rows].astype(np.int64))
-    g |= {f"f{j}": pa.array(x[rows, j]) for j in GUEST_COLS}
+    g |= {f"f{j}": pa.array(x[rows, j]) for j in guest_cols}
     out = {"node-a": pa.table(g)}
     for k, cols in enumerate(host_cols):
         order = np.random.default_rng(3 + k).permutation(rows)
