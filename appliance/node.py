@@ -25,6 +25,7 @@ from appliance.federation import identity as federation_identity
 from appliance.federation.card import make_card
 from appliance.federation.grade_policy import GradePolicy
 from appliance.federation.mpjobs import Datasets, MultiParty
+from appliance.federation.online_predict import OnlinePredict
 from appliance.federation.peers import PeerError, Peers
 from appliance.federation.private_query import (
     BUDGET_SETTING,
@@ -105,6 +106,7 @@ class Node:
         self.federation: Federation | None = None
         self.multiparty: MultiParty | None = None
         self.pir: PrivateQuery | None = None
+        self.online: OnlinePredict | None = None
         self.federation_error: str | None = None
         self.started = time.monotonic()
         self._lock = threading.Lock()
@@ -157,6 +159,8 @@ class Node:
         self.pir = PrivateQuery(
             fed, self.datasets, self.grade_policy, self.state.path, trust,
             budget=lambda: self.store.get_setting(BUDGET_SETTING, DEFAULT_KEY_BUDGET))
+        self.online = OnlinePredict(fed, self.datasets, self.grade_policy,
+                                    self.state.path / "outputs")
         self.federation_error = None
 
     def grade_policy(self) -> GradePolicy:
@@ -206,6 +210,7 @@ class Node:
         if self.federation is not None:
             self.federation.stop()
             self.federation = self.multiparty = self.runner.multiparty = self.pir = None
+            self.online = None
         self.datasets.close()
         audit.bind(None)
         self.runner.trust = None

@@ -247,6 +247,11 @@ def delete_model(node: Node, query: Query, body: Any, m: Match) -> Reply:
 
 @route("POST", r"/v1/models/(?P<model>[A-Za-z0-9._:-]{1,160})/predict")
 def predict_model(node: Node, query: Query, body: Any, m: Match) -> Reply:
-    from appliance.federation.predict import predict_online
+    from appliance.federation.predict import VERTICAL, predict_online
 
-    return 200, predict_online(_outputs(node), m["model"], _obj(body).get("rows"))
+    req = _obj(body)
+    if m["model"].split("-", 1)[0] in VERTICAL:
+        _outputs(node)
+        # a vertical model: the guest asks each host for its part of these rows
+        return 200, node.online.predict(m["model"], req.get("rows"), req.get("peer_datasets"))
+    return 200, predict_online(_outputs(node), m["model"], req.get("rows"))

@@ -42,7 +42,8 @@ def load_model(output_root: Path, model: str) -> dict[str, Any]:
     if model.split("-", 1)[0] in VERTICAL:
         raise JobError(f"{model} is a vertical model: each party holds a part; predict with "
                        "it jointly (jobs submit predict --peer P --param model=... "
-                       "--param peer_dataset=...)")
+                       "--param peer_dataset=..., or POST /v1/models/MODEL/predict at the "
+                       "guest)")
     try:
         doc = json.loads(path.read_text())
     except FileNotFoundError:

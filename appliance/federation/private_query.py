@@ -35,8 +35,6 @@ from appliance.trust import audit
 log = logging.getLogger("pec.pir")
 
 AUDIT_KEY = "pir-audit-hmac"
-#: a server attested longer ago than this is attested again before a query
-ATTEST_MAX_AGE = 300.0
 #: keys (OPRF evaluations) one peer may ask of this node per rolling hour, unless the node's
 #: setting ``pir_key_budget_per_hour`` says otherwise: each key is a guess a client can test
 BUDGET_SETTING = "pir_key_budget_per_hour"
@@ -53,7 +51,6 @@ class PrivateQuery:
         self.budget = budget
         self.store = ServiceStore(state_dir / "pir" / "services", secrets)
         self.cache = wire.HintCache(state_dir / "pir" / "peers")
-        self._attested: dict[str, float] = {}
         self._spent: dict[str, deque[tuple[float, int]]] = {}
         self._lock = threading.Lock()
         fed.topics[wire.TOPIC] = self._serve
@@ -146,13 +143,7 @@ class PrivateQuery:
     # -- peers' services -------------------------------------------------------------------
 
     def _client(self, peer_name: str) -> tuple[dict[str, Any], wire.Client]:
-        peer = self.fed.peers.require_active(peer_name)
-        if time.monotonic() - self._attested.get(peer_name, -1e9) > ATTEST_MAX_AGE:
-            verdict = self.fed.attest_peer(peer_name)
-            if not verdict["ok"]:
-                raise PeerError(f"peer {peer_name} failed attestation and is quarantined: "
-                                f"{verdict['reason']}", 403)
-            self._attested[peer_name] = time.monotonic()
+        peer = self.fed.fresh_peer(peer_name)
         session = self.fed.open_session(peer, wire.TOPIC, timeout=wire.TIMEOUT)
         return peer, wire.Client(session, peer["node_id"], self.cache)
 

@@ -42,6 +42,9 @@ log = logging.getLogger("pec.federation")
 CONTROL = "control"
 JOB = "job"
 CONTROL_TIMEOUT = 15.0
+#: a peer attested longer ago than this is attested again before a session of a service
+#: (private query, online prediction) that does not go through a job's own attestation
+ATTEST_MAX_AGE = 300.0
 METHODS = ("attest", "job.create", "job.start", "job.stop", "job.status", "task.callback")
 
 
@@ -74,6 +77,7 @@ class Federation:
         self._server: ChannelServer | None = None
         self._channels: dict[str, PeerChannel] = {}
         self._lock = threading.Lock()
+        self._attested_at: dict[str, float] = {}
         # job sessions opened by peers, waiting for this node's side of the job to take them
         self._mailbox: dict[tuple[str, str], queue.Queue[Session]] = {}
         # jobs this node's side ended before its sessions were made: a session a peer opens
@@ -137,6 +141,21 @@ class Federation:
             ch = self._channels.pop(peer["name"], None)
         if ch is not None:
             ch.close()
+
+    def fresh_peer(self, name: str, max_age: float = ATTEST_MAX_AGE) -> dict[str, Any]:
+        """The active peer ``name``, attested within the last ``max_age`` seconds (again now
+        if not); PeerError when it is not active or fails attestation (then quarantined)."""
+        peer = self.peers.require_active(name)
+        with self._lock:
+            last = self._attested_at.get(name, -1e9)
+        if time.monotonic() - last > max_age:
+            verdict = self.attest_peer(name)
+            if not verdict["ok"]:
+                raise PeerError(f"peer {name} failed attestation and is quarantined: "
+                                f"{verdict['reason']}", 403)
+            with self._lock:
+                self._attested_at[name] = time.monotonic()
+        return peer
 
     def open_session(self, peer: dict[str, Any], topic: str,
                      timeout: float = CONTROL_TIMEOUT) -> Session:

@@ -976,3 +976,64 @@ def test_vertical_lr_through_the_panel_form_charts_loss_and_auc(nodes, tmp_path)
     assert len(job["result"]["outputs"]["history"]) == 3
     page = client.get(path).get_data(as_text=True)
     assert "validation loss" in page and "validation auc" in page
+
+
+def test_secureboost_trains_and_both_vertical_models_predict_online(nodes, tmp_path):
+    import csv as csv_
+
+    a, b, _ = nodes
+    x, _, _, test = _cancer_split_sets(nodes, tmp_path)
+    job = a.api.post("/v1/jobs", {"kind": "train", "params": {
+        "peers": ["node-b"], "dataset": "bct", "peer_datasets": {"node-b": "bct"},
+        "params": {"algorithm": "hetero_secureboost", "label": "label", "key": "id",
+                   "trees": 3, "depth": 3, "validation": 0.2}}})
+    done = a.daemon.wait_job(job["id"], {"done", "failed"}, timeout=240)
+    assert done["state"] == "done", done.get("error")
+    out = done["result"]["outputs"]
+    assert out["trees"] == 3 and out["final"]["auc"] > 0.9
+    boost = out["model"]
+    shown = b.api.get(f"/v1/models/{boost}")
+    assert shown["role"] == "host" and set(shown["importance"]) <= {
+        f"f{j}" for j in range(15, 30)}
+    # batch joint inference on the test rows
+    pred = a.api.post("/v1/jobs", {"kind": "predict", "params": {
+        "peers": ["node-b"], "dataset": "bce", "peer_datasets": {"node-b": "bce"},
+        "params": {"model": boost, "label": "label"}}})
+    pred = a.daemon.wait_job(pred["id"], {"done", "failed"}, timeout=120)
+    assert pred["state"] == "done", pred.get("error")
+    assert pred["result"]["outputs"]["metrics"]["auc"] > 0.95
+    with open(pred["result"]["outputs"]["rows_file"]) as f:
+        batch = {r["id"]: float(r["score"]) for r in csv_.DictReader(f)}
+    # online: the same rows one at a time and as a batch give the batch job's scores; node-b
+    # reads its test rows (it trained on bct)
+    rows = [{"id": f"p{i}", **{f"f{j}": float(x[i, j]) for j in range(15)}} for i in test]
+    answer = a.api.post(f"/v1/models/{boost}/predict",
+                        {"rows": rows, "peer_datasets": {"node-b": "bce"}})
+    assert len(answer["predictions"]) == len(rows)
+    for p in answer["predictions"]:
+        assert abs(p["score"] - batch[p["id"]]) < 1e-6
+    latencies = []
+    for r in rows[:20]:
+        t0 = time.perf_counter()
+        one = a.api.post(f"/v1/models/{boost}/predict",
+                         {"rows": [r], "peer_datasets": {"node-b": "bce"}})
+        latencies.append(time.perf_counter() - t0)
+        assert abs(one["predictions"][0]["score"] - batch[r["id"]]) < 1e-6
+    print(f"online single-row latency over loopback: median {sorted(latencies)[10] * 1e3:.1f} "
+          "ms")
+    # the host refuses ids it does not hold, and a request at the host is refused
+    with pytest.raises(DaemonError, match="not in data set"):
+        a.api.post(f"/v1/models/{boost}/predict",
+                   {"rows": [{**rows[0], "id": "nobody"}], "peer_datasets": {"node-b": "bce"}})
+    with pytest.raises(DaemonError, match="ask its guest"):
+        b.api.post(f"/v1/models/{boost}/predict", {"rows": rows[:1]})
+    # a hetero_lr model online, from the host's training data set by default
+    lr = json.loads(cli("models", "list", "--json", "--state-dir", str(a.state)).stdout)
+    lr_models = [m["model"] for m in lr["models"] if m["algorithm"] == "hetero_lr"
+                 and m["role"] == "guest"]
+    if lr_models:
+        with pytest.raises(DaemonError, match="not in data set bct"):
+            a.api.post(f"/v1/models/{lr_models[-1]}/predict", {"rows": rows[:1]})
+        got = a.api.post(f"/v1/models/{lr_models[-1]}/predict",
+                         {"rows": rows[:3], "peer_datasets": {"node-b": "bce"}})
+        assert all(0 < p["score"] < 1 for p in got["predictions"])

@@ -148,7 +148,9 @@ class Party:
                 "scale": self.scale.tolist(),
                 "weights": (w[:-1] if self.intercept else w).tolist(),
                 "intercept": float(w[-1]) if self.intercept else None,
-                "parties": dict(ctx.parties), **extra}
+                "parties": dict(ctx.parties),
+                # the data set it was trained on: where online prediction reads rows by key
+                "dataset": getattr(ctx.dataset, "name", None), **extra}
 
 
 # -- keys and ciphertexts on the wire -----------------------------------------------------------

@@ -129,26 +129,14 @@ def run(ctx: PartyContext) -> dict[str, Any]:
     vertical.check_alignment(ctx, roles, rows, "predict", problem)
     assert rows is not None and doc is not None
     x = rows.matrix(doc["features"])
-    lr = doc["algorithm"] == hetero_lr.ALGORITHM
     if not guest:
-        if lr:
-            msg = {"t": "predict/scores", "z": partial_scores(doc, x).tolist()}
-        else:
-            msg = {"t": "predict/scores", "left": {
-                rec: secureboost._pack_bits(x[:, doc["features"].index(r["feature"])]
-                                            < r["threshold"])
-                for rec, r in doc["records"].items()}}
-        ctx.sessions[roles.guest].send(msg)
+        ctx.sessions[roles.guest].send({"t": "predict/scores", **host_part(doc, x)})
         vertical.recv(ctx, roles.guest, "predict/done")
         return {"model": model, "rows": rows.n,
                 "seconds": round(time.perf_counter() - started, 3)}
-    z = partial_scores(doc, x) if lr else _tree_scores(ctx, doc, x, roles.hosts)
-    if lr:
-        for h in roles.hosts:
-            z = z + hetero_lr._floats(vertical.recv(ctx, h, "predict/scores"), rows.n, h)
+    p = combine(doc, x, {h: vertical.recv(ctx, h, "predict/scores") for h in roles.hosts})
     for h in roles.hosts:
         ctx.sessions[h].send({"t": "predict/done"})
-    p = metrics.sigmoid(z)
     classes = doc["classes"]
     hit = p >= threshold
     out: dict[str, Any] = {"model": model, "rows": rows.n, "threshold": threshold,
@@ -173,17 +161,27 @@ def run(ctx: PartyContext) -> dict[str, Any]:
     return out
 
 
-def _tree_scores(ctx: PartyContext, doc: dict[str, Any], x: np.ndarray,
-                 hosts: list[str]) -> np.ndarray:
-    """The boosted trees' raw score of every row: the hosts' split sides, the guest's own."""
+def host_part(doc: dict[str, Any], x: np.ndarray) -> dict[str, Any]:
+    """What a host sends the guest for its rows ``x``: partial scores, or split sides."""
+    if doc["algorithm"] == hetero_lr.ALGORITHM:
+        return {"z": partial_scores(doc, x).tolist()}
+    return {"left": {rec: secureboost._pack_bits(
+        x[:, doc["features"].index(r["feature"])] < r["threshold"])
+        for rec, r in doc["records"].items()}}
+
+
+def host_sides(msg: Any, n: int, peer: str) -> dict[str, np.ndarray]:
+    left = msg.get("left") if isinstance(msg, dict) else None
+    if not isinstance(left, dict):
+        raise OperatorError(f"party {peer} sent malformed split sides")
+    return {str(rec): secureboost._bits(bits, n, peer) for rec, bits in left.items()}
+
+
+def tree_scores(doc: dict[str, Any], x: np.ndarray,
+                decisions: dict[str, np.ndarray]) -> np.ndarray:
+    """The boosted trees' raw score of every row from the guest's own splits and the hosts'
+    split sides (``decisions``: each host record's left mask over the rows)."""
     n = len(x)
-    decisions: dict[str, np.ndarray] = {}
-    for h in hosts:
-        left = vertical.recv(ctx, h, "predict/scores").get("left")
-        if not isinstance(left, dict):
-            raise OperatorError(f"party {h} sent malformed split sides")
-        for rec, bits in left.items():
-            decisions[str(rec)] = secureboost._bits(bits, n, h)
     names = doc["features"]
     z = np.full(n, doc["init"])
     for tree in doc["trees"]:
@@ -200,3 +198,18 @@ def _tree_scores(ctx: PartyContext, doc: dict[str, Any], x: np.ndarray,
 
         z = z + secureboost.route(tree, own, decisions, n)
     return z
+
+
+def combine(doc: dict[str, Any], x: np.ndarray, parts: dict[str, Any]) -> np.ndarray:
+    """The guest's probability of every row from its own features ``x`` and each host's
+    message (``parts``: host -> what ``host_part`` sent)."""
+    if doc["algorithm"] == hetero_lr.ALGORITHM:
+        z = partial_scores(doc, x)
+        for h, msg in parts.items():
+            z = z + hetero_lr._floats(msg, len(x), h)
+    else:
+        decisions: dict[str, np.ndarray] = {}
+        for h, msg in parts.items():
+            decisions |= host_sides(msg, len(x), h)
+        z = tree_scores(doc, x, decisions)
+    return metrics.sigmoid(z)

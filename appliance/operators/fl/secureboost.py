@@ -318,6 +318,7 @@ def _guest(ctx: PartyContext, plan: dict[str, Any], roles: vertical.Roles, rows:
     model = {"algorithm": ALGORITHM, "role": "guest", "job": ctx.job_id, "key": plan["key"],
              "features": binned.names, "init": init, "trees": trees,
              "classes": rows.classes, "parties": dict(ctx.parties),
+             "dataset": getattr(ctx.dataset, "name", None),
              "final": history[-1] if history else {}}
     sha = _store(ctx, model)
     return {"model": f"{ALGORITHM}-{ctx.job_id}", "algorithm": ALGORITHM,
@@ -405,7 +406,8 @@ def _host(ctx: PartyContext, plan: dict[str, Any], roles: vertical.Roles, rows: 
         trees += 1
         ctx.progress(100 * trees / plan["trees"], f"tree {trees} of {plan['trees']}")
     model = {"algorithm": ALGORITHM, "role": "host", "job": ctx.job_id, "key": plan["key"],
-             "features": binned.names, "records": records, "parties": dict(ctx.parties)}
+             "features": binned.names, "records": records, "parties": dict(ctx.parties),
+             "dataset": getattr(ctx.dataset, "name", None)}
     sha = _store(ctx, model)
     used: dict[str, int] = {}
     for rec in records.values():
