@@ -41,6 +41,8 @@ TRAIN_ALGORITHMS = {
     "homo_kmeans": "k-means clustering (no label)",
     "hetero_lr": "vertical logistic regression: this node's binary label, the partners' "
                  "features of the same people (label and key column; rounds are epochs)",
+    "hetero_secureboost": "vertical gradient-boosted trees (SecureBoost): label and key "
+                          "column as for hetero_lr; rounds are trees, of depth 3",
 }
 # the stats operator's receivers (docs/stats.md)
 RECEIVERS = {
@@ -180,10 +182,11 @@ def multi_party_params(form: MultiDict[str, str], kinds: list[str], peers: list[
     if kind == "train":
         algorithm = choice_field(form, "algorithm", TRAIN_ALGORITHMS)
         train: dict[str, Any] = {"algorithm": algorithm}
-        if algorithm == "hetero_lr":
+        if algorithm.startswith("hetero_"):
+            rounds = "epochs" if algorithm == "hetero_lr" else "trees"
             train |= {"label": text_field(form, "label", max_len=256),
                       "key": text_field(form, "key", max_len=256),
-                      "epochs": int_field(form, "rounds", minimum=1, maximum=1000)}
+                      rounds: int_field(form, "rounds", minimum=1, maximum=500)}
             params["params"] = train
             return kind, params
         train |= {"rounds": int_field(form, "rounds", minimum=1, maximum=1000),

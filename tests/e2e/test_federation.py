@@ -963,7 +963,7 @@ def test_vertical_lr_with_an_arbiter_across_three_daemons(nodes, tmp_path):
                        "arbiter": "node-c"}}})
 
 
-def test_vertical_lr_through_the_panel_form_charts_loss_and_auc(nodes, tmp_path):
+def test_vertical_training_through_the_panel_form_charts_loss_and_auc(nodes, tmp_path):
     a = nodes[0]
     _cancer_split_sets(nodes, tmp_path)
     client, token = panel_of(a)
@@ -976,6 +976,15 @@ def test_vertical_lr_through_the_panel_form_charts_loss_and_auc(nodes, tmp_path)
     assert len(job["result"]["outputs"]["history"]) == 3
     page = client.get(path).get_data(as_text=True)
     assert "validation loss" in page and "validation auc" in page
+    # SecureBoost from the same form: rounds are trees
+    job, path = run_with_partners(a, client, token, {
+        "operator": "train", "dataset": "bct", "peers": "node-b", "dataset_of_node-b": "bct",
+        "algorithm": "hetero_secureboost", "label": "label", "key": "id", "rounds": "2",
+        "bins": "10", "reveal": "both", "columns": "", "stats": "", "receivers": "all",
+        "clusters": "3", "secure_aggregation": "mask"}, timeout=180)
+    assert job["state"] == "done", job["error"]
+    assert job["result"]["outputs"]["trees"] == 2
+    assert "validation auc" in client.get(path).get_data(as_text=True)
 
 
 def test_secureboost_trains_and_both_vertical_models_predict_online(nodes, tmp_path):
