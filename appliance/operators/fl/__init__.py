@@ -49,7 +49,8 @@ TRAIN = register(Operator(
                           "validation loss (default 3; 0: off)",
         "tol": "hetero_lr: the smallest validation loss gain that counts (default 1e-4)",
         "precision": "hetero_lr: bits of each feature in the encrypted products (default 20)",
-        "resume": "hetero_lr: a previous job's id, to go on from its last finished epoch",
+        "resume": "hetero_lr, hetero_secureboost: a previous job's id, to go on from its "
+                  "last finished epoch or tree",
         "trees": "hetero_secureboost: boosting rounds (default 5)",
         "depth": "hetero_secureboost: tree depth (default 3)",
         "min_child_weight": "hetero_secureboost: the least hessian sum of a child (default 1)",

@@ -205,7 +205,7 @@ def _open_for(ctx: PartyContext, peer: str, sk: Any, what: str, limit: int,
             values = sk.decrypt_mantissas(ea)
     except (ValueError, OverflowError) as exc:
         raise OperatorError(f"party {peer} sent a malformed {what} ({exc})") from None
-    ctx.sessions[peer].send({"t": "lr/opened", "v": masking.mantissas_to_wire(values)})
+    vertical.send(ctx, peer, {"t": "lr/opened", "v": masking.mantissas_to_wire(values)})
     return len(values)
 
 
@@ -280,7 +280,7 @@ def _keys(ctx: PartyContext, roles: vertical.Roles, clock: Clock) -> tuple[Any, 
     other = roles.hosts[0] if ctx.node_id == roles.guest else roles.guest
     with clock:
         pk, sk = paillier.keygen(PAILLIER_BITS)
-    ctx.sessions[other].send({"t": "lr/key", "n": str(pk.n)})
+    vertical.send(ctx, other, {"t": "lr/key", "n": str(pk.n)})
     theirs = _public_key(vertical.recv(ctx, other, "lr/key"), other)
     return sk, theirs, pk
 
@@ -293,7 +293,7 @@ def _guest(ctx: PartyContext, plan: dict[str, Any], roles: vertical.Roles,
     arbiter, hosts = roles.arbiter, roles.hosts
     sk, their_pk, my_pk = _keys(ctx, roles, clock)
     if arbiter is not None:
-        ctx.sessions[arbiter].send({"t": "lr/plan", "batches": len(
+        vertical.send(ctx, arbiter, {"t": "lr/plan", "batches": len(
             batches(train, plan["batch_size"], plan["seed"], 0))})
     history: list[dict[str, Any]] = list(resumed.get("history", []))
     best = resumed.get("best", {"loss": None, "epoch": 0, "w": party.w.copy()})
@@ -305,11 +305,11 @@ def _guest(ctx: PartyContext, plan: dict[str, Any], roles: vertical.Roles,
             if arbiter is None:
                 host = hosts[0]
                 with clock:
-                    ctx.sessions[host].send_bytes(my_pk.encrypt(dg).to_bytes())
+                    vertical.send_bytes(ctx, host, my_pk.encrypt(dg).to_bytes())
                 u = _encrypted(ctx, host, "partial scores", their_pk, len(b))
                 with clock:
                     blob, mask = _masked_gradient(u + dg, party.xs[b], plan["precision"])
-                ctx.sessions[host].send_bytes(blob)
+                vertical.send_bytes(ctx, host, blob)
                 _open_for(ctx, host, sk, "masked gradient", MAX_FEATURES + 1, clock)
                 grad = _opened(ctx, host, mask)
             else:
@@ -320,10 +320,10 @@ def _guest(ctx: PartyContext, plan: dict[str, Any], roles: vertical.Roles,
                         d = d + p
                     shared = d.to_bytes()  # re-randomised: a host cannot subtract its part
                 for h in hosts:
-                    ctx.sessions[h].send_bytes(shared)
+                    vertical.send_bytes(ctx, h, shared)
                 with clock:
                     blob, mask = _masked_gradient(d, party.xs[b], plan["precision"])
-                ctx.sessions[arbiter].send_bytes(blob)
+                vertical.send_bytes(ctx, arbiter, blob)
                 grad = _opened(ctx, arbiter, mask)
             party.step(grad, len(b))
         epoch += 1
@@ -346,7 +346,7 @@ def _guest(ctx: PartyContext, plan: dict[str, Any], roles: vertical.Roles,
             plan["early_stopping"] > 0 and len(val) > 0 and waited >= plan["early_stopping"])
         history.append(row)
         for p in roles.others(ctx.node_id):
-            ctx.sessions[p].send({"t": "lr/epoch", "epoch": epoch, "best": improved,
+            vertical.send(ctx, p, {"t": "lr/epoch", "epoch": epoch, "best": improved,
                                   "stop": stop, "row": row})
         _checkpoint(ctx, plan, party, epoch, best, waited, history)
         ctx.progress(100 * epoch / plan["epochs"], f"epoch {epoch} of {plan['epochs']}"
@@ -377,23 +377,23 @@ def _host(ctx: PartyContext, plan: dict[str, Any], roles: vertical.Roles, rows: 
         for b in batches(train, plan["batch_size"], plan["seed"], epoch):
             u = 0.25 * party.score(b)
             with clock:
-                ctx.sessions[guest].send_bytes(my_pk.encrypt(u).to_bytes())
+                vertical.send_bytes(ctx, guest, my_pk.encrypt(u).to_bytes())
             if arbiter is None:
                 dg = _encrypted(ctx, guest, "residuals", their_pk, len(b))
                 with clock:
                     blob, mask = _masked_gradient(dg + u, party.xs[b], plan["precision"])
-                ctx.sessions[guest].send_bytes(blob)
+                vertical.send_bytes(ctx, guest, blob)
                 _open_for(ctx, guest, sk, "masked gradient", MAX_FEATURES + 1, clock)
                 grad = _opened(ctx, guest, mask)
             else:
                 d = _encrypted(ctx, guest, "residuals", their_pk, len(b))
                 with clock:
                     blob, mask = _masked_gradient(d, party.xs[b], plan["precision"])
-                ctx.sessions[arbiter].send_bytes(blob)
+                vertical.send_bytes(ctx, arbiter, blob)
                 grad = _opened(ctx, arbiter, mask)
             party.step(grad, len(b))
         if len(val):
-            ctx.sessions[guest].send({"t": "lr/scores", "z": party.score(val).tolist()})
+            vertical.send(ctx, guest, {"t": "lr/scores", "z": party.score(val).tolist()})
         msg = vertical.recv(ctx, guest, "lr/epoch")
         epoch += 1
         if msg.get("epoch") != epoch:
@@ -423,12 +423,11 @@ def _arbiter(ctx: PartyContext, plan: dict[str, Any], roles: vertical.Roles,
 
     clock = Clock()
     vertical.check_alignment(ctx, roles, None, "lr")
-    if plan.get("resume"):
-        vertical.recv(ctx, roles.guest, "lr/resumed")
+    vertical.resume(ctx, roles, plan.get("resume"), digest(plan), "epoch", "lr")
     with clock:
         pk, sk = paillier.keygen(PAILLIER_BITS)
     for p in [roles.guest, *roles.hosts]:
-        ctx.sessions[p].send({"t": "lr/key", "n": str(pk.n)})
+        vertical.send(ctx, p, {"t": "lr/key", "n": str(pk.n)})
     setup = vertical.recv(ctx, roles.guest, "lr/plan")
     nb = setup.get("batches")
     if not (isinstance(nb, int) and 0 < nb <= 10**7):
@@ -487,52 +486,15 @@ def _checkpoint(ctx: PartyContext, plan: dict[str, Any], party: Party, epoch: in
 
 def _resume(ctx: PartyContext, plan: dict[str, Any], party: Party,
             roles: vertical.Roles) -> dict[str, Any]:
-    """With ``resume=JOB``: this party's state after JOB's last finished epoch; every data
-    party must be at the same epoch (the guest checks), else the job stops."""
-    prev = plan.get("resume")
-    if not prev:
+    """With ``resume=JOB``: this party's state after JOB's last finished epoch."""
+    state = vertical.resume(ctx, roles, plan.get("resume"), digest(plan), "epoch", "lr")
+    if not state:
         return {}
-    problem, state = None, {}
-    if ctx.output_dir is None:
-        problem = f"party {ctx.node_id} keeps no checkpoints"
-    else:
-        from appliance.federation.mpjobs import _safe
-
-        path = ctx.output_dir.parent / _safe(str(prev)) / "checkpoint.json"
-        try:
-            state = json.loads(path.read_text())
-            if state.get("digest") != digest(plan):
-                problem = (f"party {ctx.node_id}: job {prev} was trained with other "
-                           "parameters or data layout")
-            elif len(state["w"]) != len(party.w):
-                problem = f"party {ctx.node_id}: job {prev}'s weights do not fit its features"
-        except FileNotFoundError:
-            problem = f"party {ctx.node_id} has no checkpoint of job {prev}"
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            problem = f"party {ctx.node_id}'s checkpoint of job {prev} is damaged ({exc})"
-    epoch = int(state.get("epoch", -1)) if not problem else -1
-    tag = "lr/resume"
-    if ctx.node_id != roles.guest:
-        ctx.sessions[roles.guest].send({"t": tag, "epoch": epoch, "problem": problem})
-        vertical.recv(ctx, roles.guest, "lr/resumed")
-    else:
-        problems = [problem] if problem else []
-        for h in roles.hosts:
-            msg = vertical.recv(ctx, h, tag)
-            if msg.get("problem"):
-                problems.append(str(msg["problem"])[:300])
-            elif msg.get("epoch") != epoch:
-                problems.append(f"party {h} finished epoch {msg.get('epoch')} of job {prev}, "
-                                f"the guest {epoch}")
-        reason = "; ".join(problems)
-        for p in roles.others(ctx.node_id):
-            ctx.sessions[p].send({"t": "lr/resumed", **({"error": reason} if reason else {})})
-        if reason:
-            raise OperatorError(f"train: cannot resume: {reason}")
-    if problem:
-        raise OperatorError(f"train: cannot resume: {problem}")
+    if len(state["w"]) != len(party.w):
+        raise OperatorError(f"train: cannot resume: party {ctx.node_id}: job "
+                            f"{plan['resume']}'s weights do not fit its features")
     party.w = np.array(state["w"], dtype=np.float64)
     best = dict(state["best"])
     best["w"] = np.array(best["w"], dtype=np.float64)
-    return {"epoch": epoch, "history": state.get("history", []), "best": best,
+    return {"epoch": state["epoch"], "history": state.get("history", []), "best": best,
             "waited": int(state.get("waited", 0))}

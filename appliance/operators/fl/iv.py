@@ -134,10 +134,10 @@ def run(ctx: PartyContext) -> dict[str, Any]:
         masked = np.concatenate(sums) + masks if sums else None
         he = time.perf_counter() - t
         if masked is None:
-            ctx.sessions[guest].send({"t": "iv/none"})
+            vertical.send(ctx, guest, {"t": "iv/none"})
             return {"iv": {}, "rows": n, "he_seconds": round(he, 3)}
-        ctx.sessions[guest].send({"t": "iv/masked", "bins": total})
-        ctx.sessions[guest].send_bytes(masked.to_bytes())
+        vertical.send(ctx, guest, {"t": "iv/masked", "bins": total})
+        vertical.send_bytes(ctx, guest, masked.to_bytes())
         opened = vertical.recv(ctx, guest, "iv/opened").get("v")
         if not (isinstance(opened, list) and len(opened) == total):
             raise OperatorError(f"party {guest} sent malformed opened counts")
@@ -151,7 +151,7 @@ def run(ctx: PartyContext) -> dict[str, Any]:
             out[name], woe[name] = iv, w.tolist()
             at += nb
         # 4. the IV per feature to the guest (not the bins, not the counts)
-        ctx.sessions[guest].send({"t": "iv/result", "iv": out})
+        vertical.send(ctx, guest, {"t": "iv/result", "iv": out})
         return {"iv": out, "woe": woe, "rows": n, "he_seconds": round(he, 3),
                 "seconds": round(time.perf_counter() - started, 3)}
 
@@ -162,9 +162,9 @@ def run(ctx: PartyContext) -> dict[str, Any]:
     he = time.perf_counter() - t
     events = int(y.sum())
     for h in hosts:
-        ctx.sessions[h].send({"t": "iv/setup", "n": str(pk.n), "events": events,
+        vertical.send(ctx, h, {"t": "iv/setup", "n": str(pk.n), "events": events,
                               "nonevents": len(y) - events})
-        ctx.sessions[h].send_bytes(blob)
+        vertical.send_bytes(ctx, h, blob)
     result: dict[str, dict[str, float]] = {ctx.node_id: local_iv(features, y, bins)}
     for h in hosts:
         msg = ctx.sessions[h].recv(timeout=ctx.timeout)
@@ -183,7 +183,7 @@ def run(ctx: PartyContext) -> dict[str, Any]:
             raise OperatorError(f"party {h} sent {masked.shape} counts, not {msg['bins']}")
         opened = np.asarray(sk.decrypt(masked), dtype=np.float64)
         he += time.perf_counter() - t
-        ctx.sessions[h].send({"t": "iv/opened", "v": opened.tolist()})
+        vertical.send(ctx, h, {"t": "iv/opened", "v": opened.tolist()})
         ivs = vertical.recv(ctx, h, "iv/result").get("iv")
         if not (isinstance(ivs, dict) and all(
                 isinstance(k, str) and isinstance(v, float) and math.isfinite(v)

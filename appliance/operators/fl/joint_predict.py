@@ -130,13 +130,13 @@ def run(ctx: PartyContext) -> dict[str, Any]:
     assert rows is not None and doc is not None
     x = rows.matrix(doc["features"])
     if not guest:
-        ctx.sessions[roles.guest].send({"t": "predict/scores", **host_part(doc, x)})
+        vertical.send(ctx, roles.guest, {"t": "predict/scores", **host_part(doc, x)})
         vertical.recv(ctx, roles.guest, "predict/done")
         return {"model": model, "rows": rows.n,
                 "seconds": round(time.perf_counter() - started, 3)}
     p = combine(doc, x, {h: vertical.recv(ctx, h, "predict/scores") for h in roles.hosts})
     for h in roles.hosts:
-        ctx.sessions[h].send({"t": "predict/done"})
+        vertical.send(ctx, h, {"t": "predict/done"})
     classes = doc["classes"]
     hit = p >= threshold
     out: dict[str, Any] = {"model": model, "rows": rows.n, "threshold": threshold,

@@ -71,6 +71,12 @@ def plan_of(params: dict[str, Any]) -> dict[str, Any]:
     return plan
 
 
+def digest(plan: dict[str, Any]) -> str:
+    """What must be equal at every party (a resumed job may ask for more trees)."""
+    fixed = {k: v for k, v in plan.items() if k not in ("trees", "resume")}
+    return hashlib.sha256(canonical({"v": VERSION, **fixed})).hexdigest()
+
+
 class Binned:
     """A party's features binned on its training rows: bin of every row, the thresholds."""
 
@@ -152,14 +158,15 @@ def run(ctx: PartyContext) -> dict[str, Any]:
         problem = str(exc)
     vertical.check_alignment(ctx, roles, rows, "sb", problem)
     assert rows is not None and binned is not None
+    state = vertical.resume(ctx, roles, plan.get("resume"), digest(plan), "trees", "sb")
     if guest:
-        return _guest(ctx, plan, roles, rows, binned, train, val, started)
-    return _host(ctx, plan, roles, rows, binned, train, val, started)
+        return _guest(ctx, plan, roles, rows, binned, train, val, started, state)
+    return _host(ctx, plan, roles, rows, binned, train, val, started, state)
 
 
 def _guest(ctx: PartyContext, plan: dict[str, Any], roles: vertical.Roles, rows: vertical.Rows,
-           binned: Binned, train: np.ndarray, val: np.ndarray, started: float
-           ) -> dict[str, Any]:
+           binned: Binned, train: np.ndarray, val: np.ndarray, started: float,
+           state: dict[str, Any]) -> dict[str, Any]:
     from accel import paillier
     from accel.paillier import grouping
 
@@ -171,7 +178,7 @@ def _guest(ctx: PartyContext, plan: dict[str, Any], roles: vertical.Roles, rows:
     pk, sk = paillier.keygen(hetero_lr.PAILLIER_BITS)
     he += time.perf_counter() - t
     for h in hosts:
-        ctx.sessions[h].send({"t": "sb/key", "n": str(pk.n)})
+        vertical.send(ctx, h, {"t": "sb/key", "n": str(pk.n)})
     base = float(np.clip(y[train].mean(), 1e-6, 1 - 1e-6))
     init = float(np.log(base / (1 - base)))
     f_train = np.full(len(train), init)
@@ -179,25 +186,30 @@ def _guest(ctx: PartyContext, plan: dict[str, Any], roles: vertical.Roles, rows:
     trees: list[dict[str, Any]] = []
     history: list[dict[str, Any]] = []
     splits_by: dict[str, int] = {}
+    if state:  # resumed: the trees so far and the scores they give
+        trees, history, splits_by = state["model_trees"], state["history"], state["importance"]
+        f_train, f_val = np.array(state["f_train"]), np.array(state["f_val"])
+        if f_train.shape != (len(train),) or f_val.shape != (len(val),):
+            raise OperatorError("train: cannot resume: the checkpoint's rows do not fit")
     n = len(train)
-    for tree_no in range(plan["trees"]):
+    for tree_no in range(len(trees), plan["trees"]):
         p = metrics.sigmoid(f_train)
         g, h = p - y[train], p * (1 - p)
         t = time.perf_counter()
         blob = pk.encrypt(_pack_gh(g, h, n)).to_bytes()
         he += time.perf_counter() - t
         for hst in hosts:
-            ctx.sessions[hst].send({"t": "sb/tree", "tree": tree_no})
-            ctx.sessions[hst].send_bytes(blob)
+            vertical.send(ctx, hst, {"t": "sb/tree", "tree": tree_no})
+            vertical.send_bytes(ctx, hst, blob)
         nodes: dict[int, dict[str, Any]] = {}
         node_of = np.zeros(n, dtype=np.int64)  # heap ids: children of k are 2k+1, 2k+2
         open_nodes = [0]
         for level in range(plan["depth"] + 1):
             last = level == plan["depth"] or not open_nodes
             for hst in hosts:
-                ctx.sessions[hst].send({"t": "sb/level", "nodes": [] if last else open_nodes})
+                vertical.send(ctx, hst, {"t": "sb/level", "nodes": [] if last else open_nodes})
                 if not last:
-                    ctx.sessions[hst].send_bytes(
+                    vertical.send_bytes(ctx, hst,
                         np.where(np.isin(node_of, open_nodes), node_of, -1)
                         .astype("<i4").tobytes())
             if last:
@@ -263,7 +275,7 @@ def _guest(ctx: PartyContext, plan: dict[str, Any], roles: vertical.Roles, rows:
             chosen = {k: v[1] for k, v in best.items() if v[0] * 0.5 > plan["gamma"]}
             for hst in hosts:
                 mine = {str(k): [j, b] for k, (who, j, b) in chosen.items() if who == hst}
-                ctx.sessions[hst].send({"t": "sb/splits", "splits": mine})
+                vertical.send(ctx, hst, {"t": "sb/splits", "splits": mine})
             left_of: dict[int, np.ndarray] = {}
             for k, (who, j, b) in chosen.items():
                 r = np.flatnonzero(node_of == k)
@@ -309,12 +321,15 @@ def _guest(ctx: PartyContext, plan: dict[str, Any], roles: vertical.Roles, rows:
             row.update(metrics.summary(y[val], metrics.sigmoid(f_val)))
         history.append(row)
         for hst in hosts:
-            ctx.sessions[hst].send({"t": "sb/done", "row": row})
+            vertical.send(ctx, hst, {"t": "sb/done", "row": row})
+        _checkpoint(ctx, {"digest": digest(plan), "trees": len(trees), "model_trees": trees,
+                          "f_train": f_train.tolist(), "f_val": f_val.tolist(),
+                          "history": history, "importance": splits_by})
         ctx.progress(100 * (tree_no + 1) / plan["trees"], f"tree {tree_no + 1} of "
                      f"{plan['trees']}" + (f": validation AUC {row['auc']:.4f}"
                                            if row.get("auc") else ""))
     for hst in hosts:
-        ctx.sessions[hst].send({"t": "sb/tree", "tree": None})
+        vertical.send(ctx, hst, {"t": "sb/tree", "tree": None})
     model = {"algorithm": ALGORITHM, "role": "guest", "job": ctx.job_id, "key": plan["key"],
              "features": binned.names, "init": init, "trees": trees,
              "classes": rows.classes, "parties": dict(ctx.parties),
@@ -329,19 +344,19 @@ def _guest(ctx: PartyContext, plan: dict[str, Any], roles: vertical.Roles, rows:
 
 
 def _host(ctx: PartyContext, plan: dict[str, Any], roles: vertical.Roles, rows: vertical.Rows,
-          binned: Binned, train: np.ndarray, val: np.ndarray, started: float
-          ) -> dict[str, Any]:
+          binned: Binned, train: np.ndarray, val: np.ndarray, started: float,
+          state: dict[str, Any]) -> dict[str, Any]:
     from accel.paillier import EncryptedArray, grouping
 
     guest = roles.guest
     pk = hetero_lr._public_key(vertical.recv(ctx, guest, "sb/key"), guest)
-    records: dict[str, dict[str, Any]] = {}
-    he, n, trees = 0.0, len(train), 0
+    records: dict[str, dict[str, Any]] = dict(state.get("records", {}))
+    he, n, trees = 0.0, len(train), int(state.get("trees", 0))
     widths = [binned.width(j) for j in range(len(binned.names))]
     cb, hb, gb = _layout(n)
     # the running sums' bound as accel tracks it: a node's rows times the bins
     slot = cb + hb + gb + 1 + max(widths, default=1).bit_length()
-    history: list[dict[str, Any]] = []
+    history: list[dict[str, Any]] = list(state.get("history", []))
     while True:
         msg = vertical.recv(ctx, guest, "sb/tree")
         if msg.get("tree") is None:
@@ -370,11 +385,11 @@ def _host(ctx: PartyContext, plan: dict[str, Any], roles: vertical.Roles, rows: 
             if parts:
                 flat = np.concatenate(parts)
                 packed, layout = grouping.pack(flat, slot)
-                ctx.sessions[guest].send({"t": "sb/hist", "widths": widths,
+                vertical.send(ctx, guest, {"t": "sb/hist", "widths": widths,
                                           "per": layout.per, "slot": layout.slot_bits})
-                ctx.sessions[guest].send_bytes(packed.to_bytes())
+                vertical.send_bytes(ctx, guest, packed.to_bytes())
             else:
-                ctx.sessions[guest].send({"t": "sb/hist", "widths": widths, "per": 1,
+                vertical.send(ctx, guest, {"t": "sb/hist", "widths": widths, "per": 1,
                                           "slot": slot})
             he += time.perf_counter() - t
             splits = vertical.recv(ctx, guest, "sb/splits").get("splits") or {}
@@ -390,14 +405,16 @@ def _host(ctx: PartyContext, plan: dict[str, Any], roles: vertical.Roles, rows: 
                                              "threshold": float(binned.edges[j][b])}
                 r = np.flatnonzero(node_of == k)
                 left[key] = _pack_bits(binned.goes_left(j, b, train[r]))
-            ctx.sessions[guest].send({"t": "sb/sides", "left": left})
+            vertical.send(ctx, guest, {"t": "sb/sides", "left": left})
         if len(val):
-            ctx.sessions[guest].send({"t": "sb/val", "left": {
+            vertical.send(ctx, guest, {"t": "sb/val", "left": {
                 f"{tree_no}:{k}": _pack_bits(binned.goes_left(j, b, val))
                 for k, (j, b) in mine.items()}})
         done = vertical.recv(ctx, guest, "sb/done")
         history.append(done.get("row") if isinstance(done.get("row"), dict) else {})
         trees += 1
+        _checkpoint(ctx, {"digest": digest(plan), "trees": trees, "records": records,
+                          "history": history})
         ctx.progress(100 * trees / plan["trees"], f"tree {trees} of {plan['trees']}")
     model = {"algorithm": ALGORITHM, "role": "host", "job": ctx.job_id, "key": plan["key"],
              "features": binned.names, "records": records, "parties": dict(ctx.parties),
@@ -501,6 +518,12 @@ def route(tree: dict[str, Any], own: Any, decisions: dict[str, np.ndarray],
             nxt.append(rows)
         todo = np.concatenate(nxt) if nxt else np.zeros(0, dtype=np.int64)
     return out
+
+
+def _checkpoint(ctx: PartyContext, state: dict[str, Any]) -> None:
+    """After every tree: what a job with ``resume=THIS_JOB`` starts from."""
+    if ctx.output_dir is not None:
+        hetero_lr._write(ctx.output_dir / "checkpoint.json", state)
 
 
 def _store(ctx: PartyContext, model: dict[str, Any]) -> str:

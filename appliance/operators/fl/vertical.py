@@ -10,6 +10,7 @@ digest tells a party that does not hold the same ids is only that they differ).
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,6 +130,25 @@ def load(ctx: PartyContext, what: str, key: Any, label: str | None = None,
     return rows
 
 
+def send(ctx: PartyContext, peer: str, msg: Any) -> None:
+    """``msg`` to ``peer``; a party that is gone is this party's OperatorError naming it."""
+    try:
+        ctx.sessions[peer].send(msg)
+    except OperatorError:
+        raise
+    except Exception as exc:
+        raise OperatorError(f"party {peer} cannot be reached: {exc}") from exc
+
+
+def send_bytes(ctx: PartyContext, peer: str, blob: bytes) -> None:
+    try:
+        ctx.sessions[peer].send_bytes(blob)
+    except OperatorError:
+        raise
+    except Exception as exc:
+        raise OperatorError(f"party {peer} cannot be reached: {exc}") from exc
+
+
 def recv(ctx: PartyContext, peer: str, tag: str) -> Any:
     """The next message from ``peer``: a dict tagged ``tag``, or bytes for ``bytes:WHAT``;
     a peer's error message (``{"t": tag, "error": ...}``) becomes this party's error."""
@@ -164,7 +184,7 @@ def check_alignment(ctx: PartyContext, roles: Roles, rows: Rows | None, what: st
         recv(ctx, roles.guest, f"{what}/aligned")
         return
     if ctx.node_id != roles.guest:
-        ctx.sessions[roles.guest].send({"t": tag, "digest": rows.digest if rows else None,
+        send(ctx, roles.guest, {"t": tag, "digest": rows.digest if rows else None,
                                         "problem": problem})
         recv(ctx, roles.guest, f"{what}/aligned")
         return
@@ -180,6 +200,63 @@ def check_alignment(ctx: PartyContext, roles: Roles, rows: Rows | None, what: st
         f"{what}: the parties' keys do not align ({', '.join(differ)} differ from the "
         "guest's): align the data sets first, e.g. with psi mode=join" if differ else "")
     for p in roles.others(ctx.node_id):
-        ctx.sessions[p].send({"t": f"{what}/aligned", **({"error": reason} if reason else {})})
+        send(ctx, p, {"t": f"{what}/aligned", **({"error": reason} if reason else {})})
     if reason:
         raise OperatorError(reason)
+
+
+def resume(ctx: PartyContext, roles: Roles, prev: Any, digest: str, progress: str,
+           what: str) -> dict[str, Any]:
+    """With a previous job ``prev``: this party's checkpoint of it (``checkpoint.json`` in
+    that job's output directory), once every data party has one of the same parameters
+    (``digest``) at the same ``progress`` (the epoch, the trees); the guest checks and tells
+    everyone, the arbiter included. Without ``prev``: {}. OperatorError naming the party
+    otherwise."""
+    if not prev:
+        return {}
+    if ctx.node_id == roles.arbiter:
+        recv(ctx, roles.guest, f"{what}/resumed")
+        return {}
+    problem, state = None, {}
+    if ctx.output_dir is None:
+        problem = f"party {ctx.node_id} keeps no checkpoints"
+    else:
+        from appliance.federation.mpjobs import _safe
+
+        path = ctx.output_dir.parent / _safe(str(prev)) / "checkpoint.json"
+        try:
+            state = json.loads(path.read_text())
+            if not isinstance(state, dict) or not isinstance(state.get(progress), int):
+                raise ValueError("no progress recorded")
+            if state.get("digest") != digest:
+                problem = (f"party {ctx.node_id}: job {prev} was trained with other "
+                           "parameters or data layout")
+        except FileNotFoundError:
+            problem = f"party {ctx.node_id} has no checkpoint of job {prev}"
+        except (OSError, ValueError) as exc:
+            problem = f"party {ctx.node_id}'s checkpoint of job {prev} is damaged ({exc})"
+    at = state.get(progress, -1) if not problem else -1
+    if ctx.node_id != roles.guest:
+        send(ctx, roles.guest, {"t": f"{what}/resume", "at": at, "problem": problem})
+        try:
+            recv(ctx, roles.guest, f"{what}/resumed")
+        except OperatorError as exc:
+            raise OperatorError(f"train: cannot resume: {exc}") from None
+    else:
+        problems = [problem] if problem else []
+        for h in roles.hosts:
+            msg = recv(ctx, h, f"{what}/resume")
+            if msg.get("problem"):
+                problems.append(str(msg["problem"])[:300])
+            elif msg.get("at") != at and not problem:
+                problems.append(f"party {h} finished {progress} {msg.get('at')} of job "
+                                f"{prev}, the guest {at}")
+        reason = "; ".join(problems)
+        for p in roles.others(ctx.node_id):
+            send(ctx, p, {"t": f"{what}/resumed", **({"error": reason} if reason
+                                                             else {})})
+        if reason:
+            raise OperatorError(f"train: cannot resume: {reason}")
+    if problem:
+        raise OperatorError(f"train: cannot resume: {problem}")
+    return state

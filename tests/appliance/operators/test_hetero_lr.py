@@ -60,7 +60,7 @@ def parties(data: dict[str, pa.Table], params: dict[str, Any], root: Path | None
     if arbiter:
         roles[arbiter] = "arbiter"
     ctxs = local_contexts(names, params, {n: TableReader(t) for n, t in data.items()},
-                          job_id=job_id, timeout=30, roles=roles)
+                          job_id=job_id, timeout=120, roles=roles)
     for c in ctxs:  # as a daemon lays them out: <node>/<job>/
         c.output_dir = root / c.node_id / job_id if root is not None else None
     return ctxs

@@ -106,3 +106,35 @@ def test_gradient_packing_round_trips():
     gs, hs, count = secureboost._unpack_gh(total, 5)
     assert count == 5 and gs == pytest.approx(g.sum(), abs=1e-11)
     assert hs == pytest.approx(h.sum(), abs=1e-11)
+
+
+def test_a_host_lost_mid_tree_fails_both_and_the_job_resumes_at_the_tree(cancer, tmp_path):
+    x, y, tr = cancer["x"], cancer["y"], cancer["train"][:200]
+    data = split_tables(x, y, tr)
+    params = {**BASE, "trees": 4, "validation": 0.2}
+    ctxs = parties(data, params, tmp_path, job_id="job-1")
+    real = ctxs[1].sessions["node-a"]
+    sent = {"n": 0}
+
+    class Dies:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+        def send_bytes(self, blob: bytes, *a: Any, **k: Any) -> Any:
+            sent["n"] += 1
+            if sent["n"] == 8:  # histograms of tree 3 (three levels a tree)
+                real.abort("node-b lost power")
+                raise OperatorError("node-b lost power")
+            return real.send_bytes(blob, *a, **k)
+
+    ctxs[1].sessions["node-a"] = Dies()
+    results = run_parties(TRAIN.run, ctxs, timeout=120)
+    assert all(isinstance(r, OperatorError) for r in results.values())
+    assert "node-b" in str(results["node-a"])
+    assert not (tmp_path / "node-a" / "job-1" / "model.json").exists()
+    resumed = ok(run_parties(TRAIN.run, parties(data, {**params, "resume": "job-1"}, tmp_path,
+                                                job_id="job-2"), timeout=120))
+    whole = ok(run_parties(TRAIN.run, parties(data, params, tmp_path, job_id="job-3"),
+                           timeout=120))
+    assert resumed["node-a"]["trees"] == 4
+    assert resumed["node-a"]["history"] == whole["node-a"]["history"]
