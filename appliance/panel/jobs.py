@@ -115,9 +115,19 @@ def job_kinds() -> list[dict[str, Any]]:
     return daemon().get("/v1/job-kinds")["kinds"]
 
 
+#: kinds that run locally or, with partners, as an operator: in both forms
+WITH_PARTNERS_TOO = ("predict",)
+
+
 def is_operator(kind: dict[str, Any]) -> bool:
     """An operator's job kind: it runs with partners and has the "Run with partners" form."""
     return OPERATOR_MARK in str(kind.get("description") or "")
+
+
+def runs_with_partners(kind: dict[str, Any]) -> bool:
+    """Offered by the "Run with partners" form: operators, and predict (a vertical model's
+    joint inference)."""
+    return is_operator(kind) or kind.get("kind") in WITH_PARTNERS_TOO
 
 
 def outputs_summary(job: dict[str, Any]) -> list[dict[str, Any]]:
@@ -179,6 +189,11 @@ def multi_party_params(form: MultiDict[str, str], kinds: list[str], peers: list[
         params["params"] = {"label": text_field(form, "label", max_len=256),
                             "key": text_field(form, "key", max_len=256),
                             "bins": int_field(form, "bins", minimum=2, maximum=100)}
+    if kind == "predict":
+        label = str(form.get("label") or "").strip()
+        params["params"] = {"model": text_field(form, "model", max_len=160),
+                            **({"label": text_field(form, "label", max_len=256)}
+                               if label else {})}
     if kind == "train":
         algorithm = choice_field(form, "algorithm", TRAIN_ALGORITHMS)
         train: dict[str, Any] = {"algorithm": algorithm}
@@ -226,7 +241,7 @@ def index() -> str:
         all_kinds=[k["kind"] for k in kinds],
         submittable=[k for k in kinds
                      if k["kind"] not in KINDS_WITH_OWN_FORM and not is_operator(k)],
-        operators=[k for k in kinds if is_operator(k)],
+        operators=[k for k in kinds if runs_with_partners(k)],
         peers=peers,
         datasets=datasets,
         reveals=PSI_REVEALS,
@@ -285,7 +300,7 @@ def submit() -> Any:
 
 @bp.post("/multi-party")
 def submit_multi_party() -> Any:
-    operators = [k["kind"] for k in job_kinds() if is_operator(k)]
+    operators = [k["kind"] for k in job_kinds() if runs_with_partners(k)]
     peers, datasets = partner_choices()
     kind, params = multi_party_params(request.form, operators,
                                       [str(p["name"]) for p in peers], datasets)

@@ -985,6 +985,15 @@ def test_vertical_training_through_the_panel_form_charts_loss_and_auc(nodes, tmp
     assert job["state"] == "done", job["error"]
     assert job["result"]["outputs"]["trees"] == 2
     assert "validation auc" in client.get(path).get_data(as_text=True)
+    # joint inference from the same form, evaluated on the test rows
+    model = job["result"]["outputs"]["model"]
+    job, _ = run_with_partners(a, client, token, {
+        "operator": "predict", "dataset": "bce", "peers": "node-b", "dataset_of_node-b": "bce",
+        "model": model, "label": "label", "algorithm": "homo_lr", "key": "", "rounds": "1",
+        "bins": "10", "reveal": "both", "columns": "", "stats": "", "receivers": "all",
+        "clusters": "3", "secure_aggregation": "mask"}, timeout=120)
+    assert job["state"] == "done", job["error"]
+    assert job["result"]["outputs"]["metrics"]["auc"] > 0.9
 
 
 def test_secureboost_trains_and_both_vertical_models_predict_online(nodes, tmp_path):
