@@ -350,7 +350,9 @@ class MultiParty:
             "peers": {n: parties[n] for n in others}, "local_job": ctx.job_id,
             "dataset": reader.name if reader else None,
             "dataset_fingerprint": reader.fingerprint if reader else None,
-            "output_hash": digest})
+            "output_hash": digest,
+            # a differentially private release says what noise it carries, in the ledger
+            **({"dp": outputs["dp"]} if isinstance(outputs.get("dp"), dict) else {})})
         for s in sessions.values():
             # the outputs are complete; a peer gone by now changes nothing
             with contextlib.suppress(ChannelError):

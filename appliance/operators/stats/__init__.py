@@ -1,7 +1,8 @@
 """Joint statistics, provider ``pec``: additive secret sharing over Z_2^128 among 2 to 5
 parties (semi-honest). Built: the rows layout's linear statistics (count, sum, mean, var,
-std, cov, corr, histograms). Not built yet, refused by name: the columns layout, the
-comparison-based statistics, group-by, differential privacy. docs/stats.md says who learns
+std, cov, corr, histograms), group-by counts and sums, and differential privacy at release
+(Laplace or Gaussian, the noise drawn in parts by every party). Not built yet, refused by
+name: the columns layout and the comparison-based statistics. docs/stats.md says who learns
 what.
 """
 
@@ -31,9 +32,16 @@ STATS = register(Operator(
         "layout": "rows (default); columns is not built yet",
         "receivers": "all (default: every party learns the result) or initiator (only the "
                      "guest does; the others get a receipt)",
-        "dp_epsilon": "differential-privacy noise at release: not built yet",
+        "dp_epsilon": "differential privacy at release: the total epsilon, split evenly over "
+                      "the released queries (count, sum, mean, hist, group_by)",
+        "dp_delta": "with dp_epsilon: the Gaussian mechanism with this delta (default: "
+                    "Laplace, pure epsilon)",
+        "dp_bounds": "with dp_epsilon: COLUMN:LOW:HIGH,... the range each value is clipped "
+                     "to (the sensitivity of sums)",
         "threshold": "count and sum of rows above T: not built yet",
-        "group_by": "group-by sums and counts: not built yet",
+        "group_by": "a categorical column: counts and sums of the columns per value",
+        "groups": "with group_by: the values to report (default: the union of the parties' "
+                  "values, which each party then learns)",
         "key": "the id column that aligns rows in layout=columns: not built yet",
     },
     inputs=("dataset",),

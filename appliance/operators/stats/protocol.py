@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +36,28 @@ MIN_PARTIES, MAX_PARTIES = 2, 5
 MAX_PROBLEMS = 20  # per party, so a header stays small however bad the data
 
 
+MAX_GROUPS = 1000
+#: statistics that differential privacy is built for (sums of squares are not)
+DP_STATS = ("count", "sum", "mean", "hist")
+
+
+@dataclass(frozen=True)
+class Dp:
+    """Differential privacy at release: Laplace (no delta) or Gaussian (with delta), the
+    budget split evenly over the released queries; each column clipped to its bounds."""
+
+    epsilon: float
+    delta: float | None
+    bounds: tuple[tuple[str, float, float], ...]  # (column, low, high)
+
+    @property
+    def mechanism(self) -> str:
+        return "laplace" if self.delta is None else "gaussian"
+
+    def bound_of(self, column: str) -> tuple[float, float]:
+        return next((lo, hi) for c, lo, hi in self.bounds if c == column)
+
+
 @dataclass(frozen=True)
 class Plan:
     """What to compute, the same at every party (its digest is checked in the header)."""
@@ -43,6 +66,9 @@ class Plan:
     stats: tuple[str, ...]
     edges: tuple[float, ...]
     receivers: str  # all | initiator
+    group_by: str | None = None
+    groups: tuple[str, ...] | None = None  # stated by the job; else the parties' union
+    dp: Dp | None = None
 
     @property
     def need_sums(self) -> bool:
@@ -58,7 +84,10 @@ class Plan:
 
     def digest(self) -> str:
         body = {"v": VERSION, "columns": list(self.columns), "stats": list(self.stats),
-                "edges": list(self.edges), "receivers": self.receivers, "layout": "rows"}
+                "edges": list(self.edges), "receivers": self.receivers, "layout": "rows",
+                "group_by": self.group_by, "groups": list(self.groups or []),
+                "dp": None if self.dp is None else [self.dp.epsilon, self.dp.delta,
+                                                    [list(b) for b in self.dp.bounds]]}
         return hashlib.sha256(canonical(body)).hexdigest()
 
 
@@ -77,9 +106,7 @@ def plan_of(params: dict[str, Any]) -> Plan:
         raise OperatorError("stats: layout=columns (vertical, aligned by PSI) is not built yet")
     if layout != "rows":
         raise OperatorError(f"stats: layout must be rows or columns (got {layout!r})")
-    for key, what in (("dp_epsilon", "differential privacy (dp_epsilon)"),
-                      ("threshold", "the threshold count and sum (threshold)"),
-                      ("group_by", "group-by sums and counts (group_by)"),
+    for key, what in (("threshold", "the threshold count and sum (threshold)"),
                       ("key", "the key column (key, for layout=columns)")):
         if params.get(key) not in (None, ""):
             raise OperatorError(f"stats: {what} is not built yet")
@@ -112,7 +139,64 @@ def plan_of(params: dict[str, Any]) -> Plan:
     receivers = params.get("receivers", "all")
     if receivers not in ("all", "initiator"):
         raise OperatorError(f"stats: receivers must be all or initiator (got {receivers!r})")
-    return Plan(tuple(columns), tuple(dict.fromkeys(stats)), tuple(edges), receivers)
+    group_by = params.get("group_by") or None
+    groups = None
+    if group_by is not None:
+        if not isinstance(group_by, str) or group_by in columns:
+            raise OperatorError("stats: group_by names one column that is not among columns")
+        if params.get("groups") not in (None, ""):
+            groups = tuple(dict.fromkeys(_names(params["groups"], "groups")))
+            if len(groups) > MAX_GROUPS:
+                raise OperatorError(f"stats: at most {MAX_GROUPS} groups")
+    elif params.get("groups") not in (None, ""):
+        raise OperatorError("stats: groups needs group_by=COLUMN")
+    dp = _dp_of(params, columns, stats, group_by)
+    return Plan(tuple(columns), tuple(dict.fromkeys(stats)), tuple(edges), receivers,
+                group_by, groups, dp)
+
+
+def _dp_of(params: dict[str, Any], columns: list[str], stats: list[str],
+           group_by: str | None) -> Dp | None:
+    eps = params.get("dp_epsilon")
+    if eps in (None, ""):
+        if params.get("dp_delta") not in (None, "") or params.get("dp_bounds") not in (None,
+                                                                                     ""):
+            raise OperatorError("stats: dp_delta and dp_bounds need dp_epsilon")
+        return None
+    try:
+        epsilon = float(eps)
+        delta = None if params.get("dp_delta") in (None, "") else float(params["dp_delta"])
+    except (TypeError, ValueError):
+        raise OperatorError("stats: dp_epsilon and dp_delta are numbers") from None
+    if not (math.isfinite(epsilon) and 0 < epsilon <= 100):
+        raise OperatorError("stats: dp_epsilon must be in (0, 100]")
+    if delta is not None and not 0 < delta < 0.01:
+        raise OperatorError("stats: dp_delta must be in (0, 0.01)")
+    other = [st for st in stats if st not in DP_STATS]
+    if other:
+        raise OperatorError(f"stats: with dp_epsilon, {', '.join(other)} is not built (with "
+                            f"noise: {', '.join(DP_STATS)} and group_by)")
+    bounds: list[tuple[str, float, float]] = []
+    raw = params.get("dp_bounds")
+    items = raw.split(",") if isinstance(raw, str) else raw or []
+    for item in items:
+        parts = str(item).split(":")
+        try:
+            col, lo, hi = parts[0], float(parts[1]), float(parts[2])
+        except (IndexError, ValueError):
+            raise OperatorError(f"stats: dp_bounds is COLUMN:LOW:HIGH,... (got {item!r})"
+                                ) from None
+        if col not in columns or not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise OperatorError(f"stats: dp_bounds {item!r}: a column of the job and "
+                                "finite LOW < HIGH")
+        bounds.append((col, lo, hi))
+    needs = {"sum", "mean"} & set(stats) or group_by is not None
+    missing = [c for c in columns if c not in {b[0] for b in bounds}]
+    if needs and missing:
+        raise OperatorError(f"stats: with dp_epsilon, sums need each column's range to clip "
+                            f"to: dp_bounds={missing[0]}:LOW:HIGH,... (missing "
+                            f"{', '.join(missing)})")
+    return Dp(epsilon, delta, tuple(sorted(bounds)))
 
 
 @dataclass
@@ -124,6 +208,10 @@ class Local:
     sums: np.ndarray | None = None
     cross: np.ndarray | None = None
     hist: np.ndarray | None = None
+    # group value -> (row count, the columns' sums) of this party's rows
+    groups: dict[str, tuple[int, np.ndarray]] = field(default_factory=dict)
+    abs_sums: np.ndarray | None = None  # bounds every group's sum
+    clipped: int = 0  # values moved into the dp bounds
     problems: list[str] = field(default_factory=list)
 
 
@@ -163,8 +251,9 @@ def local_aggregates(ctx: PartyContext, plan: Plan) -> Local:
     cols = list(plan.columns)
     k, m = len(cols), max(len(plan.edges) - 1, 0)
     local = Local(sums=np.zeros(k), cross=np.zeros((k, k)),
-                  hist=np.zeros((k, m), dtype=np.int64))
-    for batch in _batches(ctx, cols, local):
+                  hist=np.zeros((k, m), dtype=np.int64), abs_sums=np.zeros(k))
+    read = cols + ([plan.group_by] if plan.group_by else [])
+    for batch in _batches(ctx, read, local):
         kinds = {c: _kind(batch.schema.field(c).type) for c in cols}
         if local.kinds is None:
             local.kinds = kinds
@@ -191,8 +280,31 @@ def local_aggregates(ctx: PartyContext, plan: Plan) -> Local:
                               for c, b in zip(cols, inf, strict=True) if b)
         if local.problems:
             break
+        if plan.dp is not None:
+            # each value into its column's bounds: what bounds one row's contribution
+            for i, c in enumerate(cols):
+                if any(b[0] == c for b in plan.dp.bounds):
+                    lo, hi = plan.dp.bound_of(c)
+                    local.clipped += int(((x[:, i] < lo) | (x[:, i] > hi)).sum())
+                    np.clip(x[:, i], lo, hi, out=x[:, i])
+        if plan.group_by:
+            keys = batch.column(plan.group_by)
+            if keys.null_count:
+                local.problems.append(f"group column {plan.group_by!r} has {keys.null_count} "
+                                      "empty values")
+                break
+            values = np.array([str(v) for v in keys.to_pylist()], dtype=object)
+            for g in np.unique(values):
+                rows = values == g
+                count, sums = local.groups.get(g, (0, np.zeros(k)))
+                local.groups[g] = (count + int(rows.sum()), sums + x[rows].sum(axis=0))
+            if len(local.groups) > MAX_GROUPS:
+                local.problems.append(f"group column {plan.group_by!r} has more than "
+                                      f"{MAX_GROUPS} values")
+                break
         local.rows += batch.num_rows
         local.sums += x.sum(axis=0)
+        local.abs_sums += np.abs(x).sum(axis=0)
         if plan.need_cross:
             local.cross += x.T @ x  # BLAS, float64
         elif plan.need_squares:
@@ -203,28 +315,51 @@ def local_aggregates(ctx: PartyContext, plan: Plan) -> Local:
     return local
 
 
-def vector_of(plan: Plan, local: Local, parties: int) -> list[int]:
-    """The local aggregates as ring elements, in the plan's fixed order; each one past the
-    per-party bound becomes a problem instead (refused, never wrapped)."""
+def items_of(plan: Plan, local: Local, groups: list[str] | None
+             ) -> list[tuple[float, bool, str, str]]:
+    """The local aggregates in the plan's fixed order: (value, fixed point?, what it is,
+    the released query it belongs to, for the noise)."""
     cols, k = plan.columns, len(plan.columns)
     assert local.sums is not None and local.cross is not None and local.hist is not None
-    items: list[tuple[float, bool, str]] = [(local.rows, False, "row count")]
+    dp = plan.dp is not None  # noisy counts are fractions: fixed point too
+    items: list[tuple[float, bool, str, str]] = [(local.rows, dp, "row count", "count")]
     if plan.need_sums:
-        items += [(float(local.sums[i]), True, f"column {cols[i]!r}: its sum")
-                  for i in range(k)]
+        items += [(float(local.sums[i]), True, f"column {cols[i]!r}: its sum", f"sum:{c}")
+                  for i, c in enumerate(cols)]
     if plan.need_cross:
         items += [(float(local.cross[i, j]), True,
                    f"column {cols[i]!r}: its sum of squares" if i == j else
-                   f"columns {cols[i]!r} and {cols[j]!r}: their sum of products")
+                   f"columns {cols[i]!r} and {cols[j]!r}: their sum of products", "-")
                   for i in range(k) for j in range(i, k)]
     elif plan.need_squares:
-        items += [(float(local.cross[i, i]), True, f"column {cols[i]!r}: its sum of squares")
-                  for i in range(k)]
+        items += [(float(local.cross[i, i]), True, f"column {cols[i]!r}: its sum of squares",
+                   "-") for i in range(k)]
     if plan.edges:
-        items += [(int(local.hist[i, b]), False, f"column {cols[i]!r}: a bin count")
-                  for i in range(k) for b in range(local.hist.shape[1])]
+        items += [(int(local.hist[i, b]), dp, f"column {cols[i]!r}: a bin count",
+                   f"hist:{cols[i]}") for i in range(k) for b in range(local.hist.shape[1])]
+    if groups is None:  # before the groups are agreed: every group sum is within these
+        items += [(float(local.abs_sums[i]), True, f"column {c!r}: its sum of magnitudes "
+                   "(a bound of its group sums)", "-") for i, c in enumerate(cols)
+                  if plan.group_by]
+    else:
+        for g in groups:
+            count, sums = local.groups.get(g, (0, np.zeros(k)))
+            items.append((count, dp, "a group's row count", "group_count"))
+            items += [(float(sums[i]), True, f"column {c!r}: a group's sum", f"group_sum:{c}")
+                      for i, c in enumerate(cols)]
+    return items
+
+
+def vector_of(plan: Plan, local: Local, parties: int, groups: list[str] | None = None,
+              noise: dict[str, Any] | None = None) -> list[int]:
+    """The local aggregates as ring elements, in the plan's fixed order, with this party's
+    part of the noise where ``noise`` says (query -> its draw); each one past the per-party
+    bound becomes a problem instead (refused, never wrapped)."""
+    items = items_of(plan, local, groups)
     out: list[int] = []
-    for value, scaled, what in items:
+    for value, scaled, what, query in items:
+        if noise and query in noise:
+            value = float(value) + noise[query]()
         enc = ring.encode(value, parties, scaled)
         if enc is None:
             local.problems.append(
@@ -248,9 +383,15 @@ def _recv(ctx: PartyContext, peer: str, what: str) -> Any:
 
 
 def _check_header(peer: str, msg: Any) -> dict[str, Any]:
-    if (not isinstance(msg, dict) or set(msg) != {"t", "params", "columns", "problems"}
+    if (not isinstance(msg, dict) or set(msg) != {"t", "params", "columns", "problems",
+                                                  "groups"}
             or msg["t"] != "stats/header" or not isinstance(msg["params"], str)):
         raise OperatorError(f"party {peer} sent a malformed stats header")
+    groups = msg["groups"]
+    if groups is not None and not (isinstance(groups, list) and len(groups) <= MAX_GROUPS
+                                   and all(isinstance(g, str) and len(g) <= 1000
+                                           for g in groups)):
+        raise OperatorError(f"party {peer} sent a malformed stats header (groups)")
     cols, probs = msg["columns"], msg["problems"]
     if cols is not None and not (isinstance(cols, dict) and all(
             isinstance(k, str) and isinstance(v, str) for k, v in cols.items())):
@@ -290,12 +431,16 @@ def run(ctx: PartyContext) -> dict[str, Any]:
 
     # 1. header: every party's problems, so that all fail alike before any share is sent
     local = local_aggregates(ctx, plan)
-    vector = vector_of(plan, local, n) if not local.problems else []
+    if not local.problems:
+        vector_of(plan, local, n)  # the bounds, checked before anything is sent
     problems = local.problems[:MAX_PROBLEMS]
     if len(local.problems) > MAX_PROBLEMS:
         problems.append(f"and {len(local.problems) - MAX_PROBLEMS} more problems")
+    # without stated groups, each party's group values (not their counts) are told to all
+    mine_groups = (sorted(local.groups) if plan.group_by and plan.groups is None
+                   and not local.problems else None)
     header = {"t": "stats/header", "params": plan.digest(), "columns": local.kinds,
-              "problems": problems}
+              "problems": problems, "groups": mine_groups}
     for p in peers:
         ctx.sessions[p].send(header)
     headers = {ctx.node_id: header}
@@ -307,9 +452,20 @@ def run(ctx: PartyContext) -> dict[str, Any]:
         if h["params"] != plan.digest():
             all_problems.append(f"party {p} runs with different stats parameters")
         all_problems.extend(f"party {p}: {msg}" for msg in h["problems"])
+    groups = None
+    if plan.group_by:
+        groups = list(plan.groups) if plan.groups is not None else sorted(
+            {g for h in headers.values() for g in h.get("groups") or []})
+        if len(groups) > MAX_GROUPS:
+            all_problems.append(f"the parties' group column {plan.group_by!r} has "
+                                f"{len(groups)} values together (at most {MAX_GROUPS})")
     if all_problems:
         raise OperatorError("stats refused: " + "; ".join(all_problems))
     ctx.progress(30, "headers agree")
+    noise, dp_info = dp_noise(plan, local, n, groups)
+    vector = vector_of(plan, local, n, groups, noise)
+    if local.problems:  # only noise near the ring's bound gets here
+        raise OperatorError("stats refused: " + "; ".join(local.problems[:3]))
 
     # 2. shares: party j gets share j of every aggregate; fresh randomness per job
     length = len(vector)
@@ -329,7 +485,8 @@ def run(ctx: PartyContext) -> dict[str, Any]:
         if p != ctx.node_id:
             ctx.sessions[p].send({"t": "stats/sum", "s": ring.to_wire(mine)})
     base = {"layout": "rows", "parties": n, "receivers": receivers,
-            "columns": list(plan.columns), "statistics": list(plan.stats)}
+            "columns": list(plan.columns), "statistics": list(plan.stats),
+            **({"dp": dp_info} if dp_info else {})}
     if ctx.node_id not in receivers:
         ctx.progress(100, "share sums sent to the receivers")
         return {**base, "received": False}
@@ -337,16 +494,56 @@ def run(ctx: PartyContext) -> dict[str, Any]:
                      for p in peers]
     total = [ring.decode(v) for v in ring.add(sums)]
     ctx.progress(100, "aggregates reconstructed")
-    return {**base, "received": True, **results(plan, total)}
+    return {**base, "received": True, **results(plan, total, groups)}
 
 
-def results(plan: Plan, total: list[int]) -> dict[str, Any]:
+def dp_noise(plan: Plan, local: Local, parties: int, groups: list[str] | None
+             ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """This party's part of each released query's noise, and what the result and the
+    ledger say of it. The budget is split evenly over the queries (basic composition); each
+    party adds a 1/n part of an infinitely divisible noise: Laplace(b) as the sum over the
+    parties of Gamma(1/n, b) - Gamma(1/n, b), Gaussian(sigma) as n draws of N(0, sigma^2/n).
+    So the released totals carry exactly one Laplace (Gaussian) noise, and no party alone
+    knows it."""
+    dp = plan.dp
+    if dp is None:
+        return {}, {}
+    queries = sorted({q for *_, q in items_of(plan, local, groups) if q != "-"})
+    m = len(queries)
+    rng = np.random.default_rng(secrets.randbits(128))
+    scales: dict[str, float] = {}
+    for q in queries:
+        name, _, col = q.partition(":")
+        sensitivity = (max(abs(v) for v in dp.bound_of(col))
+                       if name in ("sum", "group_sum") else 1.0)
+        if dp.delta is None:
+            scales[q] = sensitivity * m / dp.epsilon
+        else:
+            eps_q, delta_q = dp.epsilon / m, dp.delta / m
+            scales[q] = sensitivity * math.sqrt(2 * math.log(1.25 / delta_q)) / eps_q
+    draws: dict[str, Any] = {}
+    for q, b in scales.items():
+        if dp.delta is None:
+            draws[q] = lambda b=b: float(rng.gamma(1 / parties, b) - rng.gamma(1 / parties, b))
+        else:
+            draws[q] = lambda b=b: float(rng.normal(0.0, b / math.sqrt(parties)))
+    info = {"mechanism": dp.mechanism, "epsilon": dp.epsilon, "delta": dp.delta,
+            "queries": m, "noise_scale": scales,
+            "bounds": {c: [lo, hi] for c, lo, hi in dp.bounds},
+            "clipped_here": local.clipped,
+            "composition": "basic: each query gets epsilon/m (and delta/m)"}
+    return draws, info
+
+
+def results(plan: Plan, total: list[int], groups: list[str] | None = None) -> dict[str, Any]:
     """The statistics from the pooled aggregates (ring units, exact integers): the
     numerators are formed in exact integer arithmetic, so the only rounding is each party's
-    float64 local sums, its fixed-point rounding, and the final division."""
+    float64 local sums, its fixed-point rounding, and the final division. With dp, counts
+    are noisy fractions."""
     cols, k, s = plan.columns, len(plan.columns), ring.SCALE
+    dp = plan.dp is not None
     it = iter(total)
-    count = next(it)
+    count: Any = next(it) / s if dp else next(it)
     sums = [next(it) for _ in range(k)] if plan.need_sums else []
     cross: dict[tuple[int, int], int] = {}
     if plan.need_cross:
@@ -357,7 +554,12 @@ def results(plan: Plan, total: list[int]) -> dict[str, Any]:
         for i in range(k):
             cross[i, i] = next(it)
     bins = max(len(plan.edges) - 1, 0)
-    hist = [[next(it) for _ in range(bins)] for _ in range(k)] if plan.edges else []
+    hist = [[next(it) / s if dp else next(it) for _ in range(bins)] for _ in range(k)
+            ] if plan.edges else []
+    by_group: dict[str, tuple[Any, list[float]]] = {}
+    for g in groups or []:
+        c = next(it)
+        by_group[g] = (c / s if dp else c, [next(it) / s for _ in range(k)])
 
     def cov(i: int, j: int) -> float:  # population: divides by the count
         num = count * cross[i, j] * s - sums[i] * sums[j]
@@ -375,9 +577,9 @@ def results(plan: Plan, total: list[int]) -> dict[str, Any]:
         elif st == "hist":
             out[st] = {c: {"edges": list(plan.edges), "counts": hist[i]}
                        for i, c in enumerate(cols)}
-        elif count == 0:
+        elif count == 0 or (dp and count <= 0):
             out[st] = {c: None for c in cols}
-            undefined[st] = empty
+            undefined[st] = empty if count == 0 else "the noisy count is not positive"
         elif st == "mean":
             out[st] = {c: sums[i] / (count * s) for i, c in enumerate(cols)}
         elif st in ("var", "std"):
@@ -395,6 +597,10 @@ def results(plan: Plan, total: list[int]) -> dict[str, Any]:
             flat = [c for i, c in enumerate(cols) if var[i] <= 0]
             if flat:
                 undefined[st] = f"no variance in {', '.join(flat)}: its correlations are null"
+    if plan.group_by:
+        out["group_count"] = {plan.group_by: {g: v[0] for g, v in by_group.items()}}
+        out["group_sum"] = {c: {g: v[1][i] for g, v in by_group.items()}
+                            for i, c in enumerate(cols)}
     result: dict[str, Any] = {"stats": out,
                               "variance": "population (divides by the count, numpy ddof=0)"}
     if undefined:

@@ -207,7 +207,7 @@ def test_a_malformed_share_names_its_sender(tmp_path, message, needle):
                        sessions={"carrier-b": a}, params=params,
                        dataset=csv_set(tmp_path, "x", ["a", "b"], [[1, 2]]), timeout=5)
     b.send({"t": "stats/header", "params": plan_of(params).digest(),
-            "columns": {"a": "int", "b": "int"}, "problems": []})
+            "columns": {"a": "int", "b": "int"}, "problems": [], "groups": None})
     b.send(message)
     with pytest.raises(OperatorError, match="party carrier-b sent a malformed") as err:
         STATS.run(ctx)
@@ -232,7 +232,13 @@ def test_a_malformed_header_names_its_sender(tmp_path):
                                                   "not built yet"),
         ({"columns": "a", "stats": "min"}, "min needs secure comparison"),
         ({"columns": "a", "layout": "columns"}, "layout=columns .* not built yet"),
-        ({"columns": "a", "dp_epsilon": "1.0"}, "differential privacy .* not built yet"),
+        ({"columns": "a", "stats": "var", "dp_epsilon": "1.0"},
+         "with dp_epsilon, var is not built"),
+        ({"columns": "a", "stats": "sum", "dp_epsilon": "1.0"}, "dp_bounds=a:LOW:HIGH"),
+        ({"columns": "a", "dp_epsilon": "0"}, r"dp_epsilon must be in \(0, 100\]"),
+        ({"columns": "a", "dp_delta": "1e-6"}, "need dp_epsilon"),
+        ({"columns": "a", "group_by": "a"}, "group_by names one column that is not"),
+        ({"columns": "a", "groups": "x,y"}, "groups needs group_by"),
         ({"columns": "a", "threshold": "5"}, "threshold .* not built yet"),
         ({"columns": "a", "stats": "hist"}, "hist needs its bin edges"),
         ({"columns": "a", "hist": "3,1"}, "increasing bin edges"),
@@ -251,3 +257,70 @@ def test_registered_with_its_grade_policy_statement():
     assert STATS.describe()["provider"] == "pec"
     assert stated_for("guest", {"columns": "a"}) == {"noise": "none"}
     assert stated_for("host", {"columns": "a", "dp_epsilon": "0.5"}) == {"noise": "dp"}
+
+
+# -- group-by and differential privacy -------------------------------------------------------------
+
+def grouped_tables(rng: np.random.Generator, parties: list[str]) -> dict[str, Any]:
+    out = {}
+    for i, p in enumerate(parties):
+        rows = 300 + 50 * i
+        region = rng.choice(["north", "south", "east"] if i else ["north", "west"], rows)
+        out[p] = TableReader(pa.table({"id": [f"{p}{j}" for j in range(rows)],
+                                       "region": region,
+                                       "a": rng.normal(50, 10, rows).round(2),
+                                       "b": rng.integers(0, 100, rows)}))
+    return out
+
+
+def test_group_by_sums_and_counts_equal_pandas_style_pooling():
+    rng = np.random.default_rng(3)
+    names = NAMES[:3]
+    data = grouped_tables(rng, names)
+    res = run_all(names, data, {"columns": "a,b", "stats": "count,sum", "group_by": "region"})
+    pooled = pa.concat_tables([d.table for d in data.values()])
+    region = np.array(pooled.column("region").to_pylist())
+    a = pooled.column("a").to_numpy()
+    for r in res.values():
+        assert not isinstance(r, BaseException), r
+        stats = r["stats"]
+        assert set(stats["group_count"]["region"]) == {"north", "south", "east", "west"}
+        for g in ("north", "south", "east", "west"):
+            assert stats["group_count"]["region"][g] == int((region == g).sum())
+            assert stats["group_sum"]["a"][g] == pytest.approx(a[region == g].sum(), rel=1e-9)
+    # stated groups: a value outside them is left out, a group nobody has counts zero
+    res = run_all(names, data, {"columns": "a", "stats": "count", "group_by": "region",
+                                "groups": "north,nowhere"})
+    counts = res["bank-a"]["stats"]["group_count"]["region"]
+    assert counts == {"north": int((region == "north").sum()), "nowhere": 0}
+
+
+def test_dp_noise_is_calibrated_and_recorded_and_bounds_clip():
+    rng = np.random.default_rng(4)
+    names = NAMES[:2]
+    data = grouped_tables(rng, names)
+    params = {"columns": "a", "stats": "count,sum,mean", "dp_epsilon": "1.0",
+              "dp_bounds": "a:0:100"}
+    true_count = sum(d.table.num_rows for d in data.values())
+    true_sum = sum(float(np.clip(d.table.column("a").to_numpy(), 0, 100).sum())
+                   for d in data.values())
+    counts, sums = [], []
+    for _ in range(40):
+        res = run_all(names, data, params)
+        r = res["bank-a"]
+        assert not isinstance(r, BaseException), r
+        assert r["stats"] == res["carrier-b"]["stats"]  # one noisy release, the same at all
+        counts.append(r["stats"]["count"]["a"])
+        sums.append(r["stats"]["sum"]["a"])
+    dp = r["dp"]
+    assert dp["mechanism"] == "laplace" and dp["queries"] == 2
+    # Laplace scale b = sensitivity * queries / epsilon: 2 for the count, 200 for the sum
+    assert dp["noise_scale"] == {"count": 2.0, "sum:a": 200.0}
+    dev_c = np.array(counts) - true_count
+    dev_s = np.array(sums) - true_sum
+    assert 0 < np.abs(dev_c).mean() < 2 * 3 and 0 < np.abs(dev_s).mean() < 200 * 3
+    assert np.abs(dev_c).max() < 2 * 20 and np.abs(dev_s).max() < 200 * 20
+    # the Gaussian mechanism with delta
+    res = run_all(names, data, {**params, "dp_delta": "1e-6", "stats": "count"})
+    assert res["bank-a"]["dp"]["mechanism"] == "gaussian"
+    assert abs(res["bank-a"]["stats"]["count"]["a"] - true_count) < 100
