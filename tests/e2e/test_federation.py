@@ -487,6 +487,25 @@ def test_joint_statistics_across_three_daemons_match_numpy(nodes):
         side = n.daemon.wait_job(side["id"], {"done", "failed"}, timeout=30)
         assert side["state"] == "done", side["error"]
         assert side["result"]["outputs"]["stats"]["count"]["v"] == len(pooled)
+    # with differential privacy: a noisy release, its noise recorded in each party's ledger
+    job = a.api.post("/v1/jobs", {"kind": "stats", "params": {
+        "peers": ["node-b", "node-c"], "dataset": "customers",
+        "peer_datasets": {"node-b": "customers", "node-c": "customers"},
+        "columns": "v", "stats": "count,mean", "dp_epsilon": 2.0, "dp_bounds": "v:0:5000"}})
+    job = a.daemon.wait_job(job["id"], {"done", "failed"}, timeout=90)
+    assert job["state"] == "done", job["error"]
+    out = job["result"]["outputs"]
+    assert out["dp"]["noise_scale"] == {"count": 1.0, "sum:v": 5000.0}
+    assert out["stats"]["count"]["v"] != len(pooled)  # noisy
+    assert abs(out["stats"]["count"]["v"] - len(pooled)) < 40
+    for n in nodes:
+        rec = next(r for r in ledger_actions(n, "federation.job.done")
+                   if r["object"] == f"job:{out_job_id(job)}")
+        assert rec["details"]["dp"]["mechanism"] == "laplace"
+
+
+def out_job_id(job: dict) -> str:
+    return job["result"]["job_id"]
 
 
 # -- private query ----------------------------------------------------------------------------
