@@ -185,6 +185,10 @@ def multi_party_params(form: MultiDict[str, str], kinds: list[str], peers: list[
             "columns": text_field(form, "columns", max_len=4096),
             "stats": text_field(form, "stats", max_len=256),
             "receivers": choice_field(form, "receivers", RECEIVERS)}
+        # optional: group-by, and differential privacy (the operator checks the values)
+        for name, size in (("group_by", 256), ("dp_epsilon", 32), ("dp_bounds", 4096)):
+            if str(form.get(name) or "").strip():
+                params["params"][name] = text_field(form, name, max_len=size)
     if kind == "iv":
         params["params"] = {"label": text_field(form, "label", max_len=256),
                             "key": text_field(form, "key", max_len=256),

@@ -829,6 +829,16 @@ def test_the_panel_runs_joint_statistics_through_its_form(nodes):
     stats = job["result"]["outputs"]["stats"]
     assert stats["count"]["v"] == 1200 + 3400 + 50
     assert stats["sum"]["v"] == sum(range(1200)) + sum(range(3400)) + sum(range(50))
+    # with differential privacy from the same form
+    job, _ = run_with_partners(a, client, token, {
+        "operator": "stats", "dataset": "customers", "peers": ["node-b", "node-c"],
+        "dataset_of_node-b": "customers", "dataset_of_node-c": "customers",
+        "columns": "v", "stats": "count,sum", "receivers": "all", "group_by": "",
+        "dp_epsilon": "1", "dp_bounds": "v:0:4000", "reveal": "both",
+        "algorithm": "homo_lr", "label": "", "rounds": "10", "clusters": "3",
+        "secure_aggregation": "mask"}, timeout=90)
+    assert job["state"] == "done", job["error"]
+    assert job["result"]["outputs"]["dp"]["mechanism"] == "laplace"
 
 
 # -- information value across a vertical split ----------------------------------------------------
