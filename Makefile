@@ -20,7 +20,7 @@ IMAGE_DEB_PACKAGES := mmdebstrap qemu-system-x86 ovmf dosfstools mtools fdisk e2
 	swtpm swtpm-tools curl
 
 .PHONY: all deps venv lock test lint run bench gpu-check clean image-deps image image-test \
-	reference-venv flower-venv
+	reference-venv flower-venv fate-venv
 
 all: test
 
@@ -120,6 +120,20 @@ $(FLOWER_VENV)/.installed: $(FLOWER_PINS)
 	touch $@
 
 flower-venv: $(FLOWER_VENV)/.installed
+
+# FATE's own hetero SecureBoost (pyfate 2.2.0, pandas 2.1.4), the reference that
+# `python -m appliance.bench fl --breast-cancer` runs beside ours. The pins hold
+# torch==2.13.0+cpu, so pip takes the CPU wheel, never a CUDA build.
+FATE_VENV := build/fate-venv
+FATE_PINS := scripts/fate_engines.txt
+$(FATE_VENV)/.installed: $(FATE_PINS)
+	rm -rf $(FATE_VENV) && $(PYTHON) -m venv $(FATE_VENV)
+	PIP_CONSTRAINT=$(CURDIR)/$(FATE_PINS) $(FATE_VENV)/bin/python -m pip install -q \
+		--disable-pip-version-check pyfate==2.2.0 pandas==2.1.4
+	$(FATE_VENV)/bin/python -c 'import fate.ml.ensemble, fate.arch.launchers.multiprocess_launcher, sklearn'
+	touch $@
+
+fate-venv: $(FATE_VENV)/.installed
 
 # On a machine with an NVIDIA GPU: CUDA tests and GPU benchmarks as one JSON document. It
 # installs nothing, so it runs with the venv's Python when there is one, else $(PYTHON).
