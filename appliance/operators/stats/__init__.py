@@ -1,6 +1,7 @@
 """Joint statistics, provider ``pec``: additive secret sharing over Z_2^128 among 2 to 5
 parties (semi-honest). Built: the rows layout's linear statistics (count, sum, mean, var,
-std, cov, corr, histograms), group-by counts and sums, and differential privacy at release
+std, cov, corr, histograms, the count and sum above a threshold), group-by counts and sums,
+and differential privacy at release
 (Laplace or Gaussian, the noise drawn in parts by every party). Not built yet, refused by
 name: the columns layout and the comparison-based statistics. docs/stats.md says who learns
 what.
@@ -26,8 +27,8 @@ STATS = register(Operator(
     params={
         "dataset": "this party's data set",
         "columns": "the numeric columns, C1[,C2...], present at every party",
-        "stats": "count,sum,mean,var,std,cov,corr,hist (default count,sum,mean,var,std); "
-                 "min, max, median, quantile and threshold are not built yet",
+        "stats": "count,sum,mean,var,std,cov,corr,hist,threshold (default "
+                 "count,sum,mean,var,std); min, max, median and quantile are not built yet",
         "hist": "histogram bin edges E0,E1,... (numpy's bins: the last bin is closed)",
         "layout": "rows (default); columns is not built yet",
         "receivers": "all (default: every party learns the result) or initiator (only the "
@@ -38,7 +39,8 @@ STATS = register(Operator(
                     "Laplace, pure epsilon)",
         "dp_bounds": "with dp_epsilon: COLUMN:LOW:HIGH,... the range each value is clipped "
                      "to (the sensitivity of sums)",
-        "threshold": "count and sum of rows above T: not built yet",
+        "threshold": "T: per column, the count and sum of the values above T (the rows "
+                     "layout compares at each party, no secure comparison needed)",
         "group_by": "a categorical column: counts and sums of the columns per value",
         "groups": "with group_by: the values to report (default: the union of the parties' "
                   "values, which each party then learns)",

@@ -29,8 +29,9 @@ from appliance.operators.base import OperatorError, PartyContext, canonical
 from appliance.operators.stats import ring
 
 VERSION = 1
-LINEAR = ("count", "sum", "mean", "var", "std", "cov", "corr", "hist")
-COMPARISON = ("min", "max", "median", "quantile", "quantiles", "threshold")
+# threshold in the rows layout is linear: each row is whole at one party, which compares it
+LINEAR = ("count", "sum", "mean", "var", "std", "cov", "corr", "hist", "threshold")
+COMPARISON = ("min", "max", "median", "quantile", "quantiles")
 DEFAULT_STATS = ("count", "sum", "mean", "var", "std")
 MIN_PARTIES, MAX_PARTIES = 2, 5
 MAX_PROBLEMS = 20  # per party, so a header stays small however bad the data
@@ -38,7 +39,7 @@ MAX_PROBLEMS = 20  # per party, so a header stays small however bad the data
 
 MAX_GROUPS = 1000
 #: statistics that differential privacy is built for (sums of squares are not)
-DP_STATS = ("count", "sum", "mean", "hist")
+DP_STATS = ("count", "sum", "mean", "hist", "threshold")
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class Plan:
     group_by: str | None = None
     groups: tuple[str, ...] | None = None  # stated by the job; else the parties' union
     dp: Dp | None = None
+    threshold: float | None = None  # count and sum of the values above it
 
     @property
     def need_sums(self) -> bool:
@@ -86,6 +88,7 @@ class Plan:
         body = {"v": VERSION, "columns": list(self.columns), "stats": list(self.stats),
                 "edges": list(self.edges), "receivers": self.receivers, "layout": "rows",
                 "group_by": self.group_by, "groups": list(self.groups or []),
+                "threshold": self.threshold,
                 "dp": None if self.dp is None else [self.dp.epsilon, self.dp.delta,
                                                     [list(b) for b in self.dp.bounds]]}
         return hashlib.sha256(canonical(body)).hexdigest()
@@ -106,8 +109,7 @@ def plan_of(params: dict[str, Any]) -> Plan:
         raise OperatorError("stats: layout=columns (vertical, aligned by PSI) is not built yet")
     if layout != "rows":
         raise OperatorError(f"stats: layout must be rows or columns (got {layout!r})")
-    for key, what in (("threshold", "the threshold count and sum (threshold)"),
-                      ("key", "the key column (key, for layout=columns)")):
+    for key, what in (("key", "the key column (key, for layout=columns)"),):
         if params.get(key) not in (None, ""):
             raise OperatorError(f"stats: {what} is not built yet")
     if "columns" not in params:
@@ -136,6 +138,18 @@ def plan_of(params: dict[str, Any]) -> Plan:
             stats.append("hist")
     elif "hist" in stats:
         raise OperatorError("stats: hist needs its bin edges, hist=E0,E1,...")
+    threshold = None
+    if params.get("threshold") not in (None, ""):
+        try:
+            threshold = float(params["threshold"])
+        except (TypeError, ValueError):
+            raise OperatorError("stats: threshold is a number") from None
+        if not math.isfinite(threshold):
+            raise OperatorError("stats: threshold is a finite number")
+        if "threshold" not in stats:
+            stats.append("threshold")
+    elif "threshold" in stats:
+        raise OperatorError("stats: threshold needs its value, threshold=T")
     receivers = params.get("receivers", "all")
     if receivers not in ("all", "initiator"):
         raise OperatorError(f"stats: receivers must be all or initiator (got {receivers!r})")
@@ -152,7 +166,7 @@ def plan_of(params: dict[str, Any]) -> Plan:
         raise OperatorError("stats: groups needs group_by=COLUMN")
     dp = _dp_of(params, columns, stats, group_by)
     return Plan(tuple(columns), tuple(dict.fromkeys(stats)), tuple(edges), receivers,
-                group_by, groups, dp)
+                group_by, groups, dp, threshold)
 
 
 def _dp_of(params: dict[str, Any], columns: list[str], stats: list[str],
@@ -190,7 +204,7 @@ def _dp_of(params: dict[str, Any], columns: list[str], stats: list[str],
             raise OperatorError(f"stats: dp_bounds {item!r}: a column of the job and "
                                 "finite LOW < HIGH")
         bounds.append((col, lo, hi))
-    needs = {"sum", "mean"} & set(stats) or group_by is not None
+    needs = {"sum", "mean", "threshold"} & set(stats) or group_by is not None
     missing = [c for c in columns if c not in {b[0] for b in bounds}]
     if needs and missing:
         raise OperatorError(f"stats: with dp_epsilon, sums need each column's range to clip "
@@ -211,6 +225,8 @@ class Local:
     # group value -> (row count, the columns' sums) of this party's rows
     groups: dict[str, tuple[int, np.ndarray]] = field(default_factory=dict)
     abs_sums: np.ndarray | None = None  # bounds every group's sum
+    above: np.ndarray | None = None  # per column: count and sum of the values above
+    # the threshold
     clipped: int = 0  # values moved into the dp bounds
     problems: list[str] = field(default_factory=list)
 
@@ -251,7 +267,8 @@ def local_aggregates(ctx: PartyContext, plan: Plan) -> Local:
     cols = list(plan.columns)
     k, m = len(cols), max(len(plan.edges) - 1, 0)
     local = Local(sums=np.zeros(k), cross=np.zeros((k, k)),
-                  hist=np.zeros((k, m), dtype=np.int64), abs_sums=np.zeros(k))
+                  hist=np.zeros((k, m), dtype=np.int64), abs_sums=np.zeros(k),
+                  above=np.zeros((k, 2)))
     read = cols + ([plan.group_by] if plan.group_by else [])
     for batch in _batches(ctx, read, local):
         kinds = {c: _kind(batch.schema.field(c).type) for c in cols}
@@ -305,6 +322,10 @@ def local_aggregates(ctx: PartyContext, plan: Plan) -> Local:
         local.rows += batch.num_rows
         local.sums += x.sum(axis=0)
         local.abs_sums += np.abs(x).sum(axis=0)
+        if plan.threshold is not None:
+            hit = x > plan.threshold
+            local.above[:, 0] += hit.sum(axis=0)
+            local.above[:, 1] += np.where(hit, x, 0.0).sum(axis=0)
         if plan.need_cross:
             local.cross += x.T @ x  # BLAS, float64
         elif plan.need_squares:
@@ -337,6 +358,12 @@ def items_of(plan: Plan, local: Local, groups: list[str] | None
     if plan.edges:
         items += [(int(local.hist[i, b]), dp, f"column {cols[i]!r}: a bin count",
                    f"hist:{cols[i]}") for i in range(k) for b in range(local.hist.shape[1])]
+    if plan.threshold is not None:
+        for i, c in enumerate(cols):
+            items += [(int(local.above[i, 0]), dp, f"column {c!r}: its count above the "
+                       "threshold", f"threshold_count:{c}"),
+                      (float(local.above[i, 1]), True, f"column {c!r}: its sum above the "
+                       "threshold", f"threshold_sum:{c}")]
     if groups is None:  # before the groups are agreed: every group sum is within these
         items += [(float(local.abs_sums[i]), True, f"column {c!r}: its sum of magnitudes "
                    "(a bound of its group sums)", "-") for i, c in enumerate(cols)
@@ -515,7 +542,7 @@ def dp_noise(plan: Plan, local: Local, parties: int, groups: list[str] | None
     for q in queries:
         name, _, col = q.partition(":")
         sensitivity = (max(abs(v) for v in dp.bound_of(col))
-                       if name in ("sum", "group_sum") else 1.0)
+                       if name in ("sum", "group_sum", "threshold_sum") else 1.0)
         if dp.delta is None:
             scales[q] = sensitivity * m / dp.epsilon
         else:
@@ -556,6 +583,8 @@ def results(plan: Plan, total: list[int], groups: list[str] | None = None) -> di
     bins = max(len(plan.edges) - 1, 0)
     hist = [[next(it) / s if dp else next(it) for _ in range(bins)] for _ in range(k)
             ] if plan.edges else []
+    above = [(next(it) / s if dp else next(it), next(it) / s) for _ in range(k)
+             ] if plan.threshold is not None else []
     by_group: dict[str, tuple[Any, list[float]]] = {}
     for g in groups or []:
         c = next(it)
@@ -574,6 +603,9 @@ def results(plan: Plan, total: list[int], groups: list[str] | None = None) -> di
             out[st] = {c: count for c in cols}
         elif st == "sum":
             out[st] = {c: sums[i] / s for i, c in enumerate(cols)}
+        elif st == "threshold":
+            out[st] = {c: {"threshold": plan.threshold, "count": above[i][0],
+                           "sum": above[i][1]} for i, c in enumerate(cols)}
         elif st == "hist":
             out[st] = {c: {"edges": list(plan.edges), "counts": hist[i]}
                        for i, c in enumerate(cols)}

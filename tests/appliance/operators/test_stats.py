@@ -239,7 +239,8 @@ def test_a_malformed_header_names_its_sender(tmp_path):
         ({"columns": "a", "dp_delta": "1e-6"}, "need dp_epsilon"),
         ({"columns": "a", "group_by": "a"}, "group_by names one column that is not"),
         ({"columns": "a", "groups": "x,y"}, "groups needs group_by"),
-        ({"columns": "a", "threshold": "5"}, "threshold .* not built yet"),
+        ({"columns": "a", "stats": "threshold"}, "threshold needs its value"),
+        ({"columns": "a", "threshold": "x"}, "threshold is a number"),
         ({"columns": "a", "stats": "hist"}, "hist needs its bin edges"),
         ({"columns": "a", "hist": "3,1"}, "increasing bin edges"),
         ({"columns": "a", "stats": "mode"}, "unknown statistic 'mode'"),
@@ -324,3 +325,16 @@ def test_dp_noise_is_calibrated_and_recorded_and_bounds_clip():
     res = run_all(names, data, {**params, "dp_delta": "1e-6", "stats": "count"})
     assert res["bank-a"]["dp"]["mechanism"] == "gaussian"
     assert abs(res["bank-a"]["stats"]["count"]["a"] - true_count) < 100
+
+
+def test_threshold_count_and_sum_equal_numpy_with_negatives_and_ties():
+    rng = np.random.default_rng(8)
+    names = NAMES[:3]
+    data = grouped_tables(rng, names)
+    res = run_all(names, data, {"columns": "a,b", "threshold": "50"})
+    pooled = pa.concat_tables([d.table for d in data.values()])
+    for col in ("a", "b"):
+        v = pooled.column(col).to_numpy().astype(float)
+        got = res["carrier-b"]["stats"]["threshold"][col]
+        assert got["count"] == int((v > 50).sum())  # strictly above: 50 itself is out
+        assert got["sum"] == pytest.approx(v[v > 50].sum(), rel=1e-12)
