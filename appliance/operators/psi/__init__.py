@@ -30,6 +30,10 @@ PSI = register(Operator(
                 "order (needs reveal=both; join or peer_join turns it on)",
         "peer_join": "the host's payload columns for join, COL[,COL...] (default none: the "
                      "host writes its aligned ids only)",
+        "buckets": "auto (default: one per 4,194,304 ids of the larger set) or N: the sets "
+                   "run bucket by bucket, so memory stays bounded; each party learns the "
+                   "other's count per bucket",
+        "resume": "an interrupted psi job's id: go on from the last bucket both finished",
     },
     inputs=("dataset",),
     outputs=("intersection_size", "rows_file", "rows_sha256"),

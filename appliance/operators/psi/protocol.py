@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import itertools
+import json
 import os
 import queue
 import re
@@ -56,6 +57,11 @@ HELLO = {
     "truncate_bytes": engine.TRUNCATED_BYTES,
 }
 _POLL = 0.5  # how often a wait for the peer looks at the sending thread's health
+#: ids per bucket when the job does not say: each bucket's crypto state (points, doubly
+#: encrypted values, order) is a few hundred MB at most, whatever the set's size
+BUCKET_ROWS = 1 << 22
+MAX_BUCKETS = 1 << 14
+CHECKPOINT = "psi-checkpoint.json"
 
 
 class ByteSession(Protocol):
@@ -74,6 +80,8 @@ class Params:
     batch_size: int
     # join mode: each role's payload columns (None: no join, the output is the id column only)
     join: dict[str, tuple[str, ...]] | None = None
+    buckets: int | None = None  # None: as many as keep a bucket near BUCKET_ROWS
+    resume: str | None = None  # a previous job whose finished buckets are kept
 
     def payload(self, role: str) -> tuple[str, ...]:
         return self.join.get(role, ()) if self.join is not None else ()
@@ -94,14 +102,15 @@ def _columns(name: str, value: Any) -> tuple[str, ...]:
 
 
 def parse_params(params: dict[str, Any]) -> Params:
-    unknown = set(params) - {"reveal", "batch_size", "join", "peer_join", "mode"}
+    unknown = set(params) - {"reveal", "batch_size", "join", "peer_join", "mode", "buckets",
+                             "resume"}
     if "output_dir" in unknown:
         # the parameters come from the initiator: a peer must not choose where this node writes
         raise OperatorError("output_dir is not a job parameter: each node writes its result "
                             "under its own output directory")
     if unknown:
         raise OperatorError(f"psi: unknown parameter(s) {', '.join(sorted(unknown))}; known: "
-                            "reveal, batch_size, join, peer_join, mode")
+                            "reveal, batch_size, join, peer_join, mode, buckets, resume")
     if params.get("mode", "balanced") not in MODES:
         raise OperatorError(f"psi: mode must be one of {', '.join(MODES)} "
                             f"(got {params.get('mode')!r})")
@@ -123,7 +132,20 @@ def parse_params(params: dict[str, Any]) -> Params:
         batch = int(batch)
     if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH:
         raise OperatorError(f"psi: batch_size must be an integer 1..{MAX_BATCH} (got {batch!r})")
-    return Params(reveal, batch, join)
+    buckets = params.get("buckets")
+    if buckets in (None, "", "auto"):
+        buckets = None
+    else:
+        if isinstance(buckets, str) and buckets.isdigit():
+            buckets = int(buckets)
+        if isinstance(buckets, bool) or not isinstance(buckets, int) or not (
+                1 <= buckets <= MAX_BUCKETS):
+            raise OperatorError(f"psi: buckets must be auto or an integer 1..{MAX_BUCKETS} "
+                                f"(got {buckets!r})")
+    resume = params.get("resume") or None
+    if resume is not None and (not isinstance(resume, str) or len(resume) > 200):
+        raise OperatorError("psi: resume names a previous psi job")
+    return Params(reveal, batch, join, buckets, resume)
 
 
 def stated_for(role: str | None, params: dict[str, Any]) -> dict[str, str]:
@@ -199,14 +221,91 @@ def _run(ctx: PartyContext, p: Params, peer: str, session: ByteSession, id_colum
          writes_rows: bool, me_learns: bool, peer_learns: bool,
          out_dir: Any) -> dict[str, Any]:
     n = len(ids)
-    hello = {**HELLO, "reveal": p.reveal, "role": ctx.role, "rows": n}
+    saved = _resume_state(ctx, p, n) if p.resume else None
+    hello = {**HELLO, "reveal": p.reveal, "role": ctx.role, "rows": n, "buckets": p.buckets,
+             "resume_at": saved["done"] if saved else None}
     if p.join is not None:
         hello["join"] = True
     session.send(hello)
-    m = _check_hello(peer, session.recv(timeout=ctx.timeout), p.reveal, ctx.parties[peer],
-                     p.join is not None)
+    msg = session.recv(timeout=ctx.timeout)
+    m = _check_hello(peer, msg, p.reveal, ctx.parties[peer], p.join is not None)
+    if msg.get("buckets") != p.buckets:
+        raise OperatorError(f"party {peer} runs buckets={msg.get('buckets')!r}, this node "
+                            f"{p.buckets!r}")
+    # both sides count the same buckets: from the stated number, or from the larger set
+    k = p.buckets or max(1, -(-max(n, m) // BUCKET_ROWS))
+    start = 0
+    kept: list[np.ndarray] = []
+    if p.resume:
+        theirs_at = msg.get("resume_at")
+        if not isinstance(theirs_at, int) or isinstance(theirs_at, bool) or theirs_at < 0:
+            raise OperatorError(f"party {peer} has nothing to resume job {p.resume} from")
+        assert saved is not None
+        if saved["buckets"] != k or saved["peer_rows"] != m:
+            raise OperatorError(f"psi: cannot resume job {p.resume}: it ran {saved['buckets']} "
+                                f"buckets against {saved['peer_rows']} peer rows, this job "
+                                f"{k} against {m}")
+        # where both parties are: a bucket one finished and the other did not is run again
+        start = min(saved["done"], theirs_at, k)
+        kept = saved["hits"][:start]
+    of = _bucket_of(ids, k)
+    hits: list[np.ndarray] = list(kept)  # per bucket: this party's matching row positions
+    sizes_by_bucket: list[int] = [len(h) for h in kept]
+    for b in range(start, k):
+        rows = np.flatnonzero(of == b) if k > 1 else np.arange(n)
+        session.send({"bucket": b, "rows": len(rows)})
+        mb = _bucket_rows(peer, session.recv(timeout=ctx.timeout), b, m)
+        found = _bucket(ctx, p, peer, session, ids.take(pa.array(rows, pa.int64())), mb,
+                        me_learns, peer_learns, join_rows is not None)
+        if me_learns:
+            hits.append(rows[found])
+            sizes_by_bucket.append(len(found))
+        _checkpoint(ctx, p, k, n, m, b + 1, hits if me_learns else [])
+        ctx.progress(5 + 80 * (b + 1) / k, f"bucket {b + 1} of {k}")
+    ctx.progress(85, "exchanged")
 
-    scalar = engine.new_scalar()
+    result: dict[str, Any] = {"provider": "pec", "protocol": "ecdh-x25519", "reveal": p.reveal,
+                              "own_rows": n, "peer_rows": m, "buckets": k}
+    if p.resume:
+        result["resumed_at_bucket"] = start
+    if me_learns:
+        size = sum(sizes_by_bucket)
+        every = np.concatenate(hits) if hits else np.empty(0, np.int64)
+        if writes_rows and join_rows is not None:
+            assert out_dir is not None
+            # bucket by bucket, each in the order of the doubly-encrypted values: the same
+            # order at both parties for the shared ids
+            table = join_rows.take(ids, every)
+            result.update(_write_rows(Path(out_dir), ctx, table))
+            result.update(learned="rows", columns=table.column_names, order="aligned")
+        elif writes_rows:
+            assert out_dir is not None
+            table = pa.table({id_column: ids.take(pa.array(np.sort(every), pa.int64()))})
+            result.update(_write_rows(Path(out_dir), ctx, table))
+            result["learned"] = "rows"
+        else:
+            result["learned"] = "size"
+        session.send({"intersection_size": size})
+        if peer_learns:  # both: the peer's count must be the same
+            told = _size_from(peer, session.recv(timeout=ctx.timeout), n, m)
+            if told != size:
+                raise OperatorError(f"party {peer} found {told} rows in the intersection, "
+                                    f"this node {size}: the parties' results disagree")
+    else:
+        size = _size_from(peer, session.recv(timeout=ctx.timeout), n, m)
+        result["learned"] = "size"
+    result["intersection_size"] = size
+    _clear_checkpoint(ctx)
+    return result
+
+
+def _bucket(ctx: PartyContext, p: Params, peer: str, session: ByteSession, ids: pa.Array,
+            m: int, me_learns: bool, peer_learns: bool, aligned: bool) -> np.ndarray:
+    """One bucket's exchange; for a learner, the positions (within ``ids``) of its rows in
+    the intersection: in the doubly-encrypted values' order when ``aligned`` (join), else
+    in any order (reveal=cardinality: only their number means anything)."""
+    n = len(ids)
+    scalar = engine.new_scalar()  # fresh per bucket: a bucket's values say nothing of another
     rng = np.random.default_rng(int.from_bytes(os.urandom(32), "little"))
     # a secret order: a peer learns nothing from where a row sits in the file
     perm = rng.permutation(n)
@@ -223,42 +322,108 @@ def _run(ctx: PartyContext, p: Params, peer: str, session: ByteSession, id_colum
     except BaseException:
         sender.stop()
         raise
-    ctx.progress(85, "exchanged")
+    if not me_learns:
+        return np.empty(0, np.int64)
+    mask = engine.members(own2, theirs)
+    found = np.flatnonzero(mask)  # positions in the order sent
+    if aligned:
+        # both parties hold the same doubly-encrypted value for a shared id (H(x)^ab =
+        # H(x)^ba), so ordering by it lines the two files up row for row; the value is
+        # pseudorandom, so the order tells neither side anything new
+        return perm[found[_byte_order(own2[found])]]
+    return perm[found]
 
-    result: dict[str, Any] = {"provider": "pec", "protocol": "ecdh-x25519", "reveal": p.reveal,
-                              "own_rows": n, "peer_rows": m}
-    if me_learns:
-        mask = engine.members(own2, theirs)
-        size = int(mask.sum())
-        if writes_rows and join_rows is not None:
-            assert out_dir is not None
-            hits = np.flatnonzero(mask)  # positions in the order sent
-            # both parties hold the same doubly-encrypted value for a shared id
-            # (H(x)^ab = H(x)^ba), so ordering by it lines the two files up row for row; the
-            # value is pseudorandom, so the order tells neither side anything new
-            aligned = perm[hits[_byte_order(own2[hits])]]
-            table = join_rows.take(ids, aligned)
-            result.update(_write_rows(Path(out_dir), ctx, table))
-            result.update(learned="rows", columns=table.column_names, order="aligned")
-        elif writes_rows:
-            rows = np.sort(perm[mask])
-            assert out_dir is not None
-            table = pa.table({id_column: ids.take(pa.array(rows, pa.int64()))})
-            result.update(_write_rows(Path(out_dir), ctx, table))
-            result["learned"] = "rows"
-        else:
-            result["learned"] = "size"
-        session.send({"intersection_size": size})
-        if peer_learns:  # both: the peer's count must be the same
-            told = _size_from(peer, session.recv(timeout=ctx.timeout), n, m)
-            if told != size:
-                raise OperatorError(f"party {peer} found {told} rows in the intersection, "
-                                    f"this node {size}: the parties' results disagree")
-    else:
-        size = _size_from(peer, session.recv(timeout=ctx.timeout), n, m)
-        result["learned"] = "size"
-    result["intersection_size"] = size
-    return result
+
+def _bucket_of(ids: pa.Array, k: int) -> np.ndarray:
+    """Each id's bucket: the first four bytes of its hash to the curve, modulo ``k`` (a
+    public function of the id, so a shared id lands in the same bucket at both parties)."""
+    if k == 1:
+        return np.zeros(len(ids), np.int32)
+    out = np.empty(len(ids), np.int32)
+    step = 1 << 20  # hashes of a chunk at a time: 32 MB, not 32 bytes per id at once
+    for at in range(0, len(ids), step):
+        h = engine.hash_to_point(ids.slice(at, step))
+        out[at: at + len(h)] = (np.ascontiguousarray(h[:, :4]).view("<u4").ravel()
+                                % np.uint32(k)).astype(np.int32)
+    return out
+
+
+def _bucket_rows(peer: str, msg: Any, b: int, m: int) -> int:
+    rows = msg.get("rows") if isinstance(msg, dict) else None
+    if not (isinstance(msg, dict) and msg.get("bucket") == b and isinstance(rows, int)
+            and not isinstance(rows, bool) and 0 <= rows <= m):
+        raise OperatorError(f"party {peer} sent a malformed announcement of bucket {b}")
+    return rows
+
+
+# -- checkpoints: a job interrupted resumes at a bucket ----------------------------------------
+
+def _state_digest(p: Params, role: str, fingerprint: str) -> str:
+    body = {"reveal": p.reveal, "join": {k: list(v) for k, v in (p.join or {}).items()},
+            "role": role, "data": fingerprint, "v": 1}
+    return hashlib.sha256(repr(sorted(body.items())).encode()).hexdigest()
+
+
+def _checkpoint(ctx: PartyContext, p: Params, k: int, n: int, m: int, done: int,
+                hits: list[np.ndarray]) -> None:
+    """After each bucket: how many are done and (a learner's) matching rows per bucket, each
+    bucket's in a file of its own, the index written last (a crash between leaves the
+    previous index, which names only complete files)."""
+    if ctx.output_dir is None:
+        return
+    d = Path(ctx.output_dir) / "psi-buckets"
+    d.mkdir(parents=True, exist_ok=True)
+    if hits:
+        np.save(d / f"{done - 1}.npy", hits[done - 1])
+    doc = {"digest": _state_digest(p, ctx.role, getattr(ctx.dataset, "fingerprint", "")),
+           "buckets": k, "own_rows": n, "peer_rows": m, "done": done,
+           "learner": bool(hits)}
+    tmp = d / f".{CHECKPOINT}.part"
+    tmp.write_text(json.dumps(doc))
+    os.replace(tmp, Path(ctx.output_dir) / CHECKPOINT)
+
+
+def _clear_checkpoint(ctx: PartyContext) -> None:
+    """The result is complete: the per-bucket state goes (a resumed job reads its own)."""
+    if ctx.output_dir is None:
+        return
+    import shutil
+
+    shutil.rmtree(Path(ctx.output_dir) / "psi-buckets", ignore_errors=True)
+    with contextlib.suppress(FileNotFoundError):
+        (Path(ctx.output_dir) / CHECKPOINT).unlink()
+
+
+def _resume_state(ctx: PartyContext, p: Params, n: int) -> dict[str, Any]:
+    """This party's checkpoint of the job it resumes, checked against this run."""
+    from appliance.federation.mpjobs import _safe
+
+    if ctx.output_dir is None:
+        raise OperatorError("psi: this party keeps no checkpoints to resume from")
+    d = Path(ctx.output_dir).parent / _safe(str(p.resume))
+    try:
+        doc = json.loads((d / CHECKPOINT).read_text())
+        done, k = int(doc["done"]), int(doc["buckets"])
+    except FileNotFoundError:
+        raise OperatorError(f"psi: party {ctx.node_id} has no checkpoint of job {p.resume} "
+                            "(it finished, or never started)") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise OperatorError(f"psi: party {ctx.node_id}'s checkpoint of job {p.resume} is "
+                            f"damaged ({exc})") from None
+    if doc.get("digest") != _state_digest(p, ctx.role,
+                                          getattr(ctx.dataset, "fingerprint", "")):
+        raise OperatorError(f"psi: party {ctx.node_id} ran job {p.resume} with other "
+                            "parameters or another data set: it cannot be resumed")
+    if doc.get("own_rows") != n:
+        raise OperatorError(f"psi: party {ctx.node_id}'s data set changed since job {p.resume}")
+    hits = []
+    if doc.get("learner"):
+        try:
+            hits = [np.load(d / "psi-buckets" / f"{b}.npy") for b in range(done)]
+        except (OSError, ValueError) as exc:
+            raise OperatorError(f"psi: party {ctx.node_id}'s checkpoint of job {p.resume} "
+                                f"is incomplete ({exc})") from None
+    return {"done": done, "buckets": k, "peer_rows": doc.get("peer_rows"), "hits": hits}
 
 
 def _peer_session(ctx: PartyContext) -> tuple[str, ByteSession]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import random
 import re
 import sqlite3
@@ -302,6 +303,7 @@ def honest_guest(tmp_path: Path, ids: list[str], reveal: str = "both"):
 
 def fake_hello(b, n: int, **changes) -> None:
     b.send({**HELLO, "reveal": "both", "role": "host", "rows": n, **changes})
+    b.send({"bucket": 0, "rows": n})  # one bucket: the whole set
 
 
 def honest_points(ids: list[str]) -> np.ndarray:
@@ -401,6 +403,7 @@ def test_a_result_nobody_could_have_is_refused(tmp_path):
     t.start()
     a.recv(timeout=10)
     a.send({**HELLO, "reveal": "initiator", "role": "guest", "rows": 1})
+    a.send({"bucket": 0, "rows": 1})
     a.send_bytes(encode_batch(1, 0, honest_points(["x"]), True))
     a.send({"intersection_size": 5})
     t.join(20)
@@ -508,3 +511,85 @@ def test_the_benchmarks_local_pair_gives_the_exact_intersection():
     out = run_local_pair(guest, host)
     assert out["intersection"] == set(guest) & set(host)
     assert out["intersection_size"] == 700 and out["wall_s"] > 0
+
+
+# -- buckets: bounded memory, and a job that resumes at a bucket --------------------------------
+
+@pytest.mark.parametrize("reveal", ["both", "initiator", "cardinality"])
+def test_buckets_give_the_exact_intersection(tmp_path, reveal):
+    guest, host = sets(3000, 2500, 900, seed=5)
+    res = psi(tmp_path, guest, host, {"reveal": reveal, "buckets": 7, "batch_size": 256})
+    want = set(guest) & set(host)
+    for r in res.values():
+        assert not isinstance(r, Exception), r
+        assert r["intersection_size"] == 900 and r["buckets"] == 7
+    if reveal != "cardinality":
+        got = read_rows(res[GUEST])
+        assert got == [v for v in guest if v in want]  # the data set's order, as unbucketed
+    assert not (tmp_path / "g" / "psi-checkpoint.json").exists()  # done: nothing to resume
+
+
+def test_buckets_are_chosen_from_the_larger_set(tmp_path, monkeypatch):
+    from appliance.operators.psi import protocol
+
+    monkeypatch.setattr(protocol, "BUCKET_ROWS", 500)
+    guest, host = sets(1200, 2100, 400, seed=6)
+    res = psi(tmp_path, guest, host, {"reveal": "both"})
+    assert res[GUEST]["buckets"] == res[HOST]["buckets"] == 5
+    assert set(read_rows(res[HOST])) == set(guest) & set(host)
+
+
+def test_join_with_buckets_stays_aligned_row_for_row(tmp_path):
+    guest, host = sets(800, 900, 300, seed=7)
+    gpay = payload_dataset(tmp_path, "g", ["id", "age"], [[v, len(v) + i]
+                                                          for i, v in enumerate(guest)])
+    hpay = payload_dataset(tmp_path, "h", ["id", "score"], [[v, i] for i, v in enumerate(host)])
+    a, b = memory_pair("job:7:ab", "psi", names=(GUEST, HOST))
+    params = {"reveal": "both", "join": "age", "peer_join": "score", "buckets": 4}
+    res = run_two([context(GUEST, a, gpay, params, tmp_path / "g"),
+                   context(HOST, b, hpay, params, tmp_path / "h")])
+    (_, grows), (_, hrows) = read_table(res[GUEST]), read_table(res[HOST])
+    assert [r[0] for r in grows] == [r[0] for r in hrows] and len(grows) == 300
+
+
+def test_a_peer_lost_in_a_bucket_fails_both_and_the_job_resumes_there(tmp_path):
+    guest, host = sets(2000, 2000, 700, seed=8)
+    params = {"reveal": "both", "buckets": 5, "batch_size": 128}
+    gdata, hdata = dataset(tmp_path, "guest", guest), dataset(tmp_path, "host", host)
+    a, b = memory_pair("job:7:ab", "psi", names=(GUEST, HOST))
+    gctx = context(GUEST, a, gdata, params, tmp_path / "job-1g")
+    hctx = context(HOST, b, hdata, params, tmp_path / "job-1h")
+    class Dies:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(b, name)
+
+        def send(self, obj: Any, *args: Any, **kw: Any) -> Any:
+            if isinstance(obj, dict) and obj.get("bucket") == 3:
+                b.abort("carrier-b lost power")
+                raise OperatorError("carrier-b lost power")
+            return b.send(obj, *args, **kw)
+
+    hctx.sessions = {GUEST: Dies()}
+    first = run_two([gctx, hctx])
+    assert all(isinstance(r, Exception) for r in first.values())
+    assert not list((tmp_path / "job-1g").glob("psi-*.csv"))  # no partial output
+    assert json.loads((tmp_path / "job-1g" / "psi-checkpoint.json").read_text())["done"] >= 3
+    # the next job names the first; each party reads its own checkpoint beside its output
+    a, b = memory_pair("job:8:ab", "psi", names=(GUEST, HOST))
+    again = {**params, "resume": "job-1g"}
+    gctx = context(GUEST, a, gdata, again, tmp_path / "job-2g")
+    hctx = context(HOST, b, hdata,
+                   {**params, "resume": "job-1h"}, tmp_path / "job-2h")
+    res = run_two([gctx, hctx])
+    for r in res.values():
+        assert not isinstance(r, Exception), r
+        assert r["intersection_size"] == 700 and r["resumed_at_bucket"] == 3
+    assert set(read_rows(res[GUEST])) == set(read_rows(res[HOST])) == set(guest) & set(host)
+    # a job with other parameters does not resume from it
+    a, b = memory_pair("job:9:ab", "psi", names=(GUEST, HOST))
+    other = {"reveal": "initiator", "buckets": 5, "resume": "job-1g"}
+    res = run_two([context(GUEST, a, gdata, other,
+                           tmp_path / "job-3g"),
+                   context(HOST, b, hdata,
+                           {**other, "resume": "job-1h"}, tmp_path / "job-3h")])
+    assert "other parameters" in str(res[GUEST])
