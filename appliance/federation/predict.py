@@ -36,20 +36,24 @@ def model_path(output_root: Path, model: Any) -> Path:
     return output_root / _safe(MODEL_ID.fullmatch(model).group(2)) / "model.json"
 
 
+def _read(output_root: Path, model: str) -> Any:
+    """The model file's JSON; 404 when this node holds none, 500 when it is corrupt."""
+    try:
+        return json.loads(model_path(output_root, model).read_text())
+    except FileNotFoundError:
+        raise JobError(f"no model {model} on this node", 404) from None
+    except ValueError as exc:
+        raise JobError(f"model {model}'s file is corrupt: {exc}", 500) from None
+
+
 def load_model(output_root: Path, model: str) -> dict[str, Any]:
     """A horizontal model, whole at this node."""
-    path = model_path(output_root, model)
     if model.split("-", 1)[0] in VERTICAL:
         raise JobError(f"{model} is a vertical model: each party holds a part; predict with "
                        "it jointly (jobs submit predict --peer P --param model=... "
                        "--param peer_dataset=..., or POST /v1/models/MODEL/predict at the "
                        "guest)")
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise JobError(f"no model {model} on this node", 404) from None
-    except ValueError as exc:
-        raise JobError(f"model {model}'s file is corrupt: {exc}", 500) from None
+    doc = _read(output_root, model)
     try:
         doc = check_model(doc)
     except OperatorError as exc:
@@ -85,13 +89,7 @@ def list_models(output_root: Path) -> list[dict[str, Any]]:
 def show_model(output_root: Path, model: str) -> dict[str, Any]:
     """This node's model (or its part of a vertical one): the summary, the features with
     their weights' magnitudes where it is linear, and its final metrics."""
-    path = model_path(output_root, model)
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise JobError(f"no model {model} on this node", 404) from None
-    except ValueError as exc:
-        raise JobError(f"model {model}'s file is corrupt: {exc}", 500) from None
+    doc = _read(output_root, model)
     if not (isinstance(doc, dict) and f"{doc.get('algorithm')}-{doc.get('job')}" == model
             and isinstance(doc.get("features"), list)):
         raise JobError(f"model {model}'s file is not one this node's training wrote", 500)

@@ -30,9 +30,7 @@ every column's resolution (the factor is multiplied back after decryption).
 from __future__ import annotations
 
 import hashlib
-import json
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -355,7 +353,7 @@ def _guest(ctx: PartyContext, plan: dict[str, Any], roles: vertical.Roles,
     final = best.get("metrics", {})
     importance = dict(zip(party.names, np.abs(w[:-1]).tolist(), strict=True))
     model = party.model(ctx, plan, w, {"classes": rows.classes, "final": final})
-    sha = _store(ctx, model)
+    sha = vertical.store(ctx, "model.json", model)
     return {"model": f"{ALGORITHM}-{ctx.job_id}", "algorithm": ALGORITHM,
             "variant": "arbiter" if arbiter else "two-party", "epochs_run": epoch,
             "best_epoch": best["epoch"], "history": history, "final": final,
@@ -407,7 +405,7 @@ def _host(ctx: PartyContext, plan: dict[str, Any], roles: vertical.Roles, rows: 
         ctx.progress(100 * epoch / plan["epochs"], f"epoch {epoch} of {plan['epochs']}")
     w = best["w"]
     model = party.model(ctx, plan, w, {})
-    sha = _store(ctx, model)
+    sha = vertical.store(ctx, "model.json", model)
     return {"model": f"{ALGORITHM}-{ctx.job_id}", "algorithm": ALGORITHM,
             "variant": "arbiter" if arbiter else "two-party", "epochs_run": epoch,
             "best_epoch": best["epoch"], "history": history,
@@ -459,26 +457,10 @@ def _floats(msg: dict[str, Any], length: int, peer: str) -> np.ndarray:
 
 # -- the model and the checkpoints --------------------------------------------------------------
 
-def _store(ctx: PartyContext, model: dict[str, Any]) -> str:
-    sha = hashlib.sha256(canonical(model)).hexdigest()
-    if ctx.output_dir is not None:
-        _write(ctx.output_dir / "model.json", model)
-    return sha
-
-
-def _write(path: Path, doc: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc))
-    tmp.rename(path)
-
-
 def _checkpoint(ctx: PartyContext, plan: dict[str, Any], party: Party, epoch: int,
                 best: dict[str, Any], waited: int, history: list[dict[str, Any]]) -> None:
     """After every epoch: what a job with ``resume=THIS_JOB`` starts from."""
-    if ctx.output_dir is None:
-        return
-    _write(ctx.output_dir / "checkpoint.json", {
+    vertical.store(ctx, "checkpoint.json", {
         "digest": digest(plan), "epoch": epoch, "w": party.w.tolist(), "waited": waited,
         "best": {**{k: v for k, v in best.items() if k != "w"}, "w": best["w"].tolist()},
         "history": history})

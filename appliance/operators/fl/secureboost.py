@@ -322,9 +322,10 @@ def _guest(ctx: PartyContext, plan: dict[str, Any], roles: vertical.Roles, rows:
         history.append(row)
         for hst in hosts:
             vertical.send(ctx, hst, {"t": "sb/done", "row": row})
-        _checkpoint(ctx, {"digest": digest(plan), "trees": len(trees), "model_trees": trees,
-                          "f_train": f_train.tolist(), "f_val": f_val.tolist(),
-                          "history": history, "importance": splits_by})
+        vertical.store(ctx, "checkpoint.json", {
+            "digest": digest(plan), "trees": len(trees), "model_trees": trees,
+            "f_train": f_train.tolist(), "f_val": f_val.tolist(), "history": history,
+            "importance": splits_by})
         ctx.progress(100 * (tree_no + 1) / plan["trees"], f"tree {tree_no + 1} of "
                      f"{plan['trees']}" + (f": validation AUC {row['auc']:.4f}"
                                            if row.get("auc") else ""))
@@ -335,7 +336,7 @@ def _guest(ctx: PartyContext, plan: dict[str, Any], roles: vertical.Roles, rows:
              "classes": rows.classes, "parties": dict(ctx.parties),
              "dataset": getattr(ctx.dataset, "name", None),
              "final": history[-1] if history else {}}
-    sha = _store(ctx, model)
+    sha = vertical.store(ctx, "model.json", model)
     return {"model": f"{ALGORITHM}-{ctx.job_id}", "algorithm": ALGORITHM,
             "trees": len(trees), "history": history, "final": model["final"],
             "importance": splits_by, "rows": rows.n, "train_rows": len(train),
@@ -413,13 +414,13 @@ def _host(ctx: PartyContext, plan: dict[str, Any], roles: vertical.Roles, rows: 
         done = vertical.recv(ctx, guest, "sb/done")
         history.append(done.get("row") if isinstance(done.get("row"), dict) else {})
         trees += 1
-        _checkpoint(ctx, {"digest": digest(plan), "trees": trees, "records": records,
-                          "history": history})
+        vertical.store(ctx, "checkpoint.json", {
+            "digest": digest(plan), "trees": trees, "records": records, "history": history})
         ctx.progress(100 * trees / plan["trees"], f"tree {trees} of {plan['trees']}")
     model = {"algorithm": ALGORITHM, "role": "host", "job": ctx.job_id, "key": plan["key"],
              "features": binned.names, "records": records, "parties": dict(ctx.parties),
              "dataset": getattr(ctx.dataset, "name", None)}
-    sha = _store(ctx, model)
+    sha = vertical.store(ctx, "model.json", model)
     used: dict[str, int] = {}
     for rec in records.values():
         used[rec["feature"]] = used.get(rec["feature"], 0) + 1
@@ -518,16 +519,3 @@ def route(tree: dict[str, Any], own: Any, decisions: dict[str, np.ndarray],
             nxt.append(rows)
         todo = np.concatenate(nxt) if nxt else np.zeros(0, dtype=np.int64)
     return out
-
-
-def _checkpoint(ctx: PartyContext, state: dict[str, Any]) -> None:
-    """After every tree: what a job with ``resume=THIS_JOB`` starts from."""
-    if ctx.output_dir is not None:
-        hetero_lr._write(ctx.output_dir / "checkpoint.json", state)
-
-
-def _store(ctx: PartyContext, model: dict[str, Any]) -> str:
-    sha = hashlib.sha256(canonical(model)).hexdigest()
-    if ctx.output_dir is not None:
-        hetero_lr._write(ctx.output_dir / "model.json", model)
-    return sha

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from appliance.operators.base import OperatorError, PartyContext
+from appliance.operators.base import OperatorError, PartyContext, canonical
 from appliance.operators.psi.ecdh_engine import id_bytes
 
 
@@ -132,21 +132,31 @@ def load(ctx: PartyContext, what: str, key: Any, label: str | None = None,
 
 def send(ctx: PartyContext, peer: str, msg: Any) -> None:
     """``msg`` to ``peer``; a party that is gone is this party's OperatorError naming it."""
-    try:
-        ctx.sessions[peer].send(msg)
-    except OperatorError:
-        raise
-    except Exception as exc:
-        raise OperatorError(f"party {peer} cannot be reached: {exc}") from exc
+    _deliver(ctx, peer, "send", msg)
 
 
 def send_bytes(ctx: PartyContext, peer: str, blob: bytes) -> None:
+    _deliver(ctx, peer, "send_bytes", blob)
+
+
+def _deliver(ctx: PartyContext, peer: str, how: str, payload: Any) -> None:
     try:
-        ctx.sessions[peer].send_bytes(blob)
+        getattr(ctx.sessions[peer], how)(payload)
     except OperatorError:
         raise
     except Exception as exc:
         raise OperatorError(f"party {peer} cannot be reached: {exc}") from exc
+
+
+def store(ctx: PartyContext, name: str, doc: dict[str, Any]) -> str:
+    """``doc`` as ``name`` in this party's output directory, whole or not at all (written
+    under a temporary name and renamed); its SHA-256 (of the canonical JSON)."""
+    if ctx.output_dir is not None:
+        ctx.output_dir.mkdir(parents=True, exist_ok=True)
+        tmp = ctx.output_dir / f".{name}.tmp"
+        tmp.write_text(json.dumps(doc))
+        tmp.rename(ctx.output_dir / name)
+    return hashlib.sha256(canonical(doc)).hexdigest()
 
 
 def recv(ctx: PartyContext, peer: str, tag: str) -> Any:

@@ -263,6 +263,8 @@ def test_bad_input_fails_every_party_with_the_reason(cancer, case, error):
 def test_a_malformed_ciphertext_names_the_sender(cancer):
     x, y, tr = cancer["x"], cancer["y"], cancer["train"][:100]
     ctxs = parties(split_tables(x, y, tr), {**BASE, "epochs": 1})
+    for c in ctxs:  # in one process nobody aborts the host's session: it waits this long
+        c.timeout = 20
     real = ctxs[1].sessions["node-a"]
 
     class Garbles:
