@@ -72,6 +72,8 @@ def test_two_hosts_and_validation_history(cancer, tmp_path):
 def test_the_guest_refuses_a_malformed_histogram(cancer):
     x, y, tr = cancer["x"], cancer["y"], cancer["train"][:120]
     ctxs = parties(split_tables(x, y, tr), {**BASE, "trees": 1})
+    for c in ctxs:  # in one process nobody aborts the host's session: it waits this long
+        c.timeout = 20
     real = ctxs[1].sessions["node-a"]
 
     class Garbles:
