@@ -166,19 +166,6 @@ def _public_key(msg: dict[str, Any], peer: str) -> Any:
     return pk
 
 
-def _encrypted(ctx: PartyContext, peer: str, what: str, pk: Any, length: int) -> Any:
-    from accel.paillier import EncryptedArray
-
-    blob = vertical.recv(ctx, peer, f"bytes:{what}")
-    try:
-        ea = EncryptedArray.from_bytes(blob, pk)
-    except ValueError as exc:
-        raise OperatorError(f"party {peer} sent a malformed {what} ({exc})") from None
-    if ea.shape != (length,):
-        raise OperatorError(f"party {peer} sent {ea.shape} {what}, not ({length},)")
-    return ea
-
-
 def _opened(ctx: PartyContext, peer: str, mask: Any) -> np.ndarray:
     from accel.paillier import masking
 
@@ -304,14 +291,15 @@ def _guest(ctx: PartyContext, plan: dict[str, Any], roles: vertical.Roles,
                 host = hosts[0]
                 with clock:
                     vertical.send_bytes(ctx, host, my_pk.encrypt(dg).to_bytes())
-                u = _encrypted(ctx, host, "partial scores", their_pk, len(b))
+                u = vertical.recv_encrypted(ctx, host, "partial scores", their_pk, len(b))
                 with clock:
                     blob, mask = _masked_gradient(u + dg, party.xs[b], plan["precision"])
                 vertical.send_bytes(ctx, host, blob)
                 _open_for(ctx, host, sk, "masked gradient", MAX_FEATURES + 1, clock)
                 grad = _opened(ctx, host, mask)
             else:
-                parts = [_encrypted(ctx, h, "partial scores", their_pk, len(b)) for h in hosts]
+                parts = [vertical.recv_encrypted(ctx, h, "partial scores", their_pk, len(b))
+                         for h in hosts]
                 with clock:
                     d = parts[0] + dg
                     for p in parts[1:]:
@@ -377,14 +365,14 @@ def _host(ctx: PartyContext, plan: dict[str, Any], roles: vertical.Roles, rows: 
             with clock:
                 vertical.send_bytes(ctx, guest, my_pk.encrypt(u).to_bytes())
             if arbiter is None:
-                dg = _encrypted(ctx, guest, "residuals", their_pk, len(b))
+                dg = vertical.recv_encrypted(ctx, guest, "residuals", their_pk, len(b))
                 with clock:
                     blob, mask = _masked_gradient(dg + u, party.xs[b], plan["precision"])
                 vertical.send_bytes(ctx, guest, blob)
                 _open_for(ctx, guest, sk, "masked gradient", MAX_FEATURES + 1, clock)
                 grad = _opened(ctx, guest, mask)
             else:
-                d = _encrypted(ctx, guest, "residuals", their_pk, len(b))
+                d = vertical.recv_encrypted(ctx, guest, "residuals", their_pk, len(b))
                 with clock:
                     blob, mask = _masked_gradient(d, party.xs[b], plan["precision"])
                 vertical.send_bytes(ctx, arbiter, blob)

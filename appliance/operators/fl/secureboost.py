@@ -347,7 +347,7 @@ def _guest(ctx: PartyContext, plan: dict[str, Any], roles: vertical.Roles, rows:
 def _host(ctx: PartyContext, plan: dict[str, Any], roles: vertical.Roles, rows: vertical.Rows,
           binned: Binned, train: np.ndarray, val: np.ndarray, started: float,
           state: dict[str, Any]) -> dict[str, Any]:
-    from accel.paillier import EncryptedArray, grouping
+    from accel.paillier import grouping
 
     guest = roles.guest
     pk = hetero_lr._public_key(vertical.recv(ctx, guest, "sb/key"), guest)
@@ -363,13 +363,7 @@ def _host(ctx: PartyContext, plan: dict[str, Any], roles: vertical.Roles, rows: 
         if msg.get("tree") is None:
             break
         tree_no = int(msg["tree"])
-        blob = vertical.recv(ctx, guest, "bytes:gradients")
-        try:
-            enc = EncryptedArray.from_bytes(blob, pk)
-        except ValueError as exc:
-            raise OperatorError(f"party {guest} sent malformed gradients ({exc})") from None
-        if enc.shape != (n,):
-            raise OperatorError(f"party {guest} sent {enc.shape} gradients for {n} rows")
+        enc = vertical.recv_encrypted(ctx, guest, "gradients", pk, n)
         mine: dict[int, tuple[int, int]] = {}
         while True:
             level = vertical.recv(ctx, guest, "sb/level")

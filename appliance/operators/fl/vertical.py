@@ -184,6 +184,21 @@ def recv(ctx: PartyContext, peer: str, tag: str) -> Any:
     return msg
 
 
+def recv_encrypted(ctx: PartyContext, peer: str, what: str, pk: Any, length: int) -> Any:
+    """The next byte message from ``peer`` as an EncryptedArray of ``length`` values under
+    ``pk``; OperatorError naming the peer for anything else."""
+    from accel.paillier import EncryptedArray
+
+    blob = recv(ctx, peer, f"bytes:{what}")
+    try:
+        ea = EncryptedArray.from_bytes(blob, pk)
+    except ValueError as exc:
+        raise OperatorError(f"party {peer} sent a malformed {what} ({exc})") from None
+    if ea.shape != (length,):
+        raise OperatorError(f"party {peer} sent {ea.shape} {what}, not ({length},)")
+    return ea
+
+
 def check_alignment(ctx: PartyContext, roles: Roles, rows: Rows | None, what: str,
                     problem: str | None = None) -> None:
     """Every data holder sends its digest (or its problem) to the guest, which answers each

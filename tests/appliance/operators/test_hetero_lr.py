@@ -19,6 +19,7 @@ from sklearn.preprocessing import StandardScaler
 
 from appliance.operators.base import OperatorError, local_contexts, run_parties
 from appliance.operators.fl import PREDICT, TRAIN, hetero_lr, metrics
+from tests.appliance.operators.faults import Faulty, vanish_at
 from tests.appliance.operators.readers import TableReader
 
 GUEST_COLS, HOST_COLS = list(range(15)), list(range(15, 30))
@@ -204,20 +205,8 @@ def test_a_host_that_disconnects_mid_epoch_fails_both_and_the_job_resumes(cancer
     params = {**BASE, "epochs": 4}
     ctxs = parties(data, params, tmp_path, job_id="job-1")
     real = ctxs[1].sessions["node-a"]
-    sent = {"n": 0}
-
-    class Dies:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(real, name)
-
-        def send_bytes(self, blob: bytes, *a: Any, **k: Any) -> Any:
-            sent["n"] += 1
-            if sent["n"] == 2 * 4 * 2 + 3:  # in epoch 3 (4 batches, 2 blobs each)
-                real.abort("node-b lost power")
-                raise OperatorError("node-b lost power")
-            return real.send_bytes(blob, *a, **k)
-
-    ctxs[1].sessions["node-a"] = Dies()
+    # in epoch 3 (4 batches of 2 byte messages each)
+    ctxs[1].sessions["node-a"] = Faulty(real, vanish_at(real, "node-b", 2 * 4 * 2 + 3))
     results = run_parties(TRAIN.run, ctxs, timeout=120)
     assert isinstance(results["node-b"], OperatorError)
     assert isinstance(results["node-a"], OperatorError)
@@ -265,16 +254,8 @@ def test_a_malformed_ciphertext_names_the_sender(cancer):
     ctxs = parties(split_tables(x, y, tr), {**BASE, "epochs": 1})
     for c in ctxs:  # in one process nobody aborts the host's session: it waits this long
         c.timeout = 20
-    real = ctxs[1].sessions["node-a"]
-
-    class Garbles:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(real, name)
-
-        def send_bytes(self, blob: bytes, *a: Any, **k: Any) -> Any:
-            return real.send_bytes(blob[:-7], *a, **k)
-
-    ctxs[1].sessions["node-a"] = Garbles()
+    ctxs[1].sessions["node-a"] = Faulty(ctxs[1].sessions["node-a"],
+                                        lambda blob, _: blob[:-7])
     results = run_parties(TRAIN.run, ctxs, timeout=60)
     assert "party node-b sent a malformed partial scores" in str(results["node-a"])
     assert isinstance(results["node-b"], OperatorError)

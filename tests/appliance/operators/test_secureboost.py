@@ -14,6 +14,7 @@ from sklearn.metrics import roc_auc_score
 
 from appliance.operators.base import OperatorError, run_parties
 from appliance.operators.fl import PREDICT, TRAIN, secureboost
+from tests.appliance.operators.faults import Faulty, vanish_at
 from tests.appliance.operators.test_hetero_lr import cancer, ok, parties, split_tables
 
 __all__ = ["cancer"]  # the fixture, shared
@@ -74,16 +75,8 @@ def test_the_guest_refuses_a_malformed_histogram(cancer):
     ctxs = parties(split_tables(x, y, tr), {**BASE, "trees": 1})
     for c in ctxs:  # in one process nobody aborts the host's session: it waits this long
         c.timeout = 20
-    real = ctxs[1].sessions["node-a"]
-
-    class Garbles:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(real, name)
-
-        def send_bytes(self, blob: bytes, *a: Any, **k: Any) -> Any:
-            return real.send_bytes(blob[:100], *a, **k)
-
-    ctxs[1].sessions["node-a"] = Garbles()
+    ctxs[1].sessions["node-a"] = Faulty(ctxs[1].sessions["node-a"],
+                                        lambda blob, _: blob[:100])
     results = run_parties(TRAIN.run, ctxs, timeout=60)
     assert "party node-b sent malformed histograms" in str(results["node-a"])
     assert isinstance(results["node-b"], OperatorError)
@@ -116,20 +109,8 @@ def test_a_host_lost_mid_tree_fails_both_and_the_job_resumes_at_the_tree(cancer,
     params = {**BASE, "trees": 4, "validation": 0.2}
     ctxs = parties(data, params, tmp_path, job_id="job-1")
     real = ctxs[1].sessions["node-a"]
-    sent = {"n": 0}
-
-    class Dies:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(real, name)
-
-        def send_bytes(self, blob: bytes, *a: Any, **k: Any) -> Any:
-            sent["n"] += 1
-            if sent["n"] == 8:  # histograms of tree 3 (three levels a tree)
-                real.abort("node-b lost power")
-                raise OperatorError("node-b lost power")
-            return real.send_bytes(blob, *a, **k)
-
-    ctxs[1].sessions["node-a"] = Dies()
+    # the histograms of tree 3 (three levels a tree)
+    ctxs[1].sessions["node-a"] = Faulty(real, vanish_at(real, "node-b", 8))
     results = run_parties(TRAIN.run, ctxs, timeout=120)
     assert all(isinstance(r, OperatorError) for r in results.values())
     assert "node-b" in str(results["node-a"])
