@@ -378,6 +378,15 @@ def test_psi_between_two_daemons_gives_the_exact_intersection(nodes, tmp_path):
     assert shown.returncode == 0, shown.stderr
     lines = [line.split() for line in shown.stdout.splitlines()]
     assert ["intersection", "size:", "250"] in lines and ["data", "set:", out["dataset"]] in lines
+    # in buckets: the same intersection, and no checkpoint left once it is done
+    job = a.api.post("/v1/jobs", {"kind": "psi", "params": {
+        "peers": ["node-b"], "dataset": "phones", "peer_dataset": "phones", "buckets": 4}})
+    job = a.daemon.wait_job(job["id"], {"done", "failed"}, timeout=120)
+    assert job["state"] == "done", job.get("error")
+    assert job["result"]["outputs"]["buckets"] == 4
+    assert read_ids(job["result"]["outputs"]["rows_file"]) == expected
+    assert Path(job["result"]["outputs"]["rows_file"]).is_relative_to(a.state / "outputs")
+    assert not list((a.state / "outputs").rglob("psi-checkpoint.json"))
     assert got["result"]["output_hash"] in shown.stdout
     copy = tmp_path / "mine.csv"
     done = cli("jobs", "result", str(job["id"]), "--out", str(copy), "--json", *state)
