@@ -355,8 +355,10 @@ def _host(ctx: PartyContext, plan: dict[str, Any], roles: vertical.Roles, rows: 
     he, n, trees = 0.0, len(train), int(state.get("trees", 0))
     widths = [binned.width(j) for j in range(len(binned.names))]
     cb, hb, gb = _layout(n)
-    # the running sums' bound as accel tracks it: a node's rows times the bins
-    slot = cb + hb + gb + 1 + max(widths, default=1).bit_length()
+    # the running sums' bound as accel tracks it: a node's rows times the bins, and one more
+    # parent's bound per level where a sibling is a difference (at most depth + 1 terms)
+    slot = (cb + hb + gb + 1 + max(widths, default=1).bit_length()
+            + (plan["depth"] + 1).bit_length())
     history: list[dict[str, Any]] = list(state.get("history", []))
     while True:
         msg = vertical.recv(ctx, guest, "sb/tree")
@@ -365,6 +367,7 @@ def _host(ctx: PartyContext, plan: dict[str, Any], roles: vertical.Roles, rows: 
         tree_no = int(msg["tree"])
         enc = vertical.recv_encrypted(ctx, guest, "gradients", pk, n)
         mine: dict[int, tuple[int, int]] = {}
+        sums_of: dict[int, Any] = {}  # the last level's per-bin sums, by node
         while True:
             level = vertical.recv(ctx, guest, "sb/level")
             nodes = level.get("nodes")
@@ -374,9 +377,8 @@ def _host(ctx: PartyContext, plan: dict[str, Any], roles: vertical.Roles, rows: 
             if node_of.shape != (n,):
                 raise OperatorError(f"party {guest} sent a malformed node map")
             t = time.perf_counter()
-            parts = [_histograms(enc[r], binned.bin_of[train[r]], widths)
-                     for r in (np.flatnonzero(node_of == k) for k in nodes)]
-            parts = [p for p in parts if p is not None]
+            sums_of = _level_sums(enc, node_of, nodes, binned.bin_of[train], widths, sums_of)
+            parts = [_candidates(sums_of[k], widths) for k in nodes if k in sums_of]
             if parts:
                 flat = np.concatenate(parts)
                 packed, layout = grouping.pack(flat, slot)
@@ -427,14 +429,37 @@ def _host(ctx: PartyContext, plan: dict[str, Any], roles: vertical.Roles, rows: 
 GATHER = 1 << 18
 
 
-def _histograms(sub: Any, bins: np.ndarray, widths: list[int]) -> Any:
-    """One node's running per-bin sums of every feature with a candidate split: features
-    side by side in blocks, one group-sum and one running-sum call per block."""
+def _level_sums(enc: Any, node_of: np.ndarray, nodes: list[int], bins: np.ndarray,
+                widths: list[int], parents: dict[int, Any]) -> dict[int, Any]:
+    """Each open node's per-bin sums of every feature with a candidate split. Of two
+    siblings whose parent's sums are known, only the smaller is summed; the other is the
+    parent's minus it (histogram subtraction: about half the additions; exact, since every
+    packed field of the parent is the sum of its children's)."""
+    out: dict[int, Any] = {}
+    rows = {k: np.flatnonzero(node_of == k) for k in nodes}
+    for k in nodes:
+        if k in out:
+            continue
+        sib = k + 1 if k % 2 == 1 else k - 1
+        parent = (k - 1) // 2
+        if k > 0 and sib in rows and parent in parents:
+            small, large = (k, sib) if len(rows[k]) <= len(rows[sib]) else (sib, k)
+            out[small] = _bin_sums(enc[rows[small]], bins[rows[small]], widths)
+            if out[small] is not None:
+                out[large] = parents[parent] - out[small]
+        else:
+            out[k] = _bin_sums(enc[rows[k]], bins[rows[k]], widths)
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def _bin_sums(sub: Any, bins: np.ndarray, widths: list[int]) -> Any:
+    """One node's per-bin sums, (features with a candidate, widest bins): features side by
+    side in blocks, one group-sum call per block; None without a candidate feature."""
     from accel.paillier import grouping
 
     n = sub.size
     feats = [j for j, w in enumerate(widths) if w >= 2]
-    if not feats or n == 0:
+    if not feats:
         return None
     width = max(widths[j] for j in feats)
     block = max(1, GATHER // max(n, 1))
@@ -442,12 +467,21 @@ def _histograms(sub: Any, bins: np.ndarray, widths: list[int]) -> Any:
     for at in range(0, len(feats), block):
         fs = feats[at: at + block]
         gathered = sub[np.tile(np.arange(n), len(fs))]
-        groups = np.concatenate([i * width + bins[:, j] for i, j in enumerate(fs)])
-        sums = grouping.group_sums(gathered, groups, len(fs) * width).reshape(len(fs), width)
-        running = np.cumsum(sums, axis=1)
-        keep = np.concatenate([i * width + np.arange(widths[j] - 1) for i, j in enumerate(fs)])
-        out.append(running.reshape(-1)[keep])
+        groups = np.concatenate([i * width + bins[:, j] for i, j in enumerate(fs)]
+                                ).astype(np.int64)
+        out.append(grouping.group_sums(gathered, groups, len(fs) * width).reshape(
+            len(fs), width))
     return np.concatenate(out) if len(out) > 1 else out[0]
+
+
+def _candidates(sums: Any, widths: list[int]) -> Any:
+    """The left side of every candidate split: running sums over the bins, the last bin of
+    each feature left out (nothing to its right)."""
+    feats = [j for j, w in enumerate(widths) if w >= 2]
+    width = sums.shape[1]
+    running = np.cumsum(sums, axis=1)
+    keep = np.concatenate([i * width + np.arange(widths[j] - 1) for i, j in enumerate(feats)])
+    return running.reshape(-1)[keep]
 
 
 # -- routing rows through a tree ----------------------------------------------------------------
