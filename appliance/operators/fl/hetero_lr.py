@@ -47,7 +47,6 @@ DEFAULTS: dict[str, Any] = {
 PENALTIES = ("l1", "l2", "none")
 MAX_EPOCHS = 1000
 MAX_FEATURES = 4096
-PAILLIER_BITS = 2048
 
 
 def plan_of(params: dict[str, Any]) -> dict[str, Any]:
@@ -153,19 +152,6 @@ class Party:
 
 # -- keys and ciphertexts on the wire -----------------------------------------------------------
 
-def _public_key(msg: dict[str, Any], peer: str) -> Any:
-    from accel import paillier
-
-    try:
-        pk = paillier.PublicKey(int(msg["n"]))
-    except (KeyError, TypeError, ValueError):
-        raise OperatorError(f"party {peer} sent a malformed public key") from None
-    if pk.n.bit_length() != PAILLIER_BITS:
-        raise OperatorError(f"party {peer} sent a {pk.n.bit_length()}-bit key, not "
-                            f"{PAILLIER_BITS}")
-    return pk
-
-
 def _opened(ctx: PartyContext, peer: str, mask: Any) -> np.ndarray:
     from accel.paillier import masking
 
@@ -260,13 +246,13 @@ def _keys(ctx: PartyContext, roles: vertical.Roles, clock: Clock) -> tuple[Any, 
     from accel import paillier
 
     if roles.arbiter is not None:
-        pk = _public_key(vertical.recv(ctx, roles.arbiter, "lr/key"), roles.arbiter)
+        pk = vertical.public_key(vertical.recv(ctx, roles.arbiter, "lr/key"), roles.arbiter)
         return None, pk, pk
     other = roles.hosts[0] if ctx.node_id == roles.guest else roles.guest
     with clock:
-        pk, sk = paillier.keygen(PAILLIER_BITS)
+        pk, sk = paillier.keygen(vertical.PAILLIER_BITS)
     vertical.send(ctx, other, {"t": "lr/key", "n": str(pk.n)})
-    theirs = _public_key(vertical.recv(ctx, other, "lr/key"), other)
+    theirs = vertical.public_key(vertical.recv(ctx, other, "lr/key"), other)
     return sk, theirs, pk
 
 
@@ -318,7 +304,7 @@ def _guest(ctx: PartyContext, plan: dict[str, Any], roles: vertical.Roles,
             z = party.score(val)
             for h in hosts:
                 msg = vertical.recv(ctx, h, "lr/scores")
-                z = z + _floats(msg, len(val), h)
+                z = z + vertical.floats(msg, len(val), h)
             row.update(metrics.summary(y[val], metrics.sigmoid(z)))
         improved = len(val) == 0 or best["loss"] is None or (
             row["loss"] < best["loss"] - plan["tol"])
@@ -411,7 +397,7 @@ def _arbiter(ctx: PartyContext, plan: dict[str, Any], roles: vertical.Roles,
     vertical.check_alignment(ctx, roles, None, "lr")
     vertical.resume(ctx, roles, plan.get("resume"), digest(plan), "epoch", "lr")
     with clock:
-        pk, sk = paillier.keygen(PAILLIER_BITS)
+        pk, sk = paillier.keygen(vertical.PAILLIER_BITS)
     for p in [roles.guest, *roles.hosts]:
         vertical.send(ctx, p, {"t": "lr/key", "n": str(pk.n)})
     setup = vertical.recv(ctx, roles.guest, "lr/plan")
@@ -430,17 +416,6 @@ def _arbiter(ctx: PartyContext, plan: dict[str, Any], roles: vertical.Roles,
     return {"model": f"{ALGORITHM}-{ctx.job_id}", "algorithm": ALGORITHM, "role": "arbiter",
             "epochs_run": epoch, "decrypted": opened, "he_seconds": round(clock.he, 3),
             "seconds": round(time.perf_counter() - started, 3)}
-
-
-def _floats(msg: dict[str, Any], length: int, peer: str) -> np.ndarray:
-    v = msg.get("z")
-    if not (isinstance(v, list) and len(v) == length and all(
-            isinstance(a, int | float) and not isinstance(a, bool) for a in v)):
-        raise OperatorError(f"party {peer} sent malformed partial scores")
-    out = np.array(v, dtype=np.float64)
-    if not np.isfinite(out).all():
-        raise OperatorError(f"party {peer} sent non-finite partial scores")
-    return out
 
 
 # -- the model and the checkpoints --------------------------------------------------------------

@@ -35,7 +35,6 @@ MASK_BITS = 52
 #: WOE of a bin with no events or no non-events: 0.5 is added to both counts (the usual
 #: adjustment), so that every bin's WOE is finite
 SMOOTHING = 0.5
-PAILLIER_BITS = 2048
 
 
 def bin_edges(x: np.ndarray, bins: int) -> np.ndarray:
@@ -108,7 +107,7 @@ def run(ctx: PartyContext) -> dict[str, Any]:
         setup = vertical.recv(ctx, guest, "iv/setup")
         try:
             pk = paillier.PublicKey(int(setup["n"]))
-            if pk.n.bit_length() != PAILLIER_BITS:
+            if pk.n.bit_length() != vertical.PAILLIER_BITS:
                 raise ValueError(f"a {pk.n.bit_length()}-bit key")
             enc_y = EncryptedArray.from_bytes(vertical.recv(ctx, guest, "bytes:labels"), pk)
             totals = (int(setup["events"]), int(setup["nonevents"]))
@@ -157,7 +156,7 @@ def run(ctx: PartyContext) -> dict[str, Any]:
 
     assert y is not None
     t = time.perf_counter()
-    pk, sk = paillier.keygen(PAILLIER_BITS)
+    pk, sk = paillier.keygen(vertical.PAILLIER_BITS)
     blob = pk.encrypt(y).to_bytes()
     he = time.perf_counter() - t
     events = int(y.sum())

@@ -165,7 +165,7 @@ def host_part(doc: dict[str, Any], x: np.ndarray) -> dict[str, Any]:
     """What a host sends the guest for its rows ``x``: partial scores, or split sides."""
     if doc["algorithm"] == hetero_lr.ALGORITHM:
         return {"z": partial_scores(doc, x).tolist()}
-    return {"left": {rec: secureboost._pack_bits(
+    return {"left": {rec: secureboost.pack_bits(
         x[:, doc["features"].index(r["feature"])] < r["threshold"])
         for rec, r in doc["records"].items()}}
 
@@ -174,7 +174,7 @@ def host_sides(msg: Any, n: int, peer: str) -> dict[str, np.ndarray]:
     left = msg.get("left") if isinstance(msg, dict) else None
     if not isinstance(left, dict):
         raise OperatorError(f"party {peer} sent malformed split sides")
-    return {str(rec): secureboost._bits(bits, n, peer) for rec, bits in left.items()}
+    return {str(rec): secureboost.bits_of(bits, n, peer) for rec, bits in left.items()}
 
 
 def tree_scores(doc: dict[str, Any], x: np.ndarray,
@@ -206,7 +206,7 @@ def combine(doc: dict[str, Any], x: np.ndarray, parts: dict[str, Any]) -> np.nda
     if doc["algorithm"] == hetero_lr.ALGORITHM:
         z = partial_scores(doc, x)
         for h, msg in parts.items():
-            z = z + hetero_lr._floats(msg, len(x), h)
+            z = z + vertical.floats(msg, len(x), h)
     else:
         decisions: dict[str, np.ndarray] = {}
         for h, msg in parts.items():

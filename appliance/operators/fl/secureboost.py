@@ -175,7 +175,7 @@ def _guest(ctx: PartyContext, plan: dict[str, Any], roles: vertical.Roles, rows:
     hosts, lam, mcw = roles.hosts, plan["reg_lambda"], plan["min_child_weight"]
     he = 0.0
     t = time.perf_counter()
-    pk, sk = paillier.keygen(hetero_lr.PAILLIER_BITS)
+    pk, sk = paillier.keygen(vertical.PAILLIER_BITS)
     he += time.perf_counter() - t
     for h in hosts:
         vertical.send(ctx, h, {"t": "sb/key", "n": str(pk.n)})
@@ -296,7 +296,7 @@ def _guest(ctx: PartyContext, plan: dict[str, Any], roles: vertical.Roles, rows:
                         raise OperatorError(f"party {hst} answered for a node it does not "
                                             "split")
                     r = np.flatnonzero(node_of == k)
-                    left_of[k] = _bits(bits, len(r), hst)
+                    left_of[k] = bits_of(bits, len(r), hst)
             for k in open_nodes:
                 if k not in chosen:
                     gt, ht, _ = totals[k]
@@ -350,7 +350,7 @@ def _host(ctx: PartyContext, plan: dict[str, Any], roles: vertical.Roles, rows: 
     from accel.paillier import grouping
 
     guest = roles.guest
-    pk = hetero_lr._public_key(vertical.recv(ctx, guest, "sb/key"), guest)
+    pk = vertical.public_key(vertical.recv(ctx, guest, "sb/key"), guest)
     records: dict[str, dict[str, Any]] = dict(state.get("records", {}))
     he, n, trees = 0.0, len(train), int(state.get("trees", 0))
     widths = [binned.width(j) for j in range(len(binned.names))]
@@ -401,11 +401,11 @@ def _host(ctx: PartyContext, plan: dict[str, Any], roles: vertical.Roles, rows: 
                 records[f"{tree_no}:{k}"] = {"feature": binned.names[j],
                                              "threshold": float(binned.edges[j][b])}
                 r = np.flatnonzero(node_of == k)
-                left[key] = _pack_bits(binned.goes_left(j, b, train[r]))
+                left[key] = pack_bits(binned.goes_left(j, b, train[r]))
             vertical.send(ctx, guest, {"t": "sb/sides", "left": left})
         if len(val):
             vertical.send(ctx, guest, {"t": "sb/val", "left": {
-                f"{tree_no}:{k}": _pack_bits(binned.goes_left(j, b, val))
+                f"{tree_no}:{k}": pack_bits(binned.goes_left(j, b, val))
                 for k, (j, b) in mine.items()}})
         done = vertical.recv(ctx, guest, "sb/done")
         history.append(done.get("row") if isinstance(done.get("row"), dict) else {})
@@ -486,11 +486,11 @@ def _candidates(sums: Any, widths: list[int]) -> Any:
 
 # -- routing rows through a tree ----------------------------------------------------------------
 
-def _pack_bits(mask: np.ndarray) -> str:
+def pack_bits(mask: np.ndarray) -> str:
     return np.packbits(mask.astype(np.uint8)).tobytes().hex()
 
 
-def _bits(value: Any, count: int, peer: str) -> np.ndarray:
+def bits_of(value: Any, count: int, peer: str) -> np.ndarray:
     try:
         raw = bytes.fromhex(value)
     except (TypeError, ValueError):
@@ -510,7 +510,7 @@ def _host_decisions(ctx: PartyContext, hosts: list[str], tree: dict[str, Any],
         for rec, bits in left.items():
             if wanted.get(rec) != h:
                 raise OperatorError(f"party {h} sent sides for a split it does not hold")
-            out[rec] = _bits(bits, count, h)
+            out[rec] = bits_of(bits, count, h)
     missing = [r for r in wanted if r not in out]
     if missing:
         raise OperatorError(f"the hosts sent no sides for split(s) {', '.join(missing[:5])}")

@@ -21,6 +21,9 @@ import pyarrow.compute as pc
 from appliance.operators.base import OperatorError, PartyContext, canonical
 from appliance.operators.psi.ecdh_engine import id_bytes
 
+#: every vertical protocol's Paillier keys
+PAILLIER_BITS = 2048
+
 
 @dataclass
 class Rows:
@@ -197,6 +200,32 @@ def recv_encrypted(ctx: PartyContext, peer: str, what: str, pk: Any, length: int
     if ea.shape != (length,):
         raise OperatorError(f"party {peer} sent {ea.shape} {what}, not ({length},)")
     return ea
+
+
+def public_key(msg: dict[str, Any], peer: str) -> Any:
+    """A peer's Paillier public key from its ``{"n": ...}`` message, of PAILLIER_BITS."""
+    from accel import paillier
+
+    try:
+        pk = paillier.PublicKey(int(msg["n"]))
+    except (KeyError, TypeError, ValueError):
+        raise OperatorError(f"party {peer} sent a malformed public key") from None
+    if pk.n.bit_length() != PAILLIER_BITS:
+        raise OperatorError(f"party {peer} sent a {pk.n.bit_length()}-bit key, not "
+                            f"{PAILLIER_BITS}")
+    return pk
+
+
+def floats(msg: dict[str, Any], length: int, peer: str) -> np.ndarray:
+    """A peer's partial scores (``"z"``): ``length`` finite numbers, or OperatorError."""
+    v = msg.get("z")
+    if not (isinstance(v, list) and len(v) == length and all(
+            isinstance(a, int | float) and not isinstance(a, bool) for a in v)):
+        raise OperatorError(f"party {peer} sent malformed partial scores")
+    out = np.array(v, dtype=np.float64)
+    if not np.isfinite(out).all():
+        raise OperatorError(f"party {peer} sent non-finite partial scores")
+    return out
 
 
 def check_alignment(ctx: PartyContext, roles: Roles, rows: Rows | None, what: str,
