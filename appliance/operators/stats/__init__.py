@@ -34,7 +34,7 @@ STATS = register(Operator(
         "receivers": "all (default: every party learns the result) or initiator (only the "
                      "guest does; the others get a receipt)",
         "dp_epsilon": "differential privacy at release: the total epsilon, split evenly over "
-                      "the released queries (count, sum, mean, hist, group_by)",
+                      "the released aggregates (every statistic of the rows layout)",
         "dp_delta": "with dp_epsilon: the Gaussian mechanism with this delta (default: "
                     "Laplace, pure epsilon)",
         "dp_bounds": "with dp_epsilon: COLUMN:LOW:HIGH,... the range each value is clipped "

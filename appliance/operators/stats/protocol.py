@@ -38,8 +38,8 @@ MAX_PROBLEMS = 20  # per party, so a header stays small however bad the data
 
 
 MAX_GROUPS = 1000
-#: statistics that differential privacy is built for (sums of squares are not)
-DP_STATS = ("count", "sum", "mean", "hist", "threshold")
+#: statistics that differential privacy is built for (all that the rows layout computes)
+DP_STATS = ("count", "sum", "mean", "var", "std", "cov", "corr", "hist", "threshold")
 
 
 @dataclass(frozen=True)
@@ -204,7 +204,8 @@ def _dp_of(params: dict[str, Any], columns: list[str], stats: list[str],
             raise OperatorError(f"stats: dp_bounds {item!r}: a column of the job and "
                                 "finite LOW < HIGH")
         bounds.append((col, lo, hi))
-    needs = {"sum", "mean", "threshold"} & set(stats) or group_by is not None
+    needs = ({"sum", "mean", "var", "std", "cov", "corr", "threshold"} & set(stats)
+             or group_by is not None)
     missing = [c for c in columns if c not in {b[0] for b in bounds}]
     if needs and missing:
         raise OperatorError(f"stats: with dp_epsilon, sums need each column's range to clip "
@@ -350,11 +351,11 @@ def items_of(plan: Plan, local: Local, groups: list[str] | None
     if plan.need_cross:
         items += [(float(local.cross[i, j]), True,
                    f"column {cols[i]!r}: its sum of squares" if i == j else
-                   f"columns {cols[i]!r} and {cols[j]!r}: their sum of products", "-")
-                  for i in range(k) for j in range(i, k)]
+                   f"columns {cols[i]!r} and {cols[j]!r}: their sum of products",
+                   f"cross:{i}:{j}") for i in range(k) for j in range(i, k)]
     elif plan.need_squares:
         items += [(float(local.cross[i, i]), True, f"column {cols[i]!r}: its sum of squares",
-                   "-") for i in range(k)]
+                   f"cross:{i}:{i}") for i in range(k)]
     if plan.edges:
         items += [(int(local.hist[i, b]), dp, f"column {cols[i]!r}: a bin count",
                    f"hist:{cols[i]}") for i in range(k) for b in range(local.hist.shape[1])]
@@ -539,10 +540,18 @@ def dp_noise(plan: Plan, local: Local, parties: int, groups: list[str] | None
     m = len(queries)
     rng = np.random.default_rng(secrets.randbits(128))
     scales: dict[str, float] = {}
+    def reach(column: str) -> float:  # the largest |value| after clipping
+        return max(abs(v) for v in dp.bound_of(column))
+
     for q in queries:
         name, _, col = q.partition(":")
-        sensitivity = (max(abs(v) for v in dp.bound_of(col))
-                       if name in ("sum", "group_sum", "threshold_sum") else 1.0)
+        if name in ("sum", "group_sum", "threshold_sum"):
+            sensitivity = reach(col)
+        elif name == "cross":  # a row adds x_i * x_j
+            i, j = (int(v) for v in col.split(":"))
+            sensitivity = reach(plan.columns[i]) * reach(plan.columns[j])
+        else:  # counts: a row adds 1
+            sensitivity = 1.0
         if dp.delta is None:
             scales[q] = sensitivity * m / dp.epsilon
         else:
@@ -623,7 +632,8 @@ def results(plan: Plan, total: list[int], groups: list[str] | None = None) -> di
                        for i, a in enumerate(cols)}
         elif st == "corr":
             var = [cov(i, i) for i in range(k)]
-            out[st] = {a: {b: (cov(i, j) / math.sqrt(var[i] * var[j])
+            # with dp the noisy moments can put a ratio past 1: clipped (post-processing)
+            out[st] = {a: {b: (max(-1.0, min(1.0, cov(i, j) / math.sqrt(var[i] * var[j])))
                                if var[i] > 0 and var[j] > 0 else None)
                            for j, b in enumerate(cols)} for i, a in enumerate(cols)}
             flat = [c for i, c in enumerate(cols) if var[i] <= 0]

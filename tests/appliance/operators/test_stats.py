@@ -232,8 +232,7 @@ def test_a_malformed_header_names_its_sender(tmp_path):
                                                   "not built yet"),
         ({"columns": "a", "stats": "min"}, "min needs secure comparison"),
         ({"columns": "a", "layout": "columns"}, "layout=columns .* not built yet"),
-        ({"columns": "a", "stats": "var", "dp_epsilon": "1.0"},
-         "with dp_epsilon, var is not built"),
+        ({"columns": "a", "stats": "var", "dp_epsilon": "1.0"}, "dp_bounds=a:LOW:HIGH"),
         ({"columns": "a", "stats": "sum", "dp_epsilon": "1.0"}, "dp_bounds=a:LOW:HIGH"),
         ({"columns": "a", "dp_epsilon": "0"}, r"dp_epsilon must be in \(0, 100\]"),
         ({"columns": "a", "dp_delta": "1e-6"}, "need dp_epsilon"),
@@ -338,3 +337,21 @@ def test_threshold_count_and_sum_equal_numpy_with_negatives_and_ties():
         got = res["carrier-b"]["stats"]["threshold"][col]
         assert got["count"] == int((v > 50).sum())  # strictly above: 50 itself is out
         assert got["sum"] == pytest.approx(v[v > 50].sum(), rel=1e-12)
+
+
+def test_dp_moments_have_calibrated_noise_and_stay_in_range():
+    rng = np.random.default_rng(9)
+    names = NAMES[:3]
+    data = grouped_tables(rng, names)
+    pooled = pa.concat_tables([d.table for d in data.values()])
+    a = np.clip(pooled.column("a").to_numpy(), 0, 100)
+    res = run_all(names, data, {"columns": "a,b", "stats": "mean,var,corr",
+                                "dp_epsilon": "8", "dp_bounds": "a:0:100,b:0:99"})
+    r = res["bank-a"]
+    assert not isinstance(r, BaseException), r
+    scales = r["dp"]["noise_scale"]
+    # count, 2 sums, 3 cross sums: 6 queries; a row adds at most 100*100 to a's squares
+    assert r["dp"]["queries"] == 6 and scales["cross:0:0"] == 100 * 100 * 6 / 8
+    assert scales["cross:0:1"] == 100 * 99 * 6 / 8
+    assert abs(r["stats"]["mean"]["a"] - a.mean()) < 5
+    assert r["stats"]["var"]["a"] >= 0 and -1 <= r["stats"]["corr"]["a"]["b"] <= 1
