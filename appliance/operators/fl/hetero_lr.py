@@ -242,7 +242,8 @@ def run(ctx: PartyContext) -> dict[str, Any]:
 
 def _keys(ctx: PartyContext, roles: vertical.Roles, clock: Clock) -> tuple[Any, Any, Any]:
     """(this party's secret key or None, the key its gradient is encrypted under by the
-    other side, the key this party encrypts its own residual part under)."""
+    other side, what this party encrypts its own residual part with: its secret key where it
+    holds one, which encrypts faster through the CRT, else the arbiter's public key)."""
     from accel import paillier
 
     if roles.arbiter is not None:
@@ -253,7 +254,7 @@ def _keys(ctx: PartyContext, roles: vertical.Roles, clock: Clock) -> tuple[Any, 
         pk, sk = paillier.keygen(vertical.PAILLIER_BITS)
     vertical.send(ctx, other, {"t": "lr/key", "n": str(pk.n)})
     theirs = vertical.public_key(vertical.recv(ctx, other, "lr/key"), other)
-    return sk, theirs, pk
+    return sk, theirs, sk
 
 
 def _guest(ctx: PartyContext, plan: dict[str, Any], roles: vertical.Roles,
@@ -262,7 +263,7 @@ def _guest(ctx: PartyContext, plan: dict[str, Any], roles: vertical.Roles,
     y = rows.y
     assert y is not None
     arbiter, hosts = roles.arbiter, roles.hosts
-    sk, their_pk, my_pk = _keys(ctx, roles, clock)
+    sk, their_pk, encrypter = _keys(ctx, roles, clock)
     if arbiter is not None:
         vertical.send(ctx, arbiter, {"t": "lr/plan", "batches": len(
             batches(train, plan["batch_size"], plan["seed"], 0))})
@@ -276,7 +277,7 @@ def _guest(ctx: PartyContext, plan: dict[str, Any], roles: vertical.Roles,
             if arbiter is None:
                 host = hosts[0]
                 with clock:
-                    vertical.send_bytes(ctx, host, my_pk.encrypt(dg).to_bytes())
+                    vertical.send_bytes(ctx, host, encrypter.encrypt(dg).to_bytes())
                 u = vertical.recv_encrypted(ctx, host, "partial scores", their_pk, len(b))
                 with clock:
                     blob, mask = _masked_gradient(u + dg, party.xs[b], plan["precision"])
@@ -340,7 +341,7 @@ def _host(ctx: PartyContext, plan: dict[str, Any], roles: vertical.Roles, rows: 
           party: Party, train: np.ndarray, val: np.ndarray, clock: Clock, started: float,
           resumed: dict[str, Any]) -> dict[str, Any]:
     guest, arbiter = roles.guest, roles.arbiter
-    sk, their_pk, my_pk = _keys(ctx, roles, clock)
+    sk, their_pk, encrypter = _keys(ctx, roles, clock)
     history: list[dict[str, Any]] = list(resumed.get("history", []))
     best = resumed.get("best", {"epoch": 0, "w": party.w.copy()})
     epoch = int(resumed.get("epoch", 0))
@@ -349,7 +350,7 @@ def _host(ctx: PartyContext, plan: dict[str, Any], roles: vertical.Roles, rows: 
         for b in batches(train, plan["batch_size"], plan["seed"], epoch):
             u = 0.25 * party.score(b)
             with clock:
-                vertical.send_bytes(ctx, guest, my_pk.encrypt(u).to_bytes())
+                vertical.send_bytes(ctx, guest, encrypter.encrypt(u).to_bytes())
             if arbiter is None:
                 dg = vertical.recv_encrypted(ctx, guest, "residuals", their_pk, len(b))
                 with clock:
