@@ -399,6 +399,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--no-native", action="store_true", help="skip the native engine's row")
     p.add_argument("--end-to-end", action="store_true",
                    help="also run a psi job through two real daemons (temporary state dirs)")
+    p.add_argument("--wan", action="store_true",
+                   help="with --end-to-end: the daemons talk over a 100 Mbit/s, 10 ms one-way "
+                        "link (the channel benchmark's userspace link emulator)")
     p.add_argument("--reference-venv", type=Path, default=REFERENCE_VENV)
     p.add_argument("--json", action="store_true", help="also print the results as one JSON line")
     args = p.parse_args(argv)
@@ -460,7 +463,8 @@ def main(argv: list[str] | None = None) -> int:
             # imported here: psutil and the daemon's modules are only needed for this row
             from appliance.bench import psi_daemons
 
-            e2e = psi_daemons.run_end_to_end(a_csv, b_csv, expected, args.timeout_s)
+            e2e = psi_daemons.run_end_to_end(a_csv, b_csv, expected, args.timeout_s,
+                                             (0.010, 100e6) if args.wan else None)
     print()
     print(format_table(rows, native, args.size))
     print("wall s: the slower party's time inside psi_execute (CSV read, sort, protocol, "

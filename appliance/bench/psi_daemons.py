@@ -33,6 +33,7 @@ import psutil
 
 from appliance.bench.psi import read_ids
 from appliance.client import DaemonClient, DaemonError
+from appliance.federation.channel.linkshaper import LinkShaper
 from appliance.provision import init_state_dir
 from appliance.state.statedir import StateDir
 
@@ -91,14 +92,22 @@ def _swtpm_pids(state_dir: Path) -> list[int]:
 class BenchNode:
     """One daemon on its own temporary state directory."""
 
-    def __init__(self, base: Path, node_id: str, password: str) -> None:
+    def __init__(self, base: Path, node_id: str, password: str,
+                 wan: tuple[float, float] | None = None) -> None:
         self.node_id = node_id
         self.state = base / f"{node_id}-state"
+        listen = _free_port()
+        fed = {"organisation": f"PSI bench {node_id}",
+               "interconnect_listen": f"127.0.0.1:{listen}"}
+        self.shaper: LinkShaper | None = None
+        if wan is not None:
+            # peers dial this node through a relay with the WAN's delay and rate (both
+            # directions of each connection), so every byte of the job crosses "the WAN"
+            self.shaper = LinkShaper(("127.0.0.1", listen), delay_s=wan[0], rate_bps=wan[1])
+            fed["interconnect_endpoint"] = f"127.0.0.1:{self.shaper.start()}"
         t0 = time.perf_counter()
         init_state_dir(StateDir(self.state), root="/", admin_password=password, trust="dev",
-                       node_id=node_id, federation={
-                           "organisation": f"PSI bench {node_id}",
-                           "interconnect_listen": f"127.0.0.1:{_free_port()}"})
+                       node_id=node_id, federation=fed)
         self.provision_s = time.perf_counter() - t0
         self.proc: subprocess.Popen[str] | None = None
         self.ps: psutil.Process | None = None
@@ -127,6 +136,8 @@ class BenchNode:
         self.api.put("/v1/profile/override", {"profile": "development"})
 
     def stop(self) -> None:
+        if self.shaper is not None:
+            self.shaper.close()
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -165,9 +176,11 @@ class BenchNode:
 
 
 def run_end_to_end(a_csv: Path, b_csv: Path, expected: set[str],
-                   timeout_s: float = 600.0) -> dict[str, Any]:
+                   timeout_s: float = 600.0,
+                   wan: tuple[float, float] | None = None) -> dict[str, Any]:
     """Both daemons, one psi job (reveal=both); timings, per-daemon CPU and peak RSS, and the
-    intersection on both sides checked against ``expected``."""
+    intersection on both sides checked against ``expected``. ``wan``: (one-way delay s,
+    rate bit/s) of a userspace link in front of each daemon's interconnect."""
     base = Path(tempfile.mkdtemp(prefix="pec-psi-e2e-"))
     password = secrets.token_urlsafe(18)  # nobody logs in; it only has to pass the check
     nodes: list[BenchNode] = []
@@ -175,7 +188,10 @@ def run_end_to_end(a_csv: Path, b_csv: Path, expected: set[str],
                            "correct": False}
     try:
         t0 = time.perf_counter()
-        nodes = [BenchNode(base, n, password) for n in NODES]
+        nodes = [BenchNode(base, n, password, wan) for n in NODES]
+        if wan is not None:
+            res["wan"] = {"delay_ms": wan[0] * 1e3, "rate_mbit": wan[1] / 1e6,
+                          "link": "userspace relay (linkshaper)"}
         for n in nodes:
             n.start()
         a, b = nodes
@@ -261,7 +277,9 @@ def format_report(res: dict[str, Any], native_wall: float | None,
                   ecdh_wall: float | None) -> str:
     load = "/".join(f"{v:.2f}" for v in res["load_before"])
     load_end = "/".join(f"{v:.2f}" for v in res.get("load_after", ()))
-    lines = ["end to end, two daemons (bench-a initiates, reveal=both; a / b):"]
+    lines = ["end to end, two daemons (bench-a initiates, reveal=both; a / b)"
+             + (f", over a {res['wan']['rate_mbit']:g} Mbit/s, {res['wan']['delay_ms']:g} ms "
+                f"one-way link ({res['wan']['link']})" if res.get("wan") else "") + ":"]
     if "error" in res:
         lines.append(f"  FAILED: {res['error']}")
     rss = [None if v is None else v / 1024 for v in res.get("peak_rss_kb", [])]
