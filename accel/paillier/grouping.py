@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 def group_sums(a: EncryptedArray, groups: np.ndarray, count: int) -> EncryptedArray:
     """``[[sum of a[i] for i with groups[i] == g]]`` for g in 0..count-1 (an empty group
     sums to an encryption of zero). ``a`` is 1-D; ``groups`` holds ints in [0, count)."""
-    from accel.paillier.arithmetic import check_bound
+    from accel.paillier.arithmetic import _encryptions_of_zero
 
     groups = np.asarray(groups)
     if a.ndim != 1 or groups.shape != a.shape:
@@ -38,9 +38,9 @@ def group_sums(a: EncryptedArray, groups: np.ndarray, count: int) -> EncryptedAr
     sizes = np.bincount(groups, minlength=count) if groups.size else np.zeros(count, int)
     widest = int(sizes.max()) if count else 0
     L = a.public_key.limbs
-    bound = check_bound(a, a.bound * max(widest, 1), a.scale, f"sum of {widest} elements")
-    data = np.zeros((max(widest, 1), count, L), dtype=np.uint64)
-    data[..., 0] = 1  # the trivial encryption of zero pads the shorter groups
+    # the groups side by side, the shorter ones padded with the trivial encryption of zero;
+    # then one sum down the columns (it checks the bound)
+    data = _encryptions_of_zero(a, (max(widest, 1), count))
     if groups.size:
         order = np.argsort(groups, kind="stable")
         sorted_groups = groups[order]
@@ -48,9 +48,8 @@ def group_sums(a: EncryptedArray, groups: np.ndarray, count: int) -> EncryptedAr
         slot = np.arange(groups.size) - starts[sorted_groups]
         data[slot, sorted_groups] = a.data.reshape(-1, L)[order]
     if widest <= 1:
-        return a._like(data[0], bound=bound)
-    be = a._backend("prodmod", widest * count)
-    return a._like(be.prodmod(data, a.public_key.nsquare).reshape(count, L), bound=bound)
+        return a._like(data[0])
+    return a._like(data).sum(axis=0)
 
 
 @dataclass(frozen=True)
@@ -64,7 +63,7 @@ class Packing:
 
 def pack(a: EncryptedArray, slot_bits: int) -> tuple[EncryptedArray, Packing]:
     """``a`` (1-D, integer values in [0, 2**slot_bits)) as ceil(n / per) ciphertexts."""
-    from accel.paillier.arithmetic import check_bound
+    from accel.paillier.arithmetic import _encryptions_of_zero, check_bound
 
     if a.ndim != 1 or a.scale != 0:
         raise ValueError("pack takes a 1-D array of integers (scale 0)")
@@ -78,8 +77,7 @@ def pack(a: EncryptedArray, slot_bits: int) -> tuple[EncryptedArray, Packing]:
     if n == 0:
         return a, layout
     L = a.public_key.limbs
-    data = np.zeros((rows * per, L), dtype=np.uint64)
-    data[:, 0] = 1  # padding: the trivial encryption of zero
+    data = _encryptions_of_zero(a, (rows * per,))  # the padding
     data[:n] = a.data.reshape(-1, L)
     grid = a._like(data.reshape(rows, per, L))
     check_bound(a, (1 << (slot_bits * per)) - 1, 0, "packing")

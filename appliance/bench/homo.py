@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import secrets
 import shutil
 import subprocess
@@ -31,7 +30,8 @@ from typing import Any
 import numpy as np
 
 from appliance.bench import machine
-from appliance.bench.psi_daemons import BenchNode
+from appliance.bench.psi_daemons import BenchNode, enrol
+from appliance.operators.base import job_dir
 from appliance.operators.fl.models import SoftmaxLR, evaluate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,12 +85,7 @@ def run_ours(data: list[tuple[np.ndarray, np.ndarray]], rounds: int, modes: list
             n.start()
         for i, a in enumerate(nodes):
             for b in nodes[i + 1:]:
-                b.api.post("/v1/peers", {"name": a.node_id,
-                                         "card": a.api.get("/v1/federation/card")})
-                a.api.post("/v1/peers", {"name": b.node_id,
-                                         "card": b.api.get("/v1/federation/card")})
-                a.api.post(f"/v1/peers/{b.node_id}/approve", {"accept": True})
-                b.api.post(f"/v1/peers/{a.node_id}/approve", {"accept": True})
+                enrol(a, b)
         d = data[0][0].shape[1]
         for n, (x, y) in zip(nodes, data, strict=True):
             path = base / f"{n.node_id}.csv"
@@ -102,8 +97,12 @@ def run_ours(data: list[tuple[np.ndarray, np.ndarray]], rounds: int, modes: list
             n.api.post("/v1/datasets", {"name": "bench", "path": str(path), "id_column": "id",
                                         "grade": "L2"})
         agg, peers = nodes[0], nodes[1:]
+        # the trained model is scored on the pooled rows, the same for every mode
+        pooled_x = np.concatenate([p[0] for p in data])
+        pooled_y = np.concatenate([p[1] for p in data])
+        model = SoftmaxLR(d, 2, PARAMS)
         for mode in modes:
-            load0 = os.getloadavg()
+            load0 = machine.load()
             cpu0 = [n.cpu_s() for n in nodes]
             t0 = time.perf_counter()
             job = agg.api.post("/v1/jobs", {"kind": "train", "params": {
@@ -120,12 +119,10 @@ def run_ours(data: list[tuple[np.ndarray, np.ndarray]], rounds: int, modes: list
             else:
                 o = done["result"]["outputs"]
                 row |= {"protocol_s": o["seconds"], "he_s": o["he_seconds"]}
-                doc = json.loads(Path(o.get("model_file") or _model_file(agg, job)).read_text())
-                model = SoftmaxLR(d, 2, PARAMS)
-                x = np.concatenate([p[0] for p in data])
-                y = np.concatenate([p[1] for p in data])
-                z = (x - np.array(doc["mean"])) / np.array(doc["scale"])
-                row["accuracy"] = evaluate(model, np.array(doc["weights"]), z, y)[1] / len(y)
+                doc = json.loads(Path(_model_file(agg, job)).read_text())
+                z = (pooled_x - np.array(doc["mean"])) / np.array(doc["scale"])
+                row["accuracy"] = evaluate(model, np.array(doc["weights"]), z,
+                                           pooled_y)[1] / len(pooled_y)
             out.append(row)
         return out
     finally:
@@ -137,7 +134,7 @@ def run_ours(data: list[tuple[np.ndarray, np.ndarray]], rounds: int, modes: list
 
 def _model_file(node: BenchNode, job: dict[str, Any]) -> str:
     fed = node.api.get(f"/v1/jobs/{job['id']}/parties")["job_id"]
-    return str(node.state / "outputs" / fed.replace(":", "_") / "model.json")
+    return str(job_dir(node.state / "outputs", fed) / "model.json")
 
 
 def main(argv: list[str] | None = None) -> int:

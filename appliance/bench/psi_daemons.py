@@ -31,6 +31,7 @@ from typing import Any
 
 import psutil
 
+from appliance.bench import machine
 from appliance.bench.psi import read_ids
 from appliance.client import DaemonClient, DaemonError
 from appliance.federation.channel.linkshaper import LinkShaper
@@ -175,6 +176,14 @@ class BenchNode:
             time.sleep(poll_s)
 
 
+def enrol(a: BenchNode, b: BenchNode) -> None:
+    """Each pins the other's card (attesting it), then accepts its jobs without asking."""
+    b.api.post("/v1/peers", {"name": a.node_id, "card": a.api.get("/v1/federation/card")})
+    a.api.post("/v1/peers", {"name": b.node_id, "card": b.api.get("/v1/federation/card")})
+    a.api.post(f"/v1/peers/{b.node_id}/approve", {"accept": True})
+    b.api.post(f"/v1/peers/{a.node_id}/approve", {"accept": True})
+
+
 def run_end_to_end(a_csv: Path, b_csv: Path, expected: set[str],
                    timeout_s: float = 600.0,
                    wan: tuple[float, float] | None = None) -> dict[str, Any]:
@@ -184,7 +193,7 @@ def run_end_to_end(a_csv: Path, b_csv: Path, expected: set[str],
     base = Path(tempfile.mkdtemp(prefix="pec-psi-e2e-"))
     password = secrets.token_urlsafe(18)  # nobody logs in; it only has to pass the check
     nodes: list[BenchNode] = []
-    res: dict[str, Any] = {"engine": "pec e2e", "load_before": os.getloadavg(),
+    res: dict[str, Any] = {"engine": "pec e2e", "load_before": machine.load(),
                            "correct": False}
     try:
         t0 = time.perf_counter()
@@ -196,11 +205,7 @@ def run_end_to_end(a_csv: Path, b_csv: Path, expected: set[str],
             n.start()
         a, b = nodes
         res["setup_s"] = round(time.perf_counter() - t0, 2)  # provision + start, both
-        # enrolment: each pins the other's card (attesting it), then approves its jobs
-        b.api.post("/v1/peers", {"name": a.node_id, "card": a.api.get("/v1/federation/card")})
-        a.api.post("/v1/peers", {"name": b.node_id, "card": b.api.get("/v1/federation/card")})
-        a.api.post(f"/v1/peers/{b.node_id}/approve", {"accept": True})
-        b.api.post(f"/v1/peers/{a.node_id}/approve", {"accept": True})
+        enrol(a, b)
         # registration scans the whole file (row count, fingerprint): long at 10^6, so the
         # client waits up to the run's limit rather than the default 30 s
         cpu0 = [n.cpu_s() for n in nodes]
@@ -214,7 +219,7 @@ def run_end_to_end(a_csv: Path, b_csv: Path, expected: set[str],
             n.api.timeout = 30
         res["register_s"] = reg
         cpu1 = [n.cpu_s() for n in nodes]
-        load_job = os.getloadavg()
+        load_job = machine.load()
         t_submit = time.perf_counter()
         job = a.api.post("/v1/jobs", {"kind": "psi", "params": {
             "peers": [b.node_id], "dataset": DATASET, "peer_dataset": DATASET,
@@ -263,7 +268,7 @@ def run_end_to_end(a_csv: Path, b_csv: Path, expected: set[str],
         for n in nodes:
             with contextlib.suppress(Exception):  # stop the other daemon whatever this one did
                 n.stop()
-        res["load_after"] = os.getloadavg()
+        res["load_after"] = machine.load()
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -275,8 +280,8 @@ def _fmt(values: list[Any] | None, fmt: str) -> str:
 
 def format_report(res: dict[str, Any], native_wall: float | None,
                   ecdh_wall: float | None) -> str:
-    load = "/".join(f"{v:.2f}" for v in res["load_before"])
-    load_end = "/".join(f"{v:.2f}" for v in res.get("load_after", ()))
+    load = machine.fmt_load(res["load_before"])
+    load_end = machine.fmt_load(res.get("load_after", ()))
     lines = ["end to end, two daemons (bench-a initiates, reveal=both; a / b)"
              + (f", over a {res['wan']['rate_mbit']:g} Mbit/s, {res['wan']['delay_ms']:g} ms "
                 f"one-way link ({res['wan']['link']})" if res.get("wan") else "") + ":"]

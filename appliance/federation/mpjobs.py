@@ -33,7 +33,7 @@ from appliance.federation.kinds import DATASET_NAME
 from appliance.federation.peers import PeerError
 from appliance.federation.service import Federation
 from appliance.jobs.runner import Cancelled, JobContext, JobError
-from appliance.operators.base import REGISTRY, Operator, PartyContext, output_hash
+from appliance.operators.base import REGISTRY, Operator, PartyContext, job_dir, output_hash
 from appliance.state.store import Store, utc_now
 from appliance.trust import audit
 
@@ -313,7 +313,7 @@ class MultiParty:
                 params=dict(params["params"]), dataset=reader,
                 progress=lambda pct, msg="": ctx.progress(10 + 0.9 * pct, msg),
                 sign=self._sign, peer_keys=peer_keys,
-                output_dir=self.output_root / _safe(job_id),
+                output_dir=job_dir(self.output_root, job_id),
                 state_dir=self.output_root.parent, secrets=self._secrets)
             outputs = op.run(pctx)
         except Cancelled as exc:
@@ -508,11 +508,6 @@ class MultiParty:
                    message=str(body.get("message", ""))[:500],
                    output=digest if isinstance(digest, str) else None)
         return {"ok": True}
-
-
-def _safe(job_id: str) -> str:
-    """A job id as a directory name (job ids are checked A-Z a-z 0-9 . _ : -)."""
-    return job_id.replace(":", "_")
 
 
 def _reason(exc: BaseException) -> str:

@@ -126,9 +126,7 @@ class OnlinePredict:
                 and all(isinstance(i, str) for i in msg["ids"])
                 and (msg.get("dataset") is None or isinstance(msg["dataset"], str))):
             raise ValueError("a malformed online prediction request")
-        current = self.fed.peers.by_node_id(peer["node_id"])
-        if current["state"] != "active":
-            raise PeerError(f"this node has quarantined you: {current['state_reason']}")
+        self.fed.active_peer(peer["node_id"])
         model = msg["model"]
         doc = joint_predict.load_part(self.output_root, model)
         if doc["role"] != "host" or doc["parties"].get(peer["node_id"]) != "guest":

@@ -16,10 +16,9 @@ from typing import Any
 import pyarrow as pa
 
 from appliance.federation import kinds
-from appliance.federation.mpjobs import _safe
 from appliance.jobs.registry import job_kind
 from appliance.jobs.runner import JobContext, JobError
-from appliance.operators.base import REGISTRY, OperatorError
+from appliance.operators.base import REGISTRY, OperatorError, job_dir
 from appliance.operators.fl.predict import check_model, features_of, predict
 from appliance.trust import audit
 
@@ -33,7 +32,7 @@ MAX_ONLINE_ROWS = 10_000
 def model_path(output_root: Path, model: Any) -> Path:
     if not isinstance(model, str) or not MODEL_ID.fullmatch(model):
         raise JobError(f"model must be a model id such as homo_lr-JOB (got {model!r})")
-    return output_root / _safe(MODEL_ID.fullmatch(model).group(2)) / "model.json"
+    return job_dir(output_root, MODEL_ID.fullmatch(model).group(2)) / "model.json"
 
 
 def _read(output_root: Path, model: str) -> Any:
@@ -158,7 +157,7 @@ def run_predict(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
         raise JobError(f"data set {params['dataset']}: {exc}") from None
     ctx.progress(50, f"predicting {table.num_rows} rows")
     labels, scores = predict(doc, x)
-    out_dir = mp.output_root / _safe(f"predict-{ctx.job_id}")
+    out_dir = job_dir(mp.output_root, f"predict-{ctx.job_id}")
     out_dir.mkdir(parents=True, exist_ok=True)
     ids = table.column(ds.id_column).to_pylist()
     buf = io.StringIO()

@@ -52,6 +52,7 @@ class PrivateQuery:
         self.store = ServiceStore(state_dir / "pir" / "services", secrets)
         self.cache = wire.HintCache(state_dir / "pir" / "peers")
         self._spent: dict[str, deque[tuple[float, int]]] = {}
+        self._audit_secret: bytes | None = None
         self._lock = threading.Lock()
         fed.topics[wire.TOPIC] = self._serve
 
@@ -111,10 +112,10 @@ class PrivateQuery:
 
         def allow(op: str, service: str | None, count: int) -> None:
             try:
-                current = self.fed.peers.by_node_id(peer["node_id"])
-                if current["state"] != "active":
-                    raise PirError(f"this node has quarantined you: {current['state_reason']}",
-                                   403)
+                try:
+                    self.fed.active_peer(peer["node_id"])
+                except PeerError as exc:  # said as it is, without the refusal's prefix
+                    raise PirError(str(exc), 403) from None
                 if service is not None:
                     info = self.store.loaded(service).info
                     self._servable(info["source"]["dataset"], info["label_columns"])
@@ -175,9 +176,13 @@ class PrivateQuery:
 
     def _keys_hmac(self, keys: list[Any]) -> str:
         with self._lock:  # two first queries at once must not each make a secret
-            secret = self.secrets.load_secret(AUDIT_KEY)
-            if secret is None:
-                secret = os.urandom(32)
-                self.secrets.store_secret(AUDIT_KEY, secret)
+            if self._audit_secret is None:
+                # unsealed once: the HSM is not asked again for every query
+                secret = self.secrets.load_secret(AUDIT_KEY)
+                if secret is None:
+                    secret = os.urandom(32)
+                    self.secrets.store_secret(AUDIT_KEY, secret)
+                self._audit_secret = secret
+            secret = self._audit_secret
         text = json.dumps([str(k) for k in keys], separators=(",", ":")).encode()
         return hmac.new(secret, text, hashlib.sha256).hexdigest()

@@ -325,7 +325,15 @@ class Federation:
         peer = self.peers.by_node_id(node_id)
         if fingerprint and peer["policy"]["certificate_sha256"] != fingerprint:
             raise PeerError("the connection's certificate is not the one pinned", 403)
-        if peer["state"] != "active" and method not in ("attest", "job.stop"):
+        if method in ("attest", "job.stop"):
+            return peer
+        return self.active_peer(node_id, peer)
+
+    def active_peer(self, node_id: str, peer: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The peer row of ``node_id`` as it stands now, or PeerError (403) when this node
+        has quarantined it: asked again before each request a service serves."""
+        peer = peer if peer is not None else self.peers.by_node_id(node_id)
+        if peer["state"] != "active":
             raise PeerError(f"this node has quarantined you: {peer['state_reason']}", 403)
         return peer
 

@@ -39,6 +39,12 @@ class Dataset(Protocol):
     def batches(self, columns: list[str] | None = None) -> Iterator[Any]: ...
 
 
+def job_dir(root: Path, job_id: str) -> Path:
+    """A job's output directory under a node's output root (job ids are checked
+    A-Z a-z 0-9 . _ : -, so replacing ':' leaves a plain directory name)."""
+    return root / job_id.replace(":", "_")
+
+
 @dataclass
 class PartyContext:
     job_id: str
@@ -59,6 +65,11 @@ class PartyContext:
     # PSI server's table) and its sealed-secret store (store_secret/load_secret, the HSM KEK)
     state_dir: Path | None = None
     secrets: Any = None
+
+    def other_job_dir(self, job_id: str) -> Path | None:
+        """Another job's output directory at this node (a checkpoint to resume from, a
+        model to predict with), beside this job's own; None where nothing is kept."""
+        return job_dir(self.output_dir.parent, job_id) if self.output_dir is not None else None
 
 
 @dataclass(frozen=True)

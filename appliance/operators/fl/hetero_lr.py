@@ -102,8 +102,8 @@ class Party:
                  intercept: bool) -> None:
         self.names = list(rows.features)
         x = rows.matrix(self.names)
-        self.mean = x[train].mean(axis=0) if len(train) else np.zeros(len(self.names))
-        scale = x[train].std(axis=0) if len(train) else np.ones(len(self.names))
+        xt = x[train]  # never empty: run() refuses a job without training rows
+        self.mean, scale = xt.mean(axis=0), xt.std(axis=0)
         constant = [f for f, s in zip(self.names, scale, strict=True) if s == 0]
         if constant:
             raise OperatorError(f"train: feature(s) {', '.join(constant[:10])} are constant on "
@@ -115,8 +115,7 @@ class Party:
             z = np.column_stack([z, np.ones(len(z))])
         self.x = z
         # each column divided by its largest magnitude for the encrypted product
-        self.colmax = np.maximum(np.abs(z[train]).max(axis=0), 1e-12) if len(train) else (
-            np.ones(z.shape[1]))
+        self.colmax = np.maximum(np.abs(z[train]).max(axis=0), 1e-12)
         self.xs = z / self.colmax
         self.w = np.zeros(z.shape[1])
         self.intercept = intercept
@@ -265,8 +264,8 @@ def _guest(ctx: PartyContext, plan: dict[str, Any], roles: vertical.Roles,
     arbiter, hosts = roles.arbiter, roles.hosts
     sk, their_pk, encrypter = _keys(ctx, roles, clock)
     if arbiter is not None:
-        vertical.send(ctx, arbiter, {"t": "lr/plan", "batches": len(
-            batches(train, plan["batch_size"], plan["seed"], 0))})
+        vertical.send(ctx, arbiter, {"t": "lr/plan",
+                                     "batches": -(-len(train) // plan["batch_size"])})
     history: list[dict[str, Any]] = list(resumed.get("history", []))
     best = resumed.get("best", {"loss": None, "epoch": 0, "w": party.w.copy()})
     first = int(resumed.get("epoch", 0))

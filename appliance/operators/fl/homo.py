@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 
 from appliance.federation.channel import ChannelError
 from appliance.operators.base import OperatorError, PartyContext, canonical
-from appliance.operators.fl import models, secagg
+from appliance.operators.fl import models, secagg, vertical
 
 log = logging.getLogger("pec.fl")
 
@@ -226,7 +226,7 @@ class Aggregation:
 
             if self.me == self.key_holder:
                 t = time.perf_counter()
-                self.pk, self.sk = paillier.keygen(secagg.PAILLIER_BITS)
+                self.pk, self.sk = paillier.keygen(vertical.PAILLIER_BITS)
                 self.he_seconds += time.perf_counter() - t
                 for p in others:
                     ctx.sessions[p].send({"t": "fl/pk", "n": str(self.pk.n)})
@@ -234,7 +234,7 @@ class Aggregation:
                 msg = _recv(ctx, self.key_holder, "fl/pk")
                 try:
                     n = int(msg.get("n"))
-                    if n.bit_length() != secagg.PAILLIER_BITS:
+                    if n.bit_length() != vertical.PAILLIER_BITS:
                         raise ValueError(f"a {n.bit_length()}-bit modulus")
                     self.pk = paillier.PublicKey(n)
                 except (TypeError, ValueError) as exc:
@@ -489,17 +489,13 @@ def run(ctx: PartyContext) -> dict[str, Any]:
                  "clusters": plan["clusters"] if kmeans else None, "job": ctx.job_id,
                  "parties": order, "secure_aggregation": plan["secure_aggregation"]}
     model_id = f"{plan['algorithm']}-{ctx.job_id}"
-    if ctx.output_dir is not None:
-        ctx.output_dir.mkdir(parents=True, exist_ok=True)
-        tmp = ctx.output_dir / "model.json.tmp"
-        tmp.write_text(json.dumps(model_doc))
-        tmp.rename(ctx.output_dir / "model.json")
+    sha = vertical.store(ctx, "model.json", model_doc)
     return {"model": model_id, "algorithm": plan["algorithm"],
             "secure_aggregation": plan["secure_aggregation"], "rounds": plan["rounds"],
             "parties": len(agg.alive), "dropped": [p for p in order if p not in agg.alive],
             "history": history["rounds"], "final": history["final"],
             **({"local_history": mine} if mine else {}),
-            "model_sha256": hashlib.sha256(canonical(model_doc)).hexdigest(),
+            "model_sha256": sha,
             "seconds": round(time.perf_counter() - started, 3),
             "he_seconds": round(agg.he_seconds, 3), "rows": len(local.x),
             **({"centroids": w.reshape(plan["clusters"], -1).tolist()} if kmeans else {})}

@@ -75,7 +75,6 @@ def local_iv(features: dict[str, np.ndarray], y: np.ndarray, bins: int) -> dict[
 
 def run(ctx: PartyContext) -> dict[str, Any]:
     from accel import paillier
-    from accel.paillier import EncryptedArray
 
     started = time.perf_counter()
     params = ctx.params
@@ -105,17 +104,16 @@ def run(ctx: PartyContext) -> dict[str, Any]:
     if not me_guest:
         # 2. the encrypted label
         setup = vertical.recv(ctx, guest, "iv/setup")
+        pk = vertical.public_key(setup, guest)
+        n = rows.n
+        enc_y = vertical.recv_encrypted(ctx, guest, "labels", pk, n)
         try:
-            pk = paillier.PublicKey(int(setup["n"]))
-            if pk.n.bit_length() != vertical.PAILLIER_BITS:
-                raise ValueError(f"a {pk.n.bit_length()}-bit key")
-            enc_y = EncryptedArray.from_bytes(vertical.recv(ctx, guest, "bytes:labels"), pk)
             totals = (int(setup["events"]), int(setup["nonevents"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise OperatorError(f"party {guest} sent a malformed iv setup ({exc})") from None
-        n = len(next(iter(features.values())))
-        if enc_y.shape != (n,) or sum(totals) != n:
-            raise OperatorError(f"party {guest} sent {enc_y.shape} labels for {n} rows")
+        if sum(totals) != n:
+            raise OperatorError(f"party {guest} sent label totals for {sum(totals)} rows, "
+                                f"not {n}")
         # 3. encrypted event counts per bin, masked
         t = time.perf_counter()
         names = list(features)
@@ -173,13 +171,8 @@ def run(ctx: PartyContext) -> dict[str, Any]:
         if not (isinstance(msg, dict) and msg.get("t") == "iv/masked"
                 and isinstance(msg.get("bins"), int) and 0 < msg["bins"] <= 100_000):
             raise OperatorError(f"party {h} sent a malformed iv/masked")
+        masked = vertical.recv_encrypted(ctx, h, "masked counts", pk, msg["bins"])
         t = time.perf_counter()
-        try:
-            masked = EncryptedArray.from_bytes(vertical.recv(ctx, h, "bytes:masked counts"), pk)
-        except ValueError as exc:
-            raise OperatorError(f"party {h} sent malformed masked counts ({exc})") from None
-        if masked.shape != (msg["bins"],):
-            raise OperatorError(f"party {h} sent {masked.shape} counts, not {msg['bins']}")
         opened = np.asarray(sk.decrypt(masked), dtype=np.float64)
         he += time.perf_counter() - t
         vertical.send(ctx, h, {"t": "iv/opened", "v": opened.tolist()})

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from appliance.operators.base import OperatorError, PartyContext
+from appliance.operators.base import OperatorError, PartyContext, job_dir
 from appliance.operators.fl import hetero_lr, metrics, secureboost, vertical
 
 #: hetero_lr-<the federation job id>; no "." or "/" that could name another directory
@@ -37,13 +37,11 @@ PART_KEYS = {"algorithm", "role", "job", "key", "features", "parties"}
 
 def model_file(models_root: Path, model: Any) -> Path:
     """Where this node keeps its part of ``model`` (the training job's output directory)."""
-    from appliance.federation.mpjobs import _safe
-
     m = MODEL_ID.fullmatch(model) if isinstance(model, str) else None
     if m is None:
         raise OperatorError(f"predict: model must be a vertical model id such as "
                             f"hetero_lr-JOB (got {model!r})")
-    return models_root / _safe(m.group(2)) / "model.json"
+    return job_dir(models_root, m.group(2)) / "model.json"
 
 
 def check_part(doc: Any, model: str) -> dict[str, Any]:

@@ -36,7 +36,6 @@ MODES = ("mask", "paillier", "none")
 #: many rows (a party's value must stay below 2^103 / parties)
 FRAC_BITS = 24
 RING_BITS = 128
-PAILLIER_BITS = 2048
 DOMAIN = b"pec-fl/secagg/v1\x00"
 _M64 = (1 << 64) - 1
 

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from appliance.operators.base import OperatorError, PartyContext, canonical
-from appliance.operators.fl import hetero_lr, metrics, vertical
+from appliance.operators.fl import hetero_lr, iv, metrics, vertical
 
 ALGORITHM = "hetero_secureboost"
 VERSION = 1
@@ -86,11 +86,10 @@ class Binned:
         self.edges: list[np.ndarray] = []
         cols = []
         for j in range(len(self.names)):
-            v = self.x[train, j]
-            qs = np.quantile(v, np.linspace(0, 1, bins + 1)[1:-1]) if len(v) else np.array([])
-            edges = np.unique(qs)
+            v = self.x[train, j]  # never empty: run() refuses a job without training rows
+            edges = iv.bin_edges(v, bins)
             # an edge equal to the minimum would leave its left side empty
-            edges = edges[edges > v.min()] if len(v) else edges
+            edges = edges[edges > v.min()]
             self.edges.append(edges)
             cols.append(np.searchsorted(edges, self.x[:, j], side="right"))
         self.bin_of = np.column_stack(cols) if cols else np.zeros((len(self.x), 0), int)
@@ -119,8 +118,9 @@ def _pack_gh(g: np.ndarray, h: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-def _unpack_gh(v: int, n: int) -> tuple[float, float, int]:
-    cb, hb, _ = _layout(n)
+def _unpack_gh(v: int, fields: tuple[int, int, int]) -> tuple[float, float, int]:
+    """(G, H, count) of a packed sum, ``fields`` as ``_layout`` gives them."""
+    cb, hb, _ = fields
     count = v & ((1 << cb) - 1)
     hsum = (v >> cb) & ((1 << hb) - 1)
     gsum = v >> (hb + cb)
@@ -192,6 +192,12 @@ def _guest(ctx: PartyContext, plan: dict[str, Any], roles: vertical.Roles, rows:
         if f_train.shape != (len(train),) or f_val.shape != (len(val),):
             raise OperatorError("train: cannot resume: the checkpoint's rows do not fit")
     n = len(train)
+    fields = _layout(n)
+    train_bins = binned.bin_of[train]  # once: the guest's own candidates read it every level
+
+    def leaf(gsum: float, hsum: float) -> float:
+        return float(-plan["learning_rate"] * gsum / (hsum + lam))
+
     for tree_no in range(len(trees), plan["trees"]):
         p = metrics.sigmoid(f_train)
         g, h = p - y[train], p * (1 - p)
@@ -215,25 +221,32 @@ def _guest(ctx: PartyContext, plan: dict[str, Any], roles: vertical.Roles, rows:
             if last:
                 break
             best: dict[int, tuple[float, Any]] = {}
-            totals = {}
-            for k in open_nodes:
-                r = np.flatnonzero(node_of == k)
-                gt, ht = float(g[r].sum()), float(h[r].sum())
-                totals[k] = (gt, ht, len(r))
+            # each open node's rows, once a level (the splits below change only children)
+            members = {k: np.flatnonzero(node_of == k) for k in open_nodes}
+            totals = {k: (float(g[r].sum()), float(h[r].sum())) for k, r in members.items()}
+
+            def consider(k: int, gl: np.ndarray, hl: np.ndarray, who: str, j: int,
+                         best: dict[int, Any] = best, totals: dict[int, Any] = totals) -> None:
+                """Keep the best split of node k so far: feature j of ``who`` at the bin of
+                the highest gain with min_child_weight on both sides."""
+                gt, ht = totals[k]
+                ok = (hl >= mcw) & (ht - hl >= mcw)
+                if not ok.any():
+                    return
+                gains = np.where(ok, _gain(gl, hl, gt, ht, lam), -np.inf)
+                at = int(np.argmax(gains))
+                if gains[at] > best.get(k, (0.0, None))[0]:
+                    best[k] = (float(gains[at]), (who, j, at))
+
+            for k, r in members.items():
                 for j in range(len(binned.names)):
                     w = binned.width(j)
                     if w < 2:
                         continue
-                    b = binned.bin_of[train[r], j]
-                    gl = np.cumsum(np.bincount(b, weights=g[r], minlength=w))[:-1]
-                    hl = np.cumsum(np.bincount(b, weights=h[r], minlength=w))[:-1]
-                    ok = (hl >= mcw) & (ht - hl >= mcw)
-                    if not ok.any():
-                        continue
-                    gains = np.where(ok, _gain(gl, hl, gt, ht, lam), -np.inf)
-                    at = int(np.argmax(gains))
-                    if gains[at] > best.get(k, (0.0, None))[0]:
-                        best[k] = (float(gains[at]), (ctx.node_id, j, at))
+                    b = train_bins[r, j]
+                    consider(k, np.cumsum(np.bincount(b, weights=g[r], minlength=w))[:-1],
+                             np.cumsum(np.bincount(b, weights=h[r], minlength=w))[:-1],
+                             ctx.node_id, j)
             for hst in hosts:
                 meta = vertical.recv(ctx, hst, "sb/hist")
                 widths = meta.get("widths")
@@ -254,23 +267,14 @@ def _guest(ctx: PartyContext, plan: dict[str, Any], roles: vertical.Roles, rows:
                     raise OperatorError(f"party {hst} sent malformed histograms "
                                         f"({exc})") from None
                 he += time.perf_counter() - t
+                sums = np.array([_unpack_gh(v, fields) for v in values])
                 at = 0
                 for k in open_nodes:
-                    gt, ht, _ = totals[k]
                     for j, wdt in enumerate(widths):
                         if wdt < 2:
                             continue
-                        sums = [_unpack_gh(v, n) for v in values[at: at + wdt - 1]]
+                        consider(k, sums[at: at + wdt - 1, 0], sums[at: at + wdt - 1, 1], hst, j)
                         at += wdt - 1
-                        gl = np.array([s[0] for s in sums])
-                        hl = np.array([s[1] for s in sums])
-                        ok = (hl >= mcw) & (ht - hl >= mcw)
-                        if not ok.any():
-                            continue
-                        gains = np.where(ok, _gain(gl, hl, gt, ht, lam), -np.inf)
-                        b = int(np.argmax(gains))
-                        if gains[b] > best.get(k, (0.0, None))[0]:
-                            best[k] = (float(gains[b]), (hst, j, b))
             # the splits: each host hears only its own winners and answers with the sides
             chosen = {k: v[1] for k, v in best.items() if v[0] * 0.5 > plan["gamma"]}
             for hst in hosts:
@@ -278,9 +282,8 @@ def _guest(ctx: PartyContext, plan: dict[str, Any], roles: vertical.Roles, rows:
                 vertical.send(ctx, hst, {"t": "sb/splits", "splits": mine})
             left_of: dict[int, np.ndarray] = {}
             for k, (who, j, b) in chosen.items():
-                r = np.flatnonzero(node_of == k)
                 if who == ctx.node_id:
-                    left_of[k] = binned.goes_left(j, b, train[r])
+                    left_of[k] = binned.goes_left(j, b, train[members[k]])
                     nodes[k] = {"party": who, "feature": binned.names[j],
                                 "threshold": float(binned.edges[j][b])}
                 else:
@@ -295,21 +298,19 @@ def _guest(ctx: PartyContext, plan: dict[str, Any], roles: vertical.Roles, rows:
                     if chosen.get(k, ("",))[0] != hst:
                         raise OperatorError(f"party {hst} answered for a node it does not "
                                             "split")
-                    r = np.flatnonzero(node_of == k)
-                    left_of[k] = bits_of(bits, len(r), hst)
+                    left_of[k] = bits_of(bits, len(members[k]), hst)
             for k in open_nodes:
                 if k not in chosen:
-                    gt, ht, _ = totals[k]
-                    nodes[k] = {"leaf": float(-plan["learning_rate"] * gt / (ht + lam))}
+                    nodes[k] = {"leaf": leaf(*totals[k])}
                     continue
-                r = np.flatnonzero(node_of == k)
+                r = members[k]
                 node_of[r] = np.where(left_of[k], 2 * k + 1, 2 * k + 2)
             open_nodes = sorted(c for k in chosen for c in (2 * k + 1, 2 * k + 2))
         for k in open_nodes:  # the last level's nodes are leaves
             r = np.flatnonzero(node_of == k)
-            nodes[k] = {"leaf": float(-plan["learning_rate"] * g[r].sum() / (h[r].sum()
-                                                                              + lam))}
-        f_train += np.array([nodes[int(k)]["leaf"] for k in node_of])
+            nodes[k] = {"leaf": leaf(float(g[r].sum()), float(h[r].sum()))}
+        ids, where = np.unique(node_of, return_inverse=True)
+        f_train += np.array([nodes[int(k)]["leaf"] for k in ids])[where]
         tree = {"nodes": {str(k): v for k, v in sorted(nodes.items())}}
         trees.append(tree)
         row: dict[str, Any] = {"tree": tree_no + 1, "leaves": sum(

@@ -272,12 +272,11 @@ def resume(ctx: PartyContext, roles: Roles, prev: Any, digest: str, progress: st
         recv(ctx, roles.guest, f"{what}/resumed")
         return {}
     problem, state = None, {}
-    if ctx.output_dir is None:
+    d = ctx.other_job_dir(str(prev))
+    if d is None:
         problem = f"party {ctx.node_id} keeps no checkpoints"
     else:
-        from appliance.federation.mpjobs import _safe
-
-        path = ctx.output_dir.parent / _safe(str(prev)) / "checkpoint.json"
+        path = d / "checkpoint.json"
         try:
             state = json.loads(path.read_text())
             if not isinstance(state, dict) or not isinstance(state.get(progress), int):

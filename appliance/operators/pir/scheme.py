@@ -38,6 +38,8 @@ SIGMA = 6.4
 #: plaintext modulus: one database byte per matrix entry
 P = 256
 DELTA = (1 << LOG_Q) // P
+#: what a service's description states and a client requires, verbatim
+PARAMS = {"n": N, "log_q": LOG_Q, "p": P, "sigma": SIGMA}
 #: most columns (LWE samples the client's query gives away) the noise analysis admits: at this
 #: width the noise is below Delta / 2 by more than 14 standard deviations (see noise_bound)
 MAX_COLS = 1 << 17

@@ -189,7 +189,6 @@ class ServiceStore:
         final = service_dir / f"v{version}"
         tmp = service_dir / f".v{version}.building"
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(final, ignore_errors=True)  # never current: left by a crash
         tmp.mkdir()
         write_atomic(tmp / "matrix.u8", entries.tobytes())
         hint_bytes = hint_t.astype("<u4").tobytes()
@@ -206,7 +205,7 @@ class ServiceStore:
             "rows": shape.rows,
             "cols": shape.cols,
             "seed": seed.hex(),
-            "lwe": {"n": scheme.N, "log_q": scheme.LOG_Q, "p": scheme.P, "sigma": scheme.SIGMA},
+            "lwe": scheme.PARAMS,
             "oprf": {"group": "ristretto255", "key_version": key.version,
                      "key_public": key.public.hex()},
             "hint_sha256": hashlib.sha256(hint_bytes).hexdigest(),

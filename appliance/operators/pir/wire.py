@@ -127,7 +127,11 @@ def _answer(session: Any, store: ServiceStore, msg: Any, on_served: Served,
             return _ok({"services": [store.public_info(n) for n in store.names()]}), None
         name = check_name(msg.get("service"))
         count = msg.get("count")
-        allow(op, name, count if op in ("oprf", "query") and isinstance(count, int) else 0)
+        if op in ("oprf", "query") and (isinstance(count, bool) or not isinstance(count, int)
+                                        or not 1 <= count <= MAX_BATCH):
+            # checked before anything is charged: a malformed count must not move the budget
+            raise PirError(f"private query: a batch is 1..{MAX_BATCH} keys, not {count!r}")
+        allow(op, name, count if op in ("oprf", "query") else 0)
         if op == "info":
             return _ok(store.public_info(name)), None
         version = msg.get("version")
@@ -137,8 +141,6 @@ def _answer(session: Any, store: ServiceStore, msg: Any, on_served: Served,
             chunks = store.hint_chunks(name, version)
             on_served("hint", {"service": name, "version": version, "bytes": size})
             return _ok({"bytes": size}), chunks
-        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_BATCH:
-            raise PirError(f"private query: a batch is 1..{MAX_BATCH} keys, not {count!r}")
         assert data is not None
         if op == "oprf":
             if len(data) != count * r255.POINT_BYTES:
@@ -179,8 +181,7 @@ def check_info(info: Any, peer: str) -> dict[str, Any]:
         raise bad("no description")
     if info.get("protocol") != PROTOCOL:
         raise bad(f"protocol {info.get('protocol')!r} (this node speaks {PROTOCOL})")
-    if info.get("lwe") != {"n": scheme.N, "log_q": scheme.LOG_Q, "p": scheme.P,
-                           "sigma": scheme.SIGMA}:
+    if info.get("lwe") != scheme.PARAMS:
         raise bad(f"LWE parameters {info.get('lwe')!r} other than this node's")
     ints = ("version", "records", "rows", "cols", "max_batch")
     if not all(isinstance(info.get(k), int) and not isinstance(info.get(k), bool)

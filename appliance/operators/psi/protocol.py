@@ -250,7 +250,6 @@ def _run(ctx: PartyContext, p: Params, peer: str, session: ByteSession, id_colum
         kept = saved["hits"][:start]
     of = _bucket_of(ids, k)
     hits: list[np.ndarray] = list(kept)  # per bucket: this party's matching row positions
-    sizes_by_bucket: list[int] = [len(h) for h in kept]
     for b in range(start, k):
         rows = np.flatnonzero(of == b) if k > 1 else np.arange(n)
         session.send({"bucket": b, "rows": len(rows)})
@@ -259,7 +258,6 @@ def _run(ctx: PartyContext, p: Params, peer: str, session: ByteSession, id_colum
                         me_learns, peer_learns, join_rows is not None)
         if me_learns:
             hits.append(rows[found])
-            sizes_by_bucket.append(len(found))
         _checkpoint(ctx, p, k, n, m, b + 1, hits if me_learns else [])
         ctx.progress(5 + 80 * (b + 1) / k, f"bucket {b + 1} of {k}")
     ctx.progress(85, "exchanged")
@@ -269,8 +267,8 @@ def _run(ctx: PartyContext, p: Params, peer: str, session: ByteSession, id_colum
     if p.resume:
         result["resumed_at_bucket"] = start
     if me_learns:
-        size = sum(sizes_by_bucket)
         every = np.concatenate(hits) if hits else np.empty(0, np.int64)
+        size = len(every)
         if writes_rows and join_rows is not None:
             assert out_dir is not None
             # bucket by bucket, each in the order of the doubly-encrypted values: the same
@@ -396,11 +394,9 @@ def _clear_checkpoint(ctx: PartyContext) -> None:
 
 def _resume_state(ctx: PartyContext, p: Params, n: int) -> dict[str, Any]:
     """This party's checkpoint of the job it resumes, checked against this run."""
-    from appliance.federation.mpjobs import _safe
-
-    if ctx.output_dir is None:
+    d = ctx.other_job_dir(str(p.resume))
+    if d is None:
         raise OperatorError("psi: this party keeps no checkpoints to resume from")
-    d = Path(ctx.output_dir).parent / _safe(str(p.resume))
     try:
         doc = json.loads((d / CHECKPOINT).read_text())
         done, k = int(doc["done"]), int(doc["buckets"])

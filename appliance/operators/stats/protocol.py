@@ -38,8 +38,6 @@ MAX_PROBLEMS = 20  # per party, so a header stays small however bad the data
 
 
 MAX_GROUPS = 1000
-#: statistics that differential privacy is built for (all that the rows layout computes)
-DP_STATS = ("count", "sum", "mean", "var", "std", "cov", "corr", "hist", "threshold")
 
 
 @dataclass(frozen=True)
@@ -109,9 +107,8 @@ def plan_of(params: dict[str, Any]) -> Plan:
         raise OperatorError("stats: layout=columns (vertical, aligned by PSI) is not built yet")
     if layout != "rows":
         raise OperatorError(f"stats: layout must be rows or columns (got {layout!r})")
-    for key, what in (("key", "the key column (key, for layout=columns)"),):
-        if params.get(key) not in (None, ""):
-            raise OperatorError(f"stats: {what} is not built yet")
+    if params.get("key") not in (None, ""):
+        raise OperatorError("stats: the key column (key, for layout=columns) is not built yet")
     if "columns" not in params:
         raise OperatorError("stats needs columns=C1[,C2...]")
     columns = _names(params["columns"], "columns")
@@ -186,10 +183,6 @@ def _dp_of(params: dict[str, Any], columns: list[str], stats: list[str],
         raise OperatorError("stats: dp_epsilon must be in (0, 100]")
     if delta is not None and not 0 < delta < 0.01:
         raise OperatorError("stats: dp_delta must be in (0, 0.01)")
-    other = [st for st in stats if st not in DP_STATS]
-    if other:
-        raise OperatorError(f"stats: with dp_epsilon, {', '.join(other)} is not built (with "
-                            f"noise: {', '.join(DP_STATS)} and group_by)")
     bounds: list[tuple[str, float, float]] = []
     raw = params.get("dp_bounds")
     items = raw.split(",") if isinstance(raw, str) else raw or []
@@ -312,17 +305,22 @@ def local_aggregates(ctx: PartyContext, plan: Plan) -> Local:
                                       "empty values")
                 break
             values = np.array([str(v) for v in keys.to_pylist()], dtype=object)
-            for g in np.unique(values):
-                rows = values == g
+            # one pass: rows sorted by group (stable), each group a contiguous slice
+            names, inverse = np.unique(values, return_inverse=True)
+            counts = np.bincount(inverse, minlength=len(names))
+            ordered = x[np.argsort(inverse, kind="stable")]
+            ends = np.cumsum(counts)
+            for g, c, end in zip(names, counts, ends, strict=True):
                 count, sums = local.groups.get(g, (0, np.zeros(k)))
-                local.groups[g] = (count + int(rows.sum()), sums + x[rows].sum(axis=0))
+                local.groups[g] = (count + int(c), sums + ordered[end - c:end].sum(axis=0))
             if len(local.groups) > MAX_GROUPS:
                 local.problems.append(f"group column {plan.group_by!r} has more than "
                                       f"{MAX_GROUPS} values")
                 break
         local.rows += batch.num_rows
         local.sums += x.sum(axis=0)
-        local.abs_sums += np.abs(x).sum(axis=0)
+        if plan.group_by:  # it bounds the group sums; nothing else reads it
+            local.abs_sums += np.abs(x).sum(axis=0)
         if plan.threshold is not None:
             hit = x > plan.threshold
             local.above[:, 0] += hit.sum(axis=0)
@@ -459,8 +457,9 @@ def run(ctx: PartyContext) -> dict[str, Any]:
 
     # 1. header: every party's problems, so that all fail alike before any share is sent
     local = local_aggregates(ctx, plan)
-    if not local.problems:
-        vector_of(plan, local, n)  # the bounds, checked before anything is sent
+    # the bounds, checked before anything is sent; the vector itself is final unless groups
+    # (agreed in the header) or noise (drawn after it) change it
+    vector = vector_of(plan, local, n) if not local.problems else []
     problems = local.problems[:MAX_PROBLEMS]
     if len(local.problems) > MAX_PROBLEMS:
         problems.append(f"and {len(local.problems) - MAX_PROBLEMS} more problems")
@@ -491,9 +490,10 @@ def run(ctx: PartyContext) -> dict[str, Any]:
         raise OperatorError("stats refused: " + "; ".join(all_problems))
     ctx.progress(30, "headers agree")
     noise, dp_info = dp_noise(plan, local, n, groups)
-    vector = vector_of(plan, local, n, groups, noise)
-    if local.problems:  # only noise near the ring's bound gets here
-        raise OperatorError("stats refused: " + "; ".join(local.problems[:3]))
+    if plan.group_by or plan.dp:
+        vector = vector_of(plan, local, n, groups, noise)
+        if local.problems:  # only noise near the ring's bound gets here
+            raise OperatorError("stats refused: " + "; ".join(local.problems[:3]))
 
     # 2. shares: party j gets share j of every aggregate; fresh randomness per job
     length = len(vector)

@@ -98,7 +98,7 @@ def test_gradient_packing_round_trips():
     h = np.array([0.0, 0.1875, 0.25, 0.25, 0.0])
     packed = secureboost._pack_gh(g, h, 5)
     total = sum(packed)
-    gs, hs, count = secureboost._unpack_gh(total, 5)
+    gs, hs, count = secureboost._unpack_gh(total, secureboost._layout(5))
     assert count == 5 and gs == pytest.approx(g.sum(), abs=1e-11)
     assert hs == pytest.approx(h.sum(), abs=1e-11)
 
