@@ -68,14 +68,14 @@ lock: deps
 lint: venv
 	$(VENV)/bin/ruff check .
 
-test: deps venv lint
+test: deps venv lint reference-venv
 	$(PY) -m pytest -q
 
 # A development node: state in ./state (SoftHSM2 token and swtpm inside it), the daemon in the
 # background, the panel in the foreground; Ctrl-C stops both. --dev overrides the profile with
 # 'development' (every capability on), so a laptop that meets no profile can run keygen and jobs.
 PANEL_LISTEN ?= 127.0.0.1:8080
-run: deps venv
+run: deps venv reference-venv
 	@mkdir -p $(STATE)
 	@test -s $(STATE)/admin-password || { umask 077; $(PY) -c 'import secrets; print(secrets.token_urlsafe(18))' > $(STATE)/admin-password; }
 	$(PY) -m appliance.cli init --dev --state-dir $(STATE) --admin-password-file $(STATE)/admin-password
@@ -91,8 +91,9 @@ bench: deps venv reference-venv
 	$(PY) -m appliance.bench channel
 	$(PY) -m appliance.bench psi --size 100000
 
-# SecretFlow's PSI (the `spu` package) is the reference `python -m appliance.bench psi` measures
-# against. spu 0.9.5 needs numpy<2 and jax<=0.4.34 (the appliance venv has numpy 2) and ships
+# SecretFlow's PSI (the `spu` package): the engine of PSI's `secretflow` provider (found here by
+# appliance/operators/engines.py, so `make test` and `make run` build it) and the reference
+# `python -m appliance.bench psi` measures against. spu 0.9.5 needs numpy<2 and jax<=0.4.34 (the appliance venv has numpy 2) and ships
 # cp310/cp311 wheels only, so it gets its own venv, pinned by scripts/reference_engines.txt, and
 # the bench runs it as separate processes. To refresh the pins, see that file's header.
 REF_VENV := build/reference-venv

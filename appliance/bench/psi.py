@@ -48,7 +48,7 @@ from appliance.bench import machine
 
 ROOT = Path(__file__).resolve().parents[2]
 REFERENCE_VENV = ROOT / "build" / "reference-venv"
-REFERENCE_SCRIPT = Path(__file__).resolve().with_name("psi_reference.py")
+REFERENCE_SCRIPT = ROOT / "appliance" / "operators" / "psi" / "spu_engine.py"
 PROTOCOLS = ("ecdh", "rr22", "kkrt")
 ID_COLUMN = "id"
 RATIO_TARGET = 1.0  # pec ECDH wall / SecretFlow ECDH wall, issue 13
@@ -174,7 +174,7 @@ def link_timeout_for(size: int, timeout_s: float) -> float:
     """How long a party's link waits for any one message.
 
     spu 0.9.5 can stall while both parties start (each waits in AbstractPsiParty::Init for a
-    message that never comes; psi_reference.py's round trip on the fresh link avoided it in
+    message that never comes; spu_engine.py's round trip on the fresh link avoided it in
     our runs) and aborts only when this runs out, so it is kept short: 30 s plus 30 s per
     million ids covers the longest gap between two messages of a healthy run here (a few
     seconds at 10^6) with room for a loaded machine.
@@ -202,8 +202,10 @@ def run_reference(py: Path, protocol: str, a_csv: Path, b_csv: Path, work: Path,
             out = work / f"out-{protocol}-{role}.csv"
             so = work / f"party{role}-{protocol}.stdout"
             se = work / f"party{role}-{protocol}.stderr"
-            cmd = [str(py), str(REFERENCE_SCRIPT), "--role", str(role), "--port0", str(port0),
-                   "--port1", str(port1), "--input", str(inp), "--id-column", ID_COLUMN,
+            own, peer = (port0, port1) if role == 0 else (port1, port0)
+            cmd = [str(py), str(REFERENCE_SCRIPT), "--role", str(role),
+                   "--self", f"127.0.0.1:{own}", "--peer", f"127.0.0.1:{peer}",
+                   "--input", str(inp), "--id-column", ID_COLUMN,
                    "--output", str(out), "--protocol", protocol,
                    "--link-timeout-s", str(min(link_timeout_s, timeout_s)), "--ready-dir", str(tmp)]
             if keys_unique:

@@ -34,6 +34,13 @@ PSI_REVEALS = {
     "cardinality": "both learn only the size of the intersection",
 }
 DEFAULT_REVEAL = "both"
+# docs/psi.md: the native engine, or SecretFlow's plugged in (protocol: its choice)
+PSI_ENGINES = {
+    "pec/ecdh": "native ECDH-PSI on Curve25519 (every reveal, buckets, resume)",
+    "secretflow/rr22": "SecretFlow's RR22 (VOLE-based; the fastest; reveal both or initiator)",
+    "secretflow/kkrt": "SecretFlow's KKRT (OT-based; reveal both or initiator)",
+    "secretflow/ecdh": "SecretFlow's ECDH on Curve25519 (reveal both or initiator)",
+}
 # the train operator's choices (docs/fl.md)
 TRAIN_ALGORITHMS = {
     "homo_lr": "logistic regression (needs a label column)",
@@ -180,6 +187,11 @@ def multi_party_params(form: MultiDict[str, str], kinds: list[str], peers: list[
         params["peer_datasets"] = theirs
     if kind == "psi":
         params["params"] = {"reveal": choice_field(form, "reveal", PSI_REVEALS)}
+        engine = (choice_field(form, "engine", PSI_ENGINES)
+                  if str(form.get("engine") or "").strip() else "pec/ecdh")
+        if engine != "pec/ecdh":  # the default needs no parameter
+            provider, protocol = engine.split("/")
+            params["params"].update(provider=provider, protocol=protocol)
     if kind == "stats":
         params["params"] = {
             "columns": text_field(form, "columns", max_len=4096),
@@ -249,6 +261,7 @@ def index() -> str:
         peers=peers,
         datasets=datasets,
         reveals=PSI_REVEALS,
+        psi_engines=PSI_ENGINES,
         default_reveal=DEFAULT_REVEAL,
         algorithms=TRAIN_ALGORITHMS,
         receivers=RECEIVERS,

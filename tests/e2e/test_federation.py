@@ -427,6 +427,54 @@ def test_psi_between_two_daemons_gives_the_exact_intersection(nodes, tmp_path):
     assert not (tmp_path / "none.csv").exists()
 
 
+def test_psi_with_secretflows_engine_between_two_daemons(nodes, tmp_path):
+    """Provider secretflow: spu's engine at each daemon, its link over the job's session."""
+    a, b, _ = nodes
+    a_ids = [f"id-{i:05d}" for i in range(0, 2400)]
+    b_ids = [f"id-{i:05d}" for i in range(1600, 4000, 3)]
+    for n, ids in ((a, a_ids), (b, b_ids)):
+        path = tmp_path / f"{n.node_id}-sf.csv"
+        path.write_text("cid,v\n" + "".join(f"{x},{i}\n" for i, x in enumerate(ids)))
+        n.api.post("/v1/datasets", {"name": "sf_ids", "path": str(path), "id_column": "cid",
+                                    "grade": "L2"})
+    expected = set(a_ids) & set(b_ids)
+    run = cli("jobs", "submit", "psi", "--peer", "node-b", "--param", "dataset=sf_ids",
+              "--param", "peer_dataset=sf_ids", "--param", "provider=secretflow",
+              "--param", "protocol=rr22", "--wait", "--json", "--state-dir", str(a.state),
+              timeout=120)
+    assert run.returncode == 0, run.stderr
+    job = a.api.get("/v1/jobs", kind="psi")["jobs"][0]
+    out = job["result"]["outputs"]
+    assert (out["provider"], out["protocol"], out["intersection_size"]) == (
+        "secretflow", "rr22", len(expected))
+    assert out["link_bytes_sent"] > 0 and read_ids(out["rows_file"]) == expected
+    assert a.api.get(f"/v1/datasets/{out['dataset']}")["row_count"] == len(expected)
+    b_job = b.daemon.wait_job(b.api.get("/v1/jobs", kind="psi")["jobs"][0]["id"],
+                              {"done", "failed"}, timeout=30)
+    assert b_job["state"] == "done" and read_ids(
+        b_job["result"]["outputs"]["rows_file"]) == expected
+    # the panel's form, KKRT, only the initiator learns the rows
+    client, token = panel_of(a)
+    assert 'value="secretflow/rr22"' in client.get("/jobs").get_data(as_text=True)
+    job, _ = run_with_partners(a, client, token, {
+        "operator": "psi", "dataset": "sf_ids", "peers": "node-b",
+        "dataset_of_node-b": "sf_ids", "reveal": "initiator", "engine": "secretflow/kkrt"})
+    assert job["state"] == "done", job.get("error")
+    assert job["params"]["params"]["provider"] == "secretflow"
+    assert job["params"]["params"]["protocol"] == "kkrt"
+    assert read_ids(job["result"]["outputs"]["rows_file"]) == expected
+    b_job = b.daemon.wait_job(b.api.get("/v1/jobs", kind="psi")["jobs"][0]["id"],
+                              {"done", "failed"}, timeout=30)
+    assert b_job["result"]["outputs"]["learned"] == "size"
+    assert "rows_file" not in b_job["result"]["outputs"]
+    # what spu cannot do is refused by name at submission's end, on both sides
+    job = a.api.post("/v1/jobs", {"kind": "psi", "params": {
+        "peers": ["node-b"], "dataset": "sf_ids", "peer_dataset": "sf_ids",
+        "provider": "secretflow", "reveal": "cardinality"}})
+    job = a.daemon.wait_job(job["id"], {"done", "failed"}, timeout=60)
+    assert job["state"] == "failed" and "no reveal=cardinality" in job["error"], job
+
+
 def test_psi_reveal_both_on_l3_data_is_refused_by_rule(nodes):
     a = nodes[0]
     job = a.api.post("/v1/jobs", {"kind": "psi", "params": {

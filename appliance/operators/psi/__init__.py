@@ -1,6 +1,8 @@
-"""Private set intersection, provider ``pec``: two-party ECDH-PSI on Curve25519 (X25519).
+"""Private set intersection of two parties: provider ``pec`` (two-party ECDH-PSI on
+Curve25519, X25519, our own) or ``secretflow`` (SecretFlow's PSI engine plugged in: RR22, KKRT
+or ECDH from ``spu``, run by ``secretflow`` under the same peers, policy, jobs and ledger).
 
-The engine (``ecdh_engine``, C over libsodium) does the curve work in batches on all cores;
+The native engine (``ecdh_engine``, C over libsodium) does the curve work in batches on all cores;
 ``protocol`` runs one party's side over the job's session. ``mode=unbalanced`` runs an
 ECDH-OPRF on ristretto255 instead (``unbalanced``, ``unbalanced_job``, ``r255``): the host's
 large set encrypted once offline, the guest's small set queried online. docs/psi.md says who
@@ -14,9 +16,14 @@ from appliance.operators.psi.protocol import run, stated_for
 
 PSI = register(Operator(
     name="psi", provider="pec", version="1.0", roles=("guest", "host"),
-    description="private set intersection of two parties' ids (ECDH-PSI, Curve25519)",
+    description="private set intersection of two parties' ids (ECDH-PSI, Curve25519; or "
+                "SecretFlow's RR22, KKRT, ECDH)",
     params={
         "dataset": "this party's data set (its id column is matched)",
+        "provider": "pec (default: the native engine) or secretflow (SecretFlow's spu.psi, "
+                    "run from its own venv; docs/psi.md \"Provider secretflow\")",
+        "protocol": "ecdh (pec's only one) or, with provider secretflow, rr22 (its default), "
+                    "kkrt or ecdh",
         "reveal": "both (each party learns its own rows in the intersection), initiator (only "
                   "the guest does; the host learns the size), cardinality (both learn only "
                   "the size)",

@@ -133,8 +133,9 @@ def id_bytes(column: pa.Array | pa.ChunkedArray) -> pa.LargeBinaryArray:
     return column.cast(pa.large_binary())
 
 
-def hash_to_point(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """(N, 32) uint8: each id hashed to an X25519 u-coordinate."""
+def hash_to_point(ids: pa.Array | pa.ChunkedArray, domain: bytes = DOMAIN) -> np.ndarray:
+    """(N, 32) uint8: each id hashed to an X25519 u-coordinate, SHA-256(domain || id) with
+    bit 255 cleared (another ``domain`` makes it a plain batch hash for other uses)."""
     arr = id_bytes(ids)
     n = len(arr)
     out = np.empty((n, POINT_BYTES), dtype=np.uint8)
@@ -147,7 +148,7 @@ def hash_to_point(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
     data = data_buf if data_buf is not None and data_buf.size else b"\x00"
     lib.pec_psi_hash_to_point(
         ffi.from_buffer("uint8_t[]", data), ffi.from_buffer("int64_t[]", offsets), n,
-        DOMAIN, len(DOMAIN), ffi.from_buffer("uint8_t[]", out, require_writable=True),
+        domain, len(domain), ffi.from_buffer("uint8_t[]", out, require_writable=True),
         threads())
     return out
 

@@ -103,14 +103,15 @@ def _columns(name: str, value: Any) -> tuple[str, ...]:
 
 def parse_params(params: dict[str, Any]) -> Params:
     unknown = set(params) - {"reveal", "batch_size", "join", "peer_join", "mode", "buckets",
-                             "resume"}
+                             "resume", "provider", "protocol"}
     if "output_dir" in unknown:
         # the parameters come from the initiator: a peer must not choose where this node writes
         raise OperatorError("output_dir is not a job parameter: each node writes its result "
                             "under its own output directory")
     if unknown:
         raise OperatorError(f"psi: unknown parameter(s) {', '.join(sorted(unknown))}; known: "
-                            "reveal, batch_size, join, peer_join, mode, buckets, resume")
+                            "provider, protocol, reveal, batch_size, join, peer_join, mode, "
+                            "buckets, resume")
     if params.get("mode", "balanced") not in MODES:
         raise OperatorError(f"psi: mode must be one of {', '.join(MODES)} "
                             f"(got {params.get('mode')!r})")
@@ -146,6 +147,14 @@ def parse_params(params: dict[str, Any]) -> Params:
     if resume is not None and (not isinstance(resume, str) or len(resume) > 200):
         raise OperatorError("psi: resume names a previous psi job")
     return Params(reveal, batch, join, buckets, resume)
+
+
+def _check_provider_params(provider: str, p: Params) -> None:
+    """What only provider pec has: buckets and resume are its own, spu buckets by itself."""
+    for name, value in (("buckets", p.buckets), ("resume", p.resume)):
+        if value is not None:
+            raise OperatorError(f"psi: provider {provider} has no {name} parameter (spu splits "
+                                "large sets into its own buckets); use provider=pec")
 
 
 def stated_for(role: str | None, params: dict[str, Any]) -> dict[str, str]:
@@ -185,6 +194,16 @@ def batch_sizes(rows: int, batch: int) -> list[int]:
 
 
 def run(ctx: PartyContext) -> dict[str, Any]:
+    provider = ctx.params.get("provider", "pec")
+    protocol = ctx.params.get("protocol")
+    if provider == "secretflow":
+        from appliance.operators.psi import secretflow  # it uses this module's helpers
+        return secretflow.run(ctx, parse_params(ctx.params), protocol or "rr22")
+    if provider != "pec":
+        raise OperatorError(f"psi: provider must be pec or secretflow (got {provider!r})")
+    if protocol not in (None, "ecdh"):
+        raise OperatorError(f"psi: provider pec runs protocol ecdh (got {protocol!r}); rr22 and "
+                            "kkrt are provider secretflow's")
     if ctx.params.get("mode") == "unbalanced":
         # imported here: unbalanced_job uses this module's helpers
         from appliance.operators.psi import unbalanced_job

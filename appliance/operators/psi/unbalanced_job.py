@@ -44,7 +44,8 @@ _SAFE = re.compile(r"[A-Za-z0-9._-]{1,96}")
 
 def parse(params: dict[str, Any]) -> int:
     """The batch size; refuses what this mode does not take."""
-    unknown = set(params) - {"mode", "reveal", "batch_size", "dataset", "peer_dataset"}
+    unknown = set(params) - {"mode", "reveal", "batch_size", "dataset", "peer_dataset", "provider",
+                             "protocol"}
     if unknown:
         raise OperatorError(f"psi: mode=unbalanced does not take {', '.join(sorted(unknown))}")
     if params.get("reveal", "initiator") != "initiator":

@@ -1,16 +1,20 @@
-"""One party of SecretFlow's two-party PSI (``spu.psi.psi_execute``), for the PSI benchmark.
+"""One party of SecretFlow's two-party PSI (``spu.psi.psi_execute``): the engine of the
+``secretflow`` PSI provider (``secretflow.py``) and the reference of the PSI benchmark.
 
-    build/reference-venv/bin/python appliance/bench/psi_reference.py --role 0|1 \
-        --port0 P --port1 Q --input A.csv --id-column id --output OUT.csv \
-        --protocol ecdh|kkrt|rr22 [--keys-unique] [--link-timeout-s 120]
+    build/reference-venv/bin/python appliance/operators/psi/spu_engine.py --role 0|1 \
+        --self HOST:PORT --peer HOST:PORT --input A.csv --id-column id --output OUT.csv \
+        --protocol ecdh|kkrt|rr22 [--receiver 0|1] [--no-broadcast] [--keys-unique] \
+        [--link-id ID] [--link-timeout-s 120]
 
-Run by the reference venv's interpreter (``make reference-venv``), never the appliance's: spu
+Run by the engine venv's interpreter (``make reference-venv``), never the appliance's: spu
 0.9.5 needs numpy<2 and jax<=0.4.34, the appliance venv has numpy 2. So this file imports only
 the standard library and spu, and nothing from ``appliance`` (it is run as a plain script).
 
-Both parties run on this machine as two processes; each gets a link description with both
-addresses (party 0 on 127.0.0.1:P, party 1 on 127.0.0.1:Q), listens on its own and connects to
-the other's. Party 0 is the receiver; the result is broadcast, so both write the intersection.
+Each party gets a link description with both addresses: it listens on ``--self`` and connects
+to ``--peer``. The two need not be the same pair at both sides, so the appliance puts its relay
+in between: the peer address an engine dials is a local port of its own node, which carries
+the bytes over the job's attested session. ``--receiver`` (default 0) learns the intersection;
+unless ``--no-broadcast`` it is sent to the other party too, so both write it.
 The last stdout line is one JSON object: wall_s (link set-up + PSI), psi_s (inside
 psi_execute), link_s, cpu_s (user + sys of the whole process, all threads), peak_rss_kb,
 intersection_size, input_count, and bytes_sent / bytes_recv. spu 0.9.5's Python link exposes
@@ -94,9 +98,14 @@ def _start_line(ready_dir: str, role: int, timeout_s: float) -> None:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="one party of spu.psi two-party PSI")
     p.add_argument("--role", type=int, choices=(0, 1), required=True)
-    p.add_argument("--port0", type=int, required=True, help="party 0's port on 127.0.0.1")
-    p.add_argument("--port1", type=int, required=True, help="party 1's port on 127.0.0.1")
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--self", dest="own", required=True, help="HOST:PORT this party listens on")
+    p.add_argument("--peer", required=True, help="HOST:PORT this party dials for the other")
+    p.add_argument("--link-id", default=None,
+                   help="the link's name, the same at both parties (default from the ports)")
+    p.add_argument("--receiver", type=int, choices=(0, 1), default=0,
+                   help="the party that learns the intersection")
+    p.add_argument("--no-broadcast", action="store_true",
+                   help="only the receiver learns the intersection (the other writes nothing)")
     p.add_argument("--input", required=True, help="CSV with a header row")
     p.add_argument("--id-column", default="id")
     p.add_argument("--output", required=True, help="CSV written by spu (the intersection)")
@@ -124,9 +133,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cpu0 = _cpu_s()
     t0 = time.perf_counter()
     desc = link.Desc()
-    desc.id = f"psi-bench-{args.port0}-{args.port1}"  # both sides must name the same link
-    for name, port in zip(PARTIES, (args.port0, args.port1), strict=True):
-        desc.add_party(name, f"{args.host}:{port}")
+    addresses = (args.own, args.peer) if args.role == 0 else (args.peer, args.own)
+    # both sides must name the same link
+    desc.id = args.link_id or "psi-" + "-".join(a.rsplit(":", 1)[-1] for a in addresses)
+    for name, address in zip(PARTIES, addresses, strict=True):
+        desc.add_party(name, address)
     # The two processes start together; the one that comes up first retries until the other
     # listens. 100 ms x N keeps a hung peer bounded by --link-timeout-s.
     desc.connect_retry_interval_ms = 100
@@ -139,8 +150,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     desc.retry_opts.retry_interval_ms = 100
     desc.retry_opts.retry_interval_incr_ms = 0
     desc.retry_opts.max_retry = max(3, int(args.link_timeout_s * 10))
-    # TLS is off on purpose: both parties are on loopback, and the engine's own figures are
-    # what is compared. (desc.enable_ssl with server_/client_ssl_opts turns it on.)
+    # TLS is off: the bench runs both parties on loopback, and the appliance carries the link
+    # over its own attested mTLS job session (the engine only ever talks to 127.0.0.1).
     desc.enable_ssl = False
     lctx = link.create_brpc(desc, args.role)
     # A round trip on the fresh link before psi_execute. Without it, a few runs in a hundred
@@ -154,8 +165,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     proto = psi.PsiProtocolConfig(
         protocol=psi.parse_protocol(PROTOCOLS[args.protocol]),
-        receiver_rank=0,
-        broadcast_result=True,  # both parties learn the intersection (reveal=both)
+        receiver_rank=args.receiver,
+        broadcast_result=not args.no_broadcast,  # both parties learn the intersection
         ecdh_params=psi.EcdhParams(curve=psi.parse_curve_type("CURVE_25519")),
     )
     config = psi.PsiExecuteConfig(
@@ -174,7 +185,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cpu_s = _cpu_s() - cpu0
     # Read before stop_link: the counters live with the sockets. After the timings are taken,
     # so the `ss` call costs them nothing.
-    traffic = _link_bytes((args.port0, args.port1))
+    traffic = _link_bytes(tuple(int(a.rsplit(":", 1)[1]) for a in (args.own, args.peer)))
     lctx.stop_link()
     return {
         "role": args.role,
