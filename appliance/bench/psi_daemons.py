@@ -61,9 +61,10 @@ def _free_port() -> int:
 
 
 def _cpu_s(proc: psutil.Process) -> float:
-    """User + system CPU of the daemon process (all its threads: jobs run in-process)."""
+    """User + system CPU of the daemon process (all its threads: jobs run in-process) and of
+    the children it has reaped (a plugged-in engine's processes)."""
     t = proc.cpu_times()
-    return float(t.user + t.system)
+    return float(t.user + t.system + t.children_user + t.children_system)
 
 
 def _peak_rss_kb(pid: int) -> int | None:
@@ -186,14 +187,17 @@ def enrol(a: BenchNode, b: BenchNode) -> None:
 
 def run_end_to_end(a_csv: Path, b_csv: Path, expected: set[str],
                    timeout_s: float = 600.0,
-                   wan: tuple[float, float] | None = None) -> dict[str, Any]:
-    """Both daemons, one psi job (reveal=both); timings, per-daemon CPU and peak RSS, and the
-    intersection on both sides checked against ``expected``. ``wan``: (one-way delay s,
-    rate bit/s) of a userspace link in front of each daemon's interconnect."""
+                   wan: tuple[float, float] | None = None,
+                   provider: str = "pec", protocol: str = "ecdh") -> dict[str, Any]:
+    """Both daemons, one psi job (reveal=both) with ``provider`` and ``protocol``; timings,
+    per-daemon CPU (an engine's processes included) and peak RSS, and the intersection on
+    both sides checked against ``expected``. ``wan``: (one-way delay s, rate bit/s) of a
+    userspace link in front of each daemon's interconnect."""
     base = Path(tempfile.mkdtemp(prefix="pec-psi-e2e-"))
     password = secrets.token_urlsafe(18)  # nobody logs in; it only has to pass the check
     nodes: list[BenchNode] = []
-    res: dict[str, Any] = {"engine": "pec e2e", "load_before": machine.load(),
+    res: dict[str, Any] = {"engine": f"{provider} {protocol} e2e", "provider": provider,
+                           "protocol": protocol, "load_before": machine.load(),
                            "correct": False}
     try:
         t0 = time.perf_counter()
@@ -223,7 +227,7 @@ def run_end_to_end(a_csv: Path, b_csv: Path, expected: set[str],
         t_submit = time.perf_counter()
         job = a.api.post("/v1/jobs", {"kind": "psi", "params": {
             "peers": [b.node_id], "dataset": DATASET, "peer_dataset": DATASET,
-            "reveal": "both"}})
+            "reveal": "both", "provider": provider, "protocol": protocol}})
         seen: dict[str, float] = {}
         a_job, a_end = a.wait_job(job["id"], timeout_s, phases=seen)
         res["phases_a"] = {k: round(v - t_submit, 2) for k, v in
@@ -240,6 +244,11 @@ def run_end_to_end(a_csv: Path, b_csv: Path, expected: set[str],
         res["register_cpu_s"] = [round(y - x, 2) for x, y in zip(cpu0, cpu1, strict=True)]
         res["job_cpu_s"] = [round(y - x, 2) for x, y in zip(cpu1, cpu2, strict=True)]
         res["peak_rss_kb"] = [_peak_rss_kb(n.ps.pid) if n.ps else None for n in nodes]
+        if provider == "secretflow" and a_job["state"] == "done":
+            # the engine is a process of its own: its figures, from each side's result
+            outs = [j["result"]["outputs"] for j in (a_job, b_job) if j.get("result")]
+            res["engine_s"] = [o.get("engine_s") for o in outs]
+            res["engine_peak_rss_kb"] = [o.get("engine_peak_rss_kb") for o in outs]
         res["load_job_before"] = load_job
         errors = [f"{n.node_id}: job {j['state']}: {j.get('error')}"
                   for n, j in ((a, a_job), (b, b_job)) if j["state"] != "done"]
@@ -279,10 +288,13 @@ def _fmt(values: list[Any] | None, fmt: str) -> str:
 
 
 def format_report(res: dict[str, Any], native_wall: float | None,
-                  ecdh_wall: float | None) -> str:
+                  ecdh_wall: float | None, same_protocol_wall: float | None = None) -> str:
+    """The e2e row. Ratios: to the in-process native run and SecretFlow's bare ECDH (provider
+    pec), or to SecretFlow's bare run of the same protocol (provider secretflow)."""
     load = machine.fmt_load(res["load_before"])
     load_end = machine.fmt_load(res.get("load_after", ()))
-    lines = ["end to end, two daemons (bench-a initiates, reveal=both; a / b)"
+    lines = [f"end to end, two daemons, provider {res['provider']} {res['protocol']} "
+             "(bench-a initiates, reveal=both; a / b)"
              + (f", over a {res['wan']['rate_mbit']:g} Mbit/s, {res['wan']['delay_ms']:g} ms "
                 f"one-way link ({res['wan']['link']})" if res.get("wan") else "") + ":"]
     if "error" in res:
@@ -295,6 +307,9 @@ def format_report(res: dict[str, Any], native_wall: float | None,
         f"  job submit -> done s:               {_fmt(res.get('job_s'), '.2f')}  "
         f"(daemon CPU s {_fmt(res.get('job_cpu_s'), '.2f')})",
         f"  daemon peak RSS MiB:                {_fmt(rss, '.0f')}",
+        (f"  engine process wall s / peak RSS MiB: {_fmt(res.get('engine_s'), '.2f')} / "
+         f"{_fmt([v and v / 1024 for v in res.get('engine_peak_rss_kb', [])], '.0f')}"
+         if res.get("engine_s") else ""),
         "  bench-a's progress, first seen (s after submit): "
         + (", ".join(f"{k} {v:.2f}" for k, v in res.get("phases_a", {}).items()) or "-")
         + f", done {res['job_s'][0]:.2f}" if res.get("job_s") else "",
@@ -303,7 +318,12 @@ def format_report(res: dict[str, Any], native_wall: float | None,
         f"  load before -> after: {load} -> {load_end}",
     ]
     wall = res.get("wall_s")
-    if wall and res["correct"]:
+    if wall and res["correct"] and res["provider"] == "secretflow":
+        if same_protocol_wall:
+            verdict = "meets" if wall / same_protocol_wall <= 1.2 else "MISSES"
+            lines.append(f"  ratio e2e job / bare secretflow {res['protocol']}: "
+                         f"{wall / same_protocol_wall:.2f} ({verdict} target <= 1.2)")
+    elif wall and res["correct"]:
         if native_wall:
             lines.append(f"  ratio e2e job / in-process pec ecdh: {wall / native_wall:.2f}")
         if ecdh_wall:

@@ -31,6 +31,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -188,11 +189,6 @@ def _run_engine(ctx: PartyContext, engine: engines.Engine, peer: str, session: B
     """One engine run over the relay: this party's rows found (in key order), the SHA-256 of
     their keys in that order (for the cross-check) and the engine's figures."""
     inp, out = work / "input.csv", work / "output.csv"
-    keys = engine_keys(ids)
-    pacsv.write_csv(pa.table({"key": keys, "row": pa.array(np.arange(n, dtype=np.int64))}),
-                    inp, pacsv.WriteOptions(quoting_style="none"))
-    del keys
-    ctx.progress(5, "engine input written")
     rank = 0 if ctx.role == "guest" else 1  # the guest is spu's receiver
     timeout = link_timeout(max(n, m), ctx.timeout)
     engine_port = _free_port()
@@ -204,7 +200,7 @@ def _run_engine(ctx: PartyContext, engine: engines.Engine, peer: str, session: B
            "--self", f"127.0.0.1:{engine_port}", "--peer", f"127.0.0.1:{relay.port}",
            "--link-id", "psi-" + hashlib.sha256(ctx.job_id.encode()).hexdigest()[:16],
            "--input", str(inp), "--id-column", "key", "--output", str(out),
-           "--protocol", protocol, "--receiver", "0", "--keys-unique",
+           "--protocol", protocol, "--receiver", "0", "--keys-unique", "--wait-for-go",
            "--link-timeout-s", f"{timeout:.0f}"]
     if reveal != "both":
         cmd.append("--no-broadcast")
@@ -212,13 +208,39 @@ def _run_engine(ctx: PartyContext, engine: engines.Engine, peer: str, session: B
     t0 = time.monotonic()
     with so.open("wb") as fo, se.open("wb") as fe:
         # TMPDIR: spu's sort and cache files stay in the job's scratch directory
-        proc = subprocess.Popen(cmd, stdout=fo, stderr=fe, cwd=work, start_new_session=True,
-                                env={**os.environ, "TMPDIR": str(work)})
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=fo, stderr=fe, cwd=work,
+                                start_new_session=True, env={**os.environ, "TMPDIR": str(work)})
+    # the input is written while the engine imports spu and builds its link (over the relay,
+    # which this thread pumps meanwhile); the engine waits for "go"
+    prepared: list[BaseException | None] = []
+
+    def prepare() -> None:
+        try:
+            keys = engine_keys(ids)
+            pacsv.write_csv(pa.table({"key": keys,
+                                      "row": pa.array(np.arange(n, dtype=np.int64))}),
+                            inp, pacsv.WriteOptions(quoting_style="none"))
+            prepared.append(None)
+        except BaseException as exc:  # handed to the job's thread
+            prepared.append(exc)
+
+    writer = threading.Thread(target=prepare, name="psi-engine-input", daemon=True)
+    writer.start()
+    go_sent = False
     report: dict[str, Any] | None = None
     peer_done: dict[str, Any] | None = None
     try:
-        ctx.progress(10, f"engine spu {engine.version} running {protocol}")
         while report is None or peer_done is None:
+            if not go_sent and prepared:
+                if prepared[0] is not None:
+                    raise OperatorError(f"psi: the engine's input could not be written: "
+                                        f"{prepared[0]}")
+                assert proc.stdin is not None
+                with contextlib.suppress(BrokenPipeError):  # an ended engine: seen below
+                    proc.stdin.write(b"go\n")
+                    proc.stdin.close()
+                go_sent = True
+                ctx.progress(10, f"engine spu {engine.version} running {protocol}")
             if relay.error is not None:
                 raise OperatorError(f"psi: the engine link to party {peer} failed: "
                                     f"{relay.error}")
@@ -228,7 +250,7 @@ def _run_engine(ctx: PartyContext, engine: engines.Engine, peer: str, session: B
                 ctx.progress(80, "engine finished")
                 continue  # the peer's may have come already: nothing more to relay then
             try:
-                msg = session.recv(timeout=0.25)
+                msg = session.recv(timeout=0.05)
             except TimeoutError:
                 if time.monotonic() - t0 > 4 * timeout + 60:
                     raise OperatorError(f"psi: the engines did not finish within "
@@ -252,6 +274,7 @@ def _run_engine(ctx: PartyContext, engine: engines.Engine, peer: str, session: B
         raise
     finally:
         relay.close()
+        writer.join()
         _remove_trace(so, se)
     report["link_bytes_sent"] = relay.bytes_sent
     report["link_bytes_received"] = relay.bytes_received
