@@ -59,8 +59,8 @@ class EngineRelay:
         self._closed_ids: set[int] = set()
         self._lock = threading.Lock()
         self._stopping = False
-        self.bytes_sent = 0
-        self.bytes_received = 0
+        self.bytes_sent = self.frames_sent = 0
+        self.bytes_received = self.frames_received = 0
         self.error: BaseException | None = None  # a sending thread's failure, for the caller
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.bind(("127.0.0.1", 0))
@@ -109,6 +109,7 @@ class EngineRelay:
                     break
                 self._session.send_bytes(HEADER.pack(MAGIC, DATA, cid) + data)
                 self.bytes_sent += len(data)
+                self.frames_sent += 1
         except OSError:
             pass  # closed here (CLOSE from the peer, or the relay stopping)
         except Exception as exc:
@@ -173,6 +174,7 @@ class EngineRelay:
             # the local engine closed it; its reader thread tells the peer
             return
         self.bytes_received += len(payload)
+        self.frames_received += 1
 
     def _dial_engine(self) -> socket.socket | None:
         """A connection to the local engine; None if the engine ended before it listened."""

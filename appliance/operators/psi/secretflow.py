@@ -278,6 +278,7 @@ def _run_engine(ctx: PartyContext, engine: engines.Engine, peer: str, session: B
         _remove_trace(so, se)
     report["link_bytes_sent"] = relay.bytes_sent
     report["link_bytes_received"] = relay.bytes_received
+    report["link_messages"] = [relay.frames_sent, relay.frames_received]
     report["engine_s"] = round(time.monotonic() - t0, 3)
     if not (ctx.role == "guest" or reveal == "both"):
         return np.empty(0, np.int64), _EMPTY_DIGEST, report
