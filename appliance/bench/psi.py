@@ -44,6 +44,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
 from appliance.bench import machine
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,6 +77,42 @@ def make_sets(n: int, overlap: float, seed: int) -> tuple[list[str], list[str], 
     rng.shuffle(a)
     rng.shuffle(b)
     return a, b, set(common)
+
+
+#: above this many ids per side the sets are made and checked with NumPy and Arrow (a Python
+#: set of 10^8 strings would not fit in memory); the in-process native row is then left out
+NUMPY_SETS_ABOVE = 10_000_000
+
+
+def make_sets_numpy(n: int, overlap: float, seed: int
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """As ``make_sets`` for large n: 11-digit ids 13000000000.., distinct by construction
+    (i * 2654435761 mod 7*10^9 is a bijection: the multiplier is prime to 2, 5 and 7), each
+    side shuffled; the expected intersection sorted."""
+    k = round(n * overlap)
+    i = np.arange(2 * n - k, dtype=np.int64)
+    pool = 13_000_000_000 + (i * 2_654_435_761) % 7_000_000_000
+    rng = np.random.default_rng(seed)
+    a = rng.permutation(pool[:n])
+    b = rng.permutation(np.concatenate([pool[:k], pool[n:]]))
+    return a, b, np.sort(pool[:k])
+
+
+def write_csv_numpy(path: Path, ids: np.ndarray) -> None:
+    pacsv.write_csv(pa.table({ID_COLUMN: pa.array(ids).cast(pa.string())}), path,
+                    pacsv.WriteOptions(quoting_style="none"))
+
+
+def rows_match(path: Path, expected: set[str] | np.ndarray, column: str = ID_COLUMN
+               ) -> tuple[int, bool]:
+    """How many rows a result file has, and whether its ids are exactly ``expected``."""
+    if isinstance(expected, np.ndarray):
+        got = np.sort(pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
+            column_types={column: pa.int64()}, include_columns=[column])
+        ).column(column).to_numpy())
+        return len(got), bool(np.array_equal(got, expected))
+    ids = read_ids(path, column)
+    return len(ids), len(ids) == len(expected) and set(ids) == expected
 
 
 def write_csv(path: Path, ids: Iterable[str]) -> None:
@@ -183,7 +223,7 @@ def link_timeout_for(size: int, timeout_s: float) -> float:
 
 
 def run_reference(py: Path, protocol: str, a_csv: Path, b_csv: Path, work: Path,
-                  expected: set[str], timeout_s: float, keys_unique: bool,
+                  expected: set[str] | np.ndarray, timeout_s: float, keys_unique: bool,
                   link_timeout_s: float = 120.0) -> dict[str, Any]:
     """Both SecretFlow parties at once; their results, checked against the known set."""
     port0, port1 = _free_ports(2)
@@ -245,11 +285,10 @@ def run_reference(py: Path, protocol: str, a_csv: Path, b_csv: Path, work: Path,
                           + _why(se.read_text(errors="replace"), stdout))
             row["parties"].append(None)
             continue
-        got = read_ids(out) if out.exists() else []
-        res["output_rows"] = len(got)
+        rows, same = rows_match(out, expected) if out.exists() else (0, len(expected) == 0)
+        res["output_rows"] = rows
         # Exact: the same set, no row twice, and spu's own count agreeing.
-        res["correct"] = (len(got) == len(expected) and set(got) == expected
-                          and res.get("intersection_size") == len(expected))
+        res["correct"] = same and res.get("intersection_size") == len(expected)
         row["parties"].append(res)
     row["correct"] = not errors and all(r and r["correct"] for r in row["parties"])
     if errors:
@@ -435,11 +474,22 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="pec-psi-bench-") as d:
         work = Path(d)
         t0 = time.perf_counter()
-        a_ids, b_ids, expected = make_sets(args.size, args.overlap, args.seed)
         a_csv, b_csv = work / "a.csv", work / "b.csv"
-        write_csv(a_csv, a_ids)
-        write_csv(b_csv, b_ids)
-        del a_ids, b_ids
+        expected: set[str] | np.ndarray
+        if args.size > NUMPY_SETS_ABOVE:
+            a_np, b_np, expected = make_sets_numpy(args.size, args.overlap, args.seed)
+            write_csv_numpy(a_csv, a_np)
+            write_csv_numpy(b_csv, b_np)
+            del a_np, b_np
+            if not args.no_native:
+                print(f"above {NUMPY_SETS_ABOVE} ids the in-process native row is left out "
+                      "(it holds both sets as Python strings)")
+                args.no_native = True
+        else:
+            a_ids, b_ids, expected = make_sets(args.size, args.overlap, args.seed)
+            write_csv(a_csv, a_ids)
+            write_csv(b_csv, b_ids)
+            del a_ids, b_ids
         print(f"generated in {time.perf_counter() - t0:.1f} s")
         rows = []
         for protocol in args.protocols:

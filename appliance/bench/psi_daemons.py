@@ -29,10 +29,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psutil
 
 from appliance.bench import machine
-from appliance.bench.psi import read_ids
+from appliance.bench.psi import rows_match
 from appliance.client import DaemonClient, DaemonError
 from appliance.federation.channel.linkshaper import LinkShaper
 from appliance.provision import init_state_dir
@@ -185,7 +186,7 @@ def enrol(a: BenchNode, b: BenchNode) -> None:
     b.api.post(f"/v1/peers/{a.node_id}/approve", {"accept": True})
 
 
-def run_end_to_end(a_csv: Path, b_csv: Path, expected: set[str],
+def run_end_to_end(a_csv: Path, b_csv: Path, expected: set[str] | np.ndarray,
                    timeout_s: float = 600.0,
                    wan: tuple[float, float] | None = None,
                    provider: str = "pec", protocol: str = "ecdh") -> dict[str, Any]:
@@ -258,13 +259,12 @@ def run_end_to_end(a_csv: Path, b_csv: Path, expected: set[str],
         sides = []
         for n, j in ((a, a_job), (b, b_job)):
             out = j["result"]["outputs"]
-            got = read_ids(Path(out["rows_file"]))
+            rows, same = rows_match(Path(out["rows_file"]), expected)
             kept = n.api.get(f"/v1/datasets/{out['dataset']}")  # the output data set
             sides.append({"node": n.node_id, "intersection_size": out["intersection_size"],
-                          "rows": len(got), "dataset": out["dataset"],
+                          "rows": rows, "dataset": out["dataset"],
                           "dataset_rows": kept["row_count"],
-                          "correct": (len(got) == len(expected) and set(got) == expected
-                                      and out["intersection_size"] == len(expected)
+                          "correct": (same and out["intersection_size"] == len(expected)
                                       and kept["row_count"] == len(expected))})
         res["sides"] = sides
         res["intersection_size"] = sides[0]["intersection_size"]
