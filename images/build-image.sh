@@ -186,6 +186,17 @@ grep -v -e '^#' -e '^$' "$RUNTIME_REQS" | while IFS='=' read -r name _ version; 
 	cp "$CACHE/wheels/$(ls "$CACHE/wheels" | sed -n "${found}p")" "$WHEELHOUSE/"
 done
 
+# SecretFlow's engine (PSI provider secretflow) gets a venv of its own in the image: spu 0.9.5
+# pins numpy<2, the appliance runs numpy 2. Its wheels, resolved under its pins, are cached.
+step "engine wheels: SecretFlow's spu (scripts/reference_engines.txt)"
+ENGINE_PINS=$REPO/scripts/reference_engines.txt
+ENGINE_WHEELS=$CACHE/engine-wheels
+mkdir -p "$ENGINE_WHEELS"
+PIP_CONSTRAINT=$ENGINE_PINS nice -n 19 "$PYTHON" -m pip download -q --only-binary=:all: \
+	--disable-pip-version-check -d "$ENGINE_WHEELS" \
+	"spu==$(sed -n 's/^spu==//p' "$ENGINE_PINS")" ||
+	die "fetching the secretflow engine's wheels failed"
+
 BUILD_TIME=$(date -u ${SOURCE_DATE_EPOCH:+-d @$SOURCE_DATE_EPOCH} +%Y-%m-%dT%H:%M:%SZ)
 GIT_COMMIT=$(git -C "$REPO" rev-parse HEAD 2>/dev/null || echo unknown)
 [ -z "$(git -C "$REPO" status --porcelain 2>/dev/null)" ] || GIT_COMMIT="$GIT_COMMIT+dirty"
@@ -194,7 +205,8 @@ step "appliance root tree -> $ROOTFS"
 remove_tree "$ROOTFS"
 export PEC_REPO=$REPO PEC_WHEELHOUSE=$WHEELHOUSE PEC_WHEEL=$WHEEL PEC_BUILD_TIME=$BUILD_TIME \
 	PEC_RUNTIME_REQS=$RUNTIME_REQS PEC_DEBIAN_UPDATES=$OUT/packages.updates.json \
-	PEC_GIT_COMMIT=$GIT_COMMIT PEC_ROOT_PARTUUID=$ROOT_PARTUUID PEC_ESP_PARTUUID=$ESP_PARTUUID
+	PEC_GIT_COMMIT=$GIT_COMMIT PEC_ROOT_PARTUUID=$ROOT_PARTUUID PEC_ESP_PARTUUID=$ESP_PARTUUID \
+	PEC_ENGINE_WHEELS=$ENGINE_WHEELS PEC_ENGINE_PINS=$ENGINE_PINS
 nice -n 19 mmdebstrap --mode=root --variant=custom --skip=update \
 	--setup-hook="tar-in $BASE /" \
 	--customize-hook="$IMAGES/customize-rootfs.sh \"\$1\"" \

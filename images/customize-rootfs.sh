@@ -7,7 +7,7 @@ set -euo pipefail
 ROOT=${1:?usage: customize-rootfs.sh ROOTDIR}
 : "${PEC_REPO:?}" "${PEC_WHEELHOUSE:?}" "${PEC_WHEEL:?}" "${PEC_BUILD_TIME:?}"
 : "${PEC_GIT_COMMIT:?}" "${PEC_ROOT_PARTUUID:?}" "${PEC_ESP_PARTUUID:?}"
-: "${PEC_RUNTIME_REQS:?}" "${PEC_DEBIAN_UPDATES:?}"
+: "${PEC_RUNTIME_REQS:?}" "${PEC_DEBIAN_UPDATES:?}" "${PEC_ENGINE_WHEELS:?}" "${PEC_ENGINE_PINS:?}"
 IMAGES=$PEC_REPO/images
 VENV=/opt/pec/venv
 
@@ -46,6 +46,19 @@ rm -rf "$ROOT/tmp/pec-wheels"
 ln -sf "$VENV/bin/pec-appliance" "$ROOT/usr/bin/pec-appliance"
 # Prove the installed stack imports on the image's own Python before anyone boots it.
 in_root "$VENV/bin/python" -c 'import accel, hsm, tee, appliance.cli'
+
+ENGINE=/opt/pec/engines/secretflow
+echo "customize-rootfs: SecretFlow's engine in $ENGINE (PSI provider secretflow)"
+mkdir -p "$ROOT/tmp/pec-engine-wheels"
+cp "$PEC_ENGINE_WHEELS"/*.whl "$ROOT/tmp/pec-engine-wheels/"
+grep -v '^#' "$PEC_ENGINE_PINS" >"$ROOT/tmp/pec-engine-wheels/pins.txt"
+in_root python3 -m venv "$ENGINE"
+in_root "$ENGINE/bin/pip" install -q --no-index --no-cache-dir --disable-pip-version-check \
+	--find-links /tmp/pec-engine-wheels -r /tmp/pec-engine-wheels/pins.txt
+rm -rf "$ROOT/tmp/pec-engine-wheels"
+# the engine's script is the appliance's own (appliance/operators/psi/spu_engine.py); it needs
+# spu's PSI and link, nothing else
+in_root "$ENGINE/bin/python" -c 'import spu.psi, spu.libspu.link'
 
 echo "customize-rootfs: service user, HSM token location"
 # The daemon and the panel run as pec (packaging/README.md); tss, render and video are its

@@ -177,6 +177,26 @@ def engine_keys(ids: pa.Array) -> pa.Array:
     return pa.array(text.view(f"S{KEY_HEX}").reshape(-1)).cast(pa.string())
 
 
+class _PeerEngineFailed(OperatorError):
+    """The peer said its engine failed (so it needs no word back)."""
+
+
+#: ids hashed and written per step: the input file is streamed, so a party's memory for it
+#: stays near 100 MB whatever the set's size
+INPUT_CHUNK = 1 << 20
+
+
+def write_input(path: Path, ids: pa.Array) -> None:
+    """The engine's input CSV: ``key`` (see ``engine_keys``) and ``row``, chunk by chunk."""
+    schema = pa.schema([("key", pa.string()), ("row", pa.int64())])
+    with pacsv.CSVWriter(path, schema,
+                         write_options=pacsv.WriteOptions(quoting_style="none")) as w:
+        for start in range(0, len(ids), INPUT_CHUNK):
+            part = ids.slice(start, INPUT_CHUNK)
+            rows = np.arange(start, start + len(part), dtype=np.int64)
+            w.write_table(pa.table([engine_keys(part), pa.array(rows)], schema=schema))
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -216,10 +236,7 @@ def _run_engine(ctx: PartyContext, engine: engines.Engine, peer: str, session: B
 
     def prepare() -> None:
         try:
-            keys = engine_keys(ids)
-            pacsv.write_csv(pa.table({"key": keys,
-                                      "row": pa.array(np.arange(n, dtype=np.int64))}),
-                            inp, pacsv.WriteOptions(quoting_style="none"))
+            write_input(inp, ids)
             prepared.append(None)
         except BaseException as exc:  # handed to the job's thread
             prepared.append(exc)
@@ -245,7 +262,7 @@ def _run_engine(ctx: PartyContext, engine: engines.Engine, peer: str, session: B
                 raise OperatorError(f"psi: the engine link to party {peer} failed: "
                                     f"{relay.error}")
             if report is None and proc.poll() is not None:
-                report = _engine_report(proc.returncode, so, se, timeout)
+                report = _engine_report(proc.returncode, so, se)
                 session.send({"engine_done": True})
                 ctx.progress(80, "engine finished")
                 continue  # the peer's may have come already: nothing more to relay then
@@ -261,15 +278,15 @@ def _run_engine(ctx: PartyContext, engine: engines.Engine, peer: str, session: B
             elif isinstance(msg, dict) and msg.get("engine_done") is True:
                 peer_done = msg
             elif isinstance(msg, dict) and "engine_failed" in msg:
-                raise OperatorError(f"party {peer}'s engine failed: "
-                                    f"{str(msg['engine_failed'])[:300]}")
+                raise _PeerEngineFailed(f"party {peer}'s engine failed: "
+                                        f"{str(msg['engine_failed'])[:300]}")
             else:
                 raise OperatorError(f"party {peer} sent {str(msg)[:100]!r} while the engines "
                                     "ran")
     except BaseException as exc:
         _stop(proc)
-        if isinstance(exc, OperatorError) and "engine_failed" not in str(exc):
-            with contextlib.suppress(Exception):
+        if isinstance(exc, OperatorError) and not isinstance(exc, _PeerEngineFailed):
+            with contextlib.suppress(Exception):  # the peer then stops its engine at once
                 session.send({"engine_failed": str(exc)[:300]})
         raise
     finally:
@@ -289,7 +306,7 @@ def _run_engine(ctx: PartyContext, engine: engines.Engine, peer: str, session: B
     return found, digest, report
 
 
-def _engine_report(rc: int, so: Path, se: Path, timeout: float) -> dict[str, Any]:
+def _engine_report(rc: int, so: Path, se: Path) -> dict[str, Any]:
     stdout = so.read_text(errors="replace")
     if rc != 0:
         err = se.read_text(errors="replace").splitlines()
