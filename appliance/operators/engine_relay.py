@@ -11,8 +11,9 @@ dies with the job: a peer killed mid-job ends the session, and with it the link.
 
 Wire format: each byte message is ``b"ER"``, a kind byte (``O`` open, ``D`` data, ``C``
 close), the connection id (u32, little endian) and the payload (data only). A connection is
-opened by the side whose engine dialled; ids are even at the guest and odd at the host, so the
-two never collide. A frame that breaks these rules is an ``OperatorError`` naming the peer.
+opened by the side whose engine dialled; of a job's k parties, the one of rank r opens ids
+equal to r modulo k, so two parties never pick the same id. A frame that breaks these rules
+is an ``OperatorError`` naming the peer.
 """
 
 from __future__ import annotations
@@ -34,6 +35,13 @@ CHUNK = 1 << 20  # bytes read from an engine socket at most per message
 MAX_CONNECTIONS = 64  # an engine's link uses a handful; more is a misbehaving peer
 
 
+def _no_delay(conn: socket.socket) -> None:
+    """Blocking, and every write sent at once: the relay forwards whole messages, so Nagle's
+    wait for an ACK would only add a delayed-ACK pause (up to 40 ms) to each round trip."""
+    conn.settimeout(None)
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 def is_relay_frame(msg: Any) -> bool:
     return isinstance(msg, bytes | bytearray) and bytes(msg[:2]) == MAGIC
 
@@ -47,14 +55,13 @@ class EngineRelay:
     it hands each relay frame to ``handle`` and keeps the other messages for itself.
     """
 
-    def __init__(self, session: Any, peer: str, *, odd_ids: bool, engine_port: int,
+    def __init__(self, session: Any, peer: str, *, opener: int, parties: int, engine_port: int,
                  connect_timeout: float = 60.0,
                  engine_alive: Callable[[], bool] = lambda: True) -> None:
         self._session, self._peer = session, peer
         self._engine_port, self._connect_timeout = engine_port, connect_timeout
         self._engine_alive = engine_alive
-        self._next_id = 1 if odd_ids else 0
-        self._odd = odd_ids
+        self._next_id, self._step = opener, parties
         self._conns: dict[int, socket.socket] = {}
         self._closed_ids: set[int] = set()
         self._lock = threading.Lock()
@@ -68,10 +75,10 @@ class EngineRelay:
         # accept() is not woken by close() from another thread: it wakes up to look
         self._listener.settimeout(0.1)
         self.port: int = self._listener.getsockname()[1]
-        self._threads: list[threading.Thread] = []
-        t = threading.Thread(target=self._accept, name="engine-relay-accept", daemon=True)
-        t.start()
-        self._threads.append(t)
+        self._readers: list[threading.Thread] = []  # one per connection
+        self._acceptor = threading.Thread(target=self._accept, name="engine-relay-accept",
+                                          daemon=True)
+        self._acceptor.start()
 
     # -- the local engine dials the peer ---------------------------------------------------
     def _accept(self) -> None:
@@ -82,10 +89,10 @@ class EngineRelay:
                 continue
             except OSError:
                 return  # the listener was closed
-            conn.settimeout(None)
+            _no_delay(conn)
             with self._lock:
                 cid = self._next_id
-                self._next_id += 2
+                self._next_id += self._step
                 self._conns[cid] = conn
             try:
                 self._session.send_bytes(HEADER.pack(MAGIC, OPEN, cid))
@@ -98,7 +105,7 @@ class EngineRelay:
         t = threading.Thread(target=self._read_local, args=(cid, conn),
                              name=f"engine-relay-{cid}", daemon=True)
         t.start()
-        self._threads.append(t)
+        self._readers.append(t)
 
     def _read_local(self, cid: int, conn: socket.socket) -> None:
         """The local engine's bytes on one connection, to the peer, until either side closes."""
@@ -130,7 +137,7 @@ class EngineRelay:
             raise OperatorError(f"party {self._peer} sent a malformed relay frame "
                                 f"(kind {kind!r})")
         if kind == OPEN:
-            if cid % 2 == (1 if self._odd else 0):
+            if cid % self._step == self._next_id % self._step:
                 raise OperatorError(f"party {self._peer} opened engine connection {cid}, an "
                                     "id of this node's side")
             with self._lock:
@@ -182,7 +189,7 @@ class EngineRelay:
         while True:
             try:
                 conn = socket.create_connection(("127.0.0.1", self._engine_port), timeout=5)
-                conn.settimeout(None)
+                _no_delay(conn)
                 return conn
             except OSError:
                 # the engine is still starting (importing its libraries, then listening)
@@ -207,6 +214,14 @@ class EngineRelay:
         if not self._stopping and self.error is None:
             self.error = exc
 
+    def drain(self, timeout: float) -> None:
+        """Once the local engine has ended: wait until every connection's last bytes and its
+        close have gone to the peer, so nothing of the link follows this party's next message
+        (the engine's exit closed its sockets, so each reader ends at once)."""
+        deadline = time.monotonic() + timeout
+        for t in list(self._readers):
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
+
     def close(self) -> None:
         """Stop accepting and close every connection (the engine has ended, or the job)."""
         self._stopping = True
@@ -219,5 +234,5 @@ class EngineRelay:
             with contextlib.suppress(OSError):
                 c.shutdown(socket.SHUT_RDWR)
             c.close()
-        for t in self._threads:
+        for t in [self._acceptor, *self._readers]:
             t.join(timeout=2)

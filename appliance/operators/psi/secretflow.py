@@ -23,16 +23,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import re
 import shutil
-import signal
-import socket
-import subprocess
 import tempfile
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +37,9 @@ import pyarrow.csv as pacsv
 
 from appliance.operators import engines
 from appliance.operators.base import OperatorError, PartyContext
-from appliance.operators.engine_relay import EngineRelay, is_relay_frame
+from appliance.operators.engine_runner import run_engine
 from appliance.operators.psi import ecdh_engine
 from appliance.operators.psi.protocol import (
-    ByteSession,
     Params,
     _check_provider_params,
     _open_join,
@@ -101,8 +94,8 @@ def run(ctx: PartyContext, p: Params, protocol: str) -> dict[str, Any]:
         work = Path(tempfile.mkdtemp(prefix=".secretflow-", dir=_scratch_root(ctx)))
         try:
             if n and m:
-                found, digest, report = _run_engine(ctx, engine, peer, session, work, ids,
-                                                    protocol, p.reveal, n, m)
+                found, digest, report = _run_engine(ctx, engine, work, ids, protocol,
+                                                    p.reveal, n, m)
             else:  # an empty side: nothing to run, the intersection is empty
                 found, digest, report = np.empty(0, np.int64), _EMPTY_DIGEST, {}
         finally:
@@ -177,10 +170,6 @@ def engine_keys(ids: pa.Array) -> pa.Array:
     return pa.array(text.view(f"S{KEY_HEX}").reshape(-1)).cast(pa.string())
 
 
-class _PeerEngineFailed(OperatorError):
-    """The peer said its engine failed (so it needs no word back)."""
-
-
 #: ids hashed and written per step: the input file is streamed, so a party's memory for it
 #: stays near 100 MB whatever the set's size
 INPUT_CHUNK = 1 << 20
@@ -197,133 +186,40 @@ def write_input(path: Path, ids: pa.Array) -> None:
             w.write_table(pa.table([engine_keys(part), pa.array(rows)], schema=schema))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _run_engine(ctx: PartyContext, engine: engines.Engine, peer: str, session: ByteSession,
-                work: Path, ids: pa.Array, protocol: str, reveal: str, n: int,
+def _run_engine(ctx: PartyContext, engine: engines.Engine, work: Path,
+                ids: pa.Array, protocol: str, reveal: str, n: int,
                 m: int) -> tuple[np.ndarray, str, dict[str, Any]]:
-    """One engine run over the relay: this party's rows found (in key order), the SHA-256 of
-    their keys in that order (for the cross-check) and the engine's figures."""
+    """One engine run: this party's rows found (in key order), the SHA-256 of their keys in
+    that order (for the cross-check) and the engine's figures."""
     inp, out = work / "input.csv", work / "output.csv"
-    rank = 0 if ctx.role == "guest" else 1  # the guest is spu's receiver
+    order = [n_ for n_, r in sorted(ctx.parties.items(), key=lambda kv: kv[1] != "guest")]
+    rank = order.index(ctx.node_id)  # the guest is rank 0, spu's receiver
+
+    def command(addresses: list[str]) -> list[str]:
+        cmd = [str(engine.python), str(ENGINE_SCRIPT), "--role", str(rank),
+               "--self", addresses[rank], "--peer", addresses[1 - rank],
+               "--link-id", "psi-" + hashlib.sha256(ctx.job_id.encode()).hexdigest()[:16],
+               "--input", str(inp), "--id-column", "key", "--output", str(out),
+               "--protocol", protocol, "--receiver", "0", "--keys-unique", "--wait-for-go",
+               "--link-timeout-s", f"{timeout:.0f}"]
+        return cmd + (["--no-broadcast"] if reveal != "both" else [])
+
     timeout = link_timeout(max(n, m), ctx.timeout)
-    engine_port = _free_port()
-    proc: subprocess.Popen[bytes] | None = None
-    relay = EngineRelay(session, peer, odd_ids=rank == 1, engine_port=engine_port,
-                        connect_timeout=timeout,
-                        engine_alive=lambda: proc is not None and proc.poll() is None)
-    cmd = [str(engine.python), str(ENGINE_SCRIPT), "--role", str(rank),
-           "--self", f"127.0.0.1:{engine_port}", "--peer", f"127.0.0.1:{relay.port}",
-           "--link-id", "psi-" + hashlib.sha256(ctx.job_id.encode()).hexdigest()[:16],
-           "--input", str(inp), "--id-column", "key", "--output", str(out),
-           "--protocol", protocol, "--receiver", "0", "--keys-unique", "--wait-for-go",
-           "--link-timeout-s", f"{timeout:.0f}"]
-    if reveal != "both":
-        cmd.append("--no-broadcast")
-    so, se = work / "engine.stdout", work / "engine.stderr"
-    t0 = time.monotonic()
-    with so.open("wb") as fo, se.open("wb") as fe:
-        # TMPDIR: spu's sort and cache files stay in the job's scratch directory
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=fo, stderr=fe, cwd=work,
-                                start_new_session=True, env={**os.environ, "TMPDIR": str(work)})
-    # the input is written while the engine imports spu and builds its link (over the relay,
-    # which this thread pumps meanwhile); the engine waits for "go"
-    prepared: list[BaseException | None] = []
-
-    def prepare() -> None:
-        try:
-            write_input(inp, ids)
-            prepared.append(None)
-        except BaseException as exc:  # handed to the job's thread
-            prepared.append(exc)
-
-    writer = threading.Thread(target=prepare, name="psi-engine-input", daemon=True)
-    writer.start()
-    go_sent = False
-    report: dict[str, Any] | None = None
-    peer_done: dict[str, Any] | None = None
     try:
-        while report is None or peer_done is None:
-            if not go_sent and prepared:
-                if prepared[0] is not None:
-                    raise OperatorError(f"psi: the engine's input could not be written: "
-                                        f"{prepared[0]}")
-                assert proc.stdin is not None
-                with contextlib.suppress(BrokenPipeError):  # an ended engine: seen below
-                    proc.stdin.write(b"go\n")
-                    proc.stdin.close()
-                go_sent = True
-                ctx.progress(10, f"engine spu {engine.version} running {protocol}")
-            if relay.error is not None:
-                raise OperatorError(f"psi: the engine link to party {peer} failed: "
-                                    f"{relay.error}")
-            if report is None and proc.poll() is not None:
-                report = _engine_report(proc.returncode, so, se)
-                session.send({"engine_done": True})
-                ctx.progress(80, "engine finished")
-                continue  # the peer's may have come already: nothing more to relay then
-            try:
-                msg = session.recv(timeout=0.05)
-            except TimeoutError:
-                if time.monotonic() - t0 > 4 * timeout + 60:
-                    raise OperatorError(f"psi: the engines did not finish within "
-                                        f"{4 * timeout + 60:.0f} s") from None
-                continue
-            if is_relay_frame(msg):
-                relay.handle(bytes(msg))
-            elif isinstance(msg, dict) and msg.get("engine_done") is True:
-                peer_done = msg
-            elif isinstance(msg, dict) and "engine_failed" in msg:
-                raise _PeerEngineFailed(f"party {peer}'s engine failed: "
-                                        f"{str(msg['engine_failed'])[:300]}")
-            else:
-                raise OperatorError(f"party {peer} sent {str(msg)[:100]!r} while the engines "
-                                    "ran")
-    except BaseException as exc:
-        _stop(proc)
-        if isinstance(exc, OperatorError) and not isinstance(exc, _PeerEngineFailed):
-            with contextlib.suppress(Exception):  # the peer then stops its engine at once
-                session.send({"engine_failed": str(exc)[:300]})
-        raise
+        doc = run_engine(ctx, order, command, work, timeout, "secretflow engine",
+                         prepare=lambda: write_input(inp, ids))
     finally:
-        relay.close()
-        writer.join()
-        _remove_trace(so, se)
-    report["link_bytes_sent"] = relay.bytes_sent
-    report["link_bytes_received"] = relay.bytes_received
-    report["link_messages"] = [relay.frames_sent, relay.frames_received]
-    report["engine_s"] = round(time.monotonic() - t0, 3)
+        _remove_trace(work / "engine.stdout", work / "engine.stderr")
+    report = {f"engine_{k}": doc.get(k) for k in ("import_s", "link_s", "psi_s", "cpu_s",
+                                                  "peak_rss_kb")}
+    report.update({k: v for k, v in doc.items() if k.startswith(("engine_", "link_"))})
     if not (ctx.role == "guest" or reveal == "both"):
         return np.empty(0, np.int64), _EMPTY_DIGEST, report
     found, digest = _read_output(out, n)
-    if report.get("intersection_size") not in (None, len(found)):
-        raise OperatorError(f"psi: the engine reported {report['intersection_size']} rows but "
+    if doc.get("intersection_size") not in (None, len(found)):
+        raise OperatorError(f"psi: the engine reported {doc['intersection_size']} rows but "
                             f"wrote {len(found)}")
     return found, digest, report
-
-
-def _engine_report(rc: int, so: Path, se: Path) -> dict[str, Any]:
-    stdout = so.read_text(errors="replace")
-    if rc != 0:
-        err = se.read_text(errors="replace").splitlines()
-        # spu logs "[error]" lines and a C++ exception's what(); the last few say why
-        said = [ln for ln in err if "[error]" in ln or "Error" in ln or "what()" in ln]
-        why = (said or err or ["no output"])[-1][-300:]
-        raise OperatorError(f"psi: the secretflow engine exited with code {rc}: {why}")
-    for line in reversed(stdout.splitlines()):
-        if line.startswith("{"):
-            with contextlib.suppress(ValueError):
-                doc = json.loads(line)
-                return {"intersection_size": doc.get("intersection_size"),
-                        "engine_import_s": doc.get("import_s"),
-                        "engine_link_s": doc.get("link_s"), "engine_psi_s": doc.get("psi_s"),
-                        "engine_cpu_s": doc.get("cpu_s"),
-                        "engine_peak_rss_kb": doc.get("peak_rss_kb")}
-    raise OperatorError("psi: the secretflow engine ended without its report")
 
 
 def _read_output(out: Path, n: int) -> tuple[np.ndarray, str]:
@@ -347,18 +243,6 @@ def _read_output(out: Path, n: int) -> tuple[np.ndarray, str]:
         raise OperatorError("psi: the secretflow engine's output names rows this node does not "
                             "have, or one twice")
     return rows.astype(np.int64), digest
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def _remove_trace(*logs: Path) -> None:
