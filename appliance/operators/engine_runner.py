@@ -198,10 +198,15 @@ def _wait(ctx: PartyContext, proc: subprocess.Popen[bytes], relays: dict[str, En
 def _report(rc: int, so: Path, se: Path, label: str) -> dict[str, Any]:
     stdout = so.read_text(errors="replace")
     if rc != 0:
-        err = se.read_text(errors="replace").splitlines()
-        # spu logs "[error]" lines and a C++ exception's what(); the last one says why
-        said = [ln for ln in err if "[error]" in ln or "Error" in ln or "what()" in ln]
-        why = (said or err or ["no output"])[-1][-300:]
+        err = [ln.strip() for ln in se.read_text(errors="replace").splitlines() if ln.strip()]
+        # spu logs "[error]" lines and a C++ exception's what(), whose text (an enforce that
+        # failed) is on the line after "what:"; the last of them says why
+        said = [i for i, ln in enumerate(err)
+                if "[error]" in ln or "Error" in ln or "what()" in ln or "Enforce" in ln]
+        at = said[-1] if said else len(err) - 1
+        why = " ".join(err[at:at + 2]) if err and err[at].endswith("what:") else (
+            err[at] if err else "no output")
+        why = why[-300:]
         raise OperatorError(f"the {label} exited with code {rc}: {why}")
     for line in reversed(stdout.splitlines()):
         if line.startswith("{"):

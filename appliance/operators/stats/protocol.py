@@ -26,12 +26,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from appliance.operators.base import OperatorError, PartyContext, canonical
+from appliance.operators.stats import order as spu_order
 from appliance.operators.stats import ring
 
 VERSION = 1
 # threshold in the rows layout is linear: each row is whole at one party, which compares it
 LINEAR = ("count", "sum", "mean", "var", "std", "cov", "corr", "hist", "threshold")
-COMPARISON = ("min", "max", "median", "quantile", "quantiles")
+COMPARISON = ("min", "max", "median", "quantiles")  # by SPU (order.py), 2 or 3 parties
 DEFAULT_STATS = ("count", "sum", "mean", "var", "std")
 MIN_PARTIES, MAX_PARTIES = 2, 5
 MAX_PROBLEMS = 20  # per party, so a header stays small however bad the data
@@ -69,6 +70,12 @@ class Plan:
     groups: tuple[str, ...] | None = None  # stated by the job; else the parties' union
     dp: Dp | None = None
     threshold: float | None = None  # count and sum of the values above it
+    quantiles: tuple[float, ...] = ()  # the levels of ``quantiles``
+
+    @property
+    def order_stats(self) -> tuple[str, ...]:
+        """The comparison-based statistics (computed by SPU, order.py)."""
+        return tuple(st for st in self.stats if st in COMPARISON)
 
     @property
     def need_sums(self) -> bool:
@@ -86,7 +93,7 @@ class Plan:
         body = {"v": VERSION, "columns": list(self.columns), "stats": list(self.stats),
                 "edges": list(self.edges), "receivers": self.receivers, "layout": "rows",
                 "group_by": self.group_by, "groups": list(self.groups or []),
-                "threshold": self.threshold,
+                "threshold": self.threshold, "quantiles": list(self.quantiles),
                 "dp": None if self.dp is None else [self.dp.epsilon, self.dp.delta,
                                                     [list(b) for b in self.dp.bounds]]}
         return hashlib.sha256(canonical(body)).hexdigest()
@@ -116,10 +123,24 @@ def plan_of(params: dict[str, Any]) -> Plan:
         raise OperatorError(f"stats: a column is named twice in {','.join(columns)}")
     stats = _names(params.get("stats", ",".join(DEFAULT_STATS)), "stats")
     for s in stats:
-        if s in COMPARISON:
-            raise OperatorError(f"stats: {s} needs secure comparison, which is not built yet")
-        if s not in LINEAR:
-            raise OperatorError(f"stats: unknown statistic {s!r} (built: {', '.join(LINEAR)})")
+        if s not in LINEAR and s not in COMPARISON:
+            raise OperatorError(f"stats: unknown statistic {s!r} (built: "
+                                f"{', '.join(LINEAR + COMPARISON)})")
+    quantiles: list[float] = []
+    if params.get("quantiles") not in (None, ""):
+        raw = params["quantiles"]
+        raw = raw.split(",") if isinstance(raw, str) else raw
+        try:
+            quantiles = [float(q) for q in raw]
+        except (TypeError, ValueError):
+            raise OperatorError(f"stats: quantiles are levels Q1,Q2,... in [0, 1] "
+                                f"(got {raw!r})") from None
+        if not quantiles or not all(0.0 <= q <= 1.0 for q in quantiles):
+            raise OperatorError("stats: quantiles are levels in [0, 1]")
+        if "quantiles" not in stats:
+            stats.append("quantiles")
+    elif "quantiles" in stats:
+        raise OperatorError("stats: quantiles needs its levels, quantiles=Q1,Q2,...")
     edges: list[float] = []
     if params.get("hist") not in (None, ""):
         raw = params["hist"]
@@ -162,8 +183,12 @@ def plan_of(params: dict[str, Any]) -> Plan:
     elif params.get("groups") not in (None, ""):
         raise OperatorError("stats: groups needs group_by=COLUMN")
     dp = _dp_of(params, columns, stats, group_by)
+    ordered = [st for st in stats if st in COMPARISON]
+    if ordered and (dp is not None or group_by is not None):
+        raise OperatorError(f"stats: {', '.join(ordered)} with "
+                            f"{'dp_epsilon' if dp is not None else 'group_by'} is not built yet")
     return Plan(tuple(columns), tuple(dict.fromkeys(stats)), tuple(edges), receivers,
-                group_by, groups, dp, threshold)
+                group_by, groups, dp, threshold, tuple(quantiles))
 
 
 def _dp_of(params: dict[str, Any], columns: list[str], stats: list[str],
@@ -223,6 +248,7 @@ class Local:
     # the threshold
     clipped: int = 0  # values moved into the dp bounds
     problems: list[str] = field(default_factory=list)
+    values: list[np.ndarray] = field(default_factory=list)  # the rows, for order statistics
 
 
 def _kind(t: pa.DataType) -> str:
@@ -317,6 +343,12 @@ def local_aggregates(ctx: PartyContext, plan: Plan) -> Local:
                 local.problems.append(f"group column {plan.group_by!r} has more than "
                                       f"{MAX_GROUPS} values")
                 break
+        if plan.order_stats:
+            big = np.abs(x).max(axis=0) > spu_order.MAX_ABS
+            local.problems.extend(
+                f"column {c!r} has values past +-{spu_order.MAX_ABS:.0f}, beyond the fixed point "
+                "of the order statistics" for c, b in zip(cols, big, strict=True) if b)
+            local.values.append(x)
         local.rows += batch.num_rows
         local.sums += x.sum(axis=0)
         if plan.group_by:  # it bounds the group sums; nothing else reads it
@@ -515,14 +547,25 @@ def run(ctx: PartyContext) -> dict[str, Any]:
     base = {"layout": "rows", "parties": n, "receivers": receivers,
             "columns": list(plan.columns), "statistics": list(plan.stats),
             **({"dp": dp_info} if dp_info else {})}
-    if ctx.node_id not in receivers:
-        ctx.progress(100, "share sums sent to the receivers")
-        return {**base, "received": False}
-    sums = [mine] + [_ring_list(p, _recv(ctx, p, "share sum"), "stats/sum", length)
-                     for p in peers]
-    total = [ring.decode(v) for v in ring.add(sums)]
-    ctx.progress(100, "aggregates reconstructed")
-    return {**base, "received": True, **results(plan, total, groups)}
+    result: dict[str, Any] = {**base, "received": ctx.node_id in receivers}
+    if ctx.node_id in receivers:
+        sums = [mine] + [_ring_list(p, _recv(ctx, p, "share sum"), "stats/sum", length)
+                         for p in peers]
+        total = [ring.decode(v) for v in ring.add(sums)]
+        result.update(results(plan, total, groups))
+        ctx.progress(70 if plan.order_stats else 100, "aggregates reconstructed")
+    else:
+        ctx.progress(70 if plan.order_stats else 100, "share sums sent to the receivers")
+    if plan.order_stats:
+        # 4. order statistics: the parties' rows secret-shared again, inside SPU
+        found = spu_order.run(ctx, plan, local, receivers)
+        if found is not None:
+            result["stats"].update(found.pop("stats"))
+            if found.get("undefined"):
+                result.setdefault("undefined", {}).update(found.pop("undefined"))
+            result["order_engine"] = found
+        ctx.progress(100, "order statistics done")
+    return result
 
 
 def dp_noise(plan: Plan, local: Local, parties: int, groups: list[str] | None

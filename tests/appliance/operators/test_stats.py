@@ -228,9 +228,11 @@ def test_a_malformed_header_names_its_sender(tmp_path):
 @pytest.mark.parametrize(
     ("params", "needle"),
     [
-        ({"columns": "a", "stats": "sum,median"}, "median needs secure comparison, which is "
-                                                  "not built yet"),
-        ({"columns": "a", "stats": "min"}, "min needs secure comparison"),
+        ({"columns": "a", "stats": "quantiles"}, "quantiles needs its levels"),
+        ({"columns": "a", "quantiles": "0.5,1.5"}, r"levels in \[0, 1\]"),
+        ({"columns": "a", "stats": "median", "group_by": "g"}, "median with group_by is not"),
+        ({"columns": "a", "stats": "min", "dp_epsilon": "1", "dp_bounds": "a:0:1"},
+         "min with dp_epsilon is not built"),
         ({"columns": "a", "layout": "columns"}, "layout=columns .* not built yet"),
         ({"columns": "a", "stats": "var", "dp_epsilon": "1.0"}, "dp_bounds=a:LOW:HIGH"),
         ({"columns": "a", "stats": "sum", "dp_epsilon": "1.0"}, "dp_bounds=a:LOW:HIGH"),
@@ -355,3 +357,76 @@ def test_dp_moments_have_calibrated_noise_and_stay_in_range():
     assert scales["cross:0:1"] == 100 * 99 * 6 / 8
     assert abs(r["stats"]["mean"]["a"] - a.mean()) < 5
     assert r["stats"]["var"]["a"] >= 0 and -1 <= r["stats"]["corr"]["a"]["b"] <= 1
+
+
+# -- order statistics (min, max, median, quantiles) in SPU -----------------------------------
+
+def _pooled_check(res: dict[str, Any], pooled: np.ndarray, cols: list[str],
+                  levels: list[float]) -> None:
+    for i, c in enumerate(cols):
+        v = pooled[:, i]
+        st = res["stats"]
+        # the engine's fixed point has 40 fractional bits: an order statistic is the value
+        # itself to about 1e-12, an interpolated quantile to the same
+        assert st["min"][c] == pytest.approx(v.min(), abs=1e-9)
+        assert st["max"][c] == pytest.approx(v.max(), abs=1e-9)
+        assert st["median"][c] == pytest.approx(np.median(v), abs=1e-9)
+        for q in levels:
+            assert st["quantiles"][c][repr(q)] == pytest.approx(np.quantile(v, q), abs=1e-9)
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_order_statistics_equal_numpy_on_the_pooled_rows(tmp_path, n):
+    rng = np.random.default_rng(40 + n)
+    names = NAMES[:n]
+    parts = {p: party_rows(rng, int(rng.integers(40, 90))) for p in names}
+    parts[names[-1]][0, 0] = -1e9  # one extreme, far out
+    parts[names[0]][:3, 1] = 0.0  # ties
+    data = {p: csv_set(tmp_path, p, COLS, x.tolist()) for p, x in parts.items()}
+    levels = [0.0, 0.1, 0.25, 0.9, 1.0]
+    params = {"columns": "a,b,c", "stats": "count,mean,min,max,median",
+              "quantiles": ",".join(map(str, levels)), "receivers": "initiator"}
+    ctxs = local_contexts(names, params, data, job_id="job-o", timeout=60,
+                          output_root=tmp_path / "out")
+    res = run_parties(STATS.run, ctxs, timeout=240)
+    for p in names:
+        assert not isinstance(res[p], Exception), (p, res[p])
+    guest = res[names[0]]
+    pooled = np.concatenate(list(parts.values()))
+    assert guest["stats"]["count"]["a"] == len(pooled)
+    assert guest["stats"]["mean"]["c"] == pytest.approx(pooled[:, 2].mean(), rel=1e-9)
+    _pooled_check(guest, pooled, COLS, levels)
+    assert guest["order_engine"]["protocol"] == ("CHEETAH" if n == 2 else "ABY3")
+    for p in names[1:]:  # a receipt, no statistic
+        assert res[p]["received"] is False and "stats" not in res[p]
+    assert not list((tmp_path / "out").rglob(".spu-stats-*")), "engine scratch left behind"
+
+
+def test_order_statistics_with_an_empty_party_and_a_value_past_the_fixed_point(tmp_path):
+    names = NAMES[:2]
+    data = {names[0]: csv_set(tmp_path, "a0", ["a"], [[3.5], [-1.25], [7.0]]),
+            names[1]: TableReader(pa.table({"id": pa.array([], pa.string()),
+                                            "a": pa.array([], pa.float64())}))}
+    res = run_parties(STATS.run, local_contexts(names, {"columns": "a", "stats": "min,max,median"},
+                                                data, job_id="job-e", timeout=60,
+                                                output_root=tmp_path / "o1"), timeout=120)
+    for p in names:
+        assert res[p]["stats"]["median"]["a"] == 3.5 and res[p]["stats"]["min"]["a"] == -1.25
+    big = {names[0]: csv_set(tmp_path, "b0", ["a"], [[1.0], [2.0 ** 41]]),
+           names[1]: csv_set(tmp_path, "b1", ["a"], [[2.0]])}
+    res = run_parties(STATS.run, local_contexts(names, {"columns": "a", "stats": "max"}, big,
+                                                job_id="job-f", timeout=60,
+                                                output_root=tmp_path / "o2"), timeout=120)
+    for p in names:
+        assert isinstance(res[p], OperatorError) and "beyond the fixed point" in str(res[p])
+
+
+def test_order_statistics_among_four_parties_are_refused_by_name(tmp_path):
+    rng = np.random.default_rng(3)
+    names = NAMES[:4]
+    data = {p: csv_set(tmp_path, p, COLS, party_rows(rng, 5).tolist()) for p in names}
+    res = run_parties(STATS.run, local_contexts(names, {"columns": "a", "stats": "sum,max"},
+                                                data, job_id="job-4", timeout=20,
+                                                output_root=tmp_path / "o"), timeout=60)
+    for p in names:
+        assert isinstance(res[p], OperatorError) and "run among 2 or 3 parties" in str(res[p])
