@@ -198,7 +198,8 @@ def multi_party_params(form: MultiDict[str, str], kinds: list[str], peers: list[
             "stats": text_field(form, "stats", max_len=256),
             "receivers": choice_field(form, "receivers", RECEIVERS)}
         # optional: group-by, and differential privacy (the operator checks the values)
-        for name, size in (("group_by", 256), ("dp_epsilon", 32), ("dp_bounds", 4096)):
+        for name, size in (("group_by", 256), ("dp_epsilon", 32), ("dp_bounds", 4096),
+                           ("quantiles", 256)):
             if str(form.get(name) or "").strip():
                 params["params"][name] = text_field(form, name, max_len=size)
     if kind == "iv":

@@ -896,6 +896,23 @@ def test_the_panel_runs_joint_statistics_through_its_form(nodes):
         "secure_aggregation": "mask"}, timeout=90)
     assert job["state"] == "done", job["error"]
     assert job["result"]["outputs"]["dp"]["mechanism"] == "laplace"
+    # order statistics, in SPU (ABY3 among the three), from the same form
+    job, _ = run_with_partners(a, client, token, {
+        "operator": "stats", "dataset": "customers", "peers": ["node-b", "node-c"],
+        "dataset_of_node-b": "customers", "dataset_of_node-c": "customers",
+        "columns": "v", "stats": "count,min,max,median", "quantiles": "0.1,0.99",
+        "receivers": "initiator", "reveal": "both", "algorithm": "homo_lr", "label": "",
+        "rounds": "10", "clusters": "3", "secure_aggregation": "mask"}, timeout=180)
+    assert job["state"] == "done", job["error"]
+    import numpy as np
+
+    pooled = np.concatenate([np.arange(n.rows, dtype=float) for n in nodes])
+    out = job["result"]["outputs"]
+    assert out["order_engine"]["protocol"] == "ABY3"
+    assert out["stats"]["min"]["v"] == 0.0 and abs(out["stats"]["max"]["v"] - 3399) < 1e-9
+    assert abs(out["stats"]["median"]["v"] - np.median(pooled)) < 1e-9
+    for q in ("0.1", "0.99"):
+        assert abs(out["stats"]["quantiles"]["v"][q] - np.quantile(pooled, float(q))) < 1e-9
 
 
 # -- information value across a vertical split ----------------------------------------------------

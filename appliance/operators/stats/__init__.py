@@ -1,10 +1,10 @@
 """Joint statistics, provider ``pec``: additive secret sharing over Z_2^128 among 2 to 5
 parties (semi-honest). Built: the rows layout's linear statistics (count, sum, mean, var,
 std, cov, corr, histograms, the count and sum above a threshold), group-by counts and sums,
-and differential privacy at release
-(Laplace or Gaussian, the noise drawn in parts by every party). Not built yet, refused by
-name: the columns layout and the comparison-based statistics. docs/stats.md says who learns
-what.
+and differential privacy at release (Laplace or Gaussian, the noise drawn in parts by every
+party); and among 2 or 3 parties the order statistics (min, max, median, quantiles) on
+SecretFlow's SPU (``order``). Not built yet, refused by name: the columns layout. docs/stats.md
+says who learns what.
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ STATS = register(Operator(
         "dataset": "this party's data set",
         "columns": "the numeric columns, C1[,C2...], present at every party",
         "stats": "count,sum,mean,var,std,cov,corr,hist,threshold (default "
-                 "count,sum,mean,var,std); min, max, median and quantile are not built yet",
+                 "count,sum,mean,var,std); min,max,median,quantiles among 2 or 3 parties "
+                 "(SPU: CHEETAH or ABY3)",
+        "quantiles": "levels Q1,Q2,... in [0, 1] (NumPy's linear interpolation)",
         "hist": "histogram bin edges E0,E1,... (numpy's bins: the last bin is closed)",
         "layout": "rows (default); columns is not built yet",
         "receivers": "all (default: every party learns the result) or initiator (only the "
