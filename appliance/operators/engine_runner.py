@@ -181,10 +181,8 @@ def _wait(ctx: PartyContext, proc: subprocess.Popen[bytes], relays: dict[str, En
                 raise OperatorError(f"the engines did not finish within {limit:.0f} s") from None
             continue
         if isinstance(msg, BaseException):
-            if isinstance(msg, OperatorError):
-                raise msg
-            raise OperatorError(f"party {peer}'s session failed while the engines ran: "
-                                f"{msg}") from None
+            # as the session raised it: a lost peer, a local cancel, a malformed frame
+            raise msg
         if isinstance(msg, dict) and msg.get("engine_done") is True:
             done.add(peer)
         elif isinstance(msg, dict) and "engine_failed" in msg:
