@@ -35,7 +35,6 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -49,6 +48,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from appliance.bench import machine
+from appliance.operators.engine_runner import listen_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 REFERENCE_VENV = ROOT / "build" / "reference-venv"
@@ -150,35 +150,6 @@ def reference_python(venv: Path = REFERENCE_VENV, library: str = "libpsi") -> Pa
     return py
 
 
-def _ephemeral_range() -> tuple[int, int]:
-    with contextlib.suppress(OSError, ValueError):
-        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(lo), int(hi)
-    return 32768, 60999
-
-
-def _free_ports(count: int) -> list[int]:
-    """Ports for the parties to listen on, below the kernel's ephemeral range.
-
-    Not port 0's choice: that comes from the ephemeral range, and between our probe and the
-    party's bind another connect() (spu's own client side, say) may take it. Below the range
-    only an explicit bind can, so probing with bind is enough."""
-    lo, _ = _ephemeral_range()
-    rng = random.Random()  # not the data seed: independent runs should not collide
-    ports: list[int] = []
-    for _ in range(1000):
-        port = rng.randrange(max(1024, lo - 12000), lo)
-        if port in ports:
-            continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        ports.append(port)
-        if len(ports) == count:
-            return ports
-    raise RuntimeError("no free port found below the ephemeral range")
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
@@ -226,7 +197,7 @@ def run_reference(py: Path, protocol: str, a_csv: Path, b_csv: Path, work: Path,
                   expected: set[str] | np.ndarray, timeout_s: float, keys_unique: bool,
                   link_timeout_s: float = 120.0) -> dict[str, Any]:
     """Both SecretFlow parties at once; their results, checked against the known set."""
-    port0, port1 = _free_ports(2)
+    port0, port1 = listen_ports(2)
     work.mkdir(exist_ok=True)
     tmp = work / f"tmp-{protocol}"
     tmp.mkdir()

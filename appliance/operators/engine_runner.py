@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import queue
+import random
 import signal
 import socket
 import subprocess
@@ -38,10 +39,35 @@ class PeerEngineFailed(OperatorError):
     """A peer said its engine failed (so it needs no word back)."""
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _ephemeral_range() -> tuple[int, int]:
+    with contextlib.suppress(OSError, ValueError):
+        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(lo), int(hi)
+    return 32768, 60999
+
+
+def listen_ports(count: int) -> list[int]:
+    """Ports for engines to listen on, below the kernel's ephemeral range.
+
+    Not port 0's choice: that comes from the ephemeral range, and between our probe and the
+    engine's bind another socket (a relay's listener, an engine's client side) may take it.
+    Below the range only an explicit bind can, so probing with bind is enough."""
+    lo, _ = _ephemeral_range()
+    rng = random.Random()
+    ports: list[int] = []
+    for _ in range(1000):
+        port = rng.randrange(max(1024, lo - 12000), lo)
+        if port in ports:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
+        if len(ports) == count:
+            return ports
+    raise OperatorError("no free port for the engine below the kernel's ephemeral range")
 
 
 def run_engine(ctx: PartyContext, order: list[str], command: Callable[[list[str]], list[str]],
@@ -53,7 +79,7 @@ def run_engine(ctx: PartyContext, order: list[str], command: Callable[[list[str]
     bounds the wait for any one message of the engines; the whole run gets four times that.
     """
     rank = order.index(ctx.node_id)
-    engine_port = free_port()
+    (engine_port,) = listen_ports(1)
     proc: subprocess.Popen[bytes] | None = None
 
     def alive() -> bool:

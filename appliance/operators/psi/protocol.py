@@ -484,6 +484,11 @@ def _check_hello(peer: str, msg: Any, reveal: str, peer_role: str, join: bool = 
     if msg.get("reveal") != reveal:
         raise OperatorError(f"party {peer} runs reveal={msg.get('reveal')!r}, this node "
                             f"reveal={reveal!r}")
+    return _role_and_rows(peer, msg, peer_role)
+
+
+def _role_and_rows(peer: str, msg: dict[str, Any], peer_role: str) -> int:
+    """A handshake's role (the one the job gave the peer) and row count, checked."""
     if msg.get("role") != peer_role:
         raise OperatorError(f"party {peer} claims role {msg.get('role')!r}; the job made it "
                             f"the {peer_role}")

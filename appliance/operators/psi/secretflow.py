@@ -45,6 +45,7 @@ from appliance.operators.psi.protocol import (
     _open_join,
     _peer_session,
     _read_ids,
+    _role_and_rows,
     _size_from,
     _write_rows,
 )
@@ -142,13 +143,7 @@ def _check_hello(peer: str, msg: Any, mine: dict[str, Any], peer_role: str) -> i
         if msg.get(field) != mine[field]:
             raise OperatorError(f"party {peer} runs {field}={msg.get(field)!r}, this node "
                                 f"{mine[field]!r}")
-    if msg.get("role") != peer_role:
-        raise OperatorError(f"party {peer} claims role {msg.get('role')!r}, the job gave it "
-                            f"{peer_role!r}")
-    rows = msg.get("rows")
-    if not isinstance(rows, int) or isinstance(rows, bool) or rows < 0:
-        raise OperatorError(f"party {peer} sent a bad row count: {rows!r}")
-    return rows
+    return _role_and_rows(peer, msg, peer_role)
 
 
 def _scratch_root(ctx: PartyContext) -> Path | None:

@@ -38,6 +38,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+# the engine scripts share their link set-up (a plain module beside the operator packages)
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # last: never shadows
+from spu_link import brpc_link
+
 PROTOCOLS = {"ecdh": "PROTOCOL_ECDH", "kkrt": "PROTOCOL_KKRT", "rr22": "PROTOCOL_RR22"}
 PARTIES = ("alice", "bob")  # rank 0, rank 1
 
@@ -128,35 +132,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # (jax is pulled in by spu's package __init__) stays outside the timed section.
     t_import = time.perf_counter()
     from spu import psi
-    from spu.libspu import link
     import_s = time.perf_counter() - t_import
     if args.ready_dir:
         _start_line(args.ready_dir, args.role, args.link_timeout_s)
 
     cpu0 = _cpu_s()
     t0 = time.perf_counter()
-    desc = link.Desc()
-    addresses = (args.own, args.peer) if args.role == 0 else (args.peer, args.own)
-    # both sides must name the same link
-    desc.id = args.link_id or "psi-" + "-".join(a.rsplit(":", 1)[-1] for a in addresses)
-    for name, address in zip(PARTIES, addresses, strict=True):
-        desc.add_party(name, address)
-    # The two processes start together; the one that comes up first retries until the other
-    # listens. 100 ms x N keeps a hung peer bounded by --link-timeout-s.
-    desc.connect_retry_interval_ms = 100
-    desc.connect_retry_times = max(1, int(args.link_timeout_s * 10))
-    desc.recv_timeout_ms = int(args.link_timeout_s * 1000)
-    desc.http_timeout_ms = int(args.link_timeout_s * 1000)
-    # A send that meets a peer not yet listening is retried after retry_interval_ms, growing
-    # by retry_interval_incr_ms (defaults 1 s and +2 s): with them link set-up took about 4 s
-    # in every first trial run, so retry soon and often instead.
-    desc.retry_opts.retry_interval_ms = 100
-    desc.retry_opts.retry_interval_incr_ms = 0
-    desc.retry_opts.max_retry = max(3, int(args.link_timeout_s * 10))
-    # TLS is off: the bench runs both parties on loopback, and the appliance carries the link
-    # over its own attested mTLS job session (the engine only ever talks to 127.0.0.1).
-    desc.enable_ssl = False
-    lctx = link.create_brpc(desc, args.role)
+    addresses = [args.own, args.peer] if args.role == 0 else [args.peer, args.own]
+    link_id = args.link_id or "psi-" + "-".join(a.rsplit(":", 1)[-1] for a in addresses)
+    lctx = brpc_link(list(PARTIES), addresses, args.role, link_id, args.link_timeout_s)
     # A round trip on the fresh link before psi_execute. Without it, a few runs in a hundred
     # stalled under load: both parties waited in AbstractPsiParty::Init for a message that
     # never came, until recv_timeout_ms, then aborted (SIGABRT). Measured with two pairs at

@@ -25,7 +25,12 @@ import resource
 import struct
 import sys
 import time
+from pathlib import Path
 from typing import Any
+
+# the engine scripts share their link set-up (a plain module beside the operator packages)
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # last: never shadows
+from spu_link import brpc_link
 
 FRACTION_BITS = 40
 
@@ -76,24 +81,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import spu
     import spu.libspu as libspu
     import spu.utils.frontend as fe
-    from spu.libspu import link
     import_s = time.perf_counter() - t_import
 
     addresses = args.addresses.split(",")
     k = len(addresses)
-    desc = link.Desc()
-    desc.id = args.link_id
-    for i, address in enumerate(addresses):
-        desc.add_party(f"p{i}", address)
-    desc.connect_retry_interval_ms = 100
-    desc.connect_retry_times = max(1, int(args.link_timeout_s * 10))
-    desc.recv_timeout_ms = int(args.link_timeout_s * 1000)
-    desc.http_timeout_ms = int(args.link_timeout_s * 1000)
-    desc.retry_opts.retry_interval_ms = 100
-    desc.retry_opts.retry_interval_incr_ms = 0
-    desc.retry_opts.max_retry = max(3, int(args.link_timeout_s * 10))
-    desc.enable_ssl = False  # the link rides the appliance's attested mTLS job sessions
-    lctx = link.create_brpc(desc, args.rank)
+    lctx = brpc_link([f"p{i}" for i in range(k)], addresses, args.rank, args.link_id,
+                     args.link_timeout_s)
     lctx.barrier()
     if args.wait_for_go:
         line = sys.stdin.readline().strip()
