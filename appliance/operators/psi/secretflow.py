@@ -107,6 +107,14 @@ def run(ctx: PartyContext, p: Params, protocol: str) -> dict[str, Any]:
             **{k: v for k, v in report.items() if k != "intersection_size"}}
         if me_learns:
             size = len(found)
+            session.send({"intersection_size": size, "keys_sha256": digest})
+            if p.reveal == "both":  # checked before anything is written
+                told = session.recv(timeout=ctx.timeout)
+                theirs = _size_from(peer, told, n, m)
+                if theirs != size or told.get("keys_sha256") != digest:
+                    raise OperatorError(f"party {peer} found {theirs} rows in the intersection, "
+                                        f"this node {size} (or other ones): the parties' "
+                                        "results disagree")
             assert ctx.output_dir is not None
             if join_rows is not None:
                 table = join_rows.take(ids, found)  # key order: the same at both parties
@@ -116,14 +124,6 @@ def run(ctx: PartyContext, p: Params, protocol: str) -> dict[str, Any]:
                 table = pa.table({id_column: ids.take(pa.array(np.sort(found), pa.int64()))})
                 result.update(_write_rows(Path(ctx.output_dir), ctx, table))
                 result["learned"] = "rows"
-            session.send({"intersection_size": size, "keys_sha256": digest})
-            if p.reveal == "both":
-                told = session.recv(timeout=ctx.timeout)
-                theirs = _size_from(peer, told, n, m)
-                if theirs != size or told.get("keys_sha256") != digest:
-                    raise OperatorError(f"party {peer} found {theirs} rows in the intersection, "
-                                        f"this node {size} (or other ones): the parties' "
-                                        "results disagree")
         else:
             size = _size_from(peer, session.recv(timeout=ctx.timeout), n, m)
             result["learned"] = "size"
@@ -207,7 +207,9 @@ def _run_engine(ctx: PartyContext, engine: engines.Engine, work: Path,
         _remove_trace(work / "engine.stdout", work / "engine.stderr")
     report = {f"engine_{k}": doc.get(k) for k in ("import_s", "link_s", "psi_s", "cpu_s",
                                                   "peak_rss_kb")}
-    report.update({k: v for k, v in doc.items() if k.startswith(("engine_", "link_"))})
+    # the runner's own figures: the engine process's wall time and the relayed traffic
+    report.update({k: doc[k] for k in ("engine_s", "link_bytes_sent", "link_bytes_received",
+                                       "link_messages") if k in doc})
     if not (ctx.role == "guest" or reveal == "both"):
         return np.empty(0, np.int64), _EMPTY_DIGEST, report
     found, digest = _read_output(out, n)

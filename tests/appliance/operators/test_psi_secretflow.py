@@ -258,3 +258,22 @@ def test_a_handshake_that_disagrees_is_refused(tmp_path):
     with pytest.raises(OperatorError, match="runs protocol='kkrt', this node 'rr22'"):
         PSI.run(ctx)
     t.join()
+
+
+def test_parties_whose_engines_disagree_fail_and_write_nothing(tmp_path, monkeypatch):
+    from appliance.operators.psi import secretflow
+
+    real = secretflow._read_output
+
+    def other_keys_at_the_host(out: Path, n: int):
+        rows, digest = real(out, n)
+        if (tmp_path / "h") in out.parents:  # as many rows, other ids: only the digest tells
+            return rows, "0" * 64
+        return rows, digest
+
+    monkeypatch.setattr(secretflow, "_read_output", other_keys_at_the_host)
+    guest, host = sets(500, 400, 120, seed=9)
+    res = psi(tmp_path, guest, host, SF)
+    for r in res.values():
+        assert isinstance(r, OperatorError) and "results disagree" in str(r), r
+    assert not list(tmp_path.rglob("psi-*.csv")), "a disputed result was written"
