@@ -91,11 +91,12 @@ bench: deps venv reference-venv
 	$(PY) -m appliance.bench channel
 	$(PY) -m appliance.bench psi --size 100000
 
-# SecretFlow's PSI (the `spu` package): the engine of PSI's `secretflow` provider (found here by
-# appliance/operators/engines.py, so `make test` and `make run` build it) and the reference
-# `python -m appliance.bench psi` measures against. spu 0.9.5 needs numpy<2 and jax<=0.4.34 (the appliance venv has numpy 2) and ships
-# cp310/cp311 wheels only, so it gets its own venv, pinned by scripts/reference_engines.txt, and
-# the bench runs it as separate processes. To refresh the pins, see that file's header.
+# SecretFlow's `spu`: the engine of PSI's `secretflow` provider and of the order statistics
+# (found here by appliance/operators/engines.py, so `make test` and `make run` build it), and
+# the reference the benchmarks measure against. spu 0.9.5 needs numpy<2 and jax<=0.4.34 (the
+# appliance venv has numpy 2) and ships cp310/cp311 wheels only, so it gets its own venv,
+# pinned by scripts/reference_engines.txt, and runs as separate processes. To refresh the
+# pins, see that file's header.
 REF_VENV := build/reference-venv
 REF_PINS := scripts/reference_engines.txt
 $(REF_VENV)/.installed: $(REF_PINS)
