@@ -285,8 +285,12 @@ def _run(ctx: PartyContext, p: Params, peer: str, session: ByteSession, id_colum
                               "own_rows": n, "peer_rows": m, "buckets": k}
     if p.resume:
         result["resumed_at_bucket"] = start
+    # memory at 10^8 ids: what is no longer needed goes before the rows file is built (the
+    # bucket numbers, the per-bucket lists), and the sort is in place
+    del of
     if me_learns:
         every = np.concatenate(hits) if hits else np.empty(0, np.int64)
+        hits.clear()
         size = len(every)
         if writes_rows and join_rows is not None:
             assert out_dir is not None
@@ -297,7 +301,8 @@ def _run(ctx: PartyContext, p: Params, peer: str, session: ByteSession, id_colum
             result.update(learned="rows", columns=table.column_names, order="aligned")
         elif writes_rows:
             assert out_dir is not None
-            table = pa.table({id_column: ids.take(pa.array(np.sort(every), pa.int64()))})
+            every.sort()  # the learner's rows in the data set's order
+            table = pa.table({id_column: ids.take(pa.array(every, pa.int64()))})
             result.update(_write_rows(Path(out_dir), ctx, table))
             result["learned"] = "rows"
         else:
