@@ -62,7 +62,11 @@ def _run(ctx: PartyContext, engine: engines.Engine, order: list[str], values: np
     total = len(values)  # this party's; the pooled count is checked by the engine
     inp = work / "input.npy"
     ranks = ",".join(str(order.index(r)) for r in receivers)
-    timeout = max(ctx.timeout, 60.0 + 120.0 * total / 1e5)
+    # each engine waits this long for any one message (its barriers included): generous, as
+    # an oblivious sort among three engines on a loaded machine can hold a party a minute or
+    # more (a 60 s wait failed once in CI); a peer that is gone ends the job sooner through
+    # its session
+    timeout = max(ctx.timeout, 600.0 + 120.0 * total / 1e5)
 
     def command(addresses: list[str]) -> list[str]:
         return [str(engine.python), str(ENGINE_SCRIPT), "--rank",
