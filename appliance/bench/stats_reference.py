@@ -52,19 +52,7 @@ def main(argv: list[str]) -> int:
             mid = s[:, (n - 1) // 2] if n % 2 else (s[:, n // 2 - 1] + s[:, n // 2]) / 2
             return s[:, 0], s[:, -1], mid
 
-        fn = spsim.sim_jax(sim, order_stats)
-        cpu0 = resource.getrusage(resource.RUSAGE_SELF)
-        start = time.perf_counter()
-        lo, hi, med = fn(*parts)
-        wall = time.perf_counter() - start
-        cpu1 = resource.getrusage(resource.RUSAGE_SELF)
-        cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
-        print(json.dumps({"engine": f"spu {spu.__version__} {prot.name} FM128 (simulator)",
-                          "wall_s": wall, "cpu_s": cpu,
-                          "min": np.asarray(lo, dtype=float).tolist(),
-                          "max": np.asarray(hi, dtype=float).tolist(),
-                          "median": np.asarray(med, dtype=float).tolist()}))
-        return 0
+        return _run(spsim.sim_jax(sim, order_stats), parts, prot, ("min", "max", "median"))
     prot = spu.ProtocolKind.SEMI2K if k == 2 else spu.ProtocolKind.ABY3
     sim = spsim.Simulator.simple(k, prot, spu.FieldType.FM128)
 
@@ -75,18 +63,24 @@ def main(argv: list[str]) -> int:
         v = jnp.mean((x - m) ** 2, axis=0)
         return s, m, v
 
-    fn = spsim.sim_jax(sim, stats)
+    return _run(spsim.sim_jax(sim, stats), parts, prot, ("sum", "mean", "var"))
+
+
+def _run(fn, parts, prot, names) -> int:
+    """One timed simulator run (share, compile, run, reveal); its JSON line."""
+    import numpy as np
+    import spu
+
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
-    s, m, v = fn(*parts)
+    outs = fn(*parts)
     wall = time.perf_counter() - start
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
     print(json.dumps({"engine": f"spu {spu.__version__} {prot.name} FM128 (simulator)",
                       "wall_s": wall, "cpu_s": cpu,
-                      "sum": np.asarray(s, dtype=float).tolist(),
-                      "mean": np.asarray(m, dtype=float).tolist(),
-                      "var": np.asarray(v, dtype=float).tolist()}))
+                      **{n: np.asarray(o, dtype=float).tolist()
+                         for n, o in zip(names, outs, strict=True)}}))
     return 0
 
 

@@ -25,6 +25,7 @@ import random
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -68,6 +69,15 @@ def listen_ports(count: int) -> list[int]:
         if len(ports) == count:
             return ports
     raise OperatorError("no free port for the engine below the kernel's ephemeral range")
+
+
+def scratch_dir(ctx: PartyContext, prefix: str) -> Path:
+    """A fresh directory for an engine's files (input, output, its own scratch), beside the
+    job's output on the node's data disk; the caller removes it when the job ends."""
+    root = Path(ctx.output_dir) if ctx.output_dir is not None else None
+    if root is not None:
+        root.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=root))
 
 
 def run_engine(ctx: PartyContext, order: list[str], command: Callable[[list[str]], list[str]],

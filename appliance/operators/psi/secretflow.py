@@ -26,7 +26,6 @@ import hashlib
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,7 @@ import pyarrow.csv as pacsv
 
 from appliance.operators import engines
 from appliance.operators.base import OperatorError, PartyContext
-from appliance.operators.engine_runner import run_engine
+from appliance.operators.engine_runner import run_engine, scratch_dir
 from appliance.operators.psi import ecdh_engine
 from appliance.operators.psi.protocol import (
     Params,
@@ -92,7 +91,7 @@ def run(ctx: PartyContext, p: Params, protocol: str) -> dict[str, Any]:
                  "reveal": p.reveal, "role": ctx.role, "rows": n, "join": p.join is not None}
         session.send(hello)
         m = _check_hello(peer, session.recv(timeout=ctx.timeout), hello, ctx.parties[peer])
-        work = Path(tempfile.mkdtemp(prefix=".secretflow-", dir=_scratch_root(ctx)))
+        work = scratch_dir(ctx, ".secretflow-")
         try:
             if n and m:
                 found, digest, report = _run_engine(ctx, engine, work, ids, protocol,
@@ -144,15 +143,6 @@ def _check_hello(peer: str, msg: Any, mine: dict[str, Any], peer_role: str) -> i
             raise OperatorError(f"party {peer} runs {field}={msg.get(field)!r}, this node "
                                 f"{mine[field]!r}")
     return _role_and_rows(peer, msg, peer_role)
-
-
-def _scratch_root(ctx: PartyContext) -> Path | None:
-    """The engine's scratch files (its input, output and spu's sort files) go beside the
-    job's output, on the node's data disk, and are removed when the job ends."""
-    if ctx.output_dir is None:
-        return None
-    Path(ctx.output_dir).mkdir(parents=True, exist_ok=True)
-    return Path(ctx.output_dir)
 
 
 def engine_keys(ids: pa.Array) -> pa.Array:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ import numpy as np
 
 from appliance.operators import engines
 from appliance.operators.base import OperatorError, PartyContext
-from appliance.operators.engine_runner import run_engine
+from appliance.operators.engine_runner import run_engine, scratch_dir
 
 ENGINE_SCRIPT = Path(__file__).resolve().with_name("spu_engine.py")
 #: beyond this magnitude a value cannot be ordered exactly in the engine's fixed point (FM128,
@@ -46,10 +45,7 @@ def run(ctx: PartyContext, plan: Any, local: Any, receivers: list[str]
     levels = list(plan.quantiles)
     if "median" in plan.stats:
         levels.append(0.5)
-    root = Path(ctx.output_dir) if ctx.output_dir is not None else None
-    if root is not None:
-        root.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".spu-stats-", dir=root))
+    work = scratch_dir(ctx, ".spu-stats-")
     try:
         return _run(ctx, engine, order, values, levels, plan, receivers, work)
     finally:
