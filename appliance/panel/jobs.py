@@ -56,6 +56,11 @@ RECEIVERS = {
     "all": "every party learns the statistics",
     "initiator": "only this node learns them; the partners get a receipt",
 }
+STATS_LAYOUTS = {
+    "rows": "every party holds rows with the same columns: statistics over all their rows",
+    "columns": "the parties hold different columns of the same ids (PARTY.COLUMN names, "
+               "self for this node): statistics over the ids all hold, joined in secret",
+}
 AGGREGATIONS = {
     "mask": "pairwise masks: the aggregator sees only the sum (three or more parties)",
     "paillier": "Paillier: a host holds the key and decrypts only the sum (three or more)",
@@ -197,11 +202,17 @@ def multi_party_params(form: MultiDict[str, str], kinds: list[str], peers: list[
             "columns": text_field(form, "columns", max_len=4096),
             "stats": text_field(form, "stats", max_len=256),
             "receivers": choice_field(form, "receivers", RECEIVERS)}
-        # optional: group-by, and differential privacy (the operator checks the values)
-        for name, size in (("group_by", 256), ("dp_epsilon", 32), ("dp_bounds", 4096),
-                           ("quantiles", 256)):
-            if str(form.get(name) or "").strip():
-                params["params"][name] = text_field(form, name, max_len=size)
+        if str(form.get("layout") or "").strip():
+            params["params"]["layout"] = choice_field(form, "layout", STATS_LAYOUTS)
+        # optional: group-by, differential privacy, order statistics' levels, a threshold,
+        # histogram edges, the columns layout's key (the operator checks the values)
+        for name, field, size in (("group_by", "group_by", 256), ("dp_epsilon", "dp_epsilon", 32),
+                                  ("dp_bounds", "dp_bounds", 4096),
+                                  ("quantiles", "quantiles", 256),
+                                  ("threshold", "threshold", 64), ("hist", "hist", 4096),
+                                  ("key", "stats_key", 256)):
+            if str(form.get(field) or "").strip():
+                params["params"][name] = text_field(form, field, max_len=size)
     if kind == "iv":
         params["params"] = {"label": text_field(form, "label", max_len=256),
                             "key": text_field(form, "key", max_len=256),
@@ -265,7 +276,7 @@ def index() -> str:
         psi_engines=PSI_ENGINES,
         default_reveal=DEFAULT_REVEAL,
         algorithms=TRAIN_ALGORITHMS,
-        receivers=RECEIVERS,
+        receivers=RECEIVERS, stats_layouts=STATS_LAYOUTS,
         aggregations=AGGREGATIONS,
         finished=FINISHED_STATES,
     )

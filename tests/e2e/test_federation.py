@@ -915,6 +915,74 @@ def test_the_panel_runs_joint_statistics_through_its_form(nodes):
         assert abs(out["stats"]["quantiles"]["v"][q] - np.quantile(pooled, float(q))) < 1e-9
 
 
+def test_columns_layout_joins_in_secret_through_the_cli_and_the_panel(nodes, tmp_path):
+    """Three daemons hold different columns of overlapping customers; the statistics are
+    over the customers all three hold, joined inside SPU (ABY3)."""
+    import json
+
+    import numpy as np
+
+    rng = np.random.default_rng(15)
+    holds = {"node-a": range(0, 300), "node-b": range(100, 500), "node-c": range(150, 400)}
+    columns = {"node-a": "assets", "node-b": "deposits", "node-c": "loans"}
+    values: dict[str, dict[int, float]] = {}
+    for n in nodes:
+        ids = list(holds[n.node_id])
+        vals = rng.normal(500.0, 300.0, len(ids)).round(2)
+        values[n.node_id] = dict(zip(ids, vals, strict=True))
+        path = tmp_path / f"{n.node_id}-accounts.csv"
+        order = rng.permutation(len(ids))  # the rows in another order at each party
+        path.write_text(f"uid,{columns[n.node_id]}\n" + "".join(
+            f"c{ids[i]},{float(vals[i])!r}\n" for i in order))
+        n.api.post("/v1/datasets", {"name": "accounts", "path": str(path), "id_column": "uid",
+                                    "grade": "L3"})
+    common = sorted(set.intersection(*(set(h) for h in holds.values())))
+    x = np.array([[values[p][i] for p in ("node-a", "node-b", "node-c")] for i in common])
+    names = ["node-a.assets", "node-b.deposits", "node-c.loans"]
+    a = nodes[0]
+    run = cli("jobs", "submit", "stats", "--peer", "node-b", "--peer", "node-c",
+              "--param", "dataset=accounts",
+              "--param", "peer_datasets=node-b=accounts,node-c=accounts",
+              "--param", "layout=columns", "--param", "key=uid",
+              "--param", "columns=self.assets,node-b.deposits,node-c.loans",
+              "--param", "stats=count,sum,mean,var,cov,median",
+              "--param", "threshold=1500", "--wait", "--json",
+              "--state-dir", str(a.state), timeout=300)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr
+    out = json.loads(run.stdout)["result"]["outputs"]
+    s = out["stats"]
+    assert out["layout"] == "columns" and out["engine"]["protocol"] == "ABY3"
+    assert s["count"][names[0]] == len(common) == 150
+    for i, c in enumerate(names):
+        assert abs(s["sum"][c] - x[:, i].sum()) <= 1e-6 * abs(x[:, i].sum())
+        assert abs(s["var"][c] - x[:, i].var()) <= 1e-6 * x[:, i].var()
+        assert abs(s["median"][c] - np.median(x[:, i])) < 1e-9
+    cov = np.cov(x, rowvar=False, bias=True)
+    assert abs(s["cov"][names[0]][names[2]] - cov[0, 2]) <= 1e-6 * abs(cov[0, 0])
+    row_sum = x.sum(axis=1)
+    assert s["threshold"]["row_sum"]["count"] == int((row_sum > 1500).sum())
+    assert abs(s["threshold"]["row_sum"]["sum"] - row_sum[row_sum > 1500].sum()) < 1e-6
+    # the panel's form, only the initiator receiving; a partner's side says it got nothing
+    client, token = panel_of(a)
+    page = client.get("/jobs").get_data(as_text=True)
+    assert 'id="mp-layout"' in page and 'id="mp-stats-key"' in page
+    job, _ = run_with_partners(a, client, token, {
+        "operator": "stats", "dataset": "accounts", "peers": ["node-b", "node-c"],
+        "dataset_of_node-b": "accounts", "dataset_of_node-c": "accounts",
+        "layout": "columns", "stats_key": "uid", "columns": "self.assets,node-b.deposits",
+        "stats": "count,mean,max", "receivers": "initiator", "reveal": "both",
+        "algorithm": "homo_lr", "label": "", "rounds": "10", "clusters": "3",
+        "secure_aggregation": "mask"}, timeout=300)
+    assert job["state"] == "done", job["error"]
+    s = job["result"]["outputs"]["stats"]
+    assert s["count"]["node-a.assets"] == 150
+    assert abs(s["max"]["node-b.deposits"] - x[:, 1].max()) < 1e-9
+    side = nodes[1].api.get("/v1/jobs", kind="stats")["jobs"][0]
+    side = nodes[1].daemon.wait_job(side["id"], {"done", "failed"}, timeout=60)
+    assert side["state"] == "done" and side["result"]["outputs"]["received"] is False
+    assert "stats" not in side["result"]["outputs"]
+
+
 # -- information value across a vertical split ----------------------------------------------------
 
 def test_information_value_across_two_daemons_matches_the_pooled_computation(nodes, tmp_path):

@@ -71,6 +71,8 @@ class Plan:
     dp: Dp | None = None
     threshold: float | None = None  # count and sum of the values above it
     quantiles: tuple[float, ...] = ()  # the levels of ``quantiles``
+    layout: str = "rows"  # rows | columns (columns.py: PARTY.COLUMN names, joined on key)
+    key: str | None = None  # columns: the id column (default: each data set's own)
 
     @property
     def order_stats(self) -> tuple[str, ...]:
@@ -91,7 +93,8 @@ class Plan:
 
     def digest(self) -> str:
         body = {"v": VERSION, "columns": list(self.columns), "stats": list(self.stats),
-                "edges": list(self.edges), "receivers": self.receivers, "layout": "rows",
+                "edges": list(self.edges), "receivers": self.receivers,
+                "layout": self.layout, "key": self.key,
                 "group_by": self.group_by, "groups": list(self.groups or []),
                 "threshold": self.threshold, "quantiles": list(self.quantiles),
                 "dp": None if self.dp is None else [self.dp.epsilon, self.dp.delta,
@@ -109,13 +112,12 @@ def _names(value: Any, what: str) -> list[str]:
 
 def plan_of(params: dict[str, Any]) -> Plan:
     """The job's parameters checked; what is not built yet is refused by name."""
-    layout = params.get("layout", "rows")
-    if layout == "columns":
-        raise OperatorError("stats: layout=columns (vertical, aligned by PSI) is not built yet")
-    if layout != "rows":
+    layout = params.get("layout") or "rows"
+    if layout not in ("rows", "columns"):
         raise OperatorError(f"stats: layout must be rows or columns (got {layout!r})")
-    if params.get("key") not in (None, ""):
-        raise OperatorError("stats: the key column (key, for layout=columns) is not built yet")
+    key = params.get("key") or None
+    if key is not None and (layout != "columns" or not isinstance(key, str)):
+        raise OperatorError("stats: key=ID_COLUMN names the id column of layout=columns")
     if "columns" not in params:
         raise OperatorError("stats needs columns=C1[,C2...]")
     columns = _names(params["columns"], "columns")
@@ -187,8 +189,11 @@ def plan_of(params: dict[str, Any]) -> Plan:
     if ordered and (dp is not None or group_by is not None):
         raise OperatorError(f"stats: {', '.join(ordered)} with "
                             f"{'dp_epsilon' if dp is not None else 'group_by'} is not built yet")
+    if layout == "columns" and (dp is not None or group_by is not None):
+        raise OperatorError(f"stats: layout=columns with "
+                            f"{'dp_epsilon' if dp is not None else 'group_by'} is not built yet")
     return Plan(tuple(columns), tuple(dict.fromkeys(stats)), tuple(edges), receivers,
-                group_by, groups, dp, threshold, tuple(quantiles))
+                group_by, groups, dp, threshold, tuple(quantiles), layout, key)
 
 
 def _dp_of(params: dict[str, Any], columns: list[str], stats: list[str],
@@ -486,6 +491,10 @@ def run(ctx: PartyContext) -> dict[str, Any]:
         receivers = [p for p in order if ctx.parties[p] == "guest"]
         if len(receivers) != 1:
             raise OperatorError("receivers=initiator needs exactly one guest (the initiator)")
+    if plan.layout == "columns":
+        from appliance.operators.stats import columns  # it builds on this module
+
+        return columns.run(ctx, plan, receivers)
 
     # 1. header: every party's problems, so that all fail alike before any share is sent
     local = local_aggregates(ctx, plan)

@@ -233,7 +233,7 @@ def test_a_malformed_header_names_its_sender(tmp_path):
         ({"columns": "a", "stats": "median", "group_by": "g"}, "median with group_by is not"),
         ({"columns": "a", "stats": "min", "dp_epsilon": "1", "dp_bounds": "a:0:1"},
          "min with dp_epsilon is not built"),
-        ({"columns": "a", "layout": "columns"}, "layout=columns .* not built yet"),
+        ({"columns": "a", "layout": "diagonal"}, "layout must be rows or columns"),
         ({"columns": "a", "stats": "var", "dp_epsilon": "1.0"}, "dp_bounds=a:LOW:HIGH"),
         ({"columns": "a", "stats": "sum", "dp_epsilon": "1.0"}, "dp_bounds=a:LOW:HIGH"),
         ({"columns": "a", "dp_epsilon": "0"}, r"dp_epsilon must be in \(0, 100\]"),
@@ -421,12 +421,25 @@ def test_order_statistics_with_an_empty_party_and_a_value_past_the_fixed_point(t
         assert isinstance(res[p], OperatorError) and "beyond the fixed point" in str(res[p])
 
 
-def test_order_statistics_among_four_parties_are_refused_by_name(tmp_path):
-    rng = np.random.default_rng(3)
-    names = NAMES[:4]
-    data = {p: csv_set(tmp_path, p, COLS, party_rows(rng, 5).tolist()) for p in names}
-    res = run_parties(STATS.run, local_contexts(names, {"columns": "a", "stats": "sum,max"},
-                                                data, job_id="job-4", timeout=20,
-                                                output_root=tmp_path / "o"), timeout=60)
-    for p in names:
-        assert isinstance(res[p], OperatorError) and "run among 2 or 3 parties" in str(res[p])
+@pytest.mark.parametrize("n", [4, 5])
+def test_order_statistics_among_four_or_five_parties_three_compute(tmp_path, n):
+    # the guest last by node id: it computes all the same, with the first two others
+    names = ["hospital-c"] + [p for p in NAMES[:n] if p != "hospital-c"]
+    rng = np.random.default_rng(70 + n)
+    parts = {p: party_rows(rng, int(rng.integers(10, 30))) for p in names}
+    data = {p: csv_set(tmp_path, p, COLS, x.tolist()) for p, x in parts.items()}
+    levels = [0.25, 0.75]
+    params = {"columns": "a,b,c", "stats": "count,sum,min,max,median",
+              "quantiles": ",".join(map(str, levels))}
+    res = run_parties(STATS.run, local_contexts(names, params, data, job_id=f"job-{n}",
+                                                timeout=60, output_root=tmp_path / "o"),
+                      timeout=300)
+    pooled = np.concatenate(list(parts.values()))
+    computing = sorted(["hospital-c", *sorted(names[1:])[:2]])
+    for p in names:  # receivers=all: the providing parties get the result too
+        assert not isinstance(res[p], Exception), (p, res[p])
+        _pooled_check(res[p], pooled, COLS, levels)
+        assert res[p]["order_engine"]["protocol"] == "ABY3"
+        assert res[p]["order_engine"]["computing"] == computing
+        assert res[p]["order_engine"].get("provided", False) == (p not in computing)
+    assert not list((tmp_path / "o").rglob(".spu-stats-*")), "engine scratch left behind"

@@ -1,0 +1,347 @@
+"""One party's side of the columns (vertical) layout: parties hold different columns of the
+same ids, and the statistics are over the rows whose id every party holds (docs/stats.md).
+
+The join is never revealed, not even its size to a non-receiver: each party turns its ids into
+128-bit keys (SHA-256 of the job and the id) and secret-shares the keys and its columns into
+SPU (``spu_job.py``); SPU sorts all parties' rows by key obliviously, marks where a key is held
+by every party, and sums over the marked places only (``spu_programs.columns_program``). One
+header round first makes every party fail alike, with the same message, on bad data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from appliance.operators.base import OperatorError, PartyContext
+from appliance.operators.stats import order, spu_job
+from appliance.operators.stats.protocol import (
+    MAX_PROBLEMS,
+    Local,
+    Plan,
+    _batches,
+    _kind,
+    _recv,
+    results,
+)
+from appliance.operators.stats.ring import SCALE
+
+KEY_KINDS = ("int", "string")
+SELF = "self"  # in a column's name: the initiator
+
+
+@dataclass(frozen=True)
+class Column:
+    party: str  # node id
+    name: str  # the column at that party
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.party}.{self.name}"
+
+
+def resolve(plan: Plan, parties: dict[str, str]) -> list[Column]:
+    """The job's ``PARTY.COLUMN`` names with ``self`` as the initiator's node id; a name that
+    no party of the job qualifies is refused (the longest matching node id wins)."""
+    guest = next((p for p, role in parties.items() if role == "guest"), None)
+    out: list[Column] = []
+    for raw in plan.columns:
+        party, _, name = raw.partition(".")
+        if party == SELF and guest is not None and name:
+            out.append(Column(guest, name))
+            continue
+        owners = sorted((p for p in parties if raw.startswith(p + ".") and len(raw) > len(p) + 1),
+                        key=len)
+        if not owners:
+            raise OperatorError(f"stats: in layout=columns a column is PARTY.COLUMN with a "
+                                f"party of the job or self (got {raw!r}; parties: "
+                                f"{', '.join(sorted(parties))})")
+        out.append(Column(owners[-1], raw[len(owners[-1]) + 1:]))
+    qualified = [c.qualified for c in out]
+    if len(set(qualified)) != len(qualified):
+        raise OperatorError(f"stats: a column is named twice in {','.join(qualified)}")
+    return out
+
+
+def _key_kind(t: pa.DataType) -> str:
+    if pa.types.is_integer(t):
+        return "int"
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return "string"
+    return f"{t} (an id column is integer or string)"
+
+
+def keys_of(ids: list[Any], job_id: str) -> np.ndarray:
+    """Each id as a 128-bit key, two int64 halves: SHA-256 of the job and the id's text (the
+    same at every party for the same id; a fresh mapping per job)."""
+    domain = b"pec-stats-key\0" + job_id.encode() + b"\0"
+    raw = b"".join(hashlib.sha256(domain + str(v).encode()).digest()[:16] for v in ids)
+    return np.frombuffer(raw, dtype="<i8").reshape(-1, 2).copy()
+
+
+@dataclass
+class Mine:
+    """This party's key column and columns, and what was wrong with them."""
+
+    key_kind: str | None = None
+    kinds: dict[str, str] = dataclasses.field(default_factory=dict)
+    keys: list[np.ndarray] = dataclasses.field(default_factory=list)
+    values: list[np.ndarray] = dataclasses.field(default_factory=list)
+    rows: int = 0
+    problems: list[str] = dataclasses.field(default_factory=list)
+
+
+def read_mine(ctx: PartyContext, key: str, own: list[str]) -> Mine:
+    mine = Mine()
+    local = Local()  # what the shared reader reports missing columns into
+    for batch in _batches(ctx, [key, *own], local):
+        mine.key_kind = _key_kind(batch.schema.field(key).type)
+        mine.kinds = {c: _kind(batch.schema.field(c).type) for c in own}
+        bad = [c for c in own if mine.kinds[c].startswith("non-numeric")]
+        mine.problems.extend(f"column {c!r} is {mine.kinds[c]}" for c in bad)
+        if mine.key_kind not in KEY_KINDS:
+            mine.problems.append(f"key column {key!r} is {mine.key_kind}")
+        if mine.problems or batch.num_rows == 0:
+            if mine.problems:
+                break
+            continue
+        ids = batch.column(key)
+        if ids.null_count:
+            mine.problems.append(f"key column {key!r} has {ids.null_count} empty values")
+            break
+        x = np.empty((batch.num_rows, len(own)))
+        for i, c in enumerate(own):
+            arr = batch.column(c)
+            if arr.null_count:
+                mine.problems.append(f"column {c!r} has {arr.null_count} empty (null) values")
+                continue
+            if not pa.types.is_floating(arr.type):
+                arr = pc.cast(arr, pa.float64(), safe=False)
+            x[:, i] = arr.to_numpy(zero_copy_only=False)
+        mine.problems.extend(f"column {c!r} has NaN or infinite values"
+                             for c, b in zip(own, ~np.isfinite(x).all(axis=0), strict=True) if b)
+        big = np.abs(np.where(np.isfinite(x), x, 0)).max(axis=0, initial=0) >= order.MAX_ABS
+        mine.problems.extend(f"column {c!r} has values past +-2^40, beyond the fixed point "
+                             "of SPU" for c, b in zip(own, big, strict=True) if b)
+        if mine.problems:
+            break
+        mine.keys.append(keys_of(ids.to_pylist(), ctx.job_id))
+        mine.values.append(x)
+        mine.rows += batch.num_rows
+        ctx.progress(5, f"read {mine.rows} rows")
+    mine.problems.extend(local.problems)
+    if not mine.problems and mine.rows:
+        keys = np.concatenate(mine.keys)
+        distinct = len(np.unique(keys.view([("hi", "<i8"), ("lo", "<i8")])))
+        if distinct != mine.rows:
+            mine.problems.append(f"key column {key!r} has {mine.rows - distinct} repeated ids "
+                                 "(a row per id is needed to join)")
+    return mine
+
+
+#: SPU forms a sum of products in its 128-bit ring (2^80 times the real value, 40 fractional
+#: bits each) and truncates once: the sum must stay below 2^47, so a column whose sum of
+#: squares passes 2^45 is scaled down by a power of two first (Cauchy-Schwarz then bounds
+#: every cross product by 2^45 too)
+SQUARES_BITS = 45
+MAX_EXPONENT = 48  # values below 2^40, at most 2^36 rows
+
+
+def exponent(values: np.ndarray) -> int:
+    """The power of two (0 for most columns) that brings the column's sum of squares, over
+    all this party's rows (so over any join), below 2^45; only it is told to the others
+    (docs/stats.md)."""
+    squares = float(np.einsum("i,i->", values, values)) if values.size else 0.0
+    if squares <= 2.0 ** SQUARES_BITS:
+        return 0
+    return math.ceil((math.log2(squares) - SQUARES_BITS) / 2)
+
+
+def _check_header(peer: str, msg: Any, expect: list[str]) -> dict[str, Any]:
+    if (not isinstance(msg, dict)
+            or set(msg) != {"t", "params", "key", "columns", "exponents", "rows", "problems"}
+            or msg["t"] != "stats/columns-header" or not isinstance(msg["params"], str)):
+        raise OperatorError(f"party {peer} sent a malformed stats header")
+    probs = msg["problems"]
+    if not (isinstance(probs, list) and len(probs) <= MAX_PROBLEMS + 1
+            and all(isinstance(p, str) and len(p) < 1000 for p in probs)):
+        raise OperatorError(f"party {peer} sent a malformed stats header (problems)")
+    if probs:
+        return msg
+    cols, exps, rows = msg["columns"], msg["exponents"], msg["rows"]
+    if not (isinstance(cols, dict) and sorted(cols) == sorted(expect)
+            and all(isinstance(v, str) for v in cols.values())
+            and isinstance(exps, dict) and sorted(exps) == sorted(expect)
+            and all(isinstance(v, int) and 0 <= v <= MAX_EXPONENT for v in exps.values())
+            and isinstance(rows, int) and rows >= 0 and msg["key"] in (*KEY_KINDS, None)):
+        raise OperatorError(f"party {peer} sent a malformed stats header (columns, "
+                            "exponents, rows or key)")
+    return msg
+
+
+def run(ctx: PartyContext, plan: Plan, receivers: list[str]) -> dict[str, Any]:
+    order_ = sorted(ctx.parties)
+    peers = [p for p in order_ if p != ctx.node_id]
+    cols = resolve(plan, ctx.parties)
+    key = plan.key or getattr(ctx.dataset, "id_column", None)
+    if not key:
+        raise OperatorError("stats: layout=columns needs key=ID_COLUMN (this data set names "
+                            "no id column)")
+    own = [c.name for c in cols if c.party == ctx.node_id]
+
+    # 1. header: every party's problems, so that all fail alike before anything is shared
+    mine = read_mine(ctx, key, own)
+    values = np.concatenate(mine.values) if mine.values else np.zeros((0, len(own)))
+    problems = mine.problems[:MAX_PROBLEMS]
+    if len(mine.problems) > MAX_PROBLEMS:
+        problems.append(f"and {len(mine.problems) - MAX_PROBLEMS} more problems")
+    header = {"t": "stats/columns-header", "params": plan.digest(), "key": mine.key_kind,
+              "columns": {c: mine.kinds.get(c, "?") for c in own},
+              "exponents": {c: exponent(values[:, i]) for i, c in enumerate(own)},
+              "rows": mine.rows, "problems": problems}
+    if problems:
+        header.update(key=None, columns={}, exponents={}, rows=0)
+    for p in peers:
+        ctx.sessions[p].send(header)
+    headers = {ctx.node_id: header}
+    for p in peers:
+        headers[p] = _check_header(p, _recv(ctx, p, "stats header"),
+                                   [c.name for c in cols if c.party == p])
+    all_problems: list[str] = []
+    for p in order_:
+        h = headers[p]
+        if h["params"] != plan.digest():
+            all_problems.append(f"party {p} runs with different stats parameters")
+        all_problems.extend(f"party {p}: {msg}" for msg in h["problems"])
+    kinds = {headers[p]["key"] for p in order_ if headers[p]["rows"]}
+    if not all_problems and len(kinds) > 1:
+        all_problems.append("the key columns differ in type: " + ", ".join(
+            f"party {p}'s is {headers[p]['key']}" for p in order_ if headers[p]["rows"]))
+    if all_problems:
+        raise OperatorError("stats refused: " + "; ".join(all_problems))
+    ctx.progress(30, "headers agree")
+
+    # 2. SPU: the keys and columns shared, joined, summed; opened to the receivers only
+    # what protocol.results computes: the row-sum threshold is this layout's own
+    named = dataclasses.replace(plan, columns=tuple(c.qualified for c in cols), threshold=None,
+                                stats=tuple(s for s in plan.stats if s != "threshold"))
+    base = {"layout": "columns", "parties": len(order_), "receivers": receivers, "key": key,
+            "columns": list(named.columns), "statistics": list(plan.stats),
+            "received": ctx.node_id in receivers}
+    rows = [headers[p]["rows"] for p in order_]
+    if min(rows) == 0:  # a party without rows: the join is empty, and all know it
+        found = None if ctx.node_id not in receivers else _empty(named, plan)
+        engine: dict[str, Any] = {"skipped": "a party has no rows"}
+    else:
+        # the engine's columns come party by party (SPU's blocks), each party's in job order
+        block = [i for p in order_ for i, c in enumerate(cols) if c.party == p]
+        exps = [headers[cols[i].party]["exponents"][cols[i].name] for i in block]
+        levels = [*plan.quantiles, *([0.5] if "median" in plan.stats else [])]
+        request = {"sums": plan.need_sums, "cross": plan.need_cross,
+                   "squares": plan.need_squares,
+                   "minmax": bool({"min", "max"} & set(plan.stats)),
+                   "levels": levels, "edges": list(plan.edges), "threshold": plan.threshold,
+                   "scales": [2.0 ** -e for e in exps]}
+        arrays = {"keys": np.concatenate(mine.keys), "values": values}
+        doc = spu_job.run(ctx, "columns", arrays, request, receivers, "columns statistics")
+        engine = {k: doc[k] for k in ("protocol", "engine", "computing", "provided", "rows",
+                                      "run_s", "cpu_s", "link_bytes_sent",
+                                      "link_bytes_received") if k in doc}
+        found = (None if ctx.node_id not in receivers
+                 else _results(named, plan, doc.get("results"), block, exps, levels))
+    result = {**base, "engine": engine}
+    if found is not None and min(rows) and (plan.need_cross or plan.need_squares):
+        # a scaled column's sums of products are exact to 2^(e_i + e_j - 40) (docs/stats.md)
+        result["scaled"] = {cols[i].qualified: e for i, e in zip(block, exps, strict=True) if e}
+    if found is not None:
+        result.update(found)
+    ctx.progress(100, "columns statistics done" if found is not None
+                 else "shares sent; this party receives no result")
+    return result
+
+
+def _empty(named: Plan, plan: Plan) -> dict[str, Any]:
+    out = results(named, _ring_vector(named, 0, [], {}, []))
+    if plan.threshold is not None:
+        out["stats"]["threshold"] = _threshold(named, plan, 0, 0.0)
+    return _with_order(out, named, plan, None, [], [])
+
+
+def _ring_vector(named: Plan, count: int, sums: list[float],
+                 cross: dict[tuple[int, int], float], hist: list[list[int]]) -> list[int]:
+    """The aggregates in the order (and ring units) ``protocol.results`` reads them."""
+    k = len(named.columns)
+    vec: list[int] = [count]
+    if named.need_sums:
+        vec += [round(s * SCALE) for s in sums] if sums else [0] * k
+    if named.need_cross:
+        vec += [round(cross.get((i, j), 0.0) * SCALE) for i in range(k) for j in range(i, k)]
+    elif named.need_squares:
+        vec += [round(cross.get((i, i), 0.0) * SCALE) for i in range(k)]
+    if named.edges:
+        bins = len(named.edges) - 1
+        vec += [int(v) for row in (hist or [[0] * bins] * k) for v in row]
+    return vec
+
+
+def _threshold(named: Plan, plan: Plan, count: int, total: float) -> dict[str, Any]:
+    return {"row_sum": {"threshold": plan.threshold, "columns": list(named.columns),
+                        "count": count, "sum": total}}
+
+
+def _results(named: Plan, plan: Plan, found: Any, block: list[int], exps: list[int],
+             levels: list[float]) -> dict[str, Any]:
+    """The statistics from SPU's opened outputs (columns in SPU's block order)."""
+    k = len(block)
+    if not isinstance(found, dict) or not isinstance(found.get("count"), int):
+        raise OperatorError("stats: the SPU engine returned no results at a receiver")
+    pos = {plan_i: b for b, plan_i in enumerate(block)}  # job's column -> SPU's
+
+    def vec(name: str, shape: tuple[int, ...]) -> np.ndarray:
+        arr = np.asarray(found.get(name), dtype=np.float64)
+        if arr.shape != shape:
+            raise OperatorError(f"stats: the SPU engine's {name} does not match the request")
+        return arr
+
+    count = found["count"]
+    sums = ([float(vec("sum", (k,))[pos[i]]) for i in range(k)] if named.need_sums else [])
+    cross: dict[tuple[int, int], float] = {}
+    if named.need_cross or named.need_squares:
+        raw = vec("cross", (k, k) if named.need_cross else (k,))
+        for i in range(k):
+            for j in range(k) if named.need_cross else (i,):
+                v = raw[pos[i], pos[j]] if named.need_cross else raw[pos[i]]
+                cross[i, j] = float(v) * 2.0 ** (exps[pos[i]] + exps[pos[j]])
+    hist = []
+    if named.edges:
+        raw = vec("hist", (k, len(named.edges) - 1))
+        hist = [[round(v) for v in raw[pos[i]]] for i in range(k)]
+    out = results(named, _ring_vector(named, count, sums, cross, hist))
+    if plan.threshold is not None:
+        out["stats"]["threshold"] = _threshold(
+            named, plan, round(float(vec("threshold_count", ()))),
+            float(vec("threshold_sum", ())))
+    return _with_order(out, named, plan, found, block, levels)
+
+
+def _with_order(out: dict[str, Any], named: Plan, plan: Plan, found: dict[str, Any] | None,
+                block: list[int], levels: list[float]) -> dict[str, Any]:
+    if not named.order_stats:
+        return out
+    count = 0 if found is None else found["count"]
+    # order.format reads the outputs in the job's column order
+    ordered = None if found is None else {
+        n: [found[n][block.index(i)] for i in range(len(block))]
+        for n in ["min", "max"] + [f"q{j}" for j in range(len(levels))] if n in found}
+    got = order.format_results(named, ordered, count, levels)
+    out["stats"].update(got["stats"])
+    if got["undefined"]:
+        out.setdefault("undefined", {}).update(got["undefined"])
+    return out

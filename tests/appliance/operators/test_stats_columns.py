@@ -1,0 +1,232 @@
+"""The stats operator's columns (vertical) layout: parties hold different columns of the same
+ids; real SPU engines (CHEETAH, ABY3, and three computing with two providing) join them
+inside SPU and every statistic is checked against numpy on the plaintext join."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from appliance.federation.datasets import DatasetRegistry
+from appliance.operators.base import OperatorError, local_contexts, run_parties
+from appliance.operators.stats import STATS
+from appliance.operators.stats.columns import keys_of
+from tests.appliance.operators.readers import Reader, TableReader
+
+NAMES = ["bank-a", "carrier-b", "hospital-c", "city-d", "broker-e"]
+EDGES = [-1000.0, 0.0, 50.0, 1e13]
+LEVELS = [0.0, 0.3, 0.75, 1.0]
+
+
+def keyed_set(tmp_path: Path, name: str, ids: list[Any], cols: dict[str, np.ndarray]
+              ) -> Reader:
+    path = tmp_path / f"{name}.csv"
+    header = ",".join(["uid", *cols])
+    lines = [",".join([str(i), *(repr(float(cols[c][r])) for c in cols)])
+             for r, i in enumerate(ids)]
+    path.write_text(header + "\n" + "".join(ln + "\n" for ln in lines))
+    registry = DatasetRegistry(sqlite3.connect(tmp_path / f"{name}.db", check_same_thread=False))
+    registry.add(name, str(path), "uid", actor="test")
+    return Reader(registry, name)
+
+
+def joined(parts: dict[str, tuple[list[Any], dict[str, np.ndarray]]],
+           columns: list[tuple[str, str]]) -> np.ndarray:
+    """numpy's join on the plaintext: the rows of the ids every party holds."""
+    common = set.intersection(*(set(ids) for ids, _ in parts.values()))
+    order = sorted(common, key=str)
+    out = np.empty((len(order), len(columns)))
+    for j, (party, col) in enumerate(columns):
+        ids, cols = parts[party]
+        at = {v: r for r, v in enumerate(ids)}
+        out[:, j] = [cols[col][at[v]] for v in order]
+    return out
+
+
+def check(res: dict[str, Any], x: np.ndarray, names: list[str], stats: set[str],
+          threshold: float | None = None) -> None:
+    s = res["stats"]
+    assert s["count"][names[0]] == len(x)
+    for i, c in enumerate(names):
+        v = x[:, i]
+        if "sum" in stats:
+            assert s["sum"][c] == pytest.approx(v.sum(), rel=1e-9, abs=1e-6)
+        if "mean" in stats:
+            assert s["mean"][c] == pytest.approx(v.mean(), rel=1e-9, abs=1e-9)
+        if "var" in stats:
+            assert s["var"][c] == pytest.approx(v.var(), rel=1e-6, abs=1e-9)
+            assert s["std"][c] == pytest.approx(v.std(), rel=1e-6, abs=1e-9)
+        if "cov" in stats:
+            cov = np.cov(x, rowvar=False, bias=True)
+            corr = np.corrcoef(x, rowvar=False)
+            for j, d in enumerate(names):
+                assert s["cov"][c][d] == pytest.approx(cov[i, j], rel=1e-6, abs=1e-6)
+                assert s["corr"][c][d] == pytest.approx(corr[i, j], rel=1e-6, abs=1e-9)
+        if "hist" in stats:
+            assert s["hist"][c]["counts"] == np.histogram(v, bins=EDGES)[0].tolist()
+        if "min" in stats:  # SPU's fixed point: 40 fractional bits
+            assert s["min"][c] == pytest.approx(v.min(), abs=1e-9)
+            assert s["max"][c] == pytest.approx(v.max(), abs=1e-9)
+        if "median" in stats:
+            assert s["median"][c] == pytest.approx(np.median(v), abs=1e-9)
+            for q in LEVELS:
+                assert s["quantiles"][c][repr(q)] == pytest.approx(np.quantile(v, q), abs=1e-9)
+    if threshold is not None:
+        row_sum = x.sum(axis=1)
+        t = s["threshold"]["row_sum"]
+        assert t["columns"] == names and t["threshold"] == threshold
+        assert t["count"] == int((row_sum > threshold).sum())
+        assert t["sum"] == pytest.approx(row_sum[row_sum > threshold].sum(), rel=1e-9, abs=1e-6)
+
+
+def three_parties(rng: np.random.Generator) -> dict[str, tuple[list[Any], dict[str, np.ndarray]]]:
+    universe = np.arange(400)
+    a_ids = rng.choice(universe, 150, replace=False)
+    b_ids = rng.choice(universe, 170, replace=False)
+    c_ids = rng.choice(universe, 200, replace=False)
+    assets = rng.normal(30.0, 40.0, 150).round(2)
+    assets[:4] = [0.0, -12.5, 0.0, 5.0e7]  # zeros, a negative, one that makes it scaled
+    return {
+        "bank-a": (list(a_ids), {"assets": assets,
+                                 "age": rng.integers(18, 90, 150).astype(float)}),
+        "carrier-b": (list(b_ids), {"assets": rng.normal(5.0, 20.0, 170).round(3)}),
+        "hospital-c": (list(c_ids), {}),  # only ids: it narrows the join
+    }
+
+
+ALL = "count,sum,mean,var,std,cov,corr,min,max,median"
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_every_statistic_of_the_join_matches_numpy(tmp_path, n):
+    rng = np.random.default_rng(10 + n)
+    parts = dict(list(three_parties(rng).items())[:n])
+    names = list(parts)
+    data = {p: keyed_set(tmp_path, p, ids, cols) for p, (ids, cols) in parts.items()}
+    columns = [("bank-a", "assets"), ("carrier-b", "assets"), ("bank-a", "age")]
+    params = {"layout": "columns", "columns": "self.assets,carrier-b.assets,bank-a.age",
+              "stats": ALL, "hist": ",".join(map(str, EDGES)), "threshold": "40",
+              "quantiles": ",".join(map(str, LEVELS)), "receivers": "initiator"}
+    ctxs = local_contexts(names, params, data, job_id=f"job-c{n}", timeout=60,
+                          output_root=tmp_path / "out")
+    res = run_parties(STATS.run, ctxs, timeout=300)
+    for p in names:
+        assert not isinstance(res[p], Exception), (p, res[p])
+    guest = res["bank-a"]
+    x = joined(parts, columns)
+    assert 10 < len(x) < 150
+    qualified = ["bank-a.assets", "carrier-b.assets", "bank-a.age"]
+    assert guest["columns"] == qualified and guest["layout"] == "columns"
+    assert guest["key"] == "uid"
+    check(guest, x, qualified, {"sum", "mean", "var", "cov", "hist", "min", "median"}, 40.0)
+    assert guest["engine"]["protocol"] == ("CHEETAH" if n == 2 else "ABY3")
+    # 5e7^2 puts bank-a's assets past 2^45: its products are formed scaled by 2^-4
+    assert guest["scaled"] == {"bank-a.assets": 4}
+    for p in names[1:]:  # a receipt: not even the join's size
+        assert res[p]["received"] is False and "stats" not in res[p]
+    assert not list((tmp_path / "out").rglob(".spu-stats-*")), "engine scratch left behind"
+
+
+def test_five_parties_three_compute_two_provide(tmp_path):
+    rng = np.random.default_rng(5)
+    universe = [f"cust-{i}" for i in range(120)]
+    parts: dict[str, tuple[list[Any], dict[str, np.ndarray]]] = {}
+    for g, p in enumerate(NAMES):
+        ids = list(rng.choice(universe, 100, replace=False))
+        parts[p] = (ids, {"v": rng.normal(10.0 * g, 5.0, 100).round(3)})
+    data = {p: keyed_set(tmp_path, p, ids, cols) for p, (ids, cols) in parts.items()}
+    params = {"layout": "columns", "columns": ",".join(f"{p}.v" for p in NAMES),
+              "stats": "count,sum,mean,cov,corr,max", "threshold": "100"}
+    res = run_parties(STATS.run, local_contexts(NAMES, params, data, job_id="job-c5",
+                                                timeout=60, output_root=tmp_path / "o"),
+                      timeout=300)
+    x = joined(parts, [(p, "v") for p in NAMES])
+    assert len(x) > 5
+    names = [f"{p}.v" for p in NAMES]
+    for p in NAMES:  # every party receives, the providing ones from the first computing one
+        assert not isinstance(res[p], Exception), (p, res[p])
+        check(res[p], x, names, {"sum", "mean", "cov"}, 100.0)
+        assert res[p]["engine"]["computing"] == ["bank-a", "broker-e", "carrier-b"]
+        assert res[p]["engine"].get("provided", False) == (p in ("city-d", "hospital-c"))
+
+
+def test_integer_ids_and_an_empty_join(tmp_path):
+    names = NAMES[:2]
+    a = keyed_set(tmp_path, "a", [1, 2, 3], {"x": np.array([1.0, 2.0, 3.0])})
+    b = keyed_set(tmp_path, "b", [7, 8], {"y": np.array([5.0, 6.0])})
+    params = {"layout": "columns", "columns": "bank-a.x,carrier-b.y",
+              "stats": "count,sum,mean,median", "threshold": "0"}
+    res = run_parties(STATS.run, local_contexts(names, params, {"bank-a": a, "carrier-b": b},
+                                                job_id="job-e", timeout=60,
+                                                output_root=tmp_path / "o"), timeout=200)
+    for p in names:
+        r = res[p]
+        assert not isinstance(r, Exception), (p, r)
+        s = r["stats"]
+        assert s["count"]["bank-a.x"] == 0 and s["sum"]["carrier-b.y"] == 0.0
+        assert s["mean"]["bank-a.x"] is None and s["median"]["carrier-b.y"] is None
+        assert s["threshold"]["row_sum"]["count"] == 0
+        assert r["undefined"]["median"] == "the pooled data set has no rows"
+    # a party without rows: nothing to join, no engine
+    empty = TableReader(pa.table({"id": pa.array([], pa.int64()), "y": pa.array([], pa.float64())}))
+    res = run_parties(STATS.run, local_contexts(names, {**params, "key": "id"},
+                                                {"bank-a": TableReader(pa.table(
+                                                    {"id": [1, 2], "x": [1.0, 2.0]})),
+                                                 "carrier-b": empty}, job_id="job-f",
+                                                timeout=20), timeout=60)
+    for p in names:
+        assert res[p]["stats"]["count"]["bank-a.x"] == 0, res[p]
+        assert res[p]["engine"] == {"skipped": "a party has no rows"}
+
+
+@pytest.mark.parametrize(("tables", "params", "message"), [
+    ({"bank-a": {"id": ["k1", "k1"], "x": [1.0, 2.0]}, "carrier-b": {"id": ["k1"], "y": [1.0]}},
+     {}, "party bank-a: key column 'id' has 1 repeated ids"),
+    ({"bank-a": {"id": ["k1"], "x": [1.0]}, "carrier-b": {"id": ["k1"], "z": [1.0]}},
+     {}, "party carrier-b: has no column 'y'"),
+    ({"bank-a": {"id": ["k1"], "x": [1.0]}, "carrier-b": {"id": ["k1"], "y": ["one"]}},
+     {}, "party carrier-b: column 'y' is non-numeric"),
+    ({"bank-a": {"id": ["k1"], "x": [2.0 ** 40]}, "carrier-b": {"id": ["k1"], "y": [1.0]}},
+     {}, "party bank-a: column 'x' has values past +-2^40"),
+    ({"bank-a": {"id": ["k1"], "x": [float("nan")]}, "carrier-b": {"id": ["k1"], "y": [1.0]}},
+     {}, "party bank-a: column 'x' has NaN or infinite values"),
+    ({"bank-a": {"id": [1], "x": [1.0]}, "carrier-b": {"id": ["1"], "y": [1.0]}},
+     {}, "the key columns differ in type: party bank-a's is int, party carrier-b's is string"),
+    ({"bank-a": {"id": [1.5], "x": [1.0]}, "carrier-b": {"id": [1.5], "y": [1.0]}},
+     {}, "key column 'id' is double (an id column is integer or string)"),
+    ({"bank-a": {"id": ["k1"], "x": [1.0]}, "carrier-b": {"id": ["k1"], "y": [1.0]}},
+     {"columns": "bank-a.x,nobody.y"}, "a column is PARTY.COLUMN with a party of the job"),
+])
+def test_bad_data_fails_every_party_alike(tmp_path, tables, params, message):
+    names = NAMES[:2]
+    data = {p: TableReader(pa.table(t)) for p, t in tables.items()}
+    base = {"layout": "columns", "columns": "bank-a.x,carrier-b.y", "stats": "count,sum"}
+    res = run_parties(STATS.run, local_contexts(names, {**base, **params}, data,
+                                                job_id="job-b", timeout=20), timeout=60)
+    for p in names:
+        assert isinstance(res[p], OperatorError), (p, res[p])
+        assert message in str(res[p]), str(res[p])
+
+
+def test_what_the_columns_layout_does_not_do_is_refused_by_name():
+    from appliance.operators.stats.protocol import plan_of
+
+    with pytest.raises(OperatorError, match="layout=columns with dp_epsilon is not built"):
+        plan_of({"layout": "columns", "columns": "a.x", "dp_epsilon": "1",
+                 "stats": "count"})
+    with pytest.raises(OperatorError, match="layout=columns with group_by is not built"):
+        plan_of({"layout": "columns", "columns": "a.x", "group_by": "g"})
+    with pytest.raises(OperatorError, match="key=ID_COLUMN names the id column of layout"):
+        plan_of({"columns": "x", "key": "id"})
+
+
+def test_keys_are_the_same_for_the_same_id_and_differ_per_job():
+    a = keys_of(["x", 7, "7"], "job-1")
+    assert a.shape == (3, 2) and a.dtype == np.int64
+    assert (a[1] == a[2]).all()  # the id's text: 7 and "7" are one id
+    assert not (keys_of(["x"], "job-2")[0] == a[0]).any()
