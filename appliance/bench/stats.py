@@ -1,7 +1,7 @@
 """Joint statistics benchmark: SecretFlow SPU as the reference, and our stats operator beside it.
 
     python -m appliance.bench stats [--rows 100000] [--parties 2] [--columns 4] [--seed 13]
-        [--reference-venv build/reference-venv] [--timeout-s 600]
+        [--reference-venv build/reference-venv] [--timeout-s 600] [--order | --layout columns]
 
 Generates K parties' float data (--rows rows per party, --columns columns, seeded) and computes
 per-column sum, mean and population variance of the pooled rows three ways, in the same run on
@@ -150,7 +150,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m appliance.bench stats",
                                  description="joint statistics: SPU and the native operator")
     ap.add_argument("--rows", type=int, default=100_000, help="rows per party")
-    ap.add_argument("--parties", type=int, default=2, choices=(2, 3))
+    ap.add_argument("--parties", type=int, default=2, choices=(2, 3, 4, 5),
+                    help="2 or 3; up to 5 with --layout columns")
     ap.add_argument("--columns", type=int, default=4)
     ap.add_argument("--seed", type=int, default=13)
     ap.add_argument("--reference-venv", type=Path, default=REFERENCE_VENV)
@@ -159,7 +160,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     help="min, max and median instead (ours: the operator's SPU engines, one "
                          "process per party over the relay; SPU: its simulator with the same "
                          "protocol, CHEETAH or ABY3, FM128, 40 fractional bits)")
-    return ap.parse_args(argv)
+    ap.add_argument("--layout", choices=("rows", "columns"), default="rows")
+    args = ap.parse_args(argv)
+    if args.parties > 3 and args.layout != "columns":
+        ap.error("4 or 5 parties: with --layout columns")
+    return args
 
 
 ORDER_STATS = ("min", "max", "median")
@@ -195,6 +200,132 @@ def main_order(args: argparse.Namespace, py: Path) -> int:
     return 0 if err(ours) <= 1e-9 else 1
 
 
+COLUMNS_STATS = "count,sum,mean,var,cov"
+
+
+class _Keyed:
+    """One party of the columns layout in memory: integer ids and its own columns."""
+
+    id_column = "id"
+    grade = "internal"
+
+    def __init__(self, name: str, ids: np.ndarray, data: np.ndarray,
+                 columns: list[str]) -> None:
+        self._ids, self._data, self._columns = ids, data, columns
+        self.fingerprint = f"in-memory:{name}:{data.shape[0]}x{data.shape[1]}"
+
+    def batches(self, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+        want = list(columns or [self.id_column, *self._columns])
+        for lo in range(0, len(self._ids), 1 << 16):
+            hi = min(lo + (1 << 16), len(self._ids))
+            yield pa.record_batch(
+                [pa.array(self._ids[lo:hi]) if c == self.id_column
+                 else pa.array(self._data[lo:hi, self._columns.index(c)]) for c in want],
+                names=want)
+
+
+def main_columns(args: argparse.Namespace, py: Path) -> int:
+    """--layout columns: count, sums, variances and the covariance matrix of the join, with a
+    threshold on the row sum; ours through the operator, SPU's simulator on the same program."""
+    from appliance.operators.base import local_contexts, run_parties
+    from appliance.operators.stats import STATS as OPERATOR
+    from appliance.operators.stats import columns as layout
+    from appliance.operators.stats.protocol import plan_of
+
+    k, n = args.parties, args.rows
+    rng = np.random.default_rng(args.seed)
+    names = [f"party-{g}" for g in range(k)]
+    owned = {g: [c for c in range(args.columns) if c % k == g] for g in range(k)}
+    ids = [rng.choice(int(1.25 * n), n, replace=False) for _ in range(k)]
+    loc = rng.uniform(-500.0, 500.0, args.columns)
+    scale = rng.uniform(0.5, 100.0, args.columns)
+    data = [rng.normal(loc[owned[g]], scale[owned[g]], (n, len(owned[g]))) for g in range(k)]
+    qualified = [f"{names[c % k]}.c{c}" for c in range(args.columns)]
+    params = {"layout": "columns", "key": "id", "columns": ",".join(qualified),
+              "stats": COLUMNS_STATS, "threshold": "0"}
+    # numpy's join: the truth
+    common = ids[0]
+    for more in ids[1:]:
+        common = np.intersect1d(common, more)
+    x = np.empty((len(common), args.columns))
+    for g in range(k):
+        at = np.searchsorted(ids[g], common, sorter=np.argsort(ids[g]))
+        rows = np.argsort(ids[g])[at]
+        for j, c in enumerate(owned[g]):
+            x[:, c] = data[g][rows, j]
+    print(f"data: {k} parties x {n} rows of {int(1.25 * n)} ids; {args.columns} columns "
+          f"spread over them; the join has {len(common)} rows; {COLUMNS_STATS}, threshold")
+
+    out = Path(tempfile.mkdtemp(prefix="pec-stats-bench-out-"))
+    readers = {names[g]: _Keyed(names[g], ids[g], data[g], [f"c{c}" for c in owned[g]])
+               for g in range(k)}
+    ctxs = local_contexts(names, params, readers, job_id="bench-columns",
+                          timeout=args.timeout_s, output_root=out)
+    cpu0, c0 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
+        resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    results = run_parties(OPERATOR.run, ctxs, timeout=4 * args.timeout_s)
+    wall = time.perf_counter() - start
+    cpu1, c1 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
+        resource.RUSAGE_CHILDREN)
+    shutil.rmtree(out, ignore_errors=True)
+    for node, res in results.items():
+        if isinstance(res, Exception):
+            raise RuntimeError(f"stats operator failed at {node}: {res}") from res
+    ours = results[names[0]]["stats"]
+    ours_cpu = sum((b.ru_utime + b.ru_stime) - (a.ru_utime + a.ru_stime)
+                   for a, b in ((cpu0, cpu1), (c0, c1)))
+
+    # SPU's simulator on the same keys and values, the same program and request
+    plan = plan_of(params)
+    block = [c for g in range(k) for c in owned[g]]
+    exps = [layout.exponent(data[g][:, j]) for g in range(k) for j in range(len(owned[g]))]
+    with tempfile.TemporaryDirectory(prefix="pec-stats-bench-") as d:
+        paths = []
+        for g in range(k):
+            path = Path(d) / f"p{g}.npz"
+            np.savez(path, keys=layout.keys_of(ids[g].tolist(), "bench-columns"),
+                     values=data[g])
+            paths.append(str(path))
+        s0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        proc = subprocess.run([str(py), str(REFERENCE_SCRIPT), str(k), *paths, "--columns",
+                               json.dumps(layout.request_of(plan, exps))],
+                              capture_output=True, text=True, timeout=4 * args.timeout_s)
+        s1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    ref = next((json.loads(ln) for ln in reversed(proc.stdout.splitlines())
+                if ln.startswith("{")), None)
+    if proc.returncode != 0 or ref is None:
+        raise RuntimeError(f"SPU reference exited {proc.returncode}:\n{proc.stderr[-4000:]}")
+
+    want = {"count": len(common), "sum": x.sum(axis=0), "var": x.var(axis=0)}
+    row_sum = x.sum(axis=1)
+
+    def rel(got: float, w: float) -> float:
+        return abs(got - w) / max(abs(w), 1e-300)
+
+    ours_err = max([rel(ours["sum"][q], want["sum"][c]) for c, q in enumerate(qualified)]
+                   + [rel(ours["var"][q], want["var"][c]) for c, q in enumerate(qualified)])
+    spu_sum = np.empty(args.columns)
+    spu_sum[block] = ref["sum"]
+    spu_err = max(rel(spu_sum[c], want["sum"][c]) for c in range(args.columns))
+    exact = (ours["count"][qualified[0]] == len(common) == int(ref["count"])
+             and ours["threshold"]["row_sum"]["count"] == int((row_sum > 0).sum()))
+    print()
+    print(f"{'engine':<52} {'wall s':>9} {'CPU s':>9} {'max rel err':>12}")
+    print(f"{'ours: stats operator, SPU engines over the relay':<52} {wall:>9.3f} "
+          f"{ours_cpu:>9.3f} {ours_err:>12.3e}")
+    print(f"{ref['engine']:<52} {ref['wall_s']:>9.3f} {ref['cpu_s']:>9.3f} {spu_err:>12.3e}")
+    print(f"(SPU process, start to exit incl. jax/spu import: CPU "
+          f"{(s1.ru_utime + s1.ru_stime) - (s0.ru_utime + s0.ru_stime):.3f} s)")
+    print("ours: job wall, all parties in this process (the keys hashed, the header round, "
+          "the engines), engine processes' CPU included; SPU: its simulator's run")
+    print(f"load {machine.fmt_load(machine.load())} (1/5/15 min) after")
+    print(f"count and threshold count exact: {'yes' if exact else 'NO'}; sums and variances "
+          f"within {OUR_REL_TOL:g}: {'yes' if ours_err <= OUR_REL_TOL else 'NO'}")
+    print(f"ratio ours/SPU (wall): {wall / ref['wall_s']:.2f} (recorded; no target)")
+    return 0 if exact and ours_err <= OUR_REL_TOL else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     py = reference_python(args.reference_venv, "libspu")
@@ -206,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
           f"Linux {host['kernel']}; load {machine.fmt_load(load0)} (1/5/15 min) before")
     if args.order:
         return main_order(args, py)
+    if args.layout == "columns":
+        return main_columns(args, py)
     columns = [f"c{i}" for i in range(args.columns)]
     parts = make_data(args.parties, args.rows, args.columns, args.seed)
     print(f"data: {args.parties} parties x {args.rows} rows x {args.columns} float64 columns "

@@ -10,8 +10,12 @@ Each file is one party's rows (float64, rows x columns). All K parties run in th
 and ABY3 for 3, on FM128. The inputs are secret-shared, then SPU computes per-column sum,
 mean and population variance of the concatenated rows and reveals them. With ``--order``:
 per-column min, max and median, with the stats operator's own settings (CHEETAH for 2
-parties, ABY3 for 3, FM128, 40 fractional bits, float64). Prints one JSON line: wall_s
-(share + compile + run + reveal), cpu_s (this process), and the results.
+parties, ABY3 for 3, FM128, 40 fractional bits, float64). With ``--columns REQUEST``: each
+file is an .npz of one party's ``keys`` and ``values`` and the program is the columns
+layout's own (``appliance/operators/stats/spu_programs.py``: the join inside SPU and the
+statistics of ``REQUEST``, a JSON of its fields), CHEETAH for 2 parties, ABY3 among 3 for
+3 to 5. Prints one JSON line: wall_s (share + compile + run + reveal), cpu_s (this process),
+and the results.
 """
 
 from __future__ import annotations
@@ -20,9 +24,14 @@ import json
 import resource
 import sys
 import time
+from pathlib import Path
 
 
 def main(argv: list[str]) -> int:
+    if "--columns" in argv:
+        at = argv.index("--columns")
+        request = argv[at + 1]
+        return columns_layout(argv[:at] + argv[at + 2:], request)
     order = "--order" in argv
     argv = [a for a in argv if a != "--order"]
     k, paths = int(argv[0]), argv[1:]
@@ -66,6 +75,42 @@ def main(argv: list[str]) -> int:
     return _run(spsim.sim_jax(sim, stats), parts, prot, ("sum", "mean", "var"))
 
 
+def columns_layout(argv: list[str], request: str) -> int:
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    import numpy as np
+    import spu
+    import spu.utils.simulation as spsim
+
+    sys.path.append(str(Path(__file__).resolve().parents[1] / "operators" / "stats"))
+    from spu_programs import Request, columns_program
+
+    k, paths = int(argv[0]), argv[1:]
+    flat, widths = [], []
+    for path in paths:
+        with np.load(path) as z:
+            flat.append(z["keys"])
+            widths.append(int(z["values"].shape[1]))
+            if widths[-1]:
+                flat.append(z["values"])
+    req = Request(**{key: tuple(v) if isinstance(v, list) else v
+                     for key, v in json.loads(request).items()})
+    world = 2 if k == 2 else 3
+    prot = spu.ProtocolKind.CHEETAH if world == 2 else spu.ProtocolKind.ABY3
+    sim = spsim.Simulator(world, spu.RuntimeConfig(protocol=prot, field=spu.FieldType.FM128,
+                                                   fxp_fraction_bits=40))
+    program = columns_program(k, widths, req)
+    names: list[str] = []
+
+    def flat_program(*args):
+        out = program(*args)
+        names.extend(out)
+        return tuple(out.values())
+
+    return _run(spsim.sim_jax(sim, flat_program), flat, prot, names)
+
+
 def _run(fn, parts, prot, names) -> int:
     """One timed simulator run (share, compile, run, reveal); its JSON line."""
     import numpy as np
@@ -77,6 +122,7 @@ def _run(fn, parts, prot, names) -> int:
     wall = time.perf_counter() - start
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
+    # names may fill in while the program is traced (the columns layout's)
     print(json.dumps({"engine": f"spu {spu.__version__} {prot.name} FM128 (simulator)",
                       "wall_s": wall, "cpu_s": cpu,
                       **{n: np.asarray(o, dtype=float).tolist()

@@ -243,12 +243,8 @@ def run(ctx: PartyContext, plan: Plan, receivers: list[str]) -> dict[str, Any]:
         # the engine's columns come party by party (SPU's blocks), each party's in job order
         block = [i for p in order_ for i, c in enumerate(cols) if c.party == p]
         exps = [headers[cols[i].party]["exponents"][cols[i].name] for i in block]
-        levels = [*plan.quantiles, *([0.5] if "median" in plan.stats else [])]
-        request = {"sums": plan.need_sums, "cross": plan.need_cross,
-                   "squares": plan.need_squares,
-                   "minmax": bool({"min", "max"} & set(plan.stats)),
-                   "levels": levels, "edges": list(plan.edges), "threshold": plan.threshold,
-                   "scales": [2.0 ** -e for e in exps]}
+        request = request_of(plan, exps)
+        levels = request["levels"]
         arrays = {"keys": np.concatenate(mine.keys), "values": values}
         doc = spu_job.run(ctx, "columns", arrays, request, receivers, "columns statistics")
         engine = {k: doc[k] for k in ("protocol", "engine", "computing", "provided", "rows",
@@ -265,6 +261,16 @@ def run(ctx: PartyContext, plan: Plan, receivers: list[str]) -> dict[str, Any]:
     ctx.progress(100, "columns statistics done" if found is not None
                  else "shares sent; this party receives no result")
     return result
+
+
+def request_of(plan: Plan, exponents: list[int]) -> dict[str, Any]:
+    """What SPU computes (``spu_programs.Request``'s fields), with the columns' scaling
+    exponents in SPU's block order."""
+    return {"sums": plan.need_sums, "cross": plan.need_cross, "squares": plan.need_squares,
+            "minmax": bool({"min", "max"} & set(plan.stats)),
+            "levels": [*plan.quantiles, *([0.5] if "median" in plan.stats else [])],
+            "edges": list(plan.edges), "threshold": plan.threshold,
+            "scales": [2.0 ** -e for e in exponents]}
 
 
 def _empty(named: Plan, plan: Plan) -> dict[str, Any]:
