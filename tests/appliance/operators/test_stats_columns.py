@@ -5,10 +5,13 @@ inside SPU and every statistic is checked against numpy on the plaintext join.""
 from __future__ import annotations
 
 import sqlite3
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import pyarrow as pa
 import pytest
 
@@ -230,3 +233,96 @@ def test_keys_are_the_same_for_the_same_id_and_differ_per_job():
     assert a.shape == (3, 2) and a.dtype == np.int64
     assert (a[1] == a[2]).all()  # the id's text: 7 and "7" are one id
     assert not (keys_of(["x"], "job-2")[0] == a[0]).any()
+
+
+# -- faults: an engine killed, a providing party's malformed shares -----------------------------
+
+def _four_parties(tmp_path: Path, rows: int = 400) -> tuple[list[str], dict[str, Any]]:
+    rng = np.random.default_rng(9)
+    names = NAMES[:4]
+    data = {p: keyed_set(tmp_path, p, list(rng.choice(rows * 2, rows, replace=False)),
+                         {"v": rng.normal(0.0, 1.0, rows)}) for p in names}
+    return names, data
+
+
+PARAMS4 = {"layout": "columns", "columns": ",".join(f"{p}.v" for p in NAMES[:4]),
+           "stats": "count,sum,median"}
+
+
+def _no_engine_left() -> None:
+    deadline = time.monotonic() + 10
+    while any("stats/spu_engine.py" in " ".join(p.info["cmdline"] or [])
+              for p in psutil.process_iter(["cmdline"])):
+        assert time.monotonic() < deadline, "an engine process outlived its job"
+        time.sleep(0.1)
+
+
+def test_a_computing_engine_killed_mid_job_fails_every_party(tmp_path):
+    names, data = _four_parties(tmp_path)
+    stop = threading.Event()
+    killed: list[int] = []
+
+    def kill_rank_1() -> None:
+        while not stop.is_set():
+            for p in psutil.process_iter(["cmdline"]):
+                cmd = " ".join(p.info["cmdline"] or [])
+                if "stats/spu_engine.py" in cmd and "--rank 1 " in cmd:
+                    while not stop.is_set() and not [
+                            c for c in p.net_connections() if c.status == "ESTABLISHED"]:
+                        time.sleep(0.01)
+                    time.sleep(0.5)  # inside the protocol
+                    p.kill()
+                    killed.append(p.pid)
+                    return
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_rank_1)
+    killer.start()
+    try:
+        res = run_parties(STATS.run, local_contexts(names, PARAMS4, data, job_id="job-k",
+                                                    timeout=30, output_root=tmp_path / "o"),
+                          timeout=300)
+    finally:
+        stop.set()
+        killer.join()
+    assert killed
+    for p in names:  # the computing parties and the providing one: an error, no statistic
+        assert isinstance(res[p], OperatorError), (p, res[p])
+    assert "exited with code -9" in str(res["carrier-b"])  # rank 1 of bank-a, carrier-b, city-d
+    assert "engine failed" in str(res["bank-a"]) and "engine failed" in str(res["hospital-c"])
+    assert not list((tmp_path / "o").rglob(".spu-stats-*")), "engine scratch left behind"
+    _no_engine_left()
+
+
+@pytest.mark.parametrize(("blob", "needle"), [
+    (b"not a zip", "(not an .npz)"),
+    (b"PK\x05\x06" + bytes(18), "arrays []"),
+])
+def test_a_providing_partys_malformed_shares_fail_the_job(tmp_path, blob, needle):
+    from appliance.operators.stats.protocol import plan_of
+
+    names, data = _four_parties(tmp_path, rows=30)
+    dishonest = "hospital-c"  # not the initiator and last of four: it provides
+
+    def party(ctx):
+        if ctx.node_id != dishonest:
+            return STATS.run(ctx)
+        header = {"t": "stats/columns-header", "params": plan_of(PARAMS4).digest(),
+                  "key": "string", "columns": {"v": "float"}, "exponents": {"v": 0}, "rows": 30,
+                  "problems": []}
+        for s in ctx.sessions.values():
+            s.send(header)
+        for s in ctx.sessions.values():
+            s.recv(timeout=20)
+        for p in ("bank-a", "carrier-b", "city-d"):
+            ctx.sessions[p].send_bytes(blob)
+        return ctx.sessions["bank-a"].recv(timeout=60)  # the first computing party's word
+
+    res = run_parties(party, local_contexts(names, PARAMS4, data, job_id="job-m", timeout=30,
+                                            output_root=tmp_path / "o"), timeout=300)
+    for p in ("bank-a", "carrier-b", "city-d"):
+        assert isinstance(res[p], OperatorError), (p, res[p])
+    assert f"party {dishonest} sent a malformed stats/shares message" in str(res["bank-a"])
+    assert needle in str(res["bank-a"])
+    assert res[dishonest]["t"] == "stats/spu_failed"  # told, not left waiting
+    _no_engine_left()
