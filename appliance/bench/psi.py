@@ -31,7 +31,6 @@ import csv
 import json
 import os
 import random
-import re
 import resource
 import shutil
 import signal
@@ -49,6 +48,7 @@ import pyarrow.csv as pacsv
 
 from appliance.bench import machine
 from appliance.operators.engine_runner import listen_ports
+from appliance.operators.psi.secretflow import remove_traces
 
 ROOT = Path(__file__).resolve().parents[2]
 REFERENCE_VENV = ROOT / "build" / "reference-venv"
@@ -56,9 +56,6 @@ REFERENCE_SCRIPT = ROOT / "appliance" / "operators" / "psi" / "spu_engine.py"
 PROTOCOLS = ("ecdh", "rr22", "kkrt")
 ID_COLUMN = "id"
 RATIO_TARGET = 1.0  # pec ECDH wall / SecretFlow ECDH wall, issue 13
-# spu writes a perfetto trace to a fixed /tmp/psi_*.trace (not under TMPDIR) and says where on
-# stdout; the bench removes exactly the files its parties name.
-_TRACE_RE = re.compile(r"Trace has been written to (/tmp/psi_[A-Za-z0-9_-]+\.trace)")
 
 
 # -- data --------------------------------------------------------------------------------------
@@ -247,9 +244,7 @@ def run_reference(py: Path, protocol: str, a_csv: Path, b_csv: Path, work: Path,
         errors.append(f"timed out after {timeout_s:.0f} s")
     for role, (p, (so, se), out) in enumerate(zip(procs, logs, outputs, strict=True)):
         stdout = so.read_text(errors="replace")
-        for trace in _TRACE_RE.findall(stdout):
-            with contextlib.suppress(OSError):
-                os.unlink(trace)
+        remove_traces(so)  # spu's trace file in /tmp, which its stdout names
         res = _last_json(stdout)
         if p.returncode != 0 or res is None:
             errors.append(f"party {role} exited {p.returncode}:\n"

@@ -319,6 +319,10 @@ def main_columns(args: argparse.Namespace, py: Path) -> int:
           f"{(s1.ru_utime + s1.ru_stime) - (s0.ru_utime + s0.ru_stime):.3f} s)")
     print("ours: job wall, all parties in this process (the keys hashed, the header round, "
           "the engines), engine processes' CPU included; SPU: its simulator's run")
+    engine = results[names[0]]["engine"]
+    print(f"ours, inside the first computing party's engine (share, compile, run, reveal, "
+          f"over the relay): {engine.get('run_s', float('nan')):.3f} s wall, "
+          f"{engine.get('cpu_s', float('nan')):.3f} s CPU")
     print(f"load {machine.fmt_load(machine.load())} (1/5/15 min) after")
     print(f"count and threshold count exact: {'yes' if exact else 'NO'}; sums and variances "
           f"within {OUR_REL_TOL:g}: {'yes' if ours_err <= OUR_REL_TOL else 'NO'}")

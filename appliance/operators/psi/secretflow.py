@@ -194,7 +194,7 @@ def _run_engine(ctx: PartyContext, engine: engines.Engine, work: Path,
         doc = run_engine(ctx, order, command, work, timeout, "secretflow engine",
                          prepare=lambda: write_input(inp, ids))
     finally:
-        _remove_trace(work / "engine.stdout", work / "engine.stderr")
+        remove_traces(work / "engine.stdout", work / "engine.stderr")
     report = {f"engine_{k}": doc.get(k) for k in ("import_s", "link_s", "psi_s", "cpu_s",
                                                   "peak_rss_kb")}
     # the runner's own figures: the engine process's wall time and the relayed traffic
@@ -232,9 +232,9 @@ def _read_output(out: Path, n: int) -> tuple[np.ndarray, str]:
     return rows.astype(np.int64), digest
 
 
-def _remove_trace(*logs: Path) -> None:
-    """spu writes a trace file to /tmp whatever TMPDIR says, and logs its name; it is this
-    job's, remove it."""
+def remove_traces(*logs: Path) -> None:
+    """spu's PSI writes a trace file to /tmp whatever TMPDIR says, and logs its name in
+    these logs: it is this run's, remove it (the operator and the benchmark alike)."""
     for log in logs:
         with contextlib.suppress(OSError):
             for trace in _TRACE_RE.findall(log.read_text(errors="replace")):

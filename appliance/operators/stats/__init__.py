@@ -1,10 +1,10 @@
-"""Joint statistics, provider ``pec``: additive secret sharing over Z_2^128 among 2 to 5
-parties (semi-honest). Built: the rows layout's linear statistics (count, sum, mean, var,
-std, cov, corr, histograms, the count and sum above a threshold), group-by counts and sums,
-and differential privacy at release (Laplace or Gaussian, the noise drawn in parts by every
-party); and among 2 or 3 parties the order statistics (min, max, median, quantiles) on
-SecretFlow's SPU (``order``). Not built yet, refused by name: the columns layout. docs/stats.md
-says who learns what.
+"""Joint statistics, provider ``pec``, among 2 to 5 parties (semi-honest). The rows layout:
+the linear statistics (count, sum, mean, var, std, cov, corr, histograms, the count and sum
+above a threshold), group-by counts and sums and differential privacy at release by our own
+additive sharing over Z_2^128 (``protocol``); the order statistics (min, max, median,
+quantiles) on SecretFlow's SPU (``order``). The columns layout: the parties' columns joined on
+a key inside SPU, which nobody sees, and every statistic over the join, with a threshold on
+the row sum across parties (``columns``). docs/stats.md says who learns what.
 """
 
 from __future__ import annotations
@@ -22,17 +22,20 @@ def stated_for(role: str | None, params: dict[str, Any]) -> dict[str, str]:
 
 STATS = register(Operator(
     name="stats", provider="pec", version="0.1", roles=("guest", "host"),
-    description="joint statistics over the union of the parties' rows by additive secret "
-                "sharing (Z_2^128, fixed point), 2 to 5 parties",
+    description="joint statistics among 2 to 5 parties: over the union of their rows "
+                "(additive secret sharing, and SPU for order statistics) or over their "
+                "columns joined in secret on a key (SPU)",
     params={
         "dataset": "this party's data set",
-        "columns": "the numeric columns, C1[,C2...], present at every party",
+        "columns": "the numeric columns, C1[,C2...]: rows, present at every party; columns, "
+                   "PARTY.COLUMN (self: the initiator)",
         "stats": "count,sum,mean,var,std,cov,corr,hist,threshold (default "
-                 "count,sum,mean,var,std); min,max,median,quantiles among 2 or 3 parties "
-                 "(SPU: CHEETAH or ABY3)",
+                 "count,sum,mean,var,std); min,max,median,quantiles (SPU: CHEETAH between two, "
+                 "ABY3 among three computing parties)",
         "quantiles": "levels Q1,Q2,... in [0, 1] (NumPy's linear interpolation)",
         "hist": "histogram bin edges E0,E1,... (numpy's bins: the last bin is closed)",
-        "layout": "rows (default); columns is not built yet",
+        "layout": "rows (default: the union of the parties' rows) or columns (the parties' "
+                  "columns joined on key inside SPU; nobody learns the join)",
         "receivers": "all (default: every party learns the result) or initiator (only the "
                      "guest does; the others get a receipt)",
         "dp_epsilon": "differential privacy at release: the total epsilon, split evenly over "
@@ -41,12 +44,14 @@ STATS = register(Operator(
                     "Laplace, pure epsilon)",
         "dp_bounds": "with dp_epsilon: COLUMN:LOW:HIGH,... the range each value is clipped "
                      "to (the sensitivity of sums)",
-        "threshold": "T: per column, the count and sum of the values above T (the rows "
-                     "layout compares at each party, no secure comparison needed)",
+        "threshold": "T: rows, per column the count and sum of the values above T (compared "
+                     "at each party); columns, the count and sum of the rows whose sum across "
+                     "the columns is above T (compared inside SPU)",
         "group_by": "a categorical column: counts and sums of the columns per value",
         "groups": "with group_by: the values to report (default: the union of the parties' "
                   "values, which each party then learns)",
-        "key": "the id column that aligns rows in layout=columns: not built yet",
+        "key": "layout=columns: the id column that joins the parties' rows (default: each "
+               "data set's id column)",
     },
     inputs=("dataset",),
     outputs=("stats", "undefined", "received"),

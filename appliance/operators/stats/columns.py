@@ -28,7 +28,8 @@ from appliance.operators.stats.protocol import (
     Plan,
     _batches,
     _kind,
-    _recv,
+    capped,
+    exchange_headers,
     results,
 )
 from appliance.operators.stats.ring import SCALE
@@ -187,8 +188,7 @@ def _check_header(peer: str, msg: Any, expect: list[str]) -> dict[str, Any]:
 
 
 def run(ctx: PartyContext, plan: Plan, receivers: list[str]) -> dict[str, Any]:
-    order_ = sorted(ctx.parties)
-    peers = [p for p in order_ if p != ctx.node_id]
+    parties = sorted(ctx.parties)
     cols = resolve(plan, ctx.parties)
     key = plan.key or getattr(ctx.dataset, "id_column", None)
     if not key:
@@ -199,31 +199,20 @@ def run(ctx: PartyContext, plan: Plan, receivers: list[str]) -> dict[str, Any]:
     # 1. header: every party's problems, so that all fail alike before anything is shared
     mine = read_mine(ctx, key, own)
     values = np.concatenate(mine.values) if mine.values else np.zeros((0, len(own)))
-    problems = mine.problems[:MAX_PROBLEMS]
-    if len(mine.problems) > MAX_PROBLEMS:
-        problems.append(f"and {len(mine.problems) - MAX_PROBLEMS} more problems")
+    problems = capped(mine.problems)
     header = {"t": "stats/columns-header", "params": plan.digest(), "key": mine.key_kind,
               "columns": {c: mine.kinds.get(c, "?") for c in own},
               "exponents": {c: exponent(values[:, i]) for i, c in enumerate(own)},
               "rows": mine.rows, "problems": problems}
     if problems:
         header.update(key=None, columns={}, exponents={}, rows=0)
-    for p in peers:
-        ctx.sessions[p].send(header)
-    headers = {ctx.node_id: header}
-    for p in peers:
-        headers[p] = _check_header(p, _recv(ctx, p, "stats header"),
-                                   [c.name for c in cols if c.party == p])
-    all_problems: list[str] = []
-    for p in order_:
-        h = headers[p]
-        if h["params"] != plan.digest():
-            all_problems.append(f"party {p} runs with different stats parameters")
-        all_problems.extend(f"party {p}: {msg}" for msg in h["problems"])
-    kinds = {headers[p]["key"] for p in order_ if headers[p]["rows"]}
+    headers, all_problems = exchange_headers(
+        ctx, plan, header,
+        lambda p, msg: _check_header(p, msg, [c.name for c in cols if c.party == p]))
+    kinds = {headers[p]["key"] for p in parties if headers[p]["rows"]}
     if not all_problems and len(kinds) > 1:
         all_problems.append("the key columns differ in type: " + ", ".join(
-            f"party {p}'s is {headers[p]['key']}" for p in order_ if headers[p]["rows"]))
+            f"party {p}'s is {headers[p]['key']}" for p in parties if headers[p]["rows"]))
     if all_problems:
         raise OperatorError("stats refused: " + "; ".join(all_problems))
     ctx.progress(30, "headers agree")
@@ -232,16 +221,16 @@ def run(ctx: PartyContext, plan: Plan, receivers: list[str]) -> dict[str, Any]:
     # what protocol.results computes: the row-sum threshold is this layout's own
     named = dataclasses.replace(plan, columns=tuple(c.qualified for c in cols), threshold=None,
                                 stats=tuple(s for s in plan.stats if s != "threshold"))
-    base = {"layout": "columns", "parties": len(order_), "receivers": receivers, "key": key,
+    base = {"layout": "columns", "parties": len(parties), "receivers": receivers, "key": key,
             "columns": list(named.columns), "statistics": list(plan.stats),
             "received": ctx.node_id in receivers}
-    rows = [headers[p]["rows"] for p in order_]
+    rows = [headers[p]["rows"] for p in parties]
     if min(rows) == 0:  # a party without rows: the join is empty, and all know it
         found = None if ctx.node_id not in receivers else _empty(named, plan)
         engine: dict[str, Any] = {"skipped": "a party has no rows"}
     else:
         # the engine's columns come party by party (SPU's blocks), each party's in job order
-        block = [i for p in order_ for i, c in enumerate(cols) if c.party == p]
+        block = [i for p in parties for i, c in enumerate(cols) if c.party == p]
         exps = [headers[cols[i].party]["exponents"][cols[i].name] for i in block]
         request = request_of(plan, exps)
         levels = request["levels"]

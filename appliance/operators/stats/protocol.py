@@ -17,7 +17,7 @@ import hashlib
 import itertools
 import math
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -445,6 +445,34 @@ def _recv(ctx: PartyContext, peer: str, what: str) -> Any:
         raise OperatorError(f"party {peer} did not send its {what}: {exc}") from exc
 
 
+def capped(problems: list[str]) -> list[str]:
+    """A party's problems as its header carries them: at most MAX_PROBLEMS, then a count."""
+    out = problems[:MAX_PROBLEMS]
+    if len(problems) > MAX_PROBLEMS:
+        out.append(f"and {len(problems) - MAX_PROBLEMS} more problems")
+    return out
+
+
+def exchange_headers(ctx: PartyContext, plan: Plan, header: dict[str, Any],
+                     check: Callable[[str, Any], dict[str, Any]]
+                     ) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """This party's header to every peer and theirs, each ``check``-ed; with every party's
+    problems and parameter mismatches, in party order (the same list at every party)."""
+    order = sorted(ctx.parties)
+    peers = [p for p in order if p != ctx.node_id]
+    for p in peers:
+        ctx.sessions[p].send(header)
+    headers = {ctx.node_id: header}
+    for p in peers:
+        headers[p] = check(p, _recv(ctx, p, "stats header"))
+    problems: list[str] = []
+    for p in order:
+        if headers[p]["params"] != plan.digest():
+            problems.append(f"party {p} runs with different stats parameters")
+        problems.extend(f"party {p}: {msg}" for msg in headers[p]["problems"])
+    return headers, problems
+
+
 def _check_header(peer: str, msg: Any) -> dict[str, Any]:
     if (not isinstance(msg, dict) or set(msg) != {"t", "params", "columns", "problems",
                                                   "groups"}
@@ -501,25 +529,12 @@ def run(ctx: PartyContext) -> dict[str, Any]:
     # the bounds, checked before anything is sent; the vector itself is final unless groups
     # (agreed in the header) or noise (drawn after it) change it
     vector = vector_of(plan, local, n) if not local.problems else []
-    problems = local.problems[:MAX_PROBLEMS]
-    if len(local.problems) > MAX_PROBLEMS:
-        problems.append(f"and {len(local.problems) - MAX_PROBLEMS} more problems")
     # without stated groups, each party's group values (not their counts) are told to all
     mine_groups = (sorted(local.groups) if plan.group_by and plan.groups is None
                    and not local.problems else None)
     header = {"t": "stats/header", "params": plan.digest(), "columns": local.kinds,
-              "problems": problems, "groups": mine_groups}
-    for p in peers:
-        ctx.sessions[p].send(header)
-    headers = {ctx.node_id: header}
-    for p in peers:
-        headers[p] = _check_header(p, _recv(ctx, p, "stats header"))
-    all_problems: list[str] = []
-    for p in order:
-        h = headers[p]
-        if h["params"] != plan.digest():
-            all_problems.append(f"party {p} runs with different stats parameters")
-        all_problems.extend(f"party {p}: {msg}" for msg in h["problems"])
+              "problems": capped(local.problems), "groups": mine_groups}
+    headers, all_problems = exchange_headers(ctx, plan, header, _check_header)
     groups = None
     if plan.group_by:
         groups = list(plan.groups) if plan.groups is not None else sorted(
