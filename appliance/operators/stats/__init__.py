@@ -4,7 +4,8 @@ above a threshold), group-by counts and sums and differential privacy at release
 additive sharing over Z_2^128 (``protocol``); the order statistics (min, max, median,
 quantiles) on SecretFlow's SPU (``order``). The columns layout: the parties' columns joined on
 a key inside SPU, which nobody sees, and every statistic over the join, with a threshold on
-the row sum across parties (``columns``). docs/stats.md says who learns what.
+the row sum across parties and differential privacy (``columns``). docs/stats.md says who
+learns what.
 """
 
 from __future__ import annotations
@@ -39,11 +40,12 @@ STATS = register(Operator(
         "receivers": "all (default: every party learns the result) or initiator (only the "
                      "guest does; the others get a receipt)",
         "dp_epsilon": "differential privacy at release: the total epsilon, split evenly over "
-                      "the released aggregates (every statistic of the rows layout)",
+                      "the released aggregates (every statistic but the order statistics, "
+                      "in both layouts)",
         "dp_delta": "with dp_epsilon: the Gaussian mechanism with this delta (default: "
                     "Laplace, pure epsilon)",
         "dp_bounds": "with dp_epsilon: COLUMN:LOW:HIGH,... the range each value is clipped "
-                     "to (the sensitivity of sums)",
+                     "to (the sensitivity of sums; columns named as in columns)",
         "threshold": "T: rows, per column the count and sum of the values above T (compared "
                      "at each party); columns, the count and sum of the rows whose sum across "
                      "the columns is above T (compared inside SPU)",

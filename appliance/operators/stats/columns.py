@@ -30,9 +30,11 @@ from appliance.operators.stats.protocol import (
     _kind,
     capped,
     exchange_headers,
+    noise_parts,
     results,
 )
 from appliance.operators.stats.ring import SCALE
+from appliance.operators.stats.spu_programs import Request, noisy_outputs
 
 KEY_KINDS = ("int", "string")
 SELF = "self"  # in a column's name: the initiator
@@ -96,10 +98,14 @@ class Mine:
     keys: list[np.ndarray] = dataclasses.field(default_factory=list)
     values: list[np.ndarray] = dataclasses.field(default_factory=list)
     rows: int = 0
+    clipped: int = 0  # values moved into their dp bounds
     problems: list[str] = dataclasses.field(default_factory=list)
 
 
-def read_mine(ctx: PartyContext, key: str, own: list[str]) -> Mine:
+def read_mine(ctx: PartyContext, key: str, own: list[str],
+              bounds: dict[str, tuple[float, float]]) -> Mine:
+    """This party's rows; with differential privacy each column clipped to its ``bounds``
+    first (in this layout every column is one party's, so it clips its own)."""
     mine = Mine()
     local = Local()  # what the shared reader reports missing columns into
     for batch in _batches(ctx, [key, *own], local):
@@ -128,6 +134,11 @@ def read_mine(ctx: PartyContext, key: str, own: list[str]) -> Mine:
             x[:, i] = arr.to_numpy(zero_copy_only=False)
         mine.problems.extend(f"column {c!r} has NaN or infinite values"
                              for c, b in zip(own, ~np.isfinite(x).all(axis=0), strict=True) if b)
+        for i, c in enumerate(own):
+            if c in bounds:
+                lo, hi = bounds[c]
+                mine.clipped += int(((x[:, i] < lo) | (x[:, i] > hi)).sum())
+                np.clip(x[:, i], lo, hi, out=x[:, i])
         big = np.abs(np.where(np.isfinite(x), x, 0)).max(axis=0, initial=0) >= order.MAX_ABS
         mine.problems.extend(f"column {c!r} has values past +-2^40, beyond the fixed point "
                              "of SPU" for c, b in zip(own, big, strict=True) if b)
@@ -195,9 +206,12 @@ def run(ctx: PartyContext, plan: Plan, receivers: list[str]) -> dict[str, Any]:
         raise OperatorError("stats: layout=columns needs key=ID_COLUMN (this data set names "
                             "no id column)")
     own = [c.name for c in cols if c.party == ctx.node_id]
+    bounds = ({c.name: plan.dp.bound_of(raw) for c, raw in zip(cols, plan.columns, strict=True)
+               if c.party == ctx.node_id and any(b[0] == raw for b in plan.dp.bounds)}
+              if plan.dp is not None else {})
 
     # 1. header: every party's problems, so that all fail alike before anything is shared
-    mine = read_mine(ctx, key, own)
+    mine = read_mine(ctx, key, own, bounds)
     values = np.concatenate(mine.values) if mine.values else np.zeros((0, len(own)))
     problems = capped(mine.problems)
     header = {"t": "stats/columns-header", "params": plan.digest(), "key": mine.key_kind,
@@ -225,6 +239,7 @@ def run(ctx: PartyContext, plan: Plan, receivers: list[str]) -> dict[str, Any]:
             "columns": list(named.columns), "statistics": list(plan.stats),
             "received": ctx.node_id in receivers}
     rows = [headers[p]["rows"] for p in parties]
+    dp_info: dict[str, Any] = {}
     if min(rows) == 0:  # a party without rows: the join is empty, and all know it
         found = None if ctx.node_id not in receivers else _empty(named, plan)
         engine: dict[str, Any] = {"skipped": "a party has no rows"}
@@ -235,13 +250,16 @@ def run(ctx: PartyContext, plan: Plan, receivers: list[str]) -> dict[str, Any]:
         request = request_of(plan, exps)
         levels = request["levels"]
         arrays = {"keys": np.concatenate(mine.keys), "values": values}
+        if plan.dp is not None:
+            arrays["noise"], dp_info = _noise(plan, request, block, len(parties))
+            dp_info["clipped_here"] = mine.clipped
         doc = spu_job.run(ctx, "columns", arrays, request, receivers, "columns statistics")
         engine = {k: doc[k] for k in ("protocol", "engine", "computing", "provided", "rows",
                                       "run_s", "cpu_s", "link_bytes_sent",
                                       "link_bytes_received") if k in doc}
         found = (None if ctx.node_id not in receivers
                  else _results(named, plan, doc.get("results"), block, exps, levels))
-    result = {**base, "engine": engine}
+    result = {**base, "engine": engine, **({"dp": dp_info} if dp_info else {})}
     if found is not None and min(rows) and (plan.need_cross or plan.need_squares):
         # a scaled column's sums of products are exact to 2^(e_i + e_j - 40) (docs/stats.md)
         result["scaled"] = {cols[i].qualified: e for i, e in zip(block, exps, strict=True) if e}
@@ -259,7 +277,63 @@ def request_of(plan: Plan, exponents: list[int]) -> dict[str, Any]:
             "minmax": bool({"min", "max"} & set(plan.stats)),
             "levels": [*plan.quantiles, *([0.5] if "median" in plan.stats else [])],
             "edges": list(plan.edges), "threshold": plan.threshold,
-            "scales": [2.0 ** -e for e in exponents]}
+            "scales": [2.0 ** -e for e in exponents], "dp": plan.dp is not None}
+
+
+def _noise(plan: Plan, request: dict[str, Any], block: list[int], parties: int
+           ) -> tuple[np.ndarray, dict[str, Any]]:
+    """This party's part of the noise of every released output, in the order SPU adds it
+    (``spu_programs.noisy_outputs``: columns in SPU's block order), and the ``dp`` block.
+    Queries (each gets epsilon/m): the count, each column's sum, each sum of squares or
+    products (one query for (i, j) and (j, i): the same draw), each column's histogram, the
+    threshold's count and sum. A row (an id all parties hold) adds at most 1 to a count,
+    reach(i) to a sum and reach(i) * reach(j) to a sum of products, and the sum of the
+    reaches to the threshold's sum."""
+    assert plan.dp is not None
+    dp = plan.dp
+    names = plan.columns  # as the job names them (dp_bounds' names)
+
+    def reach(i: int) -> float:
+        return max(abs(v) for v in dp.bound_of(names[i]))
+
+    req = Request(**{k: tuple(v) if isinstance(v, list) else v for k, v in request.items()})
+    width = len(block)
+    slots: list[str] = []  # the query of each noise slot
+    sensitivities: dict[str, float] = {}
+    for name, shape in noisy_outputs(req, width):
+        if name in ("count", "threshold_count"):
+            slots.append(name)
+            sensitivities[name] = 1.0
+        elif name == "threshold_sum":
+            slots.append(name)
+            sensitivities[name] = sum(reach(i) for i in range(width))
+        elif name == "sum":
+            for b in range(width):
+                q = f"sum:{names[block[b]]}"
+                slots.append(q)
+                sensitivities[q] = reach(block[b])
+        elif name == "cross":
+            pairs = ([(a, b) for a in range(width) for b in range(width)] if len(shape) == 2
+                     else [(a, a) for a in range(width)])
+            for a, b in pairs:
+                i, j = sorted((block[a], block[b]))
+                q = f"cross:{names[i]}:{names[j]}"
+                slots.append(q)
+                sensitivities[q] = reach(i) * reach(j)
+        else:  # hist: one query per column, a draw per bin
+            for b in range(width):
+                q = f"hist:{names[block[b]]}"
+                slots += [q] * shape[1]
+                sensitivities[q] = 1.0
+    draws, info = noise_parts(dp, sensitivities, parties)
+    drawn: dict[str, float] = {}  # a sum of products' one draw, for both of its places
+    out = np.empty(len(slots))
+    for at, q in enumerate(slots):
+        if q.startswith("cross:"):
+            out[at] = drawn.setdefault(q, draws[q]())
+        else:
+            out[at] = draws[q]()
+    return out, info
 
 
 def _empty(named: Plan, plan: Plan) -> dict[str, Any]:
@@ -269,11 +343,12 @@ def _empty(named: Plan, plan: Plan) -> dict[str, Any]:
     return _with_order(out, named, plan, None, [], [])
 
 
-def _ring_vector(named: Plan, count: int, sums: list[float],
-                 cross: dict[tuple[int, int], float], hist: list[list[int]]) -> list[int]:
+def _ring_vector(named: Plan, count: float, sums: list[float],
+                 cross: dict[tuple[int, int], float], hist: list[list[float]]) -> list[int]:
     """The aggregates in the order (and ring units) ``protocol.results`` reads them."""
     k = len(named.columns)
-    vec: list[int] = [count]
+    noisy = named.dp is not None  # noisy counts are fractions: fixed point like the sums
+    vec: list[int] = [round(count * SCALE) if noisy else int(count)]
     if named.need_sums:
         vec += [round(s * SCALE) for s in sums] if sums else [0] * k
     if named.need_cross:
@@ -282,11 +357,12 @@ def _ring_vector(named: Plan, count: int, sums: list[float],
         vec += [round(cross.get((i, i), 0.0) * SCALE) for i in range(k)]
     if named.edges:
         bins = len(named.edges) - 1
-        vec += [int(v) for row in (hist or [[0] * bins] * k) for v in row]
+        vec += [round(v * SCALE) if noisy else int(v)
+                for row in (hist or [[0] * bins] * k) for v in row]
     return vec
 
 
-def _threshold(named: Plan, plan: Plan, count: int, total: float) -> dict[str, Any]:
+def _threshold(named: Plan, plan: Plan, count: float, total: float) -> dict[str, Any]:
     return {"row_sum": {"threshold": plan.threshold, "columns": list(named.columns),
                         "count": count, "sum": total}}
 
@@ -295,7 +371,8 @@ def _results(named: Plan, plan: Plan, found: Any, block: list[int], exps: list[i
              levels: list[float]) -> dict[str, Any]:
     """The statistics from SPU's opened outputs (columns in SPU's block order)."""
     k = len(block)
-    if not isinstance(found, dict) or not isinstance(found.get("count"), int):
+    if not isinstance(found, dict) or not isinstance(
+            found.get("count"), float if named.dp is not None else int):
         raise OperatorError("stats: the SPU engine returned no results at a receiver")
     pos = {plan_i: b for b, plan_i in enumerate(block)}  # job's column -> SPU's
 
@@ -317,11 +394,13 @@ def _results(named: Plan, plan: Plan, found: Any, block: list[int], exps: list[i
     hist = []
     if named.edges:
         raw = vec("hist", (k, len(named.edges) - 1))
-        hist = [[round(v) for v in raw[pos[i]]] for i in range(k)]
+        hist = [[float(v) if named.dp is not None else round(v) for v in raw[pos[i]]]
+                for i in range(k)]
     out = results(named, _ring_vector(named, count, sums, cross, hist))
     if plan.threshold is not None:
+        above = float(vec("threshold_count", ()))
         out["stats"]["threshold"] = _threshold(
-            named, plan, round(float(vec("threshold_count", ()))),
+            named, plan, above if named.dp is not None else round(above),
             float(vec("threshold_sum", ())))
     return _with_order(out, named, plan, found, block, levels)
 

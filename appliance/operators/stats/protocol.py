@@ -189,9 +189,8 @@ def plan_of(params: dict[str, Any]) -> Plan:
     if ordered and (dp is not None or group_by is not None):
         raise OperatorError(f"stats: {', '.join(ordered)} with "
                             f"{'dp_epsilon' if dp is not None else 'group_by'} is not built yet")
-    if layout == "columns" and (dp is not None or group_by is not None):
-        raise OperatorError(f"stats: layout=columns with "
-                            f"{'dp_epsilon' if dp is not None else 'group_by'} is not built yet")
+    if layout == "columns" and group_by is not None:
+        raise OperatorError("stats: layout=columns with group_by is not built yet")
     return Plan(tuple(columns), tuple(dict.fromkeys(stats)), tuple(edges), receivers,
                 group_by, groups, dp, threshold, tuple(quantiles), layout, key)
 
@@ -594,31 +593,42 @@ def run(ctx: PartyContext) -> dict[str, Any]:
 
 def dp_noise(plan: Plan, local: Local, parties: int, groups: list[str] | None
              ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """This party's part of each released query's noise, and what the result and the
-    ledger say of it. The budget is split evenly over the queries (basic composition); each
-    party adds a 1/n part of an infinitely divisible noise: Laplace(b) as the sum over the
-    parties of Gamma(1/n, b) - Gamma(1/n, b), Gaussian(sigma) as n draws of N(0, sigma^2/n).
-    So the released totals carry exactly one Laplace (Gaussian) noise, and no party alone
-    knows it."""
+    """This party's part of each released query's noise (rows layout), and what the result
+    and the ledger say of it."""
     dp = plan.dp
     if dp is None:
         return {}, {}
-    queries = sorted({q for *_, q in items_of(plan, local, groups) if q != "-"})
-    m = len(queries)
-    rng = np.random.default_rng(secrets.randbits(128))
-    scales: dict[str, float] = {}
+
     def reach(column: str) -> float:  # the largest |value| after clipping
         return max(abs(v) for v in dp.bound_of(column))
 
-    for q in queries:
+    sensitivities: dict[str, float] = {}
+    for q in sorted({q for *_, q in items_of(plan, local, groups) if q != "-"}):
         name, _, col = q.partition(":")
         if name in ("sum", "group_sum", "threshold_sum"):
-            sensitivity = reach(col)
+            sensitivities[q] = reach(col)
         elif name == "cross":  # a row adds x_i * x_j
             i, j = (int(v) for v in col.split(":"))
-            sensitivity = reach(plan.columns[i]) * reach(plan.columns[j])
+            sensitivities[q] = reach(plan.columns[i]) * reach(plan.columns[j])
         else:  # counts: a row adds 1
-            sensitivity = 1.0
+            sensitivities[q] = 1.0
+    draws, info = noise_parts(dp, sensitivities, parties)
+    info["clipped_here"] = local.clipped
+    return draws, info
+
+
+def noise_parts(dp: Dp, sensitivities: dict[str, float], parties: int
+                ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """This party's part of each query's noise (query -> a draw), and the ``dp`` block of the
+    result and the ledger. The budget is split evenly over the m queries (basic composition);
+    each party adds a 1/n part of an infinitely divisible noise: Laplace(b) as the sum over
+    the parties of Gamma(1/n, b) - Gamma(1/n, b), Gaussian(sigma) as n draws of
+    N(0, sigma^2/n). So the released totals carry exactly one Laplace (Gaussian) noise, and
+    no party alone knows it."""
+    m = len(sensitivities)
+    rng = np.random.default_rng(secrets.randbits(128))
+    scales: dict[str, float] = {}
+    for q, sensitivity in sensitivities.items():
         if dp.delta is None:
             scales[q] = sensitivity * m / dp.epsilon
         else:
@@ -633,7 +643,6 @@ def dp_noise(plan: Plan, local: Local, parties: int, groups: list[str] | None
     info = {"mechanism": dp.mechanism, "epsilon": dp.epsilon, "delta": dp.delta,
             "queries": m, "noise_scale": scales,
             "bounds": {c: [lo, hi] for c, lo, hi in dp.bounds},
-            "clipped_here": local.clipped,
             "composition": "basic: each query gets epsilon/m (and delta/m)"}
     return draws, info
 

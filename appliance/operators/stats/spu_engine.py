@@ -18,8 +18,10 @@ secret-shares with SPU's ``Io`` and sends over the link) or ``file:PATH`` (share
 providing party made with ``--share-only`` and its node sent over the job session: with four
 or five parties, the ones past the computing three provide, they do not compute). An input
 is an ``.npz`` of ``values`` (float64 rows x columns) and, in the
-columns layout, ``keys`` (int64 rows x 2). The outputs are opened to the receivers only. The
-last stdout line is one JSON object: ``results`` (at a receiver), the shapes and timings.
+columns layout, ``keys`` (int64 rows x 2) and, with differential privacy, ``noise`` (this
+party's part of the noise of every released output, float64). The outputs are opened to the
+receivers only. The last stdout line is one JSON object: ``results`` (at a receiver), the
+shapes and timings.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from spu_link import brpc_link
 from spu_programs import Request, columns_program, rows_order_program
 
 FRACTION_BITS = 40
-ARRAYS = ("keys", "values")
+ARRAYS = ("keys", "values", "noise")
 
 
 def _cpu_s() -> float:
@@ -105,6 +107,8 @@ def _load_input(path: str, layout: str) -> dict[str, Any]:
         keys = got.get("keys")
         if keys is None or keys.dtype != np.int64 or keys.shape != (len(got["values"]), 2):
             raise SystemExit("the input has no int64 rows x 2 matrix of keys")
+    if "noise" in got:
+        got["noise"] = got["noise"].astype(np.float64).reshape(-1)
     return got
 
 
@@ -239,6 +243,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             give(g, "keys", np.int64)
             if widths[g]:
                 give(g, "values", np.float64)
+            if req.dp:
+                give(g, "noise", np.float64)
         program = columns_program(len(sources), widths, req)
     outputs: list[str] = []
 

@@ -135,8 +135,8 @@ def _provided(ctx: PartyContext, peer: str, timeout: float) -> bytes:
     except zipfile.BadZipFile:
         raise OperatorError(f"party {peer} sent a malformed stats/shares message "
                             "(not an .npz)") from None
-    if not names <= {"keys.npy", "values.npy", "keys_shape.npy", "values_shape.npy"} or (
-            "values_shape.npy" not in names):
+    if not names <= {f"{a}{s}.npy" for a in ("keys", "values", "noise")
+                     for s in ("", "_shape")} or "values_shape.npy" not in names:
         raise OperatorError(f"party {peer} sent a malformed stats/shares message "
                             f"(arrays {sorted(names)})")
     return blob

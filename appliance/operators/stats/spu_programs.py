@@ -38,6 +38,24 @@ class Request:
     threshold: float | None = None  # count and sum of the rows whose row sum exceeds it
     scales: tuple[float, ...] = ()  # per column, a power of two (1 for most) that keeps its
     # sums of products inside the fixed point (columns.exponent)
+    dp: bool = False  # each party also gives its part of the noise of every released output
+
+
+def noisy_outputs(req: Request, width: int) -> list[tuple[str, tuple[int, ...]]]:
+    """With ``dp``: the outputs that get noise and their shapes, in the order of each party's
+    noise vector (the order statistics are not released with noise)."""
+    out: list[tuple[str, tuple[int, ...]]] = [("count", ())]
+    if req.sums:
+        out.append(("sum", (width,)))
+    if req.cross:
+        out.append(("cross", (width, width)))
+    elif req.squares:
+        out.append(("cross", (width,)))
+    if req.edges:
+        out.append(("hist", (width, len(req.edges) - 1)))
+    if req.threshold is not None:
+        out += [("threshold_count", ()), ("threshold_sum", ())]
+    return out
 
 
 def rows_order_program(levels: tuple[float, ...], total: int) -> Callable[..., Any]:
@@ -70,7 +88,8 @@ def columns_program(parties: int, widths: list[int], req: Request) -> Callable[.
     """Columns layout: the rows whose key every party holds, joined, and their statistics,
     without the join ever leaving SPU.
 
-    The arguments are, per party in order, its keys and (where ``widths[g] > 0``) its values.
+    The arguments are, per party in order, its keys, (where ``widths[g] > 0``) its values and
+    (with ``req.dp``) its part of the noise, added to the outputs before they are opened.
     All parties' rows are stacked, each party's columns in its own block (zeros elsewhere),
     and sorted obliviously by the 128-bit key. A key that all ``parties`` hold then fills
     ``parties`` consecutive places, and no other key does (each party's keys are distinct):
@@ -78,6 +97,8 @@ def columns_program(parties: int, widths: list[int], req: Request) -> Callable[.
     and the joined row is the sum of those places' blocks. Every statistic is a sum over the
     places with that indicator, so which rows matched, and how many, stays secret; only the
     opened outputs (the count among them) are learned, and only by the receivers."""
+    import math
+
     import jax
     import jax.numpy as jnp
 
@@ -85,7 +106,7 @@ def columns_program(parties: int, widths: list[int], req: Request) -> Callable[.
     offsets = [sum(widths[:g]) for g in range(parties)]
 
     def program(*flat: Any) -> dict[str, Any]:
-        keys, blocks, at = [], [], 0
+        keys, blocks, noise, at = [], [], [], 0
         for g in range(parties):
             k = flat[at]
             at += 1
@@ -99,6 +120,9 @@ def columns_program(parties: int, widths: list[int], req: Request) -> Callable[.
                      jnp.zeros((rows, width - offsets[g] - widths[g]))], axis=1))
             else:
                 blocks.append(jnp.zeros((rows, width)))
+            if req.dp:
+                noise.append(flat[at])
+                at += 1
         key = jnp.concatenate(keys, axis=0)
         val = jnp.concatenate(blocks, axis=0)
         srt = jax.lax.sort([key[:, 0], key[:, 1], *[val[:, c] for c in range(width)]],
@@ -152,6 +176,12 @@ def columns_program(parties: int, widths: list[int], req: Request) -> Callable[.
                 at_lo = jnp.sum(jnp.where(index == lo, s, 0.0), axis=1)
                 at_hi = jnp.sum(jnp.where(index == hi, s, 0.0), axis=1)
                 out[f"q{i}"] = at_lo + (pos - lo) * (at_hi - at_lo)
+        if req.dp:  # the parties' parts add up to one noise per released value
+            total, at = sum(noise), 0
+            for name, shape in noisy_outputs(req, width):
+                size = math.prod(shape)
+                out[name] = out[name].astype(jnp.float64) + total[at:at + size].reshape(shape)
+                at += size
         return out
 
     return program

@@ -219,13 +219,50 @@ def test_bad_data_fails_every_party_alike(tmp_path, tables, params, message):
 def test_what_the_columns_layout_does_not_do_is_refused_by_name():
     from appliance.operators.stats.protocol import plan_of
 
-    with pytest.raises(OperatorError, match="layout=columns with dp_epsilon is not built"):
-        plan_of({"layout": "columns", "columns": "a.x", "dp_epsilon": "1",
-                 "stats": "count"})
     with pytest.raises(OperatorError, match="layout=columns with group_by is not built"):
         plan_of({"layout": "columns", "columns": "a.x", "group_by": "g"})
     with pytest.raises(OperatorError, match="key=ID_COLUMN names the id column of layout"):
         plan_of({"columns": "x", "key": "id"})
+
+
+def test_differential_privacy_on_the_join(tmp_path):
+    rng = np.random.default_rng(21)
+    names = NAMES[:2]
+    ids_a, ids_b = list(range(0, 300)), list(range(100, 400))
+    xa, xb = rng.normal(50.0, 20.0, 300), rng.normal(10.0, 5.0, 300)
+    xa[0], xb[-1] = 1e4, -1e4  # clipped into the bounds (the first is outside the join)
+    data = {"bank-a": keyed_set(tmp_path, "a", ids_a, {"x": xa}),
+            "carrier-b": keyed_set(tmp_path, "b", ids_b, {"y": xb})}
+    params = {"layout": "columns", "columns": "self.x,carrier-b.y",
+              "stats": "count,sum,mean,var,cov", "hist": "-100,0,100", "threshold": "60",
+              "dp_epsilon": "20", "dp_bounds": "self.x:-100:200,carrier-b.y:-50:50"}
+    res = run_parties(STATS.run, local_contexts(names, params, data, job_id="job-dp",
+                                                timeout=60, output_root=tmp_path / "o"),
+                      timeout=300)
+    for p in names:
+        assert not isinstance(res[p], Exception), (p, res[p])
+    out = res["bank-a"]
+    dp = out["dp"]
+    # the queries: count, 2 sums, 3 sums of products, 2 histograms, threshold count and sum
+    assert dp["mechanism"] == "laplace" and dp["queries"] == 10
+    scale = dp["noise_scale"]
+    assert scale["count"] == pytest.approx(10 / 20)
+    assert scale["sum:self.x"] == pytest.approx(200 * 10 / 20)
+    assert scale["cross:self.x:carrier-b.y"] == pytest.approx(200 * 50 * 10 / 20)
+    assert scale["threshold_sum"] == pytest.approx(250 * 10 / 20)
+    assert out["dp"]["clipped_here"] == 1 and res["carrier-b"]["dp"]["clipped_here"] == 1
+    x = joined({"bank-a": (ids_a, {"x": np.clip(xa, -100, 200)}),
+                "carrier-b": (ids_b, {"y": np.clip(xb, -50, 50)})},
+               [("bank-a", "x"), ("carrier-b", "y")])
+    s = out["stats"]
+    count = s["count"]["bank-a.x"]
+    assert count != len(x) and abs(count - len(x)) < 20 * scale["count"]  # noisy, near
+    assert abs(s["sum"]["carrier-b.y"] - x[:, 1].sum()) < 20 * scale["sum:carrier-b.y"]
+    hist = s["hist"]["bank-a.x"]["counts"]
+    assert abs(sum(hist) - len(x)) < 40 * scale["hist:self.x"]
+    t = s["threshold"]["row_sum"]
+    assert abs(t["count"] - int((x.sum(axis=1) > 60).sum())) < 20 * scale["threshold_count"]
+    assert s["var"]["bank-a.x"] >= 0.0  # floored (post-processing)
 
 
 def test_keys_are_the_same_for_the_same_id_and_differ_per_job():
