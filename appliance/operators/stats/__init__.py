@@ -49,7 +49,8 @@ STATS = register(Operator(
         "threshold": "T: rows, per column the count and sum of the values above T (compared "
                      "at each party); columns, the count and sum of the rows whose sum across "
                      "the columns is above T (compared inside SPU)",
-        "group_by": "a categorical column: counts and sums of the columns per value",
+        "group_by": "a categorical column (columns layout: PARTY.COLUMN): counts and sums "
+                    "of the columns per value",
         "groups": "with group_by: the values to report (default: the union of the parties' "
                   "values, which each party then learns)",
         "key": "layout=columns: the id column that joins the parties' rows (default: each "

@@ -37,6 +37,8 @@ from appliance.operators.stats.ring import SCALE
 from appliance.operators.stats.spu_programs import Request, noisy_outputs
 
 KEY_KINDS = ("int", "string")
+#: group-by: each group is a select over every joined place and column inside SPU
+MAX_GROUPS = 100
 SELF = "self"  # in a column's name: the initiator
 
 
@@ -53,24 +55,26 @@ class Column:
 def resolve(plan: Plan, parties: dict[str, str]) -> list[Column]:
     """The job's ``PARTY.COLUMN`` names with ``self`` as the initiator's node id; a name that
     no party of the job qualifies is refused (the longest matching node id wins)."""
-    guest = next((p for p, role in parties.items() if role == "guest"), None)
-    out: list[Column] = []
-    for raw in plan.columns:
-        party, _, name = raw.partition(".")
-        if party == SELF and guest is not None and name:
-            out.append(Column(guest, name))
-            continue
-        owners = sorted((p for p in parties if raw.startswith(p + ".") and len(raw) > len(p) + 1),
-                        key=len)
-        if not owners:
-            raise OperatorError(f"stats: in layout=columns a column is PARTY.COLUMN with a "
-                                f"party of the job or self (got {raw!r}; parties: "
-                                f"{', '.join(sorted(parties))})")
-        out.append(Column(owners[-1], raw[len(owners[-1]) + 1:]))
+    out = [owner_of(raw, parties) for raw in plan.columns]
     qualified = [c.qualified for c in out]
     if len(set(qualified)) != len(qualified):
         raise OperatorError(f"stats: a column is named twice in {','.join(qualified)}")
     return out
+
+
+def owner_of(raw: str, parties: dict[str, str]) -> Column:
+    """One ``PARTY.COLUMN`` name resolved (``self``: the initiator)."""
+    guest = next((p for p, role in parties.items() if role == "guest"), None)
+    party, _, name = raw.partition(".")
+    if party == SELF and guest is not None and name:
+        return Column(guest, name)
+    owners = sorted((p for p in parties if raw.startswith(p + ".") and len(raw) > len(p) + 1),
+                    key=len)
+    if not owners:
+        raise OperatorError(f"stats: in layout=columns a column is PARTY.COLUMN with a party "
+                            f"of the job or self (got {raw!r}; parties: "
+                            f"{', '.join(sorted(parties))})")
+    return Column(owners[-1], raw[len(owners[-1]) + 1:])
 
 
 def _key_kind(t: pa.DataType) -> str:
@@ -99,16 +103,18 @@ class Mine:
     values: list[np.ndarray] = dataclasses.field(default_factory=list)
     rows: int = 0
     clipped: int = 0  # values moved into their dp bounds
+    groups: list[str] = dataclasses.field(default_factory=list)  # the group column, per row
     problems: list[str] = dataclasses.field(default_factory=list)
 
 
 def read_mine(ctx: PartyContext, key: str, own: list[str],
-              bounds: dict[str, tuple[float, float]]) -> Mine:
+              bounds: dict[str, tuple[float, float]], group: str | None = None) -> Mine:
     """This party's rows; with differential privacy each column clipped to its ``bounds``
-    first (in this layout every column is one party's, so it clips its own)."""
+    first (in this layout every column is one party's, so it clips its own); ``group``: the
+    group-by column, where this party holds it."""
     mine = Mine()
     local = Local()  # what the shared reader reports missing columns into
-    for batch in _batches(ctx, [key, *own], local):
+    for batch in _batches(ctx, [key, *own, *([group] if group else [])], local):
         mine.key_kind = _key_kind(batch.schema.field(key).type)
         mine.kinds = {c: _kind(batch.schema.field(c).type) for c in own}
         bad = [c for c in own if mine.kinds[c].startswith("non-numeric")]
@@ -144,6 +150,13 @@ def read_mine(ctx: PartyContext, key: str, own: list[str],
                              "of SPU" for c, b in zip(own, big, strict=True) if b)
         if mine.problems:
             break
+        if group:
+            labels = batch.column(group)
+            if labels.null_count:
+                mine.problems.append(f"group column {group!r} has {labels.null_count} empty "
+                                     "values")
+                break
+            mine.groups.extend(str(v) for v in labels.to_pylist())
         mine.keys.append(keys_of(ids.to_pylist(), ctx.job_id))
         mine.values.append(x)
         mine.rows += batch.num_rows
@@ -176,9 +189,11 @@ def exponent(values: np.ndarray) -> int:
     return math.ceil((math.log2(squares) - SQUARES_BITS) / 2)
 
 
-def _check_header(peer: str, msg: Any, expect: list[str]) -> dict[str, Any]:
+def _check_header(peer: str, msg: Any, expect: list[str], tells_groups: bool
+                  ) -> dict[str, Any]:
     if (not isinstance(msg, dict)
-            or set(msg) != {"t", "params", "key", "columns", "exponents", "rows", "problems"}
+            or set(msg) != {"t", "params", "key", "columns", "exponents", "rows", "groups",
+                            "problems"}
             or msg["t"] != "stats/columns-header" or not isinstance(msg["params"], str)):
         raise OperatorError(f"party {peer} sent a malformed stats header")
     probs = msg["problems"]
@@ -195,6 +210,11 @@ def _check_header(peer: str, msg: Any, expect: list[str]) -> dict[str, Any]:
             and isinstance(rows, int) and rows >= 0 and msg["key"] in (*KEY_KINDS, None)):
         raise OperatorError(f"party {peer} sent a malformed stats header (columns, "
                             "exponents, rows or key)")
+    groups = msg["groups"]
+    if (groups is None) == tells_groups or (groups is not None and not (
+            isinstance(groups, list) and len(groups) <= MAX_GROUPS
+            and all(isinstance(g, str) and len(g) <= 1000 for g in groups))):
+        raise OperatorError(f"party {peer} sent a malformed stats header (groups)")
     return msg
 
 
@@ -206,23 +226,33 @@ def run(ctx: PartyContext, plan: Plan, receivers: list[str]) -> dict[str, Any]:
         raise OperatorError("stats: layout=columns needs key=ID_COLUMN (this data set names "
                             "no id column)")
     own = [c.name for c in cols if c.party == ctx.node_id]
+    grouping = owner_of(plan.group_by, ctx.parties) if plan.group_by else None
+    holds_groups = grouping is not None and grouping.party == ctx.node_id
     bounds = ({c.name: plan.dp.bound_of(raw) for c, raw in zip(cols, plan.columns, strict=True)
                if c.party == ctx.node_id and any(b[0] == raw for b in plan.dp.bounds)}
               if plan.dp is not None else {})
 
     # 1. header: every party's problems, so that all fail alike before anything is shared
-    mine = read_mine(ctx, key, own, bounds)
+    mine = read_mine(ctx, key, own, bounds, grouping.name if holds_groups else None)
     values = np.concatenate(mine.values) if mine.values else np.zeros((0, len(own)))
+    mine_groups = None
+    if holds_groups and plan.groups is None:  # its values (not their counts) told to all
+        mine_groups = sorted(set(mine.groups))
+    if holds_groups and len(plan.groups or mine_groups or []) > MAX_GROUPS:
+        mine.problems.append(f"group column {plan.group_by!r} has more than {MAX_GROUPS} "
+                             "values (the columns layout's limit)")
     problems = capped(mine.problems)
     header = {"t": "stats/columns-header", "params": plan.digest(), "key": mine.key_kind,
               "columns": {c: mine.kinds.get(c, "?") for c in own},
               "exponents": {c: exponent(values[:, i]) for i, c in enumerate(own)},
-              "rows": mine.rows, "problems": problems}
+              "rows": mine.rows, "groups": mine_groups, "problems": problems}
     if problems:
-        header.update(key=None, columns={}, exponents={}, rows=0)
+        header.update(key=None, columns={}, exponents={}, rows=0, groups=None)
     headers, all_problems = exchange_headers(
         ctx, plan, header,
-        lambda p, msg: _check_header(p, msg, [c.name for c in cols if c.party == p]))
+        lambda p, msg: _check_header(p, msg, [c.name for c in cols if c.party == p],
+                                     grouping is not None and grouping.party == p
+                                     and plan.groups is None))
     kinds = {headers[p]["key"] for p in parties if headers[p]["rows"]}
     if not all_problems and len(kinds) > 1:
         all_problems.append("the key columns differ in type: " + ", ".join(
@@ -231,23 +261,37 @@ def run(ctx: PartyContext, plan: Plan, receivers: list[str]) -> dict[str, Any]:
         raise OperatorError("stats refused: " + "; ".join(all_problems))
     ctx.progress(30, "headers agree")
 
+    groups = None
+    if grouping is not None:
+        groups = list(plan.groups) if plan.groups is not None else headers[grouping.party][
+            "groups"]
+        if holds_groups:  # each row's group number rides with this party's columns
+            at = {g: i for i, g in enumerate(groups)}
+            values = np.column_stack([values, np.array([at.get(g, -1) for g in mine.groups],
+                                                       dtype=np.float64)])
+
     # 2. SPU: the keys and columns shared, joined, summed; opened to the receivers only
     # what protocol.results computes: the row-sum threshold is this layout's own
     named = dataclasses.replace(plan, columns=tuple(c.qualified for c in cols), threshold=None,
-                                stats=tuple(s for s in plan.stats if s != "threshold"))
+                                stats=tuple(s for s in plan.stats if s != "threshold"),
+                                group_by=grouping.qualified if grouping else None)
     base = {"layout": "columns", "parties": len(parties), "receivers": receivers, "key": key,
             "columns": list(named.columns), "statistics": list(plan.stats),
             "received": ctx.node_id in receivers}
     rows = [headers[p]["rows"] for p in parties]
     dp_info: dict[str, Any] = {}
     if min(rows) == 0:  # a party without rows: the join is empty, and all know it
-        found = None if ctx.node_id not in receivers else _empty(named, plan)
+        found = None if ctx.node_id not in receivers else _empty(named, plan, groups)
         engine: dict[str, Any] = {"skipped": "a party has no rows"}
     else:
         # the engine's columns come party by party (SPU's blocks), each party's in job order
         block = [i for p in parties for i, c in enumerate(cols) if c.party == p]
         exps = [headers[cols[i].party]["exponents"][cols[i].name] for i in block]
-        request = request_of(plan, exps)
+        group = None
+        if grouping is not None and groups is not None:  # after the holder's own columns
+            before = parties[:parties.index(grouping.party) + 1]
+            group = (sum(1 for c in cols if c.party in before), len(groups))
+        request = request_of(plan, exps, group)
         levels = request["levels"]
         arrays = {"keys": np.concatenate(mine.keys), "values": values}
         if plan.dp is not None:
@@ -258,7 +302,7 @@ def run(ctx: PartyContext, plan: Plan, receivers: list[str]) -> dict[str, Any]:
                                       "run_s", "cpu_s", "link_bytes_sent",
                                       "link_bytes_received") if k in doc}
         found = (None if ctx.node_id not in receivers
-                 else _results(named, plan, doc.get("results"), block, exps, levels))
+                 else _results(named, plan, doc.get("results"), block, exps, levels, groups))
     result = {**base, "engine": engine, **({"dp": dp_info} if dp_info else {})}
     if found is not None and min(rows) and (plan.need_cross or plan.need_squares):
         # a scaled column's sums of products are exact to 2^(e_i + e_j - 40) (docs/stats.md)
@@ -270,14 +314,16 @@ def run(ctx: PartyContext, plan: Plan, receivers: list[str]) -> dict[str, Any]:
     return result
 
 
-def request_of(plan: Plan, exponents: list[int]) -> dict[str, Any]:
+def request_of(plan: Plan, exponents: list[int], group: tuple[int, int] | None = None
+               ) -> dict[str, Any]:
     """What SPU computes (``spu_programs.Request``'s fields), with the columns' scaling
-    exponents in SPU's block order."""
+    exponents in SPU's block order and, for group-by, where the group numbers ride."""
     return {"sums": plan.need_sums, "cross": plan.need_cross, "squares": plan.need_squares,
             "minmax": bool({"min", "max"} & set(plan.stats)),
             "levels": [*plan.quantiles, *([0.5] if "median" in plan.stats else [])],
             "edges": list(plan.edges), "threshold": plan.threshold,
-            "scales": [2.0 ** -e for e in exponents], "dp": plan.dp is not None}
+            "scales": [2.0 ** -e for e in exponents], "dp": plan.dp is not None,
+            "group": group}
 
 
 def _noise(plan: Plan, request: dict[str, Any], block: list[int], parties: int
@@ -320,6 +366,14 @@ def _noise(plan: Plan, request: dict[str, Any], block: list[int], parties: int
                 q = f"cross:{names[i]}:{names[j]}"
                 slots.append(q)
                 sensitivities[q] = reach(i) * reach(j)
+        elif name == "group_count":  # a row is in one group: one query, a draw per group
+            slots += ["group_count"] * shape[0]
+            sensitivities["group_count"] = 1.0
+        elif name == "group_sum":  # per column one query, a draw per group
+            for _ in range(shape[0]):
+                slots += [f"group_sum:{names[block[b]]}" for b in range(width)]
+            for b in range(width):
+                sensitivities[f"group_sum:{names[block[b]]}"] = reach(block[b])
         else:  # hist: one query per column, a draw per bin
             for b in range(width):
                 q = f"hist:{names[block[b]]}"
@@ -336,15 +390,17 @@ def _noise(plan: Plan, request: dict[str, Any], block: list[int], parties: int
     return out, info
 
 
-def _empty(named: Plan, plan: Plan) -> dict[str, Any]:
-    out = results(named, _ring_vector(named, 0, [], {}, []))
+def _empty(named: Plan, plan: Plan, groups: list[str] | None) -> dict[str, Any]:
+    out = results(named, _ring_vector(named, 0, [], {}, [], groups, None, None), groups)
     if plan.threshold is not None:
         out["stats"]["threshold"] = _threshold(named, plan, 0, 0.0)
     return _with_order(out, named, plan, None, [], [])
 
 
 def _ring_vector(named: Plan, count: float, sums: list[float],
-                 cross: dict[tuple[int, int], float], hist: list[list[float]]) -> list[int]:
+                 cross: dict[tuple[int, int], float], hist: list[list[float]],
+                 groups: list[str] | None, group_counts: list[float] | None,
+                 group_sums: list[list[float]] | None) -> list[int]:
     """The aggregates in the order (and ring units) ``protocol.results`` reads them."""
     k = len(named.columns)
     noisy = named.dp is not None  # noisy counts are fractions: fixed point like the sums
@@ -359,6 +415,11 @@ def _ring_vector(named: Plan, count: float, sums: list[float],
         bins = len(named.edges) - 1
         vec += [round(v * SCALE) if noisy else int(v)
                 for row in (hist or [[0] * bins] * k) for v in row]
+    for g in range(len(groups or [])):
+        c = group_counts[g] if group_counts is not None else 0
+        vec.append(round(c * SCALE) if noisy else int(c))
+        vec += [round((group_sums[g][i] if group_sums is not None else 0.0) * SCALE)
+                for i in range(k)]
     return vec
 
 
@@ -368,7 +429,7 @@ def _threshold(named: Plan, plan: Plan, count: float, total: float) -> dict[str,
 
 
 def _results(named: Plan, plan: Plan, found: Any, block: list[int], exps: list[int],
-             levels: list[float]) -> dict[str, Any]:
+             levels: list[float], groups: list[str] | None) -> dict[str, Any]:
     """The statistics from SPU's opened outputs (columns in SPU's block order)."""
     k = len(block)
     if not isinstance(found, dict) or not isinstance(
@@ -396,7 +457,14 @@ def _results(named: Plan, plan: Plan, found: Any, block: list[int], exps: list[i
         raw = vec("hist", (k, len(named.edges) - 1))
         hist = [[float(v) if named.dp is not None else round(v) for v in raw[pos[i]]]
                 for i in range(k)]
-    out = results(named, _ring_vector(named, count, sums, cross, hist))
+    counts = sums_by = None
+    if groups is not None:
+        noisy = named.dp is not None
+        counts = [float(v) if noisy else round(v) for v in vec("group_count", (len(groups),))]
+        raw = vec("group_sum", (len(groups), k))
+        sums_by = [[float(raw[g, pos[i]]) for i in range(k)] for g in range(len(groups))]
+    out = results(named, _ring_vector(named, count, sums, cross, hist, groups, counts,
+                                      sums_by), groups)
     if plan.threshold is not None:
         above = float(vec("threshold_count", ()))
         out["stats"]["threshold"] = _threshold(

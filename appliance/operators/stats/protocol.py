@@ -189,8 +189,6 @@ def plan_of(params: dict[str, Any]) -> Plan:
     if ordered and (dp is not None or group_by is not None):
         raise OperatorError(f"stats: {', '.join(ordered)} with "
                             f"{'dp_epsilon' if dp is not None else 'group_by'} is not built yet")
-    if layout == "columns" and group_by is not None:
-        raise OperatorError("stats: layout=columns with group_by is not built yet")
     return Plan(tuple(columns), tuple(dict.fromkeys(stats)), tuple(edges), receivers,
                 group_by, groups, dp, threshold, tuple(quantiles), layout, key)
 

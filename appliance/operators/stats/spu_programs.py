@@ -39,6 +39,9 @@ class Request:
     scales: tuple[float, ...] = ()  # per column, a power of two (1 for most) that keeps its
     # sums of products inside the fixed point (columns.exponent)
     dp: bool = False  # each party also gives its part of the noise of every released output
+    # group-by: the joined column that holds each row's group number (-1: in no listed
+    # group; it is not a statistic's column), and how many groups
+    group: tuple[int, int] | None = None
 
 
 def noisy_outputs(req: Request, width: int) -> list[tuple[str, tuple[int, ...]]]:
@@ -55,6 +58,8 @@ def noisy_outputs(req: Request, width: int) -> list[tuple[str, tuple[int, ...]]]
         out.append(("hist", (width, len(req.edges) - 1)))
     if req.threshold is not None:
         out += [("threshold_count", ()), ("threshold_sum", ())]
+    if req.group is not None:
+        out += [("group_count", (req.group[1],)), ("group_sum", (req.group[1], width))]
     return out
 
 
@@ -132,6 +137,12 @@ def columns_program(parties: int, widths: list[int], req: Request) -> Callable[.
         last = parties - 1
         hit = (k0[:places] == k0[last:]) & (k1[:places] == k1[last:])
         joined = sum(jnp.stack(srt[2:], axis=1)[t:t + places] for t in range(parties))
+        cols = width
+        if req.group is not None:  # the group numbers ride the sort; not a statistic's column
+            at_g, groups = req.group
+            group_of = joined[:, at_g]
+            joined = jnp.concatenate([joined[:, :at_g], joined[:, at_g + 1:]], axis=1)
+            cols = width - 1
         count = jnp.sum(hit.astype(jnp.int64))
         out: dict[str, Any] = {"count": count}
         inside = hit[:, None]
@@ -144,7 +155,7 @@ def columns_program(parties: int, widths: list[int], req: Request) -> Callable[.
             scaled = rows_in * jnp.asarray(req.scales) if any(
                 s != 1.0 for s in req.scales) else rows_in
             out["cross"] = (scaled.T @ scaled if req.cross else jnp.stack(
-                [scaled[:, c] @ scaled[:, c] for c in range(width)]))
+                [scaled[:, c] @ scaled[:, c] for c in range(cols)]))
         if req.threshold is not None:
             row_sum = jnp.sum(joined, axis=1)
             above = hit & (row_sum > req.threshold)
@@ -176,9 +187,16 @@ def columns_program(parties: int, widths: list[int], req: Request) -> Callable[.
                 at_lo = jnp.sum(jnp.where(index == lo, s, 0.0), axis=1)
                 at_hi = jnp.sum(jnp.where(index == hi, s, 0.0), axis=1)
                 out[f"q{i}"] = at_lo + (pos - lo) * (at_hi - at_lo)
+        if req.group is not None:
+            # selects, not products: a product with a 0/1 number would be formed at 2^80
+            # times the value and could leave the ring, a select never does
+            member = inside & (group_of[:, None] == jnp.arange(groups, dtype=jnp.float64))
+            out["group_count"] = jnp.sum(member.astype(jnp.int64), axis=0)
+            out["group_sum"] = jnp.sum(
+                jnp.where(member[:, :, None], joined[:, None, :], 0.0), axis=0)
         if req.dp:  # the parties' parts add up to one noise per released value
             total, at = sum(noise), 0
-            for name, shape in noisy_outputs(req, width):
+            for name, shape in noisy_outputs(req, cols):
                 size = math.prod(shape)
                 out[name] = out[name].astype(jnp.float64) + total[at:at + size].reshape(shape)
                 at += size

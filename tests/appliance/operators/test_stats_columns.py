@@ -219,8 +219,6 @@ def test_bad_data_fails_every_party_alike(tmp_path, tables, params, message):
 def test_what_the_columns_layout_does_not_do_is_refused_by_name():
     from appliance.operators.stats.protocol import plan_of
 
-    with pytest.raises(OperatorError, match="layout=columns with group_by is not built"):
-        plan_of({"layout": "columns", "columns": "a.x", "group_by": "g"})
     with pytest.raises(OperatorError, match="key=ID_COLUMN names the id column of layout"):
         plan_of({"columns": "x", "key": "id"})
 
@@ -263,6 +261,78 @@ def test_differential_privacy_on_the_join(tmp_path):
     t = s["threshold"]["row_sum"]
     assert abs(t["count"] - int((x.sum(axis=1) > 60).sum())) < 20 * scale["threshold_count"]
     assert s["var"]["bank-a.x"] >= 0.0  # floored (post-processing)
+
+
+@pytest.mark.parametrize("stated", [False, True])
+def test_group_by_a_column_of_one_party(tmp_path, stated):
+    rng = np.random.default_rng(31)
+    names = NAMES[:3]
+    ids = {p: list(rng.choice(300, 220, replace=False)) for p in names}
+    region = {i: ["north", "south", "east"][i % 3] for i in range(300)}
+    data = {
+        "bank-a": keyed_set(tmp_path, "a", ids["bank-a"],
+                            {"x": rng.normal(10.0, 3.0, 220)}),
+        "carrier-b": keyed_set(tmp_path, "b", ids["carrier-b"],
+                               {"y": rng.normal(-4.0, 2.0, 220)}),
+    }
+    # hospital-c holds the group column (a string) and no statistic's column
+    path = tmp_path / "c.csv"
+    path.write_text("uid,region\n" + "".join(f"{i},{region[i]}\n" for i in ids["hospital-c"]))
+    registry = DatasetRegistry(sqlite3.connect(tmp_path / "c.db", check_same_thread=False))
+    registry.add("c", str(path), "uid", actor="test")
+    data["hospital-c"] = Reader(registry, "c")
+    params = {"layout": "columns", "columns": "self.x,carrier-b.y",
+              "group_by": "hospital-c.region", "stats": "count,sum",
+              **({"groups": "north,south,west"} if stated else {})}
+    res = run_parties(STATS.run, local_contexts(names, params, data, job_id=f"job-g{stated}",
+                                                timeout=60, output_root=tmp_path / "o"),
+                      timeout=300)
+    for p in names:
+        assert not isinstance(res[p], Exception), (p, res[p])
+    parts = {"bank-a": (ids["bank-a"], {"x": np.array(_column(data["bank-a"], "x"))}),
+             "carrier-b": (ids["carrier-b"], {"y": np.array(_column(data["carrier-b"], "y"))}),
+             "hospital-c": (ids["hospital-c"], {})}
+    xg = joined(parts, [("bank-a", "x"), ("carrier-b", "y")])
+    common = sorted(set.intersection(*(set(v) for v in ids.values())), key=str)
+    labels = [region[k] for k in common]  # joined()'s row order
+    s = res["bank-a"]["stats"]
+    assert s["count"]["bank-a.x"] == len(common)
+    want = ["north", "south", "west"] if stated else ["east", "north", "south"]
+    counts = s["group_count"]["hospital-c.region"]
+    assert list(counts) == want
+    for g in want:
+        rows = np.array([lab == g for lab in labels])
+        assert counts[g] == int(rows.sum())
+        for i, c in enumerate(["bank-a.x", "carrier-b.y"]):
+            assert s["group_sum"][c][g] == pytest.approx(xg[rows, i].sum(), abs=1e-6)
+
+
+def test_group_by_with_differential_privacy(tmp_path):
+    names = NAMES[:2]
+    ids = list(range(200))
+    data = {"bank-a": TableReader(pa.table({"id": ids, "x": [float(i % 7) for i in ids],
+                                            "g": ["odd" if i % 2 else "even" for i in ids]})),
+            "carrier-b": TableReader(pa.table({"id": ids[50:], "y": [1.0] * 150}))}
+    params = {"layout": "columns", "columns": "self.x,carrier-b.y", "group_by": "self.g",
+              "stats": "count,sum", "dp_epsilon": "50",
+              "dp_bounds": "self.x:0:10,carrier-b.y:0:2"}
+    res = run_parties(STATS.run, local_contexts(names, params, data, job_id="job-gdp",
+                                                timeout=60, output_root=tmp_path / "o"),
+                      timeout=300)
+    for p in names:
+        assert not isinstance(res[p], Exception), (p, res[p])
+    out = res["bank-a"]
+    scale = out["dp"]["noise_scale"]
+    # count, 2 sums, the group counts, 2 columns' group sums
+    assert out["dp"]["queries"] == 6 and scale["group_sum:self.x"] == pytest.approx(10 * 6 / 50)
+    counts = out["stats"]["group_count"]["bank-a.g"]
+    assert abs(counts["even"] - 75) < 20 * scale["group_count"] and counts["even"] != 75
+    assert abs(out["stats"]["group_sum"]["carrier-b.y"]["odd"] - 75) < 20 * scale[
+        "group_sum:carrier-b.y"]
+
+
+def _column(reader: Reader, name: str) -> list[Any]:
+    return [v for b in reader.batches([name]) for v in b.column(name).to_pylist()]
 
 
 def test_keys_are_the_same_for_the_same_id_and_differ_per_job():
@@ -346,6 +416,7 @@ def test_a_providing_partys_malformed_shares_fail_the_job(tmp_path, blob, needle
             return STATS.run(ctx)
         header = {"t": "stats/columns-header", "params": plan_of(PARAMS4).digest(),
                   "key": "string", "columns": {"v": "float"}, "exponents": {"v": 0}, "rows": 30,
+                  "groups": None,
                   "problems": []}
         for s in ctx.sessions.values():
             s.send(header)
