@@ -161,6 +161,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                          "process per party over the relay; SPU: its simulator with the same "
                          "protocol, CHEETAH or ABY3, FM128, 40 fractional bits)")
     ap.add_argument("--layout", choices=("rows", "columns"), default="rows")
+    ap.add_argument("--end-to-end", action="store_true",
+                    help="rows layout, linear statistics: ours through one real daemon per "
+                         "party (data sets registered from CSVs, mTLS sessions), beside the "
+                         "in-process run and SPU")
     args = ap.parse_args(argv)
     if args.parties > 3 and args.layout != "columns":
         ap.error("4 or 5 parties: with --layout columns")
@@ -368,7 +372,37 @@ def main(argv: list[str] | None = None) -> int:
     met = ratio <= RATIO_TARGET
     print(f"ratio ours/SPU (wall): {ratio:.3f} (target <= {RATIO_TARGET:g}: "
           f"{'met' if met else 'missed'})")
+    if args.end_to_end:
+        ok = end_to_end(args, parts, columns, want, spu) and ok
     return 0 if ok else 1
+
+
+def end_to_end(args: argparse.Namespace, parts: list[np.ndarray], columns: list[str],
+               want: dict[str, np.ndarray], spu: dict[str, Any]) -> bool:
+    """The same statistics through one daemon per party; its ratio to SPU's run above."""
+    from appliance.bench.stats_daemons import run_end_to_end
+
+    print()
+    print(f"end to end: {args.parties} daemons (dev trust root, mTLS on loopback), CSV data "
+          "sets registered, one stats job submitted at the first")
+    res = run_end_to_end(parts, columns, ",".join(STATS), args.timeout_s)
+    if "error" in res:
+        print(f"end to end FAILED: {res['error']}")
+        return False
+    got = {k: [res["stats"][k][c] for c in columns] for k in STATS}
+    err = max_rel_err(got, want)
+    print(f"set-up (provision, start, enrol) {res['setup_s']:.1f} s; registration "
+          f"{', '.join(f'{s:.2f}' for s in res['register_s'])} s (each party, at once)")
+    print(f"job, submit to done at each party: {', '.join(f'{s:.3f}' for s in res['job_s'])} s;"
+          f" daemon CPU {', '.join(f'{s:.2f}' for s in res['job_cpu_s'])} s; load "
+          f"{machine.fmt_load(res['load_job_before'])} before, "
+          f"{machine.fmt_load(res['load_after'])} after")
+    ok = err <= OUR_REL_TOL
+    print(f"end to end vs numpy: max rel err {err:.3e}: {'ok' if ok else 'FAILED'}")
+    ratio = res["wall_s"] / spu["wall_s"]
+    print(f"ratio end to end/SPU (wall): {ratio:.3f} (target <= {RATIO_TARGET:g}: "
+          f"{'met' if ratio <= RATIO_TARGET else 'missed'})")
+    return ok
 
 
 if __name__ == "__main__":
