@@ -121,9 +121,9 @@ def read_mine(ctx: PartyContext, key: str, own: list[str],
         mine.problems.extend(f"column {c!r} is {mine.kinds[c]}" for c in bad)
         if mine.key_kind not in KEY_KINDS:
             mine.problems.append(f"key column {key!r} is {mine.key_kind}")
-        if mine.problems or batch.num_rows == 0:
-            if mine.problems:
-                break
+        if mine.problems:
+            break
+        if batch.num_rows == 0:
             continue
         ids = batch.column(key)
         if ids.null_count:
