@@ -195,6 +195,35 @@ def enrol(a: BenchNode, b: BenchNode) -> None:
     b.api.post(f"/v1/peers/{a.node_id}/approve", {"accept": True})
 
 
+def register_all(pairs: list[tuple[BenchNode, Path]], dataset: str, timeout_s: float
+                 ) -> list[float]:
+    """Each node registers its file as ``dataset`` (grade L2), all at once; the seconds each
+    took. Registration scans the whole file (row count, fingerprint): long at 10^6 and
+    beyond, so the client waits up to ``timeout_s`` rather than its default 30 s."""
+    took: dict[str, float] = {}
+    failed: list[BaseException] = []
+
+    def register(n: BenchNode, path: Path) -> None:
+        try:
+            n.api.timeout = timeout_s
+            t = time.perf_counter()
+            n.api.post("/v1/datasets", {"name": dataset, "path": str(path),
+                                        "id_column": "id", "grade": "L2"})
+            took[n.node_id] = round(time.perf_counter() - t, 3)
+            n.api.timeout = 30
+        except BaseException as exc:  # re-raised in the caller's thread
+            failed.append(exc)
+
+    threads = [threading.Thread(target=register, args=pair) for pair in pairs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if failed:
+        raise failed[0]
+    return [took[n.node_id] for n, _ in pairs]
+
+
 def run_end_to_end(a_csv: Path, b_csv: Path, expected: set[str] | np.ndarray,
                    timeout_s: float = 600.0,
                    wan: tuple[float, float] | None = None,
@@ -220,33 +249,10 @@ def run_end_to_end(a_csv: Path, b_csv: Path, expected: set[str] | np.ndarray,
         a, b = nodes
         res["setup_s"] = round(time.perf_counter() - t0, 2)  # provision + start, both
         enrol(a, b)
-        # registration scans the whole file (row count, fingerprint): long at 10^6, so the
-        # client waits up to the run's limit rather than the default 30 s
         cpu0 = [n.cpu_s() for n in nodes]
-        reg: dict[str, float] = {}
-        failed: list[BaseException] = []
-
-        def register(n: BenchNode, path: Path) -> None:
-            try:
-                n.api.timeout = timeout_s
-                t = time.perf_counter()
-                n.api.post("/v1/datasets", {"name": DATASET, "path": str(path),
-                                            "id_column": "id", "grade": "L2"})
-                reg[n.node_id] = round(time.perf_counter() - t, 3)
-                n.api.timeout = 30
-            except BaseException as exc:  # re-raised in the bench's thread
-                failed.append(exc)
-
         # both at once, as two organisations would: at 10^8 each takes minutes
-        threads = [threading.Thread(target=register, args=(n, path))
-                   for n, path in ((a, a_csv), (b, b_csv))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if failed:
-            raise failed[0]
-        res["register_s"] = [reg[n.node_id] for n in nodes]
+        res["register_s"] = register_all(list(zip(nodes, (a_csv, b_csv), strict=True)),
+                                         DATASET, timeout_s)
         cpu1 = [n.cpu_s() for n in nodes]
         # the peak since start includes the registration; the job's own is counted from here
         res["registration_peak_rss_kb"] = [_peak_rss_kb(n.ps.pid) if n.ps else None

@@ -15,7 +15,6 @@ import contextlib
 import secrets
 import shutil
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from appliance.bench import machine
-from appliance.bench.psi_daemons import BenchNode, enrol
+from appliance.bench.psi_daemons import BenchNode, enrol, register_all
 
 DATASET = "bench_rows"
 
@@ -59,29 +58,8 @@ def run_end_to_end(parts: list[np.ndarray], columns: list[str], stats: str,
             path = base / f"party{g}.csv"
             write_csv(path, data, columns, g)
             paths.append(path)
-        reg: dict[str, float] = {}
-        failed: list[BaseException] = []
-
-        def register(n: BenchNode, path: Path) -> None:
-            try:
-                n.api.timeout = timeout_s
-                t = time.perf_counter()
-                n.api.post("/v1/datasets", {"name": DATASET, "path": str(path),
-                                            "id_column": "id", "grade": "L2"})
-                reg[n.node_id] = round(time.perf_counter() - t, 3)
-                n.api.timeout = 30
-            except BaseException as exc:  # re-raised in the bench's thread
-                failed.append(exc)
-
-        threads = [threading.Thread(target=register, args=(n, p))
-                   for n, p in zip(nodes, paths, strict=True)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if failed:
-            raise failed[0]
-        res["register_s"] = [reg[n.node_id] for n in nodes]
+        res["register_s"] = register_all(list(zip(nodes, paths, strict=True)), DATASET,
+                                         timeout_s)
         cpu0 = [n.cpu_s() for n in nodes]
         res["load_job_before"] = machine.load()
         a, others = nodes[0], nodes[1:]
