@@ -166,6 +166,16 @@ def share_only(args: argparse.Namespace) -> dict[str, Any]:
             "run_s": round(time.perf_counter() - t0, 4), "cpu_s": round(_cpu_s() - cpu0, 4)}
 
 
+def _finish(lctx: Any) -> None:
+    """The link's end at every party before the process exits (without spu's teardown).
+    A barrier returns once this party has the others' messages, while its own may still sit
+    in brpc's send queue: exiting then lost a party's last message now and then, and its
+    peer waited at that barrier until the link timed out (seen in CI and a test). stop_link
+    waits for every send to be delivered and for each peer to finish likewise."""
+    lctx.barrier()
+    lctx.stop_link()
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     t_import = time.perf_counter()
     import jax
@@ -220,7 +230,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               for g in range(len(sources))]
 
     if args.layout == "rows" and sum(rows) == 0:  # nothing to order: all undefined
-        lctx.barrier()
+        _finish(lctx)
         return {"rank": args.rank, "protocol": cfg.protocol.name, "rows": rows,
                 "widths": widths, "results": {} if args.rank in receivers else None,
                 "import_s": round(import_s, 4), "run_s": 0.0, "cpu_s": 0.0}
@@ -269,7 +279,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             parts = [share if j == args.rank else _unpack(lctx.recv(j), libspu)
                      for j in range(world)]
             results[name] = np.asarray(io.reconstruct(parts)).tolist()
-    lctx.barrier()
+    _finish(lctx)
     return {"rank": args.rank, "protocol": cfg.protocol.name, "rows": rows, "widths": widths,
             "results": results, "import_s": round(import_s, 4),
             "run_s": round(time.perf_counter() - t0, 4), "cpu_s": round(_cpu_s() - cpu0, 4),
