@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from appliance.bench import machine
-from appliance.bench.psi_daemons import BenchNode, enrol
+from appliance.bench.psi_daemons import BenchNode, start_nodes
 from appliance.operators.base import job_dir
 from appliance.operators.fl.models import SoftmaxLR, evaluate
 
@@ -80,12 +80,7 @@ def run_ours(data: list[tuple[np.ndarray, np.ndarray]], rounds: int, modes: list
     nodes: list[BenchNode] = []
     out: list[dict[str, Any]] = []
     try:
-        nodes = [BenchNode(base, f"bench-{chr(97 + i)}", password) for i in range(len(data))]
-        for n in nodes:
-            n.start()
-        for i, a in enumerate(nodes):
-            for b in nodes[i + 1:]:
-                enrol(a, b)
+        start_nodes(nodes, base, len(data), password)
         d = data[0][0].shape[1]
         for n, (x, y) in zip(nodes, data, strict=True):
             path = base / f"{n.node_id}.csv"

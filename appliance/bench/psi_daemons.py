@@ -195,6 +195,18 @@ def enrol(a: BenchNode, b: BenchNode) -> None:
     b.api.post(f"/v1/peers/{a.node_id}/approve", {"accept": True})
 
 
+def start_nodes(nodes: list[BenchNode], base: Path, count: int, password: str) -> None:
+    """``count`` daemons bench-a, bench-b, ... appended to ``nodes`` as each is made (so the
+    caller stops the made ones whatever fails), started, and enrolled pairwise."""
+    for g in range(count):
+        nodes.append(BenchNode(base, f"bench-{chr(97 + g)}", password))
+    for n in nodes:
+        n.start()
+    for i, a in enumerate(nodes):
+        for b in nodes[i + 1:]:
+            enrol(a, b)
+
+
 def register_all(pairs: list[tuple[BenchNode, Path]], dataset: str, timeout_s: float
                  ) -> list[float]:
     """Each node registers its file as ``dataset`` (grade L2), all at once; the seconds each

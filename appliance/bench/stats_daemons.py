@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from appliance.bench import machine
-from appliance.bench.psi_daemons import BenchNode, enrol, register_all
+from appliance.bench.psi_daemons import BenchNode, register_all, start_nodes
 
 DATASET = "bench_rows"
 
@@ -46,12 +46,7 @@ def run_end_to_end(parts: list[np.ndarray], columns: list[str], stats: str,
     res: dict[str, Any] = {"load_before": machine.load()}
     try:
         t0 = time.perf_counter()
-        nodes = [BenchNode(base, f"bench-{chr(97 + g)}", password) for g in range(len(parts))]
-        for n in nodes:
-            n.start()
-        for i, a in enumerate(nodes):
-            for b in nodes[i + 1:]:
-                enrol(a, b)
+        start_nodes(nodes, base, len(parts), password)
         res["setup_s"] = round(time.perf_counter() - t0, 2)
         paths = []
         for g, data in enumerate(parts):
