@@ -981,6 +981,20 @@ def test_columns_layout_joins_in_secret_through_the_cli_and_the_panel(nodes, tmp
     side = nodes[1].daemon.wait_job(side["id"], {"done", "failed"}, timeout=60)
     assert side["state"] == "done" and side["result"]["outputs"]["received"] is False
     assert "stats" not in side["result"]["outputs"]
+    # two daemons through the API: SPU's CHEETAH, the join of node-a's and node-b's ids
+    job = a.api.post("/v1/jobs", {"kind": "stats", "params": {
+        "peers": ["node-b"], "dataset": "accounts", "peer_dataset": "accounts",
+        "layout": "columns", "columns": "self.assets,node-b.deposits",
+        "stats": "count,mean,min,median", "threshold": "1000"}})
+    job = a.daemon.wait_job(job["id"], {"done", "failed"}, timeout=300)
+    assert job["state"] == "done", job["error"]
+    out = job["result"]["outputs"]
+    pair = sorted(set(holds["node-a"]) & set(holds["node-b"]))
+    y = np.array([[values["node-a"][i], values["node-b"][i]] for i in pair])
+    assert out["engine"]["protocol"] == "CHEETAH" and out["stats"]["count"][names[0]] == 200
+    assert abs(out["stats"]["median"]["node-b.deposits"] - np.median(y[:, 1])) < 1e-9
+    assert abs(out["stats"]["mean"][names[0]] - y[:, 0].mean()) <= 1e-9 * abs(y[:, 0].mean())
+    assert out["stats"]["threshold"]["row_sum"]["count"] == int((y.sum(axis=1) > 1000).sum())
 
 
 # -- information value across a vertical split ----------------------------------------------------

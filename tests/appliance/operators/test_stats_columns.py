@@ -187,6 +187,27 @@ def test_integer_ids_and_an_empty_join(tmp_path):
         assert res[p]["engine"] == {"skipped": "a party has no rows"}
 
 
+def test_a_join_of_one_row(tmp_path):
+    names = NAMES[:2]
+    data = {"bank-a": TableReader(pa.table({"id": ["k1", "k2"], "x": [-3.25, 7.0]})),
+            "carrier-b": TableReader(pa.table({"id": ["k2", "k9"], "y": [0.0, 4.0]}))}
+    params = {"layout": "columns", "columns": "bank-a.x,carrier-b.y",
+              "stats": "count,sum,mean,var,corr,median", "threshold": "6.5"}
+    res = run_parties(STATS.run, local_contexts(names, params, data, job_id="job-1",
+                                                timeout=60, output_root=tmp_path / "o"),
+                      timeout=200)
+    for p in names:
+        r = res[p]
+        assert not isinstance(r, Exception), (p, r)
+        s = r["stats"]
+        assert s["count"]["bank-a.x"] == 1 and s["sum"]["bank-a.x"] == 7.0
+        assert s["mean"]["carrier-b.y"] == 0.0 and s["var"]["bank-a.x"] == 0.0
+        assert s["median"]["bank-a.x"] == pytest.approx(7.0, abs=1e-12)
+        assert s["corr"]["bank-a.x"]["carrier-b.y"] is None and "corr" in r["undefined"]
+        assert s["threshold"]["row_sum"]["count"] == 1
+        assert s["threshold"]["row_sum"]["sum"] == pytest.approx(7.0, abs=1e-12)
+
+
 @pytest.mark.parametrize(("tables", "params", "message"), [
     ({"bank-a": {"id": ["k1", "k1"], "x": [1.0, 2.0]}, "carrier-b": {"id": ["k1"], "y": [1.0]}},
      {}, "party bank-a: key column 'id' has 1 repeated ids"),
