@@ -9,6 +9,9 @@ Three rounds over the job's pairwise sessions, every party alike:
    additive shares over Z_2^128; share j goes to party j;
 3. reveal: each party adds the shares it holds and sends that sum to the receivers, who add
    the n sums and so learn only the pooled aggregates.
+
+The parameters (``plan_of``) and the header exchange serve both layouts: a ``layout=columns``
+job is handed to ``columns.py`` once the parties and receivers are checked.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from appliance.operators.stats import ring
 VERSION = 1
 # threshold in the rows layout is linear: each row is whole at one party, which compares it
 LINEAR = ("count", "sum", "mean", "var", "std", "cov", "corr", "hist", "threshold")
-COMPARISON = ("min", "max", "median", "quantiles")  # by SPU (order.py), 2 or 3 parties
+COMPARISON = ("min", "max", "median", "quantiles")  # by SPU (order.py, spu_job.py)
 DEFAULT_STATS = ("count", "sum", "mean", "var", "std")
 MIN_PARTIES, MAX_PARTIES = 2, 5
 MAX_PROBLEMS = 20  # per party, so a header stays small however bad the data
