@@ -32,7 +32,7 @@ from appliance.operators.base import OperatorError, PartyContext, canonical
 from appliance.operators.stats import order as spu_order
 from appliance.operators.stats import ring
 
-VERSION = 1
+VERSION = 2  # of the parameters digest: 2 adds the layout and the key
 # threshold in the rows layout is linear: each row is whole at one party, which compares it
 LINEAR = ("count", "sum", "mean", "var", "std", "cov", "corr", "hist", "threshold")
 COMPARISON = ("min", "max", "median", "quantiles")  # by SPU (order.py, spu_job.py)
