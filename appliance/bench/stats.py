@@ -92,33 +92,40 @@ def max_rel_err(got: dict[str, Any], want: dict[str, np.ndarray]) -> float:
     return worst
 
 
-def run_ours(parts: list[np.ndarray], columns: list[str], timeout: float,
-             stats: tuple[str, ...] = STATS) -> dict[str, Any]:
+def run_operator(readers: dict[str, Any], params: dict[str, Any], job_id: str,
+                 timeout: float) -> tuple[dict[str, Any], float, float]:
+    """The stats operator, all parties in this process (the first name the guest): each
+    party's result, the wall time, and the CPU time of this process and of its engines."""
     from appliance.operators.base import local_contexts, run_parties
     from appliance.operators.stats import STATS as OPERATOR
 
-    names = [f"party-{i}" for i in range(len(parts))]
-    params = {"columns": ",".join(columns), "stats": ",".join(stats)}
-    # order statistics run engine processes, whose scratch goes beside the job's output
+    # SPU runs engine processes, whose scratch goes beside the job's output
     out = Path(tempfile.mkdtemp(prefix="pec-stats-bench-out-"))
-    ctxs = local_contexts(names, params, {n: _Rows(n, d, columns) for n, d in
-                                          zip(names, parts, strict=True)},
-                          job_id="bench-stats", timeout=timeout, output_root=out)
-    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+    ctxs = local_contexts(list(readers), params, readers, job_id=job_id, timeout=timeout,
+                          output_root=out)
+    before = [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
     start = time.perf_counter()
-    results = run_parties(OPERATOR.run, ctxs, timeout=timeout)
+    results = run_parties(OPERATOR.run, ctxs, timeout=4 * timeout)
     wall = time.perf_counter() - start
-    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    after = [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    shutil.rmtree(out, ignore_errors=True)
     for node, res in results.items():
         if isinstance(res, Exception):
             raise RuntimeError(f"stats operator failed at {node}: {res}") from res
+    cpu = sum((b.ru_utime + b.ru_stime) - (a.ru_utime + a.ru_stime)
+              for a, b in zip(before, after, strict=True))
+    return results, wall, cpu
+
+
+def run_ours(parts: list[np.ndarray], columns: list[str], timeout: float,
+             stats: tuple[str, ...] = STATS) -> dict[str, Any]:
+    names = [f"party-{i}" for i in range(len(parts))]
+    params = {"columns": ",".join(columns), "stats": ",".join(stats)}
+    results, wall, cpu = run_operator(
+        {n: _Rows(n, d, columns) for n, d in zip(names, parts, strict=True)}, params,
+        "bench-stats", timeout)
     s = results[names[0]]["stats"]
-    cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)  # the engines, if any ran
-    shutil.rmtree(out, ignore_errors=True)
-    return {"wall_s": wall, "cpu_s": cpu,
-            "children_cpu_s": children.ru_utime + children.ru_stime,
-            **{k: [s[k][c] for c in columns] for k in stats}}
+    return {"wall_s": wall, "cpu_s": cpu, **{k: [s[k][c] for c in columns] for k in stats}}
 
 
 def run_spu(py: Path, parts: list[np.ndarray], timeout: float,
@@ -194,7 +201,7 @@ def main_order(args: argparse.Namespace, py: Path) -> int:
     print()
     print(f"{'engine':<52} {'wall s':>9} {'CPU s':>9} {'max err / range':>16}")
     print(f"{'ours: stats operator, SPU engines over the relay':<52} {ours['wall_s']:>9.3f} "
-          f"{ours['cpu_s'] + ours['children_cpu_s']:>9.3f} {err(ours):>16.3e}")
+          f"{ours['cpu_s']:>9.3f} {err(ours):>16.3e}")
     print(f"{spu['engine']:<52} {spu['wall_s']:>9.3f} {spu['cpu_s']:>9.3f} {err(spu):>16.3e}")
     print("ours: job wall, all parties in this process, engine processes' CPU included; SPU: "
           "its simulator's run (inputs shared, compiled, run, revealed), one process")
@@ -231,8 +238,6 @@ class _Keyed:
 def main_columns(args: argparse.Namespace, py: Path) -> int:
     """--layout columns: count, sums, variances and the covariance matrix of the join, with a
     threshold on the row sum; ours through the operator, SPU's simulator on the same program."""
-    from appliance.operators.base import local_contexts, run_parties
-    from appliance.operators.stats import STATS as OPERATOR
     from appliance.operators.stats import columns as layout
     from appliance.operators.stats.protocol import plan_of
 
@@ -260,25 +265,10 @@ def main_columns(args: argparse.Namespace, py: Path) -> int:
     print(f"data: {k} parties x {n} rows of {int(1.25 * n)} ids; {args.columns} columns "
           f"spread over them; the join has {len(common)} rows; {COLUMNS_STATS}, threshold")
 
-    out = Path(tempfile.mkdtemp(prefix="pec-stats-bench-out-"))
     readers = {names[g]: _Keyed(names[g], ids[g], data[g], [f"c{c}" for c in owned[g]])
                for g in range(k)}
-    ctxs = local_contexts(names, params, readers, job_id="bench-columns",
-                          timeout=args.timeout_s, output_root=out)
-    cpu0, c0 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
-        resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    results = run_parties(OPERATOR.run, ctxs, timeout=4 * args.timeout_s)
-    wall = time.perf_counter() - start
-    cpu1, c1 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
-        resource.RUSAGE_CHILDREN)
-    shutil.rmtree(out, ignore_errors=True)
-    for node, res in results.items():
-        if isinstance(res, Exception):
-            raise RuntimeError(f"stats operator failed at {node}: {res}") from res
+    results, wall, ours_cpu = run_operator(readers, params, "bench-columns", args.timeout_s)
     ours = results[names[0]]["stats"]
-    ours_cpu = sum((b.ru_utime + b.ru_stime) - (a.ru_utime + a.ru_stime)
-                   for a, b in ((cpu0, cpu1), (c0, c1)))
 
     # SPU's simulator on the same keys and values, the same program and request
     plan = plan_of(params)

@@ -94,8 +94,7 @@ def columns_layout(argv: list[str], request: str) -> int:
             widths.append(int(z["values"].shape[1]))
             if widths[-1]:
                 flat.append(z["values"])
-    req = Request(**{key: tuple(v) if isinstance(v, list) else v
-                     for key, v in json.loads(request).items()})
+    req = Request.of(json.loads(request))
     world = 2 if k == 2 else 3
     prot = spu.ProtocolKind.CHEETAH if world == 2 else spu.ProtocolKind.ABY3
     sim = spsim.Simulator(world, spu.RuntimeConfig(protocol=prot, field=spu.FieldType.FM128,

@@ -295,6 +295,15 @@ def panel_of(n: Node):
     return client, login(client, "admin", ADMIN_PASSWORD)
 
 
+def stats_form(dataset: str, peers: list[str], **fields: str) -> dict:
+    """The panel's "Run with partners" form for a stats job: the same data set name at every
+    partner, the stats fields given, and what the form posts for the other operators."""
+    return {"operator": "stats", "dataset": dataset, "peers": peers,
+            **{f"dataset_of_{p}": dataset for p in peers}, **fields,
+            "reveal": "both", "algorithm": "homo_lr", "label": "", "rounds": "10",
+            "clusters": "3", "secure_aggregation": "mask"}
+
+
 def run_with_partners(n: Node, client, token: str, form: dict, timeout: float = 120
                       ) -> tuple[dict, str]:
     """Submit the panel's "Run with partners" form at ``n``; the job once finished and the
@@ -876,33 +885,23 @@ def test_the_panel_runs_joint_statistics_through_its_form(nodes):
     client, token = panel_of(a)
     page = client.get("/jobs").get_data(as_text=True)
     assert 'id="mp-columns"' in page and 'id="mp-receivers"' in page
-    job, _ = run_with_partners(a, client, token, {
-        "operator": "stats", "dataset": "customers", "peers": ["node-b", "node-c"],
-        "dataset_of_node-b": "customers", "dataset_of_node-c": "customers",
-        "columns": "v", "stats": "count,sum,mean", "receivers": "initiator",
-        "reveal": "both", "algorithm": "homo_lr", "label": "", "rounds": "10",
-        "clusters": "3", "secure_aggregation": "mask"}, timeout=90)
+    job, _ = run_with_partners(a, client, token, stats_form(
+        "customers", ["node-b", "node-c"],
+        columns="v", stats="count,sum,mean", receivers="initiator"), timeout=90)
     assert job["state"] == "done", job["error"]
     stats = job["result"]["outputs"]["stats"]
     assert stats["count"]["v"] == 1200 + 3400 + 50
     assert stats["sum"]["v"] == sum(range(1200)) + sum(range(3400)) + sum(range(50))
     # with differential privacy from the same form
-    job, _ = run_with_partners(a, client, token, {
-        "operator": "stats", "dataset": "customers", "peers": ["node-b", "node-c"],
-        "dataset_of_node-b": "customers", "dataset_of_node-c": "customers",
-        "columns": "v", "stats": "count,sum", "receivers": "all", "group_by": "",
-        "dp_epsilon": "1", "dp_bounds": "v:0:4000", "reveal": "both",
-        "algorithm": "homo_lr", "label": "", "rounds": "10", "clusters": "3",
-        "secure_aggregation": "mask"}, timeout=90)
+    job, _ = run_with_partners(a, client, token, stats_form(
+        "customers", ["node-b", "node-c"], columns="v", stats="count,sum", receivers="all",
+        group_by="", dp_epsilon="1", dp_bounds="v:0:4000"), timeout=90)
     assert job["state"] == "done", job["error"]
     assert job["result"]["outputs"]["dp"]["mechanism"] == "laplace"
     # order statistics, in SPU (ABY3 among the three), from the same form
-    job, _ = run_with_partners(a, client, token, {
-        "operator": "stats", "dataset": "customers", "peers": ["node-b", "node-c"],
-        "dataset_of_node-b": "customers", "dataset_of_node-c": "customers",
-        "columns": "v", "stats": "count,min,max,median", "quantiles": "0.1,0.99",
-        "receivers": "initiator", "reveal": "both", "algorithm": "homo_lr", "label": "",
-        "rounds": "10", "clusters": "3", "secure_aggregation": "mask"}, timeout=180)
+    job, _ = run_with_partners(a, client, token, stats_form(
+        "customers", ["node-b", "node-c"], columns="v", stats="count,min,max,median",
+        quantiles="0.1,0.99", receivers="initiator"), timeout=180)
     assert job["state"] == "done", job["error"]
     import numpy as np
 
@@ -966,13 +965,10 @@ def test_columns_layout_joins_in_secret_through_the_cli_and_the_panel(nodes, tmp
     client, token = panel_of(a)
     page = client.get("/jobs").get_data(as_text=True)
     assert 'id="mp-layout"' in page and 'id="mp-stats-key"' in page
-    job, _ = run_with_partners(a, client, token, {
-        "operator": "stats", "dataset": "accounts", "peers": ["node-b", "node-c"],
-        "dataset_of_node-b": "accounts", "dataset_of_node-c": "accounts",
-        "layout": "columns", "stats_key": "uid", "columns": "self.assets,node-b.deposits",
-        "stats": "count,mean,max", "receivers": "initiator", "reveal": "both",
-        "algorithm": "homo_lr", "label": "", "rounds": "10", "clusters": "3",
-        "secure_aggregation": "mask"}, timeout=300)
+    job, _ = run_with_partners(a, client, token, stats_form(
+        "accounts", ["node-b", "node-c"], layout="columns", stats_key="uid",
+        columns="self.assets,node-b.deposits", stats="count,mean,max",
+        receivers="initiator"), timeout=300)
     assert job["state"] == "done", job["error"]
     s = job["result"]["outputs"]["stats"]
     assert s["count"]["node-a.assets"] == 150

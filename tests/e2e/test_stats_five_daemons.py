@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.e2e.test_federation import Node, cli, enrol, panel_of, run_with_partners
+from tests.e2e.test_federation import Node, cli, enrol, panel_of, run_with_partners, stats_form
 
 pytestmark = pytest.mark.slow
 
@@ -100,11 +100,8 @@ def test_columns_layout_among_five_daemons_through_the_cli_and_the_panel(five):
     assert s["threshold"]["row_sum"]["count"] == int((row_sum > 1200).sum())
     # the panel: every party receives; a providing daemon's copy equals the initiator's
     client, token = panel_of(a)
-    form = {"operator": "stats", "dataset": "accounts", "peers": IDS[1:],
-            **{f"dataset_of_{p}": "accounts" for p in IDS[1:]},
-            "layout": "columns", "columns": ",".join(names), "stats": "count,min,median",
-            "receivers": "all", "reveal": "both", "algorithm": "homo_lr", "label": "",
-            "rounds": "10", "clusters": "3", "secure_aggregation": "mask"}
+    form = stats_form("accounts", IDS[1:], layout="columns", columns=",".join(names),
+                      stats="count,min,median", receivers="all")
     job, _ = run_with_partners(a, client, token, form, timeout=400)
     assert job["state"] == "done", job["error"]
     s = job["result"]["outputs"]["stats"]

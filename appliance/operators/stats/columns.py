@@ -11,7 +11,6 @@ header round first makes every party fail alike, with the same message, on bad d
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from appliance.operators.base import OperatorError, PartyContext
+from appliance.operators.psi import ecdh_engine
 from appliance.operators.stats import order, spu_job
 from appliance.operators.stats.protocol import (
     MAX_PROBLEMS,
@@ -85,12 +85,15 @@ def _key_kind(t: pa.DataType) -> str:
     return f"{t} (an id column is integer or string)"
 
 
-def keys_of(ids: list[Any], job_id: str) -> np.ndarray:
-    """Each id as a 128-bit key, two int64 halves: SHA-256 of the job and the id's text (the
-    same at every party for the same id; a fresh mapping per job)."""
+def keys_of(ids: pa.Array | list[Any], job_id: str) -> np.ndarray:
+    """Each id as a 128-bit key, two int64 halves: the first 16 bytes of SHA-256 of the job and
+    the id's text (PSI's batch hash: integers as decimal text, so 7 and "7" are one id; the
+    same at every party for the same id, a fresh mapping per job)."""
+    if not isinstance(ids, pa.Array | pa.ChunkedArray):
+        ids = pa.array([str(v) for v in ids], pa.string())
     domain = b"pec-stats-key\0" + job_id.encode() + b"\0"
-    raw = b"".join(hashlib.sha256(domain + str(v).encode()).digest()[:16] for v in ids)
-    return np.frombuffer(raw, dtype="<i8").reshape(-1, 2).copy()
+    digests = ecdh_engine.hash_to_point(ids, domain)[:, :16]  # bit 255 is past these bytes
+    return np.ascontiguousarray(digests).view("<i8").reshape(-1, 2)
 
 
 @dataclass
@@ -157,7 +160,7 @@ def read_mine(ctx: PartyContext, key: str, own: list[str],
                                      "values")
                 break
             mine.groups.extend(str(v) for v in labels.to_pylist())
-        mine.keys.append(keys_of(ids.to_pylist(), ctx.job_id))
+        mine.keys.append(keys_of(ids, ctx.job_id))
         mine.values.append(x)
         mine.rows += batch.num_rows
         ctx.progress(5, f"read {mine.rows} rows")
@@ -342,7 +345,7 @@ def _noise(plan: Plan, request: dict[str, Any], block: list[int], parties: int
     def reach(i: int) -> float:
         return max(abs(v) for v in dp.bound_of(names[i]))
 
-    req = Request(**{k: tuple(v) if isinstance(v, list) else v for k, v in request.items()})
+    req = Request.of(request)
     width = len(block)
     slots: list[str] = []  # the query of each noise slot
     sensitivities: dict[str, float] = {}

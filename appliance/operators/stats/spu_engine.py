@@ -112,33 +112,42 @@ def _load_input(path: str, layout: str) -> dict[str, Any]:
     return got
 
 
-def _shares_of(spu: Any, libspu: Any, world: int, arrays: dict[str, Any]) -> list[bytes]:
-    """The arrays' shares for each computing party, as one .npz each (shapes included)."""
-    import numpy as np
+Shares = dict[str, tuple[tuple[int, ...], Any]]  # name -> (shape, share; None if empty)
 
+
+def _shares_of(spu: Any, libspu: Any, world: int, arrays: dict[str, Any]) -> list[Shares]:
+    """The arrays' shares for each computing party."""
     io = spu.Io(world, _config(libspu, world))
-    per: list[dict[str, Any]] = [{} for _ in range(world)]
+    per: list[Shares] = [{} for _ in range(world)]
     for name, arr in arrays.items():
         if arr.size == 0:  # SPU shares no empty matrix: its shape alone says it
             for j in range(world):
-                per[j][f"{name}_shape"] = np.asarray(arr.shape, dtype=np.int64)
+                per[j][name] = (arr.shape, None)
             continue
         for j, share in enumerate(io.make_shares(arr, libspu.Visibility.VIS_SECRET)):
-            per[j][name] = np.frombuffer(_pack(share), dtype=np.uint8)
-            per[j][f"{name}_shape"] = np.asarray(arr.shape, dtype=np.int64)
-    out = []
-    for j in range(world):
-        buf = bytes_io.BytesIO()
-        np.savez(buf, **per[j])
-        out.append(buf.getvalue())
-    return out
+            per[j][name] = (arr.shape, share)
+    return per
 
 
-def _read_shares(data: bytes, libspu: Any) -> dict[str, tuple[tuple[int, ...], Any]]:
-    """name -> (shape, share or None for an empty array) from one share file."""
+def _blob(shares: Shares) -> bytes:
+    """One computing party's shares as an .npz (what goes over the link or a session)."""
     import numpy as np
 
-    got: dict[str, tuple[tuple[int, ...], Any]] = {}
+    out: dict[str, Any] = {}
+    for name, (shape, share) in shares.items():
+        out[f"{name}_shape"] = np.asarray(shape, dtype=np.int64)
+        if share is not None:
+            out[name] = np.frombuffer(_pack(share), dtype=np.uint8)
+    buf = bytes_io.BytesIO()
+    np.savez(buf, **out)
+    return buf.getvalue()
+
+
+def _read_shares(data: bytes, libspu: Any) -> Shares:
+    """The shares of one share file (``_blob``)."""
+    import numpy as np
+
+    got: Shares = {}
     with np.load(bytes_io.BytesIO(data), allow_pickle=False) as z:
         for name in ARRAYS:
             if f"{name}_shape" not in z.files:
@@ -158,9 +167,9 @@ def share_only(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit("--share-only needs --world 2|3, --input and --out")
     arrays = _load_input(args.input, args.layout)
     files = []
-    for j, blob in enumerate(_shares_of(spu, libspu, args.world, arrays)):
+    for j, shares in enumerate(_shares_of(spu, libspu, args.world, arrays)):
         path = Path(f"{args.out}{j}.npz")
-        path.write_bytes(blob)
+        path.write_bytes(_blob(shares))
         files.append(str(path))
     return {"files": files, "rows": len(arrays["values"]),
             "run_s": round(time.perf_counter() - t0, 4), "cpu_s": round(_cpu_s() - cpu0, 4)}
@@ -203,22 +212,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cfg = _config(libspu, world)
     sources = args.sources.split(",")
     receivers = [int(r) for r in args.receivers.split(",") if r.strip()]
-    req = Request(**{k: tuple(v) if isinstance(v, list) else v
-                     for k, v in json.loads(args.request).items()})
+    req = Request.of(json.loads(args.request))
 
     # every source's arrays at this party: (shape, share); own shares go out over the link
-    held: list[dict[str, tuple[tuple[int, ...], Any]]] = [{} for _ in sources]
+    held: list[Shares] = [{} for _ in sources]
     own = _load_input(args.input, args.layout) if args.input else None
-    blobs = _shares_of(spu, libspu, world, own) if own is not None else None
+    mine = _shares_of(spu, libspu, world, own) if own is not None else None
     for g, src in enumerate(sources):
         kind, _, what = src.partition(":")
         if kind == "rank" and int(what) == args.rank:
-            if blobs is None:
+            if mine is None:
                 raise SystemExit(f"source {g} is this party's, but it has no --input")
             for j in range(world):
                 if j != args.rank:
-                    lctx.send(j, blobs[j])
-            held[g] = _read_shares(blobs[args.rank], libspu)
+                    lctx.send(j, _blob(mine[j]))
+            held[g] = mine[args.rank]
         elif kind == "rank":
             held[g] = _read_shares(lctx.recv(int(what)), libspu)
         elif kind == "file":

@@ -43,6 +43,11 @@ class Request:
     # group; it is not a statistic's column), and how many groups
     group: tuple[int, int] | None = None
 
+    @classmethod
+    def of(cls, fields: dict[str, Any]) -> Request:
+        """From its fields as JSON carries them (lists where the fields are tuples)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+
 
 def noisy_outputs(req: Request, width: int) -> list[tuple[str, tuple[int, ...]]]:
     """With ``dp``: the outputs that get noise and their shapes, in the order of each party's

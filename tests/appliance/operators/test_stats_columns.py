@@ -38,6 +38,17 @@ def keyed_set(tmp_path: Path, name: str, ids: list[Any], cols: dict[str, np.ndar
     return Reader(registry, name)
 
 
+def run_ok(tmp_path: Path, names: list[str], params: dict[str, Any], data: dict[str, Any],
+           job_id: str, timeout: float = 300) -> dict[str, Any]:
+    """One job, every party in this process (output beside ``tmp_path/o``); each party's
+    result, none of them an error."""
+    res = run_parties(STATS.run, local_contexts(names, params, data, job_id=job_id, timeout=60,
+                                                output_root=tmp_path / "o"), timeout=timeout)
+    for p in names:
+        assert not isinstance(res[p], Exception), (p, res[p])
+    return res
+
+
 def joined(parts: dict[str, tuple[list[Any], dict[str, np.ndarray]]],
            columns: list[tuple[str, str]]) -> np.ndarray:
     """numpy's join on the plaintext: the rows of the ids every party holds."""
@@ -255,11 +266,7 @@ def test_differential_privacy_on_the_join(tmp_path):
     params = {"layout": "columns", "columns": "self.x,carrier-b.y",
               "stats": "count,sum,mean,var,cov", "hist": "-100,0,100", "threshold": "60",
               "dp_epsilon": "20", "dp_bounds": "self.x:-100:200,carrier-b.y:-50:50"}
-    res = run_parties(STATS.run, local_contexts(names, params, data, job_id="job-dp",
-                                                timeout=60, output_root=tmp_path / "o"),
-                      timeout=300)
-    for p in names:
-        assert not isinstance(res[p], Exception), (p, res[p])
+    res = run_ok(tmp_path, names, params, data, "job-dp")
     out = res["bank-a"]
     dp = out["dp"]
     # the queries: count, 2 sums, 3 sums of products, 2 histograms, threshold count and sum
@@ -305,11 +312,7 @@ def test_group_by_a_column_of_one_party(tmp_path, stated):
     params = {"layout": "columns", "columns": "self.x,carrier-b.y",
               "group_by": "hospital-c.region", "stats": "count,sum",
               **({"groups": "north,south,west"} if stated else {})}
-    res = run_parties(STATS.run, local_contexts(names, params, data, job_id=f"job-g{stated}",
-                                                timeout=60, output_root=tmp_path / "o"),
-                      timeout=300)
-    for p in names:
-        assert not isinstance(res[p], Exception), (p, res[p])
+    res = run_ok(tmp_path, names, params, data, f"job-g{stated}")
     parts = {"bank-a": (ids["bank-a"], {"x": np.array(_column(data["bank-a"], "x"))}),
              "carrier-b": (ids["carrier-b"], {"y": np.array(_column(data["carrier-b"], "y"))}),
              "hospital-c": (ids["hospital-c"], {})}
@@ -337,11 +340,7 @@ def test_group_by_with_differential_privacy(tmp_path):
     params = {"layout": "columns", "columns": "self.x,carrier-b.y", "group_by": "self.g",
               "stats": "count,sum", "dp_epsilon": "50",
               "dp_bounds": "self.x:0:10,carrier-b.y:0:2"}
-    res = run_parties(STATS.run, local_contexts(names, params, data, job_id="job-gdp",
-                                                timeout=60, output_root=tmp_path / "o"),
-                      timeout=300)
-    for p in names:
-        assert not isinstance(res[p], Exception), (p, res[p])
+    res = run_ok(tmp_path, names, params, data, "job-gdp")
     out = res["bank-a"]
     scale = out["dp"]["noise_scale"]
     # count, 2 sums, the group counts, 2 columns' group sums
